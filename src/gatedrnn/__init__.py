@@ -1,0 +1,11 @@
+"""gatedrnn: LSTM and GRU for PyTorch, fast on the CPU, with every gate visible.
+
+Layout (lower layers never import upper ones):
+    cells (math) -> engine (time loop, fused kernels) -> layers (nn.Module API)
+    -> inspect / viz (seeing inside) -> data / tasks / train -> cli
+"""
+from gatedrnn.engine import backend_info
+from gatedrnn.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__version__ = "0.1.0"
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_info", "__version__"]

@@ -1,0 +1,17 @@
+"""Cell math: one pure function per time step, the single place where each cell's equations live.
+
+Every step function takes the input projection of one step (``x_proj = W_ih x + b_ih``, computed for
+all steps at once by the caller) and the previous state, and returns ``(new_state, gates)``.
+Layers, the fused engine and the docs point here instead of restating the equations.
+"""
+from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
+from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
+from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
+from gatedrnn.cells.spec import CELL_SPECS, CellSpec, LayerWeights
+
+__all__ = [
+    "CELL_SPECS", "CellSpec", "LayerWeights",
+    "LSTMGates", "LSTMState", "LSTMTrace", "lstm_step",
+    "GRUGates", "GRUTrace", "gru_step",
+    "RNNGates", "RNNTrace", "rnn_step",
+]

@@ -1,0 +1,278 @@
+r"""`LSTM`, `GRU` and `RNN`: drop-in replacements for torch.nn's, with the same arguments, parameter names,
+state_dict keys, initialisation, input forms and return types.
+
+Shape symbols (torch.nn's): N batch, L sequence length, D = 2 if bidirectional else 1,
+H_in input_size, H_cell hidden_size, H_out = proj_size if proj_size > 0 else hidden_size.
+
+    input:  (L, N, H_in), (N, L, H_in) with batch_first, (L, H_in) unbatched, or a PackedSequence
+    h_0:    (D * num_layers, N, H_out), or (D * num_layers, H_out) unbatched
+    c_0:    (D * num_layers, N, H_cell) (LSTM only)
+    output: like input with H_in replaced by D * H_out (a PackedSequence for packed input)
+
+The cell equations are in `gatedrnn.cells`; the time loop runs in `gatedrnn.engine`.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from gatedrnn import engine
+from gatedrnn.cells import CELL_SPECS, LayerWeights
+from gatedrnn.layers._checks import check_dropout, check_floating, check_shape, check_size
+from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
+
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+class RecurrentBase(nn.Module):
+    """Stacking, direction, batch_first and packing around `engine.run_layer`; one class for all cells."""
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if mode not in CELL_SPECS:
+            raise ValueError(f"mode should be one of {sorted(CELL_SPECS)}, got {mode!r}")
+        self.mode = mode
+        self.input_size = check_size("input_size", input_size, minimum=0)
+        self.hidden_size = check_size("hidden_size", hidden_size, minimum=1)
+        self.num_layers = check_size("num_layers", num_layers, minimum=1)
+        self.proj_size = check_size("proj_size", proj_size, minimum=0)
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = check_dropout(dropout)
+        self.bidirectional = bool(bidirectional)
+        if self.proj_size and mode != "lstm":
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"proj_size has to be smaller than hidden_size: expected proj_size < {self.hidden_size}, "
+                f"got {self.proj_size}"
+            )
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}"
+            )
+        factory = {"device": device, "dtype": dtype}
+        gate_rows = CELL_SPECS[mode].gate_count * self.hidden_size
+        out_size = self.proj_size or self.hidden_size
+        self._flat_weights_names: list[str] = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                layer_in = self.input_size if layer == 0 else out_size * self.num_directions
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = {f"weight_ih{suffix}": (gate_rows, layer_in), f"weight_hh{suffix}": (gate_rows, out_size)}
+                if self.bias:
+                    shapes[f"bias_ih{suffix}"] = (gate_rows,)
+                    shapes[f"bias_hh{suffix}"] = (gate_rows,)
+                if self.proj_size:
+                    shapes[f"weight_hr{suffix}"] = (self.proj_size, self.hidden_size)
+                for name, shape in shapes.items():
+                    self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name)
+        self.reset_parameters()
+
+    # ----- torch.nn compatibility -----
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _flat_weights(self) -> list[Tensor]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        per = len(self._flat_weights_names) // (self.num_layers * self.num_directions)
+        flat = self._flat_weights
+        return [flat[k : k + per] for k in range(0, len(flat), per)]
+
+    def flatten_parameters(self) -> None:
+        """No-op, kept for code written against torch.nn (cuDNN's flat buffer does not exist here)."""
+
+    def reset_parameters(self) -> None:
+        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size:
+            s += f", proj_size={self.proj_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        if self.mode == "rnn_relu":
+            s += ", nonlinearity='relu'"
+        for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
+        """The parameters of one layer and direction, as the engine takes them."""
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
+        return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+
+    # ----- forward -----
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
+        output, hidden, _ = self._run(input, hx, trace=False)
+        return output, hidden
+
+    def _run(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
+        """Returns (output, hidden, traces); traces[layer][direction] is the engine's trace (or None)."""
+        weight = self.weight_ih_l0
+        is_lstm = self.mode == "lstm"
+        out_size = self.proj_size or self.hidden_size
+        state_count = self.num_layers * self.num_directions
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            check_floating("input", input.data, weight.dtype, weight.device)
+            if input.data.dim() != 2 or input.data.shape[-1] != self.input_size:
+                raise ValueError(
+                    f"packed input data should have shape (sum of lengths, {self.input_size}), "
+                    f"got {tuple(input.data.shape)}"
+                )
+            x, batch_sizes = packed_to_padded(input.data, input.batch_sizes)  # (T, B, I)
+            batched = True
+        else:
+            check_floating("input", input, weight.dtype, weight.device)
+            if input.dim() not in (2, 3):
+                raise ValueError(
+                    f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
+                    f"of shape {tuple(input.shape)}"
+                )
+            if input.shape[-1] != self.input_size:
+                raise ValueError(
+                    f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
+                )
+            batched = input.dim() == 3
+            x = input if batched else input.unsqueeze(1)
+            if batched and self.batch_first:
+                x = x.transpose(0, 1)
+            batch_sizes, sorted_indices, unsorted_indices = None, None, None
+        if x.shape[0] == 0:
+            raise ValueError(f"input should have at least one time step, got shape {tuple(x.shape)}")
+        batch = x.shape[1]
+
+        hidden_in = self._initial_state(hx, batch, batched, sorted_indices, x)
+        layer_input = x
+        finals: list[tuple[Tensor, ...]] = []
+        traces: list[list] = []
+        for layer in range(self.num_layers):
+            outputs, layer_traces = [], []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                state0 = tuple(s[k] for s in hidden_in)
+                result = engine.run_layer(
+                    self.mode, layer_input, state0, self.layer_weights(layer, direction),
+                    batch_sizes=batch_sizes, reverse=direction == 1, trace=trace,
+                )
+                outputs.append(result.y)
+                finals.append(result.state)
+                layer_traces.append(result.trace)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*P)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+            traces.append(layer_traces)
+
+        hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
+        if unsorted_indices is not None:
+            hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
+        if packed:
+            output = PackedSequence(
+                padded_to_packed(layer_input, input.batch_sizes), input.batch_sizes, sorted_indices, unsorted_indices
+            )
+        elif not batched:
+            output = layer_input.squeeze(1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        else:
+            output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        return output, (hidden if is_lstm else hidden[0]), traces
+
+    def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> tuple[Tensor, ...]:
+        """Validate hx and return it as a tuple of (D*L, B, ·) tensors in the engine's row order."""
+        out_size = self.proj_size or self.hidden_size
+        count = self.num_layers * self.num_directions
+        expected = [("h_0", out_size)] + ([("c_0", self.hidden_size)] if self.mode == "lstm" else [])
+        if hx is None:
+            return tuple(x.new_zeros(count, batch, size) for _, size in expected)
+        if self.mode == "lstm":
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"LSTM hx should be a tuple (h_0, c_0), got {type(hx).__name__}")
+            states = tuple(hx)
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"{type(self).__name__} hx should be a Tensor h_0, got {type(hx).__name__}")
+            states = (hx,)
+        weight = self.weight_ih_l0
+        result = []
+        for (name, size), state in zip(expected, states):
+            check_floating(name, state, weight.dtype, weight.device)
+            if batched:
+                check_shape(name, state, (count, batch, size))
+            else:
+                if state.dim() != 2:
+                    raise ValueError(
+                        f"for unbatched 2-D input, {name} should be 2-D of shape {(count, size)}, "
+                        f"got a {state.dim()}-D tensor of shape {tuple(state.shape)}"
+                    )
+                check_shape(name, state, (count, size))
+                state = state.unsqueeze(1)
+            if sorted_indices is not None:
+                state = state.index_select(1, sorted_indices)
+            result.append(state)
+        return tuple(result)
+
+
+class LSTM(RecurrentBase):
+    """torch.nn.LSTM's interface; equations in `gatedrnn.cells.lstm.lstm_step`. Returns output, (h_n, c_n)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None) -> None:
+        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device=device, dtype=dtype)
+
+
+class GRU(RecurrentBase):
+    """torch.nn.GRU's interface; equations in `gatedrnn.cells.gru.gru_step`. Returns output, h_n."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:
+        super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device=device, dtype=dtype)
+
+
+class RNN(RecurrentBase):
+    """torch.nn.RNN's interface (Elman, tanh or relu); equations in `gatedrnn.cells.rnn.rnn_step`."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, device=None, dtype=None) -> None:
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity should be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, 0, device=device, dtype=dtype)
