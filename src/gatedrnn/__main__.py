@@ -1,0 +1,5 @@
+import sys
+
+from gatedrnn.cli import main
+
+sys.exit(main())
