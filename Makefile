@@ -1,10 +1,12 @@
 # gatedrnn: two commands, `make demo` and `make test`. Everything installs into .venv at the repo root.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # torch is pinned first: the local CPU build. A looser spec on an empty venv pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= viz,train,data,bench,test
 VENV := .venv
 PY := $(VENV)/bin/python
+# The venv's bin on PATH: the C++ engine's build calls ninja from there.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
@@ -12,7 +14,6 @@ PYTEST_ARGS ?=
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install "$(TORCH_SPEC)"
