@@ -1,0 +1,80 @@
+"""Models that read a whole sequence and predict one thing: a regressor/forecaster and a classifier.
+
+Shape symbols: B batch, T time steps, I input features, H hidden size, O outputs, C classes.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from gatedrnn.layers._checks import check_size
+from gatedrnn.models.base import Inputs, SequenceModel
+
+
+def last_steps(rnn_output: Union[Tensor, PackedSequence], lengths: Optional[Tensor] = None) -> Tensor:
+    """The output at each sequence's last real step: (B, T, F) or packed -> (B, F).
+
+    For a PackedSequence (or a padded batch with `lengths`) row b takes step lengths[b] - 1, which for a
+    one-directional layer is the final hidden state of the last layer (h_n[-1]); for a padded tensor
+    without lengths every row takes step T - 1.
+    """
+    if isinstance(rnn_output, PackedSequence):
+        rnn_output, lengths = pad_packed_sequence(rnn_output, batch_first=True)  # (B, T, F), (B,)
+    if rnn_output.dim() != 3:
+        raise ValueError(f"rnn_output should be (B, T, F), got shape {tuple(rnn_output.shape)}")
+    if lengths is None:
+        return rnn_output[:, -1]  # (B, F)
+    lengths = torch.as_tensor(lengths, device=rnn_output.device)
+    if lengths.shape != (rnn_output.shape[0],) or int(lengths.min()) < 1 or int(lengths.max()) > rnn_output.shape[1]:
+        raise ValueError(
+            f"lengths should be {rnn_output.shape[0]} values in [1, {rnn_output.shape[1]}], got {lengths.tolist()}"
+        )
+    index = (lengths - 1).long().view(-1, 1, 1).expand(-1, 1, rnn_output.shape[2])  # (B, 1, F)
+    return rnn_output.gather(1, index).squeeze(1)  # (B, F)
+
+
+class SequenceRegressor(SequenceModel):
+    """Sequence (B, T, I) -> real values (B, O), read from the last step's output by a linear layer.
+
+    Used by the adding problem (O = 1) and by forecasting (the next value of a window).
+    readout: (B, T, H) -> linear(rnn_output[:, -1]) of shape (B, O).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int = 1, *, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0) -> None:
+        check_size("input_size", input_size, minimum=1)
+        check_size("output_size", output_size, minimum=1)
+        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                         dropout=dropout,
+                         config=dict(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
+                                     cell=cell, num_layers=num_layers, dropout=dropout))
+        self.head = nn.Linear(hidden_size, output_size)
+
+    def readout(self, rnn_output: Inputs) -> Tensor:
+        return self.head(last_steps(rnn_output))  # (B, O)
+
+
+class SequenceClassifier(SequenceModel):
+    """Sequence -> class logits (B, C), from the output at each sequence's last real step.
+
+    Input: a (B, T, I) tensor (every row has length T) or a PackedSequence of variable-length rows.
+    readout: a (B, T, H) tensor -> linear(rnn_output[:, -1]); a PackedSequence output (what the layer
+    returns for packed input) -> linear of each row's last real step, which equals the final hidden state
+    of the last layer, h_n[-1]. So padding never reaches the logits.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0) -> None:
+        check_size("input_size", input_size, minimum=1)
+        check_size("num_classes", num_classes, minimum=2)
+        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                         dropout=dropout,
+                         config=dict(input_size=input_size, hidden_size=hidden_size, num_classes=num_classes,
+                                     cell=cell, num_layers=num_layers, dropout=dropout))
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def readout(self, rnn_output: Inputs, lengths: Optional[Tensor] = None) -> Tensor:
+        return self.head(last_steps(rnn_output, lengths))  # (B, C)
