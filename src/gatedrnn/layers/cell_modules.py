@@ -81,7 +81,8 @@ class LSTMCell(CellBase):
 
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-            raise TypeError(f"LSTMCell hx should be a tuple (h, c), got {type(hx).__name__}")
+            got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise TypeError(f"LSTMCell hx should be a tuple (h, c), got {got}")
         x, (h, c), batched = self._prepare(input, hx, ("h", "c"))
         (h_next, c_next), _ = lstm_step(F.linear(x, self.weight_ih, self.bias_ih), LSTMState(h, c),
                                         self.weight_hh, self.bias_hh)

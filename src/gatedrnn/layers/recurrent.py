@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.layers._checks import check_dropout, check_floating, check_shape, check_size
-from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
+from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -154,6 +154,7 @@ class RecurrentBase(nn.Module):
                     f"got {tuple(input.data.shape)}"
                 )
             x, batch_sizes = packed_to_padded(input.data, input.batch_sizes)  # (T, B, I)
+            check_indices(sorted_indices, unsorted_indices, x.shape[1])
             batched = True
         else:
             check_floating("input", input, weight.dtype, weight.device)
@@ -219,7 +220,8 @@ class RecurrentBase(nn.Module):
             return tuple(x.new_zeros(count, batch, size) for _, size in expected)
         if self.mode == "lstm":
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                raise TypeError(f"LSTM hx should be a tuple (h_0, c_0), got {type(hx).__name__}")
+                got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+                raise TypeError(f"LSTM hx should be a tuple (h_0, c_0), got {got}")
             states = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
