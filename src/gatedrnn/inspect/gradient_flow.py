@@ -1,9 +1,11 @@
 """How far back the loss reaches: the norm of dL/dh_t (and dL/dc_t for the LSTM) for every step t.
 
-Method: the layer is re-run by a probe loop built from `gatedrnn.engine.scan.make_step` (the same cell step
-functions every backend is checked against) in which every step's new state gets a zero additive probe,
-h_t <- h_t + p_t. The probes do not change the forward values, and dL/dp_t = dL/dh_t: the total derivative,
-through the output at t and through every later step. Inter-layer dropout is not applied (eval-mode values).
+Method: the layer is re-run by a tapped loop built from `gatedrnn.engine.scan.make_step` (the same cell step
+functions every backend is checked against) that keeps each step's new state tensors h_t, c_t; autograd then
+gives dL/dh_t and dL/dc_t with respect to those graph nodes: the TOTAL derivative, through every use of the
+node (for h_t: the output at t and every later step; for c_t: h_t = o_t ⊙ tanh(c_t) and every later step).
+A zero additive probe after the step (h_t + p_t) gives the same dL/dh_t, but for c_t it would miss the path
+through h_t, so the graph nodes themselves are tapped. Inter-layer dropout is not applied (eval-mode values).
 
 Shape symbols: T time steps, B batch, H hidden_size, P size of h (proj_size or H).
 """
@@ -45,32 +47,36 @@ class GradientFlow(NamedTuple):
         return float(curve[0] / curve[-1]) if curve[-1] > 0 else float("nan")
 
 
-def _probed_scan(
+def _tapped_scan(
     cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights,
-    batch_sizes: Optional[Sequence[int]], reverse: bool, probes: tuple[Tensor, ...],
-) -> Tensor:
-    """`scan_reference`'s loop with probes[k][t] added to state k after step t; returns y (T, B, P).
+    batch_sizes: Optional[Sequence[int]], reverse: bool,
+) -> tuple[Tensor, list[tuple[int, tuple[Tensor, ...]]]]:
+    """`scan_reference`'s loop, keeping every step's new state.
 
-    x: (T, B, I); probes: (h probe (T, B, P),) or (h probe (T, B, P), c probe (T, B, H)).
+    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = (active rows, (h_t (active, P),) or (h_t, c_t (active, H))),
+    each the graph node the step produced.
     """
     T, B = x.shape[0], x.shape[1]
     step = make_step(cell, weights)
     x_proj = F.linear(x, weights.w_ih, weights.b_ih)  # (T, B, G*H)
     state = state0
     outputs: list[Optional[Tensor]] = [None] * T
+    taps: list = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         active = B if batch_sizes is None else int(batch_sizes[t])
         new_rows, _ = step(x_proj[t, :active], tuple(s[:active] for s in state))
-        new_rows = tuple(s + p[t, :active] for s, p in zip(new_rows, probes))  # the probe: +0, a gradient tap
+        taps[t] = (active, new_rows)
         state = tuple(torch.cat([n, s[active:]], dim=0) if active < B else n for n, s in zip(new_rows, state))
         y_t = new_rows[0]
         outputs[t] = y_t if active == B else torch.cat([y_t, y_t.new_zeros((B - active, y_t.shape[1]))])
-    return torch.stack(outputs)  # (T, B, P)
+    return torch.stack(outputs), taps  # (T, B, P)
 
 
-def _norms(grad: Tensor) -> np.ndarray:
-    """(T, B, F) -> (T,): mean over the batch of the per-sample L2 norm."""
-    return grad.detach().double().norm(dim=2).mean(dim=1).cpu().numpy()
+def _norms(grads: Sequence[Tensor], batch: int) -> np.ndarray:
+    """Per step (active, F) gradients -> (T,): the mean over all `batch` rows of the per-sample L2 norm
+    (inactive rows count 0)."""
+    sums = [g.detach().double().norm(dim=1).sum() for g in grads]
+    return (torch.stack(sums) / batch).cpu().numpy()
 
 
 def gradient_flow(
@@ -121,25 +127,22 @@ def gradient_flow(
         batch_sizes, sorted_indices = None, None
     T, B = x.shape[0], x.shape[1]
     state0_all = layer._initial_state(hx, B, batched, sorted_indices, x)  # each (D*L, B, ·)
-    out_size = layer.proj_size or layer.hidden_size
-    probe_sizes = (out_size, layer.hidden_size) if layer.mode == "lstm" else (out_size,)
 
     with torch.enable_grad():
         layer_input = x
-        all_probes: list[list[tuple[Tensor, ...]]] = []
+        all_taps: list[list[list]] = []  # [layer][direction] -> taps
         for index in range(layer.num_layers):
-            outputs, layer_probes = [], []
+            outputs, layer_taps = [], []
             for direction in range(layer.num_directions):
                 k = index * layer.num_directions + direction
-                probes = tuple(x.new_zeros(T, B, size, requires_grad=True) for size in probe_sizes)
-                y = _probed_scan(
+                y, taps = _tapped_scan(
                     layer.mode, layer_input, tuple(s[k] for s in state0_all), layer.layer_weights(index, direction),
-                    batch_sizes, direction == 1, probes,
+                    batch_sizes, direction == 1,
                 )
                 outputs.append(y)
-                layer_probes.append(probes)
+                layer_taps.append(taps)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*P)
-            all_probes.append(layer_probes)
+            all_taps.append(layer_taps)
         if packed:
             output = PackedSequence(
                 padded_to_packed(layer_input, input.batch_sizes), input.batch_sizes, input.sorted_indices,
@@ -153,19 +156,21 @@ def gradient_flow(
         if not (isinstance(loss, Tensor) and loss.numel() == 1):
             raise ValueError(f"loss_fn should return a scalar tensor, got {type(loss).__name__} "
                              f"{tuple(getattr(loss, 'shape', ()))}")
-        flat = [p for layer_probes in all_probes for probes in layer_probes for p in probes]
-        grads = torch.autograd.grad(loss, flat, allow_unused=True)
-    grads = [g if g is not None else p.new_zeros(p.shape) for g, p in zip(grads, flat)]
+        nodes = [node for layer_taps in all_taps for taps in layer_taps
+                 for _, states in taps for node in states]
+        grads = torch.autograd.grad(loss, nodes, allow_unused=True)
+    grads = [g if g is not None else n.new_zeros(n.shape) for g, n in zip(grads, nodes)]
 
-    per = len(probe_sizes)
+    per = len(state0_all)  # 1, or 2 for the LSTM (h, c)
     h_curves, c_curves, position = [], [], 0
-    for layer_probes in all_probes:
+    for layer_taps in all_taps:
         h_row, c_row = [], []
-        for _ in layer_probes:
-            h_row.append(_norms(grads[position]))
+        for taps in layer_taps:
+            step_grads = [grads[position + t * per: position + (t + 1) * per] for t in range(T)]
+            h_row.append(_norms([g[0] for g in step_grads], B))
             if per == 2:
-                c_row.append(_norms(grads[position + 1]))
-            position += per
+                c_row.append(_norms([g[1] for g in step_grads], B))
+            position += T * per
         h_curves.append(tuple(h_row))
         c_curves.append(tuple(c_row))
     return GradientFlow(
