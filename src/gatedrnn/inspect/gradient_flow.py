@@ -90,9 +90,10 @@ def gradient_flow(
     """dL/dh_t norms for every layer, direction and step.
 
     Args:
-        model_or_layer: a gatedrnn LSTM/GRU/RNN layer, or a model with attributes `.rnn` (such a layer) and
-            `.readout` (rnn output -> prediction), as in `gatedrnn.models`.
-        input: what the layer's forward takes (batched, unbatched or packed).
+        model_or_layer: a gatedrnn LSTM/GRU/RNN layer, or a model with attributes `.rnn` (such a layer),
+            `.readout` (rnn output -> prediction) and optionally `.rnn_input` (model input -> layer input), as
+            in `gatedrnn.models`.
+        input: the model's input, or what the layer's forward takes (batched, unbatched or packed).
         loss_fn: prediction -> scalar loss, where prediction = readout(output) (output itself without a readout).
             "A loss on the last step" is a readout that reads output[:, -1].
         readout: for a bare layer, the function from its output to the prediction; a model's own is used otherwise.
@@ -107,6 +108,8 @@ def gradient_flow(
     ):
         layer = model_or_layer.rnn
         readout = readout or model_or_layer.readout
+        if callable(getattr(model_or_layer, "rnn_input", None)):
+            input = model_or_layer.rnn_input(input)  # e.g. embeddings for token models
     else:
         raise TypeError(
             "gradient_flow expects a gatedrnn LSTM/GRU/RNN layer, or a model with a gatedrnn layer as `.rnn` and "
