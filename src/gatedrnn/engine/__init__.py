@@ -1,30 +1,58 @@
 """The engine runs one layer in one direction over time. It only executes: the math is in `cells`.
 
-`run_layer` dispatches to the fused C++ kernels when they are built and apply, else to the reference
-scan (`gatedrnn.engine.scan`). Set GATEDRNN_BACKEND=reference to force the reference path.
+`run_layer` dispatches to the fused C++ engine (`gatedrnn.engine.fused`, built at first use) for CPU
+tensors of dtype float32 or float64, and to the reference scan (`gatedrnn.engine.scan`) otherwise:
+bfloat16 and float16 run on the reference path (they work, at Python-loop speed, computing in their own
+dtype), as do tensors on any other device. GATEDRNN_BACKEND=reference (read at every call) forces the
+reference path; if the extension cannot be built, one warning is emitted and everything runs on the
+reference path. `backend_info()` says which path runs and why.
 """
 from __future__ import annotations
 
 import os
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from gatedrnn.cells import LayerWeights
+from gatedrnn.engine import _build
+from gatedrnn.engine.fused import run_layer_fused
 from gatedrnn.engine.scan import ScanResult, scan_reference
 
 __all__ = ["ScanResult", "backend_info", "run_layer", "scan_reference"]
 
+FUSED_DTYPES = (torch.float32, torch.float64)
+
 
 def _forced_reference() -> bool:
-    return os.environ.get("GATEDRNN_BACKEND", "").lower() == "reference"
+    return os.environ.get("GATEDRNN_BACKEND", "").strip().lower() == "reference"
 
 
-def backend_info() -> dict:
-    """Which path runs and why: {"backend": "fused" | "reference", "reason": str}."""
+def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why tensors of this device and dtype run on the reference path, or None when they run fused."""
     if _forced_reference():
-        return {"backend": "reference", "reason": "GATEDRNN_BACKEND=reference is set"}
-    return {"backend": "reference", "reason": "the fused engine is not part of this build"}
+        return "GATEDRNN_BACKEND=reference is set"
+    if device.type != "cpu":
+        return f"the fused engine is CPU-only, tensors are on {device.type}"
+    if dtype not in FUSED_DTYPES:
+        return f"the fused engine supports float32 and float64, got {dtype}"
+    if _build.load() is None:
+        return f"the fused C++ engine could not be built ({_build.error()})"
+    return None
+
+
+def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
+    """Which path runs for tensors of `device` and `dtype`, and why.
+
+    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}. Building the extension,
+    if not done yet, happens here.
+    """
+    reason = _reference_reason(torch.device(device), dtype)
+    cache = str(_build.cache_dir())
+    if reason is None:
+        return {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache}
+    return {"backend": "reference", "reason": reason, "build_dir": cache}
 
 
 def run_layer(
@@ -37,4 +65,6 @@ def run_layer(
     trace: bool = False,
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps."""
+    if _reference_reason(x.device, x.dtype) is None:
+        return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace)

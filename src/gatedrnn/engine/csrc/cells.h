@@ -1,0 +1,168 @@
+// The cells as the fused engine sees them: one struct per cell family, each a forward and a backward
+// pointwise pass over one batch row of one step. The equations are those of gatedrnn/cells/*.py (the
+// docstrings there are the single source); the loop that calls these is scan_kernel.h, shared by all cells.
+//
+// A cell struct declares:
+//   kGates        gate blocks stacked in W_ih / W_hh (rows = kGates * H)
+//   kHasC         carries a cell state c (H) besides h
+//   kExtra        (H)-wide blocks saved per step besides the gate activations (GRU keeps W_hn h + b_hn)
+//   kSplitGrad    the gradient of the recurrent pre-activation differs from the input one (GRU's r ⊙ …)
+//   kRecBias      b_hh gate blocks that must stay on the recurrent side (not folded into x_proj): GRU's n
+//   kSavesGates   backward reads the gate activations (the RNN needs only h)
+//   kDirectDh     backward writes a part of dL/dh_prev that bypasses W_hh (GRU's z ⊙ dh)
+//   forward(H, RowForward&)   backward(H, RowBackward&)
+// Names follow the Python reference: i, f, g, o, c_next, h_next; gradients d<var>.
+#pragma once
+
+#include "fastmath.h"
+
+namespace gatedrnn {
+
+template <typename T>
+struct RowForward {
+  T* gates;          // in: x_proj (+ folded biases) of the step, (G*H); out: gate activations (saved)
+  const T* rec;      // W_hh h_prev, (G*H)
+  const T* rec_bias; // recurrent-side bias blocks (kRecBias * H) or nullptr
+  const T* h_prev;   // (P)
+  T* c;              // in: c_prev, out: c_next (H), LSTM only
+  T* h_next;         // out: h (P), or o ⊙ tanh(c) (H) for a projected LSTM
+  T* extra;          // out: kExtra * H saved values, or nullptr
+};
+
+template <typename T>
+struct RowBackward {
+  const T* gates;    // saved activations (G*H)
+  const T* extra;    // saved extra (kExtra*H)
+  const T* c;        // c_next of this step (H)
+  const T* c_prev;   // (H)
+  const T* h_prev;   // (P)
+  const T* h_next;   // h of this step (P)
+  const T* dh;       // dL/dh_next (or dL/dm for a projected LSTM)
+  T* dc;             // in: dL/dc_next from later steps, out: dL/dc_prev
+  T* dgate_x;        // out: dL/d(x-side pre-activation) (G*H)
+  T* dgate_h;        // out: dL/d(recurrent pre-activation) (G*H); == dgate_x unless kSplitGrad
+  T* dh_prev;        // out: the part of dL/dh_prev that does not go through W_hh (GRU's z ⊙ dh), if any
+  T* m;              // out: o ⊙ tanh(c_next) (projected LSTM, for dW_hr), or nullptr
+};
+
+template <typename T>
+struct LSTMCell {
+  static constexpr int kGates = 4, kExtra = 0, kRecBias = 0;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false;
+
+  static void forward(int H, const RowForward<T>& a) {
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    T* __restrict__ c = a.c;
+    T* __restrict__ h = a.h_next;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T i = sigmoid(pre[j] + rec[j]);
+      const T f = sigmoid(pre[H + j] + rec[H + j]);
+      const T g = tanh_(pre[2 * H + j] + rec[2 * H + j]);
+      const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j]);
+      const T c_next = f * c[j] + i * g;
+      pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
+      c[j] = c_next;
+      h[j] = o * tanh_(c_next);
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ c = a.c;
+    const T* __restrict__ c_prev = a.c_prev;
+    const T* __restrict__ dh = a.dh;
+    T* __restrict__ dc_io = a.dc;
+    T* __restrict__ dG = a.dgate_x;
+    T* __restrict__ m = a.m;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j];
+      const T tanh_c = tanh_(c[j]);
+      if (m) m[j] = o * tanh_c;                                 // h_next = o ⊙ tanh(c_next)
+      const T do_ = dh[j] * tanh_c;
+      const T dc = dc_io[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
+      const T di = dc * g, dg = dc * i, df = dc * c_prev[j];     // c_next = f ⊙ c + i ⊙ g
+      dc_io[j] = dc * f;
+      dG[j] = di * i * (T(1) - i);                               // i = σ(·), f = σ(·), g = tanh(·), o = σ(·)
+      dG[H + j] = df * f * (T(1) - f);
+      dG[2 * H + j] = dg * (T(1) - g * g);
+      dG[3 * H + j] = do_ * o * (T(1) - o);
+    }
+  }
+};
+
+template <typename T>
+struct GRUCell {
+  static constexpr int kGates = 3, kExtra = 1, kRecBias = 1;
+  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true;
+
+  static void forward(int H, const RowForward<T>& a) {
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ b_hn = a.rec_bias;
+    const T* __restrict__ h = a.h_prev;
+    T* __restrict__ h_next = a.h_next;
+    T* __restrict__ hn_out = a.extra;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T r = sigmoid(pre[j] + rec[j]);
+      const T z = sigmoid(pre[H + j] + rec[H + j]);
+      const T hn = rec[2 * H + j] + (b_hn ? b_hn[j] : T(0));    // W_hn h + b_hn
+      const T n = tanh_(pre[2 * H + j] + r * hn);
+      pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
+      if (hn_out) hn_out[j] = hn;
+      h_next[j] = (T(1) - z) * n + z * h[j];
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ hn = a.extra;
+    const T* __restrict__ h = a.h_prev;
+    const T* __restrict__ dh = a.dh;
+    T* __restrict__ dGx = a.dgate_x;
+    T* __restrict__ dGh = a.dgate_h;
+    T* __restrict__ dh_prev = a.dh_prev;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T r = gate[j], z = gate[H + j], n = gate[2 * H + j];
+      const T dz = dh[j] * (h[j] - n);                           // h_next = (1 − z) ⊙ n + z ⊙ h
+      const T dn = dh[j] * (T(1) - z);
+      dh_prev[j] = dh[j] * z;
+      const T dn_pre = dn * (T(1) - n * n);                      // n = tanh(x_n + r ⊙ hn)
+      const T dr_pre = dn_pre * hn[j] * r * (T(1) - r);
+      const T dz_pre = dz * z * (T(1) - z);
+      dGx[j] = dr_pre, dGx[H + j] = dz_pre, dGx[2 * H + j] = dn_pre;
+      dGh[j] = dr_pre, dGh[H + j] = dz_pre, dGh[2 * H + j] = dn_pre * r;
+    }
+  }
+};
+
+template <typename T, bool kRelu>
+struct RNNCell {
+  static constexpr int kGates = 1, kExtra = 0, kRecBias = 0;
+  static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false;
+
+  static void forward(int H, const RowForward<T>& a) {
+    const T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    T* __restrict__ h_next = a.h_next;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T pre_a = pre[j] + rec[j];                           // a = W_ih x + b_ih + W_hh h + b_hh
+      h_next[j] = kRelu ? (pre_a > T(0) ? pre_a : T(0)) : tanh_(pre_a);
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ h = a.h_next;
+    const T* __restrict__ dh = a.dh;
+    T* __restrict__ dG = a.dgate_x;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) dG[j] = kRelu ? (h[j] > T(0) ? dh[j] : T(0)) : dh[j] * (T(1) - h[j] * h[j]);
+  }
+};
+
+}  // namespace gatedrnn

@@ -1,0 +1,223 @@
+// The time loop shared by every cell (see cells.h for what a cell declares), forward and BPTT backward.
+//
+// Shapes: T steps, B batch, I input, H hidden, P = size of h (proj_size or H), GH = kGates * H.
+// Forward: x_proj = x W_ihᵀ + biases for all steps as one GEMM, then per step one GEMM (h W_hhᵀ), one
+// pointwise pass per row (Cell::forward), and for a projected LSTM one GEMM (m W_hrᵀ).
+// Backward: per step one pointwise pass (Cell::backward) and dh_prev = dG W_hh; then dW_ih, dW_hh, dW_hr,
+// the biases and dx as single GEMMs over all steps.
+// Packing (batch_sizes): at step t rows [0, n_t) are active; the others keep their state, output 0 and
+// get zero gradients. In reverse a row starts from state0 at its own last step.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <cstring>
+#include <vector>
+
+#include "blas.h"
+#include "cells.h"
+
+namespace gatedrnn {
+
+struct ScanForwardOut {
+  at::Tensor y, h_n, c_n;       // (T, B, P), (B, P), (B, H) or undefined
+  at::Tensor gates, c, extra;   // saved: (T, B, GH), (T, B, H), (T, B, kExtra*H), undefined when not kept
+};
+
+struct ScanBackwardOut {
+  at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
+};
+
+// Rows [0, n) of a pointwise pass, split over threads when there is enough work.
+template <typename F>
+inline void for_rows(int64_t n, int64_t row_work, const F& body) {
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_work));
+  if (n <= grain) {
+    body(0, n);
+  } else {
+    at::parallel_for(0, n, grain, body);
+  }
+}
+
+template <typename Cell, typename T>
+ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+                            const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                            const at::Tensor& w_hr, const std::vector<int64_t>& batch_sizes, bool reverse,
+                            bool keep) {
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
+  const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
+  const auto opts = x.options();
+
+  // Input projection of every step, biases folded in except the recurrent-side blocks (GRU's b_hn).
+  at::Tensor gates;  // (T*B, GH)
+  const at::Tensor x2d = x.reshape({T_ * B, I});
+  at::Tensor rec_bias;
+  if (b_ih.defined()) {
+    at::Tensor bias_x = b_ih.clone();
+    const int64_t folded = GH - Cell::kRecBias * H;
+    bias_x.narrow(0, 0, folded).add_(b_hh.narrow(0, 0, folded));
+    if (Cell::kRecBias) rec_bias = b_hh.narrow(0, folded, Cell::kRecBias * H).contiguous();
+    gates = at::addmm(bias_x, x2d, w_ih.t());
+  } else {
+    gates = at::mm(x2d, w_ih.t());
+  }
+  at::Tensor y = packed ? at::zeros({T_, B, P}, opts) : at::empty({T_, B, P}, opts);
+  at::Tensor h = h0.clone();
+  at::Tensor c = Cell::kHasC ? c0.clone() : at::Tensor();
+  at::Tensor c_hist, extra;
+  if (keep && Cell::kHasC) c_hist = packed ? at::zeros({T_, B, H}, opts) : at::empty({T_, B, H}, opts);
+  if (keep && Cell::kExtra) extra = at::empty({T_, B, Cell::kExtra * H}, opts);
+  at::Tensor rec = at::empty({B, GH}, opts);
+  at::Tensor m = proj ? at::empty({B, H}, opts) : at::Tensor();
+
+  T* gates_p = gates.data_ptr<T>();
+  T* y_p = y.data_ptr<T>();
+  T* h_p = h.data_ptr<T>();
+  T* c_p = Cell::kHasC ? c.data_ptr<T>() : nullptr;
+  T* c_hist_p = c_hist.defined() ? c_hist.data_ptr<T>() : nullptr;
+  T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
+  T* rec_p = rec.data_ptr<T>();
+  T* m_p = proj ? m.data_ptr<T>() : nullptr;
+  const T* w_hh_p = w_hh.data_ptr<T>();
+  const T* w_hr_p = proj ? w_hr.data_ptr<T>() : nullptr;
+  const T* rec_bias_p = rec_bias.defined() ? rec_bias.data_ptr<T>() : nullptr;
+  const int64_t EH = Cell::kExtra * H;
+
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = reverse ? T_ - 1 - s : s;
+    const int64_t n = packed ? batch_sizes[t] : B;
+    T* gates_t = gates_p + t * B * GH;
+    T* y_t = y_p + t * B * P;
+    gemm<T>(false, true, n, GH, P, T(1), h_p, P, w_hh_p, P, T(0), rec_p, GH);  // (n, GH) = h W_hhᵀ
+    T* h_out = proj ? m_p : y_t;
+    const int64_t h_out_ld = proj ? H : P;
+    for_rows(n, GH, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        RowForward<T> row{gates_t + b * GH, rec_p + b * GH, rec_bias_p, h_p + b * P,
+                          c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
+                          extra_p ? extra_p + (t * B + b) * EH : nullptr};
+        Cell::forward(H, row);
+      }
+    });
+    if (proj) gemm<T>(false, true, n, P, H, T(1), m_p, H, w_hr_p, H, T(0), y_t, P);  // (n, P) = m W_hrᵀ
+    std::memcpy(h_p, y_t, sizeof(T) * n * P);
+    if (c_hist_p) std::memcpy(c_hist_p + t * B * H, c_p, sizeof(T) * n * H);
+    if (keep && n < B) {  // padded rows read as zeros in the trace
+      std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
+      if (extra_p) std::memset(extra_p + (t * B + n) * EH, 0, sizeof(T) * (B - n) * EH);
+    }
+  }
+  ScanForwardOut out;
+  out.y = y;
+  out.h_n = h;
+  out.c_n = c;
+  if (keep) {
+    out.gates = gates.view({T_, B, GH});
+    out.c = c_hist;
+    out.extra = extra;
+  }
+  return out;
+}
+
+template <typename Cell, typename T>
+ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0,
+                              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr, bool has_bias,
+                              const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c_hist,
+                              const at::Tensor& extra, const at::Tensor& dy, const at::Tensor& dh_n,
+                              const at::Tensor& dc_n, const std::vector<int64_t>& batch_sizes, bool reverse,
+                              bool need_dx) {
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
+  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
+  const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
+  const auto opts = x.options();
+  auto buffer = [&](std::vector<int64_t> shape) { return packed ? at::zeros(shape, opts) : at::empty(shape, opts); };
+
+  at::Tensor dgate_x = buffer({T_, B, GH});
+  at::Tensor dgate_h = Cell::kSplitGrad ? buffer({T_, B, GH}) : dgate_x;
+  at::Tensor dgate_first = at::zeros({B, GH}, opts);  // dG_h at each row's first step (paired with h0)
+  at::Tensor dh = dh_n.clone();                        // dL/dh carried backwards in time, (B, P)
+  at::Tensor dc = Cell::kHasC ? dc_n.clone() : at::Tensor();
+  at::Tensor dh_hist = proj ? buffer({T_, B, P}) : at::empty({B, P}, opts);  // dL/dh per step (proj) or scratch
+  at::Tensor m_hist = proj ? buffer({T_, B, H}) : at::Tensor();
+  at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
+
+  const T* x_unused = nullptr;
+  (void)x_unused;
+  const T* h0_p = h0.data_ptr<T>();
+  const T* c0_p = Cell::kHasC ? c0.data_ptr<T>() : nullptr;
+  const T* y_p = y.data_ptr<T>();
+  const T* gates_p = gates.defined() ? gates.data_ptr<T>() : nullptr;
+  const T* c_hist_p = Cell::kHasC ? c_hist.data_ptr<T>() : nullptr;
+  const T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
+  const T* dy_p = dy.data_ptr<T>();
+  const T* w_hh_p = w_hh.data_ptr<T>();
+  const T* w_hr_p = proj ? w_hr.data_ptr<T>() : nullptr;
+  T* dgx_p = dgate_x.data_ptr<T>();
+  T* dgh_p = dgate_h.data_ptr<T>();
+  T* dfirst_p = dgate_first.data_ptr<T>();
+  T* dh_p = dh.data_ptr<T>();
+  T* dc_p = Cell::kHasC ? dc.data_ptr<T>() : nullptr;
+  T* dh_hist_p = dh_hist.data_ptr<T>();
+  T* m_hist_p = proj ? m_hist.data_ptr<T>() : nullptr;
+  T* dm_p = proj ? dm.data_ptr<T>() : nullptr;
+  const int64_t EH = Cell::kExtra * H;
+
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = reverse ? s : T_ - 1 - s;
+    const int64_t n = packed ? batch_sizes[t] : B;
+    const int64_t p = reverse ? t + 1 : t - 1;  // the step that produced h_prev
+    const bool has_prev = p >= 0 && p < T_;
+    const int64_t n_prev = has_prev ? std::min<int64_t>(n, packed ? batch_sizes[p] : B) : 0;
+    T* dh_total = proj ? dh_hist_p + t * B * P : dh_hist_p;  // dL/dh_t = dy_t + carried dh
+    const T* dy_t = dy_p + t * B * P;
+    for (int64_t k = 0; k < n * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
+    if (proj) gemm<T>(false, false, n, H, P, T(1), dh_total, P, w_hr_p, H, T(0), dm_p, H);  // dm = dh W_hr
+    const T* dh_cell = proj ? dm_p : dh_total;
+    const int64_t dh_ld = proj ? H : P;
+    T* dgx_t = dgx_p + t * B * GH;
+    T* dgh_t = dgh_p + t * B * GH;
+    for_rows(n, GH, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const bool from_prev = b < n_prev;
+        RowBackward<T> row{
+            gates_p ? gates_p + (t * B + b) * GH : nullptr,
+            extra_p ? extra_p + (t * B + b) * EH : nullptr,
+            c_hist_p ? c_hist_p + (t * B + b) * H : nullptr,
+            c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * H : c0_p + b * H) : nullptr,
+            from_prev ? y_p + (p * B + b) * P : h0_p + b * P,
+            y_p + (t * B + b) * P,
+            dh_cell + b * dh_ld,
+            dc_p ? dc_p + b * H : nullptr,
+            dgx_t + b * GH,
+            dgh_t + b * GH,
+            dh_p + b * P,
+            m_hist_p ? m_hist_p + (t * B + b) * H : nullptr};
+        Cell::backward(H, row);
+      }
+    });
+    if (n > n_prev) std::memcpy(dfirst_p + n_prev * GH, dgh_t + n_prev * GH, sizeof(T) * (n - n_prev) * GH);
+    // dh_prev = dG_h W_hh (+ the direct part the cell wrote into dh)
+    gemm<T>(false, false, n, P, GH, T(1), dgh_t, GH, w_hh_p, P, Cell::kDirectDh ? T(1) : T(0), dh_p, P);
+  }
+
+  ScanBackwardOut out;
+  const at::Tensor dgx2 = dgate_x.view({T_ * B, GH}), dgh2 = dgate_h.view({T_ * B, GH});
+  if (need_dx) out.dx = at::mm(dgx2, w_ih).view({T_, B, I});
+  out.dw_ih = at::mm(dgx2.t(), x.reshape({T_ * B, I}));
+  // dW_hh = Σ_t dG_h,tᵀ h_{t−1}: h_{t−1} is y of the previous step, or h0 at a row's first step.
+  const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
+  const at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
+  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
+  if (has_bias) {
+    out.db_ih = dgx2.sum(0);
+    out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
+  }
+  if (proj) out.dw_hr = at::mm(dh_hist.view({T_ * B, P}).t(), m_hist.view({T_ * B, H}));
+  out.dh0 = dh;
+  out.dc0 = dc;
+  return out;
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,72 @@
+// One time step through a stack of layers, for streaming under no_grad: per layer two GEMVs (x W_ihᵀ,
+// h W_hhᵀ), the cell's pointwise pass and, for a projected LSTM, m W_hrᵀ. No autograd, no per-layer
+// tensor allocation: scratch lives in a thread-local buffer.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <optional>
+#include <vector>
+
+#include "blas.h"
+#include "cells.h"
+
+namespace gatedrnn {
+
+// x (B, I); h (L, B, P); c (L, B, H) or undefined; weights: per layer w_ih, w_hh, b_ih, b_hh, w_hr (None allowed).
+// Returns {y (B, P), h_next (L, B, P), c_next (L, B, H) or undefined}.
+template <typename Cell, typename T>
+std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_in, const at::Tensor& c_in,
+                                   const std::vector<c10::optional<at::Tensor>>& weights) {
+  const at::Tensor x = x_in.contiguous(), h = h_in.contiguous();
+  const int64_t L = h.size(0), B = h.size(1), P = h.size(2);
+  TORCH_CHECK((int64_t)weights.size() == 5 * L, "step: expected 5 weight slots per layer");
+  at::Tensor h_next = at::empty_like(h);
+  at::Tensor c_next = Cell::kHasC ? c_in.clone(at::MemoryFormat::Contiguous) : at::Tensor();
+  static thread_local std::vector<T> scratch;
+
+  const T* in_p = x.data_ptr<T>();
+  int64_t in_dim = x.size(1);
+  for (int64_t l = 0; l < L; ++l) {
+    const at::Tensor& w_ih = *weights[5 * l];
+    const at::Tensor& w_hh = *weights[5 * l + 1];
+    const c10::optional<at::Tensor>& b_ih = weights[5 * l + 2];
+    const c10::optional<at::Tensor>& b_hh = weights[5 * l + 3];
+    const c10::optional<at::Tensor>& w_hr = weights[5 * l + 4];
+    TORCH_CHECK(w_ih.is_contiguous() && w_hh.is_contiguous(), "step: weights must be contiguous");
+    const int64_t GH = w_hh.size(0), H = GH / Cell::kGates;
+    const bool proj = w_hr.has_value();
+    scratch.resize(B * (2 * GH + H));
+    T* gates = scratch.data();
+    T* rec = gates + B * GH;
+    T* m = rec + B * GH;
+    gemm<T>(false, true, B, GH, in_dim, T(1), in_p, in_dim, w_ih.data_ptr<T>(), in_dim, T(0), gates, GH);
+    const T* h_prev = h.data_ptr<T>() + l * B * P;
+    gemm<T>(false, true, B, GH, P, T(1), h_prev, P, w_hh.data_ptr<T>(), P, T(0), rec, GH);
+    const int64_t folded = GH - Cell::kRecBias * H;
+    const T* rec_bias = nullptr;
+    if (b_ih.has_value()) {
+      const T* bi = b_ih->data_ptr<T>();
+      const T* bh = b_hh->data_ptr<T>();
+      for (int64_t b = 0; b < B; ++b) {
+        T* g = gates + b * GH;
+        for (int64_t k = 0; k < folded; ++k) g[k] += bi[k] + bh[k];
+        for (int64_t k = folded; k < GH; ++k) g[k] += bi[k];
+      }
+      if (Cell::kRecBias) rec_bias = bh + folded;
+    }
+    T* h_out_l = h_next.data_ptr<T>() + l * B * P;
+    for (int64_t b = 0; b < B; ++b) {
+      RowForward<T> row{gates + b * GH, rec + b * GH, rec_bias, h_prev + b * P,
+                        Cell::kHasC ? c_next.data_ptr<T>() + (l * B + b) * H : nullptr,
+                        proj ? m + b * H : h_out_l + b * P, nullptr};
+      Cell::forward(H, row);
+    }
+    if (proj) gemm<T>(false, true, B, P, H, T(1), m, H, w_hr->data_ptr<T>(), H, T(0), h_out_l, P);
+    in_p = h_out_l;
+    in_dim = P;
+  }
+  return {h_next.select(0, L - 1).clone(), h_next, c_next};
+}
+
+}  // namespace gatedrnn
