@@ -339,3 +339,17 @@ def test_rnn_gradient_vanishes_lstm_gradient_does_not_on_the_adding_problem():
         assert ratios["lstm", seed] > 1e-5, ratios
         assert ratios["rnn", seed] * 1e6 < ratios["lstm", seed], ratios
         assert ratios["lstm_default", seed] < 1e-12, ratios  # the open gate, not the architecture alone, does it
+
+
+def test_series_and_steps_select_real_steps_of_one_sample():
+    torch.manual_seed(0)
+    layer = gatedrnn.GRU(2, 3)
+    x = torch.randn(5, 3, 2)  # (T, B, I)
+    packed = pack_padded_sequence(x, torch.tensor([3, 5, 2]), enforce_sorted=False)
+    with torch.no_grad():
+        traces = trace(layer, packed)
+        alone = trace(layer, x[:3, 0])  # sample 0's real steps, unbatched
+    torch.testing.assert_close(traces.series("z", sample=0), alone.series("z"))
+    assert traces.steps("h").shape == (3 + 5 + 2, 3)
+    with pytest.raises(ValueError, match="fields"):
+        traces.series("f")

@@ -42,6 +42,33 @@ class LayerTraces(NamedTuple):
         """The trace named tuple of one layer (default the last, the one a readout sees) and direction."""
         return self.layers[layer][direction]
 
+    def series(self, name: str, *, sample: int = 0, layer: int = -1, direction: int = 0) -> Tensor:
+        """One field ("f", "c", "h", …) of one sample over its real steps: (T_b, H) or (T_b, P), T_b its length."""
+        chosen = self.get(layer, direction)
+        if name not in chosen._fields:
+            raise ValueError(f"a {self.cell} trace has fields {chosen._fields}, got {name!r}")
+        field = getattr(chosen, name)
+        if field.dim() == 2:  # unbatched (T, ·)
+            if sample != 0:
+                raise ValueError(f"unbatched input has one sample, got sample={sample}")
+            return field
+        batch = field.shape[0] if self.batch_first else field.shape[1]
+        if not -batch <= sample < batch:
+            raise ValueError(f"sample should be in [0, {batch}), got {sample}")
+        rows = field[sample] if self.batch_first else field[:, sample]  # (T, ·)
+        return rows if self.lengths is None else rows[: int(self.lengths[sample])]
+
+    def steps(self, name: str, *, layer: int = -1, direction: int = 0) -> Tensor:
+        """Every sample's real steps of one field, flattened: (number of real steps, ·)."""
+        field = getattr(self.get(layer, direction), name)
+        if field.dim() == 2:
+            return field
+        field = field if self.batch_first else field.transpose(0, 1)  # (B, T, ·)
+        if self.lengths is None:
+            return field.reshape(-1, field.shape[-1])
+        valid = torch.arange(field.shape[1]).unsqueeze(0) < self.lengths.unsqueeze(1)  # (B, T)
+        return field[valid]
+
 
 def _to_user_layout(trace: tuple, *, unbatched: bool, batch_first: bool, unsorted: Optional[Tensor]) -> tuple:
     """Each (T, B_sorted, ·) field -> the caller's layout and batch order."""
