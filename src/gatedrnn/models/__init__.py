@@ -6,11 +6,12 @@ Every model follows the convention in `gatedrnn.models.base` (`.rnn`, `.rnn_inpu
 from gatedrnn.models.base import SequenceModel
 from gatedrnn.models.cells import CELLS, build_rnn, register_cell
 from gatedrnn.models.charlm import CharLM
-from gatedrnn.models.sequence import SequenceClassifier, SequenceRegressor, last_steps
+from gatedrnn.models.sequence import SequenceClassifier, SequenceRegressor, SequenceTagger, last_steps
 
 MODELS: dict[str, type[SequenceModel]] = {
     "SequenceRegressor": SequenceRegressor,
     "SequenceClassifier": SequenceClassifier,
+    "SequenceTagger": SequenceTagger,
     "CharLM": CharLM,
 }
 
@@ -22,5 +23,5 @@ def build_model(kind: str, config: dict) -> SequenceModel:
     return MODELS[kind](**config)
 
 
-__all__ = ["CELLS", "MODELS", "CharLM", "SequenceClassifier", "SequenceModel", "SequenceRegressor",
+__all__ = ["CELLS", "MODELS", "CharLM", "SequenceClassifier", "SequenceModel", "SequenceRegressor", "SequenceTagger",
            "build_model", "build_rnn", "last_steps", "register_cell"]

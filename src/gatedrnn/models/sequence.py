@@ -78,3 +78,25 @@ class SequenceClassifier(SequenceModel):
 
     def readout(self, rnn_output: Inputs, lengths: Optional[Tensor] = None) -> Tensor:
         return self.head(last_steps(rnn_output, lengths))  # (B, C)
+
+
+class SequenceTagger(SequenceModel):
+    """Sequence (B, T, I) -> a prediction at every step (B, T, C) (e.g. the copy task's recalled symbols).
+
+    readout: (B, T, H) -> linear at every step, (B, T, C).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0) -> None:
+        check_size("input_size", input_size, minimum=1)
+        check_size("num_classes", num_classes, minimum=2)
+        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                         dropout=dropout,
+                         config=dict(input_size=input_size, hidden_size=hidden_size, num_classes=num_classes,
+                                     cell=cell, num_layers=num_layers, dropout=dropout))
+        self.head = nn.Linear(hidden_size, num_classes)
+
+    def readout(self, rnn_output: Tensor) -> Tensor:
+        if not isinstance(rnn_output, Tensor) or rnn_output.dim() != 3:
+            raise ValueError("SequenceTagger.readout expects a (B, T, H) tensor")
+        return self.head(rnn_output)  # (B, T, C)

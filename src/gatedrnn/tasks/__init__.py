@@ -7,10 +7,20 @@ from __future__ import annotations
 from typing import Any
 
 from gatedrnn.tasks.adding import AddingTask
+from gatedrnn.tasks.charlm import CharLMTask
+from gatedrnn.tasks.copy import CopyTask
+from gatedrnn.tasks.sunspots import SunspotsTask
+from gatedrnn.tasks.temporal_order import TemporalOrderTask
+from gatedrnn.tasks.vowels import VowelsTask
 from gatedrnn.tasks.base import Task, TaskInfo
 
 TASKS: dict[str, type[Task]] = {
     "adding": AddingTask,
+    "copy": CopyTask,
+    "temporal_order": TemporalOrderTask,
+    "sunspots": SunspotsTask,
+    "vowels": VowelsTask,
+    "charlm": CharLMTask,
 }
 
 
