@@ -1,0 +1,265 @@
+"""The benchmark cases: what is timed, at which sizes, against which peer, and the target each must meet.
+
+Shape symbols (as in `gatedrnn.cells.spec`): B batch, T time steps, I input size, H hidden size,
+P projection size (0: none). A case is data; `build_case` turns it into one zero-argument callable per
+implementation ("gatedrnn", "torch.nn", "onnxruntime"), each doing one iteration of the measured work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import gatedrnn
+
+OURS, TORCH, ORT = "gatedrnn", "torch.nn", "onnxruntime"
+BEST_PEER = "best peer"
+GATE_COUNT = {"lstm": 4, "gru": 3, "rnn": 1}
+
+# (B, T, I, H) of the issue; the quick set is a smoke test of the same code paths.
+FULL_SIZES = ((1, 100, 64, 64), (16, 100, 64, 128), (64, 100, 256, 256), (64, 50, 512, 512))
+QUICK_SIZES = ((2, 6, 4, 8),)
+
+
+@dataclass(frozen=True)
+class Shape:
+    B: int
+    T: int
+    I: int  # noqa: E741 (the paper's symbol)
+    H: int
+    P: int = 0
+
+    def label(self) -> str:
+        return f"B{self.B}-T{self.T}-I{self.I}-H{self.H}" + (f"-P{self.P}" if self.P else "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """metric "ratio_min": peer time / gatedrnn time >= value, peer being `against` (torch.nn or the best
+    peer, the faster of torch.nn and onnxruntime); "max_us_per_step": gatedrnn's µs per step <= value;
+    "memory_ratio_min": peer peak memory / gatedrnn peak memory >= value."""
+
+    metric: str
+    value: float
+    against: str = TORCH
+
+    def describe(self) -> str:
+        if self.metric == "max_us_per_step":
+            return f"<= {self.value:g} us/step"
+        if self.metric == "memory_ratio_min":
+            return f"peak <= {self.against}'s" if self.value == 1 else f"peak <= {self.against}'s / {self.value:g}"
+        return f">= {self.value:g}x vs {self.against}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """kind: "train" (forward + backward of a scalar loss), "infer" (forward under no_grad) or
+    "stream" (one `step` call, B=1). variant: "" | "proj" | "packed"."""
+
+    cell: str
+    kind: str
+    shape: Shape
+    variant: str = ""
+    target: Optional[Target] = None
+
+    @property
+    def name(self) -> str:
+        cell = self.cell + (f"-{self.variant}" if self.variant else "")
+        if self.kind == "stream":
+            return f"{cell}/stream/H{self.shape.H}"
+        return f"{cell}/{self.kind}/{self.shape.label()}"
+
+
+def gru_training_target(batch: int) -> float:
+    """The issue's GRU training targets: 3x at B=1, 2x at B=16, 1.2x at B=64 (small batch gains most)."""
+    return 3.0 if batch <= 1 else 2.0 if batch <= 16 else 1.2
+
+
+def make_cases(*, quick: bool) -> list[Case]:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    cases: list[Case] = []
+    for B, T, I, H in sizes:
+        shape = Shape(B, T, I, H)
+        cases += [
+            Case("lstm", "train", shape, target=Target("ratio_min", 1.25, TORCH)),
+            Case("lstm", "infer", shape, target=Target("ratio_min", 1.0, BEST_PEER)),
+            Case("gru", "train", shape, target=Target("ratio_min", gru_training_target(B), TORCH)),
+            Case("gru", "infer", shape, target=Target("ratio_min", 1.0, BEST_PEER)),
+            Case("rnn", "train", shape),
+            Case("rnn", "infer", shape),
+        ]
+    if quick:
+        proj_shapes, packed_shapes, stream_sizes = [Shape(2, 6, 4, 8, P=4)], [Shape(4, 8, 4, 8)], [8]
+    else:
+        proj_shapes = [Shape(16, 100, 256, 256, P=128), Shape(64, 100, 256, 256, P=128)]
+        packed_shapes, stream_sizes = [Shape(64, 100, 64, 128)], [64, 256]
+    cases += [Case("lstm", "train", s, "proj", Target("ratio_min", 2.0, TORCH)) for s in proj_shapes]
+    cases += [Case("lstm", "train", s, "packed", Target("ratio_min", 2.0, TORCH)) for s in packed_shapes]
+    for H in stream_sizes:
+        target = Target("max_us_per_step", 3.0) if H == 256 else None
+        cases.append(Case("lstm", "stream", Shape(1, 1, H, H), target=target))
+    return cases
+
+
+MEMORY_TARGET = Target("memory_ratio_min", 1.0, TORCH)
+
+
+def memory_shapes(*, quick: bool) -> list[Shape]:
+    """Sizes at which a training step's peak memory is compared, gatedrnn.LSTM vs nn.LSTM."""
+    return [Shape(*size) for size in (QUICK_SIZES if quick else FULL_SIZES)]
+
+
+def packed_lengths(shape: Shape) -> list[int]:
+    """Lengths uniform in [T/4, T], seeded; the first is T so that the padded length is T."""
+    generator = torch.Generator().manual_seed(1234)
+    lengths = torch.randint(max(1, shape.T // 4), shape.T + 1, (shape.B,), generator=generator)
+    lengths[0] = shape.T
+    return lengths.tolist()
+
+
+def flop_count(case: Case) -> int:
+    """FLOPs of the gate GEMMs (and the projection) of one iteration; training counts 3x forward.
+
+    forward: 2 * rows * G*H * (I + P) + 2 * rows * H * P_proj, rows = T*B (sum of lengths if packed).
+    stream: one step, rows = B.
+    """
+    s = case.shape
+    rows = sum(packed_lengths(s)) if case.variant == "packed" else s.T * s.B
+    if case.kind == "stream":
+        rows = s.B
+    out = s.P or s.H
+    forward = 2 * rows * GATE_COUNT[case.cell] * s.H * (s.I + out) + (2 * rows * s.H * s.P if s.P else 0)
+    return 3 * forward if case.kind == "train" else forward
+
+
+# ----- building the callables -----
+
+class Unavailable(Exception):
+    """An implementation that cannot run this case (missing API or dependency); reported, not fatal."""
+
+
+@dataclass
+class BuiltCase:
+    """impls: name -> one iteration; unavailable: name -> reason; max_abs_diff: name -> output error vs torch.nn."""
+
+    impls: dict[str, Callable[[], None]]
+    unavailable: dict[str, str]
+    max_abs_diff: dict[str, float]
+
+
+def _module_pair(cell: str, shape: Shape) -> tuple[nn.Module, nn.Module]:
+    """(gatedrnn module, torch.nn module) with identical weights."""
+    torch.manual_seed(0)
+    extra = {"proj_size": shape.P} if shape.P else {}
+    peer = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell](shape.I, shape.H, **extra)
+    ours = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn": gatedrnn.RNN}[cell](shape.I, shape.H, **extra)
+    ours.load_state_dict(peer.state_dict(), strict=True)
+    return ours, peer
+
+
+def _output_data(output) -> Tensor:
+    return output.data if isinstance(output, PackedSequence) else output
+
+
+def _train_step(module: nn.Module, x) -> Callable[[], None]:
+    params = list(module.parameters())
+
+    def step() -> None:
+        for p in params:
+            p.grad = None
+        output, _ = module(x)
+        _output_data(output).sum().backward()
+
+    return step
+
+
+def _infer_step(module: nn.Module, x) -> Callable[[], None]:
+    def step() -> None:
+        with torch.no_grad():
+            module(x)
+
+    return step
+
+
+def build_case(case: Case, *, threads: int) -> BuiltCase:
+    if case.kind == "stream":
+        return _build_stream(case)
+    s = case.shape
+    ours, peer = _module_pair(case.cell, s)
+    x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)
+    if case.variant == "packed":
+        x = pack_padded_sequence(x, torch.tensor(packed_lengths(s)), enforce_sorted=False)
+    for module in (ours, peer):
+        module.train(case.kind == "train")
+    with torch.no_grad():
+        expected = _output_data(peer(x)[0])
+    diffs: dict[str, float] = {}
+    unavailable: dict[str, str] = {}
+    impls: dict[str, Callable[[], None]] = {}
+    try:
+        with torch.no_grad():
+            diffs[OURS] = (_output_data(ours(x)[0]) - expected).abs().max().item()
+        impls[OURS] = (_train_step if case.kind == "train" else _infer_step)(ours, x)
+    except Exception as error:  # a broken engine is a result to report, not a reason to stop the run
+        unavailable[OURS] = f"{type(error).__name__}: {error}"
+    impls[TORCH] = (_train_step if case.kind == "train" else _infer_step)(peer, x)
+    if case.kind == "infer":
+        from gatedrnn.bench.onnx import onnx_inference
+
+        try:
+            run_onnx, onnx_output = onnx_inference(peer, x, threads=threads)
+            diffs[ORT] = float(abs(onnx_output - expected.numpy()).max())
+            impls[ORT] = run_onnx
+        except Unavailable as error:
+            unavailable[ORT] = str(error)
+    return BuiltCase(impls, unavailable, diffs)
+
+
+def _build_stream(case: Case) -> BuiltCase:
+    """gatedrnn.LSTM.step(x, state) under no_grad vs nn.LSTMCell called step by step, B=1."""
+    s = case.shape
+    ours, peer_layer = _module_pair("lstm", s)
+    peer = nn.LSTMCell(s.I, s.H)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(peer, name).copy_(getattr(peer_layer, name + "_l0"))
+    xs = torch.randn(8, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (steps, B, I)
+    peer_state: list = [None]
+
+    def peer_step() -> None:
+        with torch.no_grad():
+            peer_state[0] = peer(xs[0], peer_state[0])
+
+    impls: dict[str, Callable[[], None]] = {}
+    unavailable: dict[str, str] = {}
+    diffs: dict[str, float] = {}
+    if not callable(getattr(ours, "step", None)):
+        unavailable[OURS] = "gatedrnn.LSTM.step does not exist in this build"
+    else:
+        try:
+            diffs[OURS] = _stream_difference(ours, peer, xs)
+            ours_state: list = [None]
+
+            def ours_step() -> None:
+                with torch.no_grad():
+                    ours_state[0] = ours.step(xs[0], ours_state[0])[1]
+
+            impls[OURS] = ours_step
+        except Exception as error:
+            unavailable[OURS] = f"{type(error).__name__}: {error}"
+    impls[TORCH] = peer_step
+    return BuiltCase(impls, unavailable, diffs)
+
+
+def _stream_difference(ours: nn.Module, peer: nn.LSTMCell, xs: Tensor) -> float:
+    """Largest |h_ours - h_peer| over a few steps from the zero state."""
+    ours_state, peer_state, worst = None, None, 0.0
+    with torch.no_grad():
+        for x in xs:  # (B, I)
+            y, ours_state = ours.step(x, ours_state)
+            peer_state = peer(x, peer_state)
+            worst = max(worst, (y.reshape(peer_state[0].shape) - peer_state[0]).abs().max().item())
+    return worst

@@ -1,0 +1,63 @@
+"""What a result depends on besides the code under test: machine, library versions, threads, commit."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_commit(folder: Path) -> dict:
+    """{"commit": sha or None, "dirty": bool or None}: dirty = tracked files differ from the commit."""
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def environment(*, threads: int) -> dict:
+    import numpy
+    import torch
+
+    import gatedrnn
+
+    try:
+        import onnxruntime
+
+        onnxruntime_version: Optional[str] = onnxruntime.__version__
+    except ImportError:
+        onnxruntime_version = None
+    source = Path(gatedrnn.__file__).resolve().parent
+    return {
+        "git": git_commit(source),
+        "gatedrnn_version": gatedrnn.__version__,
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime_version,
+        "numpy_version": numpy.__version__,
+        "python_version": platform.python_version(),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()),  # other work on the machine skews every number
+        "backend_info": gatedrnn.backend_info(),
+    }
