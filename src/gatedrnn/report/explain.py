@@ -1,0 +1,221 @@
+"""`write_explain_report`: one self-contained HTML page that shows what a few recurrent models do inside.
+
+For every model: its cell's equations (from `gatedrnn.cells`), the gradient flow (`gatedrnn.inspect.gradient_flow`),
+gate heatmaps and state trajectories of one sample, gate saturation, training curves, each with a reading
+computed from the data. Shapes: inputs (B, T, I) (or whatever the models' `rnn_input` takes), targets (B, …).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+import gatedrnn
+from gatedrnn.engine import backend_info
+from gatedrnn.inspect import GradientFlow, LayerTraces, gradient_flow, trace
+from gatedrnn.layers import RecurrentBase
+from gatedrnn.report import readings
+from gatedrnn.report.equations import equations_html
+from gatedrnn.report.page import Figure, escape, figure_html, page_html, table_html
+from gatedrnn.viz import (
+    figure_to_data_uri, gate_heatmaps, gate_saturation_histograms, gradient_flow_curves, state_trajectories,
+    training_curves,
+)
+from gatedrnn.viz.figures import CELL_NAMES
+
+MAX_SAMPLES = 256  # traces and gradient flow use the first MAX_SAMPLES samples: plenty for the statistics
+SAMPLE = 0  # the sample shown in the per-sample plots
+
+
+def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, history, notes) -> pathlib.Path:
+    """Every argument checked before anything is computed or written; returns the resolved output path."""
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"models should be a non-empty mapping label -> model, got {models!r:.80}")
+    for label, model in models.items():
+        if not isinstance(label, str) or not label:
+            raise ValueError(f"model labels should be non-empty strings, got {label!r}")
+        rnn = getattr(model, "rnn", None)
+        if not isinstance(model, nn.Module) or not isinstance(rnn, RecurrentBase) or not callable(
+            getattr(model, "readout", None)
+        ):
+            raise ValueError(
+                f"model {label!r} should be an nn.Module with a gatedrnn LSTM/GRU/RNN as `.rnn` and a `.readout` "
+                f"method (the gatedrnn.models convention), got {type(model).__name__}"
+            )
+        if not rnn.batch_first:
+            raise ValueError(f"model {label!r}: its .rnn should have batch_first=True (the models convention)")
+    if not isinstance(inputs, Tensor):
+        raise ValueError(f"inputs should be a tensor (B, T, I), got {type(inputs).__name__}")
+    has_rnn_input = any(callable(getattr(m, "rnn_input", None)) for m in models.values())
+    if inputs.dim() != 3 and not (has_rnn_input and inputs.dim() == 2 and not inputs.is_floating_point()):
+        raise ValueError(f"inputs should be 3-D (B, T, I), got a {inputs.dim()}-D tensor of shape {tuple(inputs.shape)}")
+    if inputs.shape[0] < 1 or inputs.shape[1] < 2:
+        raise ValueError(f"inputs should hold at least 1 sample of at least 2 steps, got shape {tuple(inputs.shape)}")
+    if not isinstance(targets, Tensor) or targets.dim() < 1 or targets.shape[0] != inputs.shape[0]:
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(f"targets should be a tensor with {inputs.shape[0]} rows (one per input), got {shape}")
+    if not isinstance(task_name, str) or not task_name:
+        raise ValueError(f"task_name should be a non-empty string, got {task_name!r}")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn should be callable (prediction, targets) -> scalar, got {type(loss_fn).__name__}")
+    if history is not None:
+        if not isinstance(history, Mapping) or any(
+            not isinstance(records, Sequence) or any(not isinstance(r, Mapping) for r in records)
+            for records in history.values()
+        ):
+            raise ValueError("history should map a model label to a list of dicts like {'step': 1, 'train_loss': 0.2}")
+    if notes is not None and (not isinstance(notes, Mapping)
+                              or any(not isinstance(k, str) or not isinstance(v, str) for k, v in notes.items())):
+        raise ValueError("notes should map strings to strings")
+    path = pathlib.Path(out_path)
+    if path.is_dir():
+        raise ValueError(f"out_path should be a file path like report.html, got the directory {str(path)!r}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"the parent of out_path is not a directory: {str(path.parent)!r}")
+    return path
+
+
+def _layer_input(model: nn.Module, inputs: Tensor) -> Tensor:
+    """What the model feeds its recurrent layer: (B, T, I)."""
+    rnn_input = getattr(model, "rnn_input", None)
+    x = rnn_input(inputs) if callable(rnn_input) else inputs
+    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[2] != model.rnn.input_size:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"the recurrent layer's input should be (B, T, {model.rnn.input_size}), got {shape}")
+    return x
+
+
+def _write_atomically(path: pathlib.Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def _summary(models, flows: Mapping[str, GradientFlow]) -> str:
+    rows = []
+    for label, model in models.items():
+        rnn = model.rnn
+        size = f"{rnn.num_layers} × {rnn.hidden_size}" + (" × 2 directions" if rnn.bidirectional else "")
+        params = sum(p.numel() for p in model.parameters())
+        flow = flows[label]
+        rows.append([label, CELL_NAMES.get(rnn.mode, rnn.mode), size, f"{params:,}", f"{flow.loss:.4g}",
+                     f"{flow.ratio():.2e}"])
+    return table_html(["model", "cell", "layers × units", "parameters", "loss on these inputs",
+                       "‖∂L/∂h<sub>1</sub>‖ / ‖∂L/∂h<sub>T</sub>‖"], rows, [False, False, False, True, True, True])
+
+
+def write_explain_report(
+    models: Mapping[str, nn.Module],
+    inputs: Tensor,
+    targets: Tensor,
+    out_path,
+    *,
+    task_name: str,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    history: Optional[Mapping[str, Sequence[Mapping[str, float]]]] = None,
+    notes: Optional[Mapping[str, str]] = None,
+) -> pathlib.Path:
+    """Write the explain report for `models` on `inputs` to `out_path` (atomically) and return its path.
+
+    Args:
+        models: label -> model with `.rnn` (a gatedrnn layer, batch_first=True) and `.readout(rnn_output)`,
+            forward(x) == readout(rnn(x)[0]) (the gatedrnn.models convention; `.rnn_input` is honoured).
+        inputs: (B, T, I); the first MAX_SAMPLES samples are used. targets: (B, …), as loss_fn takes them.
+        loss_fn: (prediction, targets) -> scalar; its gradient is what the gradient-flow plot follows.
+        history: label -> list of per-step/epoch dicts, e.g. {"step": 100, "train_loss": 0.1, "val_mse": 0.1}.
+        notes: heading -> text shown near the top (e.g. how the models were trained).
+    Raises:
+        ValueError before anything is written when an argument is wrong.
+    """
+    path = _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, history, notes)
+    inputs, targets = inputs[:MAX_SAMPLES], targets[:MAX_SAMPLES]
+    was_training = {label: model.training for label, model in models.items()}
+    try:
+        for model in models.values():
+            model.eval()
+        traces: dict[str, LayerTraces] = {}
+        flows: dict[str, GradientFlow] = {}
+        for label, model in models.items():
+            with torch.no_grad():
+                traces[label] = trace(model.rnn, _layer_input(model, inputs))
+            flows[label] = gradient_flow(model, inputs, lambda prediction: loss_fn(prediction, targets))
+        html_text = _render(models, inputs, traces, flows, task_name=task_name, history=history, notes=notes)
+    finally:
+        for label, model in models.items():
+            model.train(was_training[label])
+    _write_atomically(path, html_text)
+    return path
+
+
+def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
+    marker_channel = readings.find_marker_channel(inputs)
+    markers = readings.marker_steps(inputs, marker_channel, SAMPLE)
+    steps = traces[next(iter(traces))].series("h", sample=SAMPLE).shape[0]
+    body = [f'<section class="card">{_summary(models, flows)}'
+            f"<p>{inputs.shape[0]} samples of {inputs.shape[1]} steps; per-sample plots show sample {SAMPLE}. "
+            f"Multi-layer models are shown at their last layer, forward direction (what the readout reads). "
+            + (f"Dashed lines mark the steps where input feature {marker_channel} is 1 (the markers). "
+               if markers else "")
+            + f"Traces came from the <code>{escape(backend_info()['backend'])}</code> engine path.</p></section>"]
+    if notes:
+        items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in notes.items())
+        body.append(f'<section class="card"><dl class="notes">{items}</dl></section>')
+
+    cells = list(dict.fromkeys(model.rnn.mode for model in models.values()))
+    cards = "".join(f'<section class="card eqcard"><h3>{escape(CELL_NAMES.get(c, c))}</h3>'
+                    f'<div class="eqbody">{equations_html(c)}</div></section>' for c in cells)
+    body.append(f'<h2 id="equations">The cells</h2>{cards}')
+
+    body.append('<h2 id="gradient-flow">Gradient flow</h2>')
+    body.append(figure_html(Figure(
+        "gradient-flow-plot", figure_to_data_uri(gradient_flow_curves(flows)),
+        "gradient norm per time step, log scale, one line per model", readings.read_gradient_flow(flows))))
+
+    for label, model in models.items():
+        layer_traces = traces[label]
+        anchor = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
+        cell_name = CELL_NAMES.get(model.rnn.mode, model.rnn.mode)
+        shown = escape(label) if label.lower() == cell_name.lower() else f"{escape(label)} ({escape(cell_name)})"
+        body.append(f'<h2 id="inside-{anchor}">Inside {shown}</h2>')
+        body.append(figure_html(Figure(
+            f"gates-{anchor}", figure_to_data_uri(gate_heatmaps(layer_traces, sample=SAMPLE, markers=markers,
+                                                                title=f"{label}: every gate of sample {SAMPLE}")),
+            f"{label} gate heatmaps, units by time steps",
+            readings.read_gates(label, layer_traces, sample=SAMPLE, markers=markers))))
+        body.append(figure_html(Figure(
+            f"states-{anchor}", figure_to_data_uri(state_trajectories(layer_traces, sample=SAMPLE, markers=markers,
+                                                                      title=f"{label}: the most active units")),
+            f"{label} state trajectories of the most active units",
+            readings.read_trajectories(label, layer_traces, sample=SAMPLE, markers=markers))))
+
+    body.append('<h2 id="saturation">Gate saturation</h2>')
+    body.append(figure_html(Figure(
+        "saturation-plot", figure_to_data_uri(gate_saturation_histograms(traces)),
+        "histograms of forget and update gate values", readings.read_saturation(traces))))
+
+    if history:
+        cells_by_label = {label: model.rnn.mode for label, model in models.items()}
+        body.append('<h2 id="training">Training</h2>')
+        body.append(figure_html(Figure(
+            "training-plot", figure_to_data_uri(training_curves(history, cells=cells_by_label)),
+            "training curves per metric", readings.read_training(history))))
+
+    labels = ", ".join(models)
+    return page_html(
+        f"Inside the cells: {task_name}",
+        f"{labels} on the {task_name} task, {steps} steps: what every gate does and how far back the gradient reaches.",
+        "\n".join(body),
+        f"Written by gatedrnn {gatedrnn.__version__} (gatedrnn.report.write_explain_report). "
+        "Every number and sentence under a plot is computed from the traces and gradients of these models.",
+    )

@@ -1,0 +1,36 @@
+"""Figures without pyplot: built on matplotlib's object API and rendered by Agg, so nothing needs a display
+and no global backend state is touched. Shared palette and the PNG/data-URI encoder."""
+from __future__ import annotations
+
+import base64
+import io
+
+from matplotlib.figure import Figure
+
+# One colour per cell kind, the same in every plot: the ungated baseline warm, the gated cells cool.
+CELL_COLORS = {"rnn_tanh": "#d62728", "rnn_relu": "#ff7f0e", "lstm": "#1f77b4", "gru": "#2ca02c"}
+CELL_NAMES = {"rnn_tanh": "RNN", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
+FALLBACK_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+MARKER_STYLE = dict(color="#444444", linestyle="--", linewidth=1.0, alpha=0.8)
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A figure (inches) with constrained layout, white background, readable default font sizes."""
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained", facecolor="white")
+    return figure
+
+
+def color_for(cell: str, index: int) -> str:
+    return CELL_COLORS.get(cell, FALLBACK_COLORS[index % len(FALLBACK_COLORS)])
+
+
+def figure_to_png(figure: Figure, *, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes (Agg)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, facecolor=figure.get_facecolor())
+    return buffer.getvalue()
+
+
+def figure_to_data_uri(figure: Figure, *, dpi: int = 110) -> str:
+    """The figure as a `data:image/png;base64,…` URI, for embedding in a self-contained HTML page."""
+    return "data:image/png;base64," + base64.b64encode(figure_to_png(figure, dpi=dpi)).decode("ascii")
