@@ -137,7 +137,13 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, CheckpointError) as error:
         raise CLIError(str(error)) from None
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     if not args.quiet and trainer.rank == 0:
         metric = result.task.info.metric
         print(f"{config.task} {config.cell}: best epoch {result.best_epoch}, val {metric} "

@@ -11,6 +11,7 @@ the DataLoader has its own generator, so nothing else advances the random stream
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -193,6 +194,20 @@ class Trainer:
             state=self._state() if resumable else None,
         )
 
+    def _rank_weight_digests(self) -> list[str]:
+        """sha256 of the final weights on every rank (rank order): a check that DDP kept them identical."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+        if self.world == 1:
+            return [digest.hexdigest()]
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * self.world
+        dist.all_gather_object(gathered, digest.hexdigest())
+        return gathered
+
     # ----- the loop -----
     def _train_step(self, inputs: Any, targets: torch.Tensor) -> tuple[float, float]:
         self.optimizer.zero_grad(set_to_none=True)
@@ -282,11 +297,13 @@ class Trainer:
                 self.module.load_state_dict(self.best_weights)
             test = evaluate_split(self.module, self.task, self.test_set, batch_size=max(256, self.per_rank_batch))
             seconds = time.time() - started
+            rank_digests = self._rank_weight_digests()
             if self.rank == 0:
                 results = {"task": config.task, "task_options": dict(self.task.options), "cell": config.cell,
                            "best_epoch": self.best_epoch, "val": self.best_val, "test": test,
                            "steps": self.global_step, "seconds": seconds, "stopped_early": self.stopped_early,
-                           "parameters": sum(p.numel() for p in self.module.parameters())}
+                           "parameters": sum(p.numel() for p in self.module.parameters()),
+                           "world_size": self.world, "rank_weight_digests": rank_digests}
                 ckpt.atomic_write_bytes(self.out_dir / "results.json",
                                         json.dumps(results, indent=2, default=str).encode())
         finally:
