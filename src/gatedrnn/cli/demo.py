@@ -1,10 +1,143 @@
-"""`gatedrnn demo` (placeholder while the showcase is written)."""
+"""`gatedrnn demo` (what `make demo` runs): the plain RNN, the LSTM and the GRU trained on the adding problem
+at a length where the RNN cannot carry the first marked number to the end and the gated cells can.
+
+Each cell trains with the same budget through `gatedrnn.train.Trainer` (checkpoints under --out-dir/<cell>/),
+then a table compares them with the baseline of always answering 1.0 (MSE 0.167), and the explain report
+shows what their gates did on test sequences.
+"""
+from __future__ import annotations
+
 import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from gatedrnn.cli import CLIError
+
+CELLS = ("rnn", "lstm", "gru")
+# Measured on 2 cores with the fused engine: at T=100 and 2000 steps the LSTM and GRU reach test MSE
+# well below 0.01 while the RNN stays at the baseline (see the run's results.json).
+DEFAULTS = dict(seq_len=100, steps=2000, hidden_size=32, batch_size=64, lr=0.005, n_train=6400, n_val=500, n_test=1000)
+QUICK = dict(seq_len=8, steps=40, hidden_size=8, batch_size=32, lr=0.01, n_train=320, n_val=64, n_test=64)
+SOLVED_MSE = 0.01  # "solved": at most 6 % of the baseline's error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seq-len", dest="seq_len", type=int,
+                        help=f"adding-problem sequence length T (default: {DEFAULTS['seq_len']})")
+    parser.add_argument("--steps", type=int, help=f"optimizer steps per cell (default: {DEFAULTS['steps']})")
+    parser.add_argument("--hidden-size", dest="hidden_size", type=int,
+                        help=f"hidden units of every cell (default: {DEFAULTS['hidden_size']})")
+    parser.add_argument("--cells", default=",".join(CELLS),
+                        help=f"comma-separated cells to train (default: {','.join(CELLS)})")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny configuration that runs in seconds (for tests; nothing is learnt)")
+    parser.add_argument("--out-dir", dest="out_dir", default="out/demo",
+                        help="where checkpoints, results.json and explain.html go (default: out/demo)")
+    parser.add_argument("--no-report", dest="no_report", action="store_true", help="skip the explain report")
+    parser.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and shuffling (default: 0)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def settings(args: argparse.Namespace) -> dict:
+    values = dict(QUICK if args.quick else DEFAULTS)
+    for name in ("seq_len", "steps", "hidden_size"):
+        given = getattr(args, name)
+        if given is not None:
+            if given < (2 if name == "seq_len" else 1):
+                raise CLIError(f"--{name.replace('_', '-')} should be an integer >= {2 if name == 'seq_len' else 1}, "
+                               f"got {given}")
+            values[name] = given
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    unknown = [c for c in cells if c not in CELLS]
+    if not cells or unknown:
+        raise CLIError(f"--cells should list some of {list(CELLS)}, got {args.cells!r}")
+    values["cells"] = cells
+    return values
+
+
+def table(rows: list[dict], baseline: float) -> str:
+    lines = [f"{'cell':<6} {'parameters':>10} {'test MSE':>10} {'acc |err|<0.04':>15} {'seconds':>8}  verdict",
+             "-" * 64]
+    for r in rows:
+        verdict = "solved" if r["test_mse"] < SOLVED_MSE else ("baseline" if r["test_mse"] > 0.8 * baseline else "partly")
+        lines.append(f"{r['cell'].upper():<6} {r['parameters']:>10,} {r['test_mse']:>10.4f} {r['accuracy']:>15.3f} "
+                     f"{r['seconds']:>8.1f}  {verdict}")
+    lines.append(f"{'always 1.0':<17} {baseline:>10.4f} {'':>15} {'':>8}  the baseline (2/12 = 0.167 in expectation)")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
+    values = settings(args)
+    from gatedrnn.train import ConfigError, TrainConfig, Trainer
+    from gatedrnn.train.checkpoint import CheckpointError
+    from gatedrnn.train.trainer import check_writable_dir
+
+    out_dir = Path(args.out_dir)
+    try:
+        check_writable_dir(out_dir)
+    except ConfigError as error:
+        raise CLIError(str(error)) from None
+    options = {k: values[k] for k in ("seq_len", "n_train", "n_val", "n_test")}
+    steps_per_epoch = math.ceil(values["n_train"] / values["batch_size"])
+    epochs = math.ceil(values["steps"] / steps_per_epoch)
+    print(f"adding problem, T = {values['seq_len']}: {values['steps']} steps of batch {values['batch_size']} per cell, "
+          f"hidden size {values['hidden_size']}; writing to {out_dir}/")
+    started = time.time()
+    rows, models, histories, task = [], {}, {}, None
+    for cell in values["cells"]:
+        config = TrainConfig(task="adding", task_options=options, cell=cell, hidden_size=values["hidden_size"],
+                             batch_size=values["batch_size"], epochs=epochs, max_steps=values["steps"],
+                             lr=values["lr"], schedule="cosine", clip_norm=1.0, seed=args.seed,
+                             out_dir=str(out_dir / cell), tensorboard=False, progress=not args.quiet)
+        try:
+            trainer = Trainer(config, overwrite=True, task=task, description=f"{cell.upper():<4}")
+        except (ConfigError, CheckpointError) as error:
+            raise CLIError(str(error)) from None
+        result = trainer.fit()
+        task = result.task  # reuse the generated data for the next cell
+        rows.append({"cell": cell, "parameters": sum(p.numel() for p in result.model.parameters()),
+                     "test_mse": result.test["mse"], "accuracy": result.test["accuracy"], "seconds": result.seconds,
+                     "steps": result.steps, "checkpoint": str(out_dir / cell / "best")})
+        models[cell.upper()] = result.model
+        histories[cell.upper()] = [{k: v for k, v in row.items() if k in ("epoch", "step", "train_loss", "val_mse")}
+                                   for row in result.history]
+    baseline = float(task.evaluate(*_constant_prediction(task, args.seed))["mse"])
+    print()
+    print(table(rows, baseline))
+    summary = {"seq_len": values["seq_len"], "settings": values, "rows": rows, "baseline_mse": baseline,
+               "train_seconds": time.time() - started}
+    report_path = None
+    if not args.no_report:
+        report_path = _write_report(models, task, histories, out_dir, values, args.seed)
+    summary["report"] = str(report_path) if report_path else None
+    summary["total_seconds"] = time.time() - started
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"\ncheckpoints: {out_dir}/<cell>/best  (gatedrnn evaluate {out_dir}/lstm)")
+    if report_path:
+        print(f"explain report: {report_path}")
+    print(f"total {summary['total_seconds']:.0f} s")
     return 0
+
+
+def _constant_prediction(task, seed: int):
+    """The baseline: answer 1.0 (the mean of the target) for every test sequence."""
+    import torch
+
+    test = task.splits(seed)["test"]
+    _, targets = task.collate([test[i] for i in range(len(test))])
+    return torch.ones_like(targets), targets
+
+
+def _write_report(models: dict, task, histories: dict, out_dir: Path, values: dict, seed: int):
+    from gatedrnn.report import write_explain_report
+
+    test = task.splits(seed)["test"]
+    inputs, targets = task.collate([test[i] for i in range(min(16, len(test)))])
+    notes = {"How these models were trained": (
+        f"gatedrnn demo: the adding problem with T = {values['seq_len']}, {values['steps']} AdamW steps of batch "
+        f"{values['batch_size']} (lr {values['lr']}, cosine schedule, gradient clipping at 1.0), hidden size "
+        f"{values['hidden_size']}, seed {seed}. Always answering 1.0 scores MSE 0.167.")}
+    return write_explain_report(models, inputs, targets, out_dir / "explain.html", task_name="adding",
+                                loss_fn=task.loss, history=histories, notes=notes)
