@@ -4,13 +4,21 @@
 // BLAS symbol is present (weak symbols resolve to null), so the engine still runs, only slower.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 
 extern "C" {
 void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
             const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+// MKL's packed GEMM: the weight is laid out once per sequence instead of at every step's call.
+size_t sgemm_pack_get_size_(const char*, const int*, const int*, const int*) __attribute__((weak));
+void sgemm_pack_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+                 float*) __attribute__((weak));
+void sgemm_compute_(const char*, const char*, const int*, const int*, const int*, const float*, const int*,
+                    const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 }
 
 namespace gatedrnn {
@@ -53,5 +61,52 @@ void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, c
   }
   gemm_loop<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+
+// C (n, N) = X (n, K) op(W) + beta C for a weight W reused at every step: W (N, K) when w_transposed
+// (C = X Wᵀ, the nn.Linear layout), else W (K, N). With MKL (float) W is packed once into MKL's internal
+// layout and re-packed only when the row count n changes (n shrinks along a PackedSequence).
+template <typename T>
+class StepWeight {
+ public:
+  StepWeight(const T* w, bool w_transposed, int N, int K) : w_(w), trans_(w_transposed), N_(N), K_(K) {
+    use_pack_ = sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
+  }
+  StepWeight(const StepWeight&) = delete;
+  StepWeight& operator=(const StepWeight&) = delete;
+  ~StepWeight() { std::free(packed_); }
+
+  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
+    if (n <= 0) return;
+    const int ldw = trans_ ? K_ : N_;
+    if constexpr (sizeof(T) == 4) {
+      if (use_pack_) {
+        // column-major: Cᵀ (N, n) = op(W_cm) (N, K) · Xᵀ (K, n); W is MKL's "A" matrix
+        const char id = 'A', op = trans_ ? 'T' : 'N', packed = 'P', no = 'N';
+        const float one = 1.0f;
+        if (n != packed_n_) {
+          const size_t bytes = sgemm_pack_get_size_(&id, &N_, &n, &K_);
+          if (bytes > capacity_) {
+            std::free(packed_);
+            capacity_ = (bytes + 63) / 64 * 64;
+            packed_ = static_cast<float*>(std::aligned_alloc(64, capacity_));
+          }
+          sgemm_pack_(&id, &op, &N_, &n, &K_, &one, reinterpret_cast<const float*>(w_), &ldw, packed_);
+          packed_n_ = n;
+        }
+        sgemm_compute_(&packed, &no, &N_, &n, &K_, packed_, &ldw, reinterpret_cast<const float*>(X), &ldx,
+                       reinterpret_cast<const float*>(&beta), reinterpret_cast<float*>(C), &ldc);
+        return;
+      }
+    }
+    gemm<T>(false, trans_, n, N_, K_, T(1), X, ldx, w_, ldw, beta, C, ldc);
+  }
+
+ private:
+  const T* w_;
+  bool trans_, use_pack_ = false;
+  int N_, K_, packed_n_ = -1;
+  float* packed_ = nullptr;
+  size_t capacity_ = 0;
+};
 
 }  // namespace gatedrnn

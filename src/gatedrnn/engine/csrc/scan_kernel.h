@@ -80,8 +80,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
-  const T* w_hh_p = w_hh.data_ptr<T>();
-  const T* w_hr_p = proj ? w_hr.data_ptr<T>() : nullptr;
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, P);                   // h W_hhᵀ
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H);  // m W_hrᵀ
   const T* rec_bias_p = rec_bias.defined() ? rec_bias.data_ptr<T>() : nullptr;
   const int64_t EH = Cell::kExtra * H;
 
@@ -90,7 +90,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     const int64_t n = packed ? batch_sizes[t] : B;
     T* gates_t = gates_p + t * B * GH;
     T* y_t = y_p + t * B * P;
-    gemm<T>(false, true, n, GH, P, T(1), h_p, P, w_hh_p, P, T(0), rec_p, GH);  // (n, GH) = h W_hhᵀ
+    w_hh_step.apply(n, h_p, P, T(0), rec_p, GH);  // (n, GH)
     T* h_out = proj ? m_p : y_t;
     const int64_t h_out_ld = proj ? H : P;
     for_rows(n, GH, [&](int64_t begin, int64_t end) {
@@ -101,7 +101,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         Cell::forward(H, row);
       }
     });
-    if (proj) gemm<T>(false, true, n, P, H, T(1), m_p, H, w_hr_p, H, T(0), y_t, P);  // (n, P) = m W_hrᵀ
+    if (proj) w_hr_step.apply(n, m_p, H, T(0), y_t, P);  // (n, P)
     std::memcpy(h_p, y_t, sizeof(T) * n * P);
     if (c_hist_p) std::memcpy(c_hist_p + t * B * H, c_p, sizeof(T) * n * H);
     if (keep && n < B) {  // padded rows read as zeros in the trace
@@ -152,8 +152,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* c_hist_p = Cell::kHasC ? c_hist.data_ptr<T>() : nullptr;
   const T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   const T* dy_p = dy.data_ptr<T>();
-  const T* w_hh_p = w_hh.data_ptr<T>();
-  const T* w_hr_p = proj ? w_hr.data_ptr<T>() : nullptr;
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, P, GH);                  // dG W_hh
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
   T* dfirst_p = dgate_first.data_ptr<T>();
@@ -173,7 +173,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     T* dh_total = proj ? dh_hist_p + t * B * P : dh_hist_p;  // dL/dh_t = dy_t + carried dh
     const T* dy_t = dy_p + t * B * P;
     for (int64_t k = 0; k < n * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
-    if (proj) gemm<T>(false, false, n, H, P, T(1), dh_total, P, w_hr_p, H, T(0), dm_p, H);  // dm = dh W_hr
+    if (proj) w_hr_step.apply(n, dh_total, P, T(0), dm_p, H);  // dm = dh W_hr, (n, H)
     const T* dh_cell = proj ? dm_p : dh_total;
     const int64_t dh_ld = proj ? H : P;
     T* dgx_t = dgx_p + t * B * GH;
@@ -199,7 +199,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     });
     if (n > n_prev) std::memcpy(dfirst_p + n_prev * GH, dgh_t + n_prev * GH, sizeof(T) * (n - n_prev) * GH);
     // dh_prev = dG_h W_hh (+ the direct part the cell wrote into dh)
-    gemm<T>(false, false, n, P, GH, T(1), dgh_t, GH, w_hh_p, P, Cell::kDirectDh ? T(1) : T(0), dh_p, P);
+    w_hh_step.apply(n, dgh_t, GH, Cell::kDirectDh ? T(1) : T(0), dh_p, P);
   }
 
   ScanBackwardOut out;
