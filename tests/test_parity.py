@@ -177,6 +177,21 @@ def backend(request, monkeypatch):
     return request.param
 
 
+def test_backend_fixture_selects_the_path(backend, monkeypatch):
+    """The "default" half of this suite runs the fused engine whenever it can be built here; the
+    "reference" half never does."""
+    from gatedrnn import engine
+
+    info = gatedrnn.backend_info(dtype=torch.float64)
+    if backend == "default" and info["backend"] != "fused":
+        pytest.skip(f"the fused engine is not available here: {info['reason']}")
+    calls = []
+    fused = engine.run_layer_fused
+    monkeypatch.setattr(engine, "run_layer_fused", lambda *a, **k: calls.append(a[0]) or fused(*a, **k))
+    gatedrnn.GRU(3, 4, num_layers=2, dtype=torch.float64)(torch.randn(5, 2, 3, dtype=torch.float64))
+    assert calls == (["gru", "gru"] if backend == "default" else [])
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 def test_layer_parity(config: Config, backend):
     theirs, ours = make_modules(config)
