@@ -102,6 +102,27 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
         raise
 
 
+def _heatmap_title(label: str, cell: str) -> str:
+    if cell.startswith("rnn"):
+        return f"{label}: no gates, only the hidden state, of sample {SAMPLE}"
+    return f"{label}: every gate and state of sample {SAMPLE}"
+
+
+def _model_section(label: str, cell: str, layer_traces: LayerTraces, markers: list[int]) -> str:
+    """Gate heatmaps and state trajectories of one model, each with its reading."""
+    anchor = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
+    moving = f"{label}: the units of sample {SAMPLE} that move most" + (" at the markers" if markers else "")
+    heatmaps = gate_heatmaps(layer_traces, sample=SAMPLE, markers=markers, title=_heatmap_title(label, cell))
+    trajectories = state_trajectories(layer_traces, sample=SAMPLE, markers=markers, title=moving)
+    return "".join((
+        f'<h2 id="inside-{anchor}">Inside {escape(readings.named(label, cell))}</h2>',
+        figure_html(Figure(f"gates-{anchor}", figure_to_data_uri(heatmaps), f"{label} gate heatmaps, units by time",
+                           readings.read_gates(label, layer_traces, sample=SAMPLE, markers=markers))),
+        figure_html(Figure(f"states-{anchor}", figure_to_data_uri(trajectories), f"{label} state trajectories",
+                           readings.read_trajectories(label, layer_traces, sample=SAMPLE, markers=markers))),
+    ))
+
+
 def _summary(models, flows: Mapping[str, GradientFlow]) -> str:
     rows = []
     for label, model in models.items():
@@ -183,21 +204,7 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
         "gradient norm per time step, log scale, one line per model", readings.read_gradient_flow(flows))))
 
     for label, model in models.items():
-        layer_traces = traces[label]
-        anchor = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
-        cell_name = CELL_NAMES.get(model.rnn.mode, model.rnn.mode)
-        shown = escape(label) if label.lower() == cell_name.lower() else f"{escape(label)} ({escape(cell_name)})"
-        body.append(f'<h2 id="inside-{anchor}">Inside {shown}</h2>')
-        body.append(figure_html(Figure(
-            f"gates-{anchor}", figure_to_data_uri(gate_heatmaps(layer_traces, sample=SAMPLE, markers=markers,
-                                                                title=f"{label}: every gate of sample {SAMPLE}")),
-            f"{label} gate heatmaps, units by time steps",
-            readings.read_gates(label, layer_traces, sample=SAMPLE, markers=markers))))
-        body.append(figure_html(Figure(
-            f"states-{anchor}", figure_to_data_uri(state_trajectories(layer_traces, sample=SAMPLE, markers=markers,
-                                                                      title=f"{label}: the most active units")),
-            f"{label} state trajectories of the most active units",
-            readings.read_trajectories(label, layer_traces, sample=SAMPLE, markers=markers))))
+        body.append(_model_section(label, model.rnn.mode, traces[label], markers))
 
     body.append('<h2 id="saturation">Gate saturation</h2>')
     body.append(figure_html(Figure(

@@ -14,7 +14,7 @@ from torch import Tensor
 from gatedrnn.inspect import GradientFlow, LayerTraces
 from gatedrnn.viz.figures import CELL_NAMES
 from gatedrnn.viz.gates import HOLD_GATE
-from gatedrnn.viz.states import most_active_units, state_field
+from gatedrnn.viz.states import held_jump, most_active_units, state_field
 
 HOLD_THRESHOLD = 0.9
 
@@ -69,9 +69,14 @@ def _kept(traces: LayerTraces, gate: str, sample: int, start: int, unit: int) ->
     return float(np.exp(np.log(np.clip(values, 1e-300, 1.0)).sum()))
 
 
+def named(label: str, cell: str) -> str:
+    """"LSTM" for label LSTM of an lstm, "fast (GRU)" for label fast of a gru."""
+    shown = CELL_NAMES.get(cell, cell)
+    return label if label.lower() == shown.lower() else f"{label} ({shown})"
+
+
 def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequence[int]) -> str:
     """What the heatmap shows: which units hold their state from the first marker on, and who writes there."""
-    cell = CELL_NAMES.get(traces.cell, traces.cell)
     steps = traces.series("h", sample=sample).shape[0]
     start = markers[0] if markers else 0
     where = f"from the first marker (step {start}) to the end (step {steps - 1})" if markers else "over the whole sequence"
@@ -80,14 +85,14 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
         h = _numpy(traces.series("h", sample=sample))  # (T, H)
         saturated = float((np.abs(h) > 0.95).mean())
         change = np.abs(np.diff(h, axis=0)).mean() if steps > 1 else 0.0
-        return (f"{label} ({cell}) has no gate: every step rewrites h = tanh(W_ih x + W_hh h + b), so nothing is "
+        return (f"{named(label, traces.cell)} has no gate: every step rewrites h = tanh(W_ih x + W_hh h + b), so nothing is "
                 f"held by construction. Its units change by {change:.3f} per step on average and "
                 f"{saturated:.0%} of its values are saturated (|h| > 0.95).")
     gate_name = "forget gate f" if gate == "f" else "update gate z"
     held = holding_units(traces, sample=sample, start=start)
     if held:
         shown = held[:3]
-        text = (f"In {label} ({cell}) the {gate_name} of unit{'s' if len(shown) > 1 else ''} {_units([u for u, _ in shown])} "
+        text = (f"In {named(label, traces.cell)} the {gate_name} of unit{'s' if len(shown) > 1 else ''} {_units([u for u, _ in shown])} "
                 f"stays near 1 {where} (mean {', '.join(f'{m:.2f}' for _, m in shown)}): "
                 f"{'they hold' if len(shown) > 1 else 'it holds'} the value. "
                 f"The product of unit {shown[0][0]}'s gate over those steps is {_kept(traces, gate, sample, start, shown[0][0]):.2f}: "
@@ -97,7 +102,7 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
         values = _numpy(traces.series(gate, sample=sample))[start:]  # (T - start, H)
         unit = int(values.mean(axis=0).argmax())
         kept = _kept(traces, gate, sample, start, unit)
-        text = (f"In {label} ({cell}) no unit's {gate_name} averages above {HOLD_THRESHOLD} {where}; the most "
+        text = (f"In {named(label, traces.cell)} no unit's {gate_name} averages above {HOLD_THRESHOLD} {where}; the most "
                 f"holding one is unit {unit} (mean {values[:, unit].mean():.2f}), and the product of its gate over "
                 f"those steps is {kept:.1e}: that is the share of its state at step {start} still there at the end.")
     if markers:
@@ -113,22 +118,21 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
 
 
 def read_trajectories(label: str, traces: LayerTraces, *, sample: int, markers: Sequence[int]) -> str:
-    """What the most active unit's state does: its jump at the first marker and how still it stays after."""
+    """What the top unit of the plot does: its jump at the first marker and how much of it is still there just
+    before the next marker (or the end)."""
     name = state_field(traces.cell)
     values = _numpy(traces.series(name, sample=sample))  # (T, H)
-    unit = int(most_active_units(values, 1)[0])
-    series = values[:, unit]
+    unit = int(most_active_units(values, 1, markers)[0])
     what = "cell state" if name == "c" else "hidden state"
-    if markers and 0 < markers[0] < len(series):
-        first = markers[0]
-        jump = series[first] - series[first - 1]
-        until = markers[1] if len(markers) > 1 else len(series)
-        drift = float(np.abs(series[first:until] - series[first]).max())
-        end = until - 1
-        return (f"In {label}, unit {unit}'s {what} (the most active) moves by {jump:+.2f} at the first marker "
-                f"(step {first}) and then drifts by at most {drift:.2f} until step {end}"
-                + (": it carries the marked value." if abs(jump) > 2 * drift else ": what it wrote is not kept.")
-                )
+    if markers and 0 < markers[0] < values.shape[0]:
+        jumps, kepts, end = held_jump(values, markers)
+        jump, kept = float(jumps[unit]), float(kepts[unit]) if math.isfinite(kepts[unit]) else 0.0
+        verdict = ("it holds what was written" if kept >= 0.8 else
+                   "part of what was written fades" if kept >= 0.3 else "what was written fades")
+        return (f"In {label}, the unit that best writes and holds at the first marker (step {markers[0]}) is unit "
+                f"{unit}: its {what} jumps by {jump:+.2f} there, and {kept:.0%} of that jump is still there at step "
+                f"{end}, {'just before the second marker' if len(markers) > 1 else 'the end'}: {verdict}.")
+    series = values[:, unit]
     t = int(np.abs(np.diff(series)).argmax()) + 1 if len(series) > 1 else 0
     return (f"In {label}, unit {unit}'s {what} (the most active) ranges from {series.min():.2f} to "
             f"{series.max():.2f}; it changes most at step {t}.")
