@@ -339,3 +339,59 @@ def test_cell_reverse_load_into_torch(cls_name):
     out_t, out_g = theirs(x, hx), ours(x, hx)
     for a, b in zip(*(o if isinstance(o, tuple) else (o,) for o in (out_t, out_g))):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
+# ----- partial gradients and strided tensors -----
+def _pair(cell: str, **kwargs):
+    cls_name = {"lstm": "LSTM", "gru": "GRU"}.get(cell, "RNN")
+    extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
+    theirs = getattr(torch.nn, cls_name)(dtype=torch.float64, **extra, **kwargs)
+    ours = getattr(gatedrnn, cls_name)(dtype=torch.float64, **extra, **kwargs)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_parameters_and_inputs_without_grad(cell, backend):
+    """Only some leaves require grad (input, h_0 and weight_hh_l0 do not): the others get torch.nn's
+    gradients, the frozen ones get none."""
+    torch.manual_seed(8)
+    theirs, ours = _pair(cell, input_size=3, hidden_size=6, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 4, 3, dtype=torch.float64)
+    h0, c0 = torch.randn(2, 4, 4, 6, dtype=torch.float64)
+    grads = []
+    for module in (theirs, ours):
+        module.weight_hh_l0.requires_grad_(False)
+        c0_leaf = c0.clone().requires_grad_()
+        out, _ = module(x, (h0, c0_leaf) if cell == "lstm" else h0)
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=torch.float64)).sum().backward()
+        grads.append(c0_leaf.grad)
+    if cell == "lstm":
+        torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-9)
+    params_t = dict(theirs.named_parameters())
+    for name, param in ours.named_parameters():
+        if name == "weight_hh_l0":
+            assert param.grad is None
+        else:
+            torch.testing.assert_close(param.grad, params_t[name].grad, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_strided_input_and_state(cell, backend):
+    """Non-contiguous input and initial state (strided slices, transposes) compute what torch.nn computes."""
+    torch.manual_seed(9)
+    theirs, ours = _pair(cell, input_size=5, hidden_size=7, num_layers=2, batch_first=True)
+    base = torch.randn(6, 10, 9, dtype=torch.float64)
+    states = [torch.randn(6, 2, 7, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)]
+    results = []
+    for module in (theirs, ours):
+        base_leaf = base.clone().requires_grad_()
+        state_leaves = [s.clone().requires_grad_() for s in states]
+        x = base_leaf[:, ::2, 2:7]  # (N=6, L=5, H_in=5), a strided view
+        hx = [s.transpose(0, 1) for s in state_leaves]  # (2, N, 7), non-contiguous
+        assert not x.is_contiguous() and not hx[0].is_contiguous()
+        out, _ = module(x, tuple(hx) if cell == "lstm" else hx[0])
+        out.pow(2).sum().backward()
+        results.append([out, base_leaf.grad] + [s.grad for s in state_leaves])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
