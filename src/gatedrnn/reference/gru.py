@@ -143,6 +143,7 @@ def gru_backward(dy: np.ndarray, dh_T: np.ndarray, cache: GRUCache) -> GRUGrads:
         dh_proj = np.concatenate([dh_r, dh_z, dh_n], axis=1)  # (B, 3H)
         dw_hh += dh_proj.T @ h_prev
         db_hh += dh_proj.sum(axis=0)
-        dh_prev = dh_prev + dh_proj @ p.w_hh
+        dh_prev = dh_prev + dh_proj @ p.w_hh  # h reaches h_t twice: through z ⊙ h and through W_hh h
         dh_next = dh_prev
+    # after step 0, what flowed "from the next step" is the gradient of the initial state
     return GRUGrads(dx, dh_next, dw_ih, dw_hh, db_ih, db_hh)

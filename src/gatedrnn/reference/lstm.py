@@ -157,4 +157,5 @@ def lstm_backward(dy: np.ndarray, dh_T: np.ndarray, dc_T: np.ndarray, cache: LST
         dx[t] = da @ p.w_ih
         dh_prev = da @ p.w_hh
         dh_next, dc_next = dh_prev, dc_prev
+    # after step 0, what flowed "from the next step" is the gradient of the initial state
     return LSTMGrads(dx, dh_next, dc_next, dw_ih, dw_hh, db_ih, db_hh)

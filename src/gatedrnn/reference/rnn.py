@@ -100,4 +100,5 @@ def rnn_backward(dy: np.ndarray, dh_T: np.ndarray, cache: RNNCache) -> RNNGrads:
         db_hh += da.sum(axis=0)
         dx[t] = da @ p.w_ih
         dh_next = da @ p.w_hh
+    # after step 0, what flowed "from the next step" is the gradient of the initial state
     return RNNGrads(dx, dh_next, dw_ih, dw_hh, db_ih, db_hh)
