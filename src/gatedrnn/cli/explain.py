@@ -38,21 +38,27 @@ def _run_directory(checkpoint_dir: Path) -> Path:
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:
-    """epochs.csv of a run as a list of {column: float}; [] when there is none."""
+    """epochs.csv of a run as a list of {column: float}, keeping step/epoch, train_loss and the validation
+    metrics (not lr, timings or the constant baseline); [] when there is none."""
     path = run_dir / "epochs.csv"
     if not path.is_file():
         return []
-    rows = []
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            parsed = {}
-            for key, value in row.items():
-                try:
-                    parsed[key] = float(value)
-                except (TypeError, ValueError):
-                    continue
-            rows.append(parsed)
-    return rows
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in (rows[0] if rows else {}) if c in ("epoch", "step", "train_loss")
+               or (c.startswith("val_") and "baseline" not in c)]
+    if any(c.startswith("val_") and c != "val_loss" for c in columns):
+        columns = [c for c in columns if c != "val_loss"]  # the task's loss repeats its headline metric
+    history = []
+    for row in rows:
+        parsed = {}
+        for key in columns:
+            try:
+                parsed[key] = float(row[key])
+            except (TypeError, ValueError):
+                continue
+        history.append(parsed)
+    return history
 
 
 def _sources(args: argparse.Namespace) -> list[Path]:

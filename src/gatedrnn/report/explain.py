@@ -111,7 +111,8 @@ def _heatmap_title(label: str, cell: str) -> str:
 def _model_section(label: str, cell: str, layer_traces: LayerTraces, markers: list[int]) -> str:
     """Gate heatmaps and state trajectories of one model, each with its reading."""
     anchor = "".join(ch if ch.isalnum() else "-" for ch in label.lower())
-    moving = f"{label}: the units of sample {SAMPLE} that move most" + (" at the markers" if markers else "")
+    moving = f"{label}: the units of sample {SAMPLE} " + ("that write and hold at the first marker" if markers
+                                                          else "that move most")
     heatmaps = gate_heatmaps(layer_traces, sample=SAMPLE, markers=markers, title=_heatmap_title(label, cell))
     trajectories = state_trajectories(layer_traces, sample=SAMPLE, markers=markers, title=moving)
     return "".join((

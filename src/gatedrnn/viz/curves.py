@@ -68,7 +68,7 @@ def training_curves(
     names = metric_names(history) or ["(no metrics)"]
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
-    figure = new_figure(3.6 * columns + 0.6, 3.0 * rows)
+    figure = new_figure(min(9.5, 3.1 * columns + 0.3), 2.9 * rows)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for axis, name in zip(axes, names):
         values_seen: list[float] = []
@@ -84,7 +84,8 @@ def training_curves(
             axis.plot(xs, ys, color=color_for(cell, index), linewidth=1.8, label=label)
             axis.set_xlabel(x_key)
         finite = [v for v in values_seen if math.isfinite(v)]
-        if finite and min(finite) > 0 and max(finite) / min(finite) > 10:
+        loss_like = any(word in name for word in ("loss", "mse", "bpc", "error", "perplexity"))
+        if loss_like and finite and min(finite) > 0 and max(finite) / min(finite) > 10:
             axis.set_yscale("log")
         axis.set_title(name, fontsize=10)
         axis.grid(alpha=0.3)
