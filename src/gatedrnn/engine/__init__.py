@@ -19,8 +19,9 @@ from gatedrnn.cells import LayerWeights
 from gatedrnn.engine import _build
 from gatedrnn.engine.fused import run_layer_fused
 from gatedrnn.engine.scan import ScanResult, scan_reference
+from gatedrnn.engine.step import step_layers
 
-__all__ = ["ScanResult", "backend_info", "run_layer", "scan_reference"]
+__all__ = ["ScanResult", "backend_info", "run_layer", "runs_fused", "scan_reference", "step_layers"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -55,6 +56,11 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
     return {"backend": "reference", "reason": reason, "build_dir": cache}
 
 
+def runs_fused(x: Tensor) -> bool:
+    """Whether `run_layer` (and streaming steps) on tensors like `x` take the fused path."""
+    return _reference_reason(x.device, x.dtype) is None
+
+
 def run_layer(
     cell: str,
     x: Tensor,
@@ -65,6 +71,6 @@ def run_layer(
     trace: bool = False,
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps."""
-    if _reference_reason(x.device, x.dtype) is None:
+    if runs_fused(x):
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace)

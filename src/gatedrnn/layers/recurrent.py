@@ -26,6 +26,7 @@ from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.layers._checks import check_dropout, check_floating, check_shape, check_size
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
+from gatedrnn.layers import streaming
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -137,6 +138,11 @@ class RecurrentBase(nn.Module):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
+
+    def step(self, x: Tensor, state: Optional[State] = None):
+        """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None = zeros).
+        Returns (y (N, H_out) or (H_out,), new_state). See `gatedrnn.layers.streaming`."""
+        return streaming.step(self, x, state)
 
     def _run(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
         """Returns (output, hidden, traces); traces[layer][direction] is the engine's trace (or None)."""

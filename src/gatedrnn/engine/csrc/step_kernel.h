@@ -28,14 +28,10 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
   const T* in_p = x.data_ptr<T>();
   int64_t in_dim = x.size(1);
   for (int64_t l = 0; l < L; ++l) {
-    const at::Tensor& w_ih = *weights[5 * l];
-    const at::Tensor& w_hh = *weights[5 * l + 1];
-    const c10::optional<at::Tensor>& b_ih = weights[5 * l + 2];
-    const c10::optional<at::Tensor>& b_hh = weights[5 * l + 3];
-    const c10::optional<at::Tensor>& w_hr = weights[5 * l + 4];
-    TORCH_CHECK(w_ih.is_contiguous() && w_hh.is_contiguous(), "step: weights must be contiguous");
+    auto slot = [&](int k) { return weights[5 * l + k].has_value() ? weights[5 * l + k]->contiguous() : at::Tensor(); };
+    const at::Tensor w_ih = slot(0), w_hh = slot(1), b_ih = slot(2), b_hh = slot(3), w_hr = slot(4);
     const int64_t GH = w_hh.size(0), H = GH / Cell::kGates;
-    const bool proj = w_hr.has_value();
+    const bool proj = w_hr.defined();
     scratch.resize(B * (2 * GH + H));
     T* gates = scratch.data();
     T* rec = gates + B * GH;
@@ -45,9 +41,9 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     gemm<T>(false, true, B, GH, P, T(1), h_prev, P, w_hh.data_ptr<T>(), P, T(0), rec, GH);
     const int64_t folded = GH - Cell::kRecBias * H;
     const T* rec_bias = nullptr;
-    if (b_ih.has_value()) {
-      const T* bi = b_ih->data_ptr<T>();
-      const T* bh = b_hh->data_ptr<T>();
+    if (b_ih.defined()) {
+      const T* bi = b_ih.data_ptr<T>();
+      const T* bh = b_hh.data_ptr<T>();
       for (int64_t b = 0; b < B; ++b) {
         T* g = gates + b * GH;
         for (int64_t k = 0; k < folded; ++k) g[k] += bi[k] + bh[k];
@@ -62,7 +58,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
                         proj ? m + b * H : h_out_l + b * P, nullptr};
       Cell::forward(H, row);
     }
-    if (proj) gemm<T>(false, true, B, P, H, T(1), m, H, w_hr->data_ptr<T>(), H, T(0), h_out_l, P);
+    if (proj) gemm<T>(false, true, B, P, H, T(1), m, H, w_hr.data_ptr<T>(), H, T(0), h_out_l, P);
     in_p = h_out_l;
     in_dim = P;
   }

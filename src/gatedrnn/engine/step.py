@@ -1,0 +1,56 @@
+"""One time step through a stack of layers (streaming): the fused single-step kernel when no gradient is
+needed, else the cell step functions of `gatedrnn.cells`, which autograd differentiates.
+
+Shapes: L layers, B batch, I input, H hidden, P size of h (proj_size or H).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gatedrnn.cells import LayerWeights
+from gatedrnn.engine import _build
+from gatedrnn.engine.fused import _needs_grad, calls
+from gatedrnn.engine.scan import make_step
+
+
+def step_layers(
+    cell: str,
+    x: Tensor,
+    state: tuple[Tensor, ...],
+    weights: Sequence[LayerWeights],
+    *,
+    fused: bool,
+    dropout: float = 0.0,
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Advance every layer by one step.
+
+    Args:
+        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        x: (B, I). state: (h (L, B, P),) or (h (L, B, P), c (L, B, H)). weights: one LayerWeights per layer.
+        fused: the caller's dispatch decision (`engine.run_layer`'s rule); the fused kernel is still
+            skipped when a gradient is needed or dropout applies, because it has no backward.
+        dropout: probability applied to each layer's output except the last (training only).
+    Returns:
+        (y (B, P), new state tuple in the same layout).
+    """
+    flat = [t for layer in weights for t in layer]
+    if fused and not dropout and not _needs_grad([x, *state, *flat]):
+        calls[cell + "_step"] += 1
+        with torch.no_grad():
+            y, h, c = _build.load().step(cell, x, state[0], state[1] if cell == "lstm" else None, flat)
+        return y, ((h, c) if cell == "lstm" else (h,))
+    layer_input = x
+    new_states: list[tuple[Tensor, ...]] = []
+    for k, layer in enumerate(weights):
+        x_proj = F.linear(layer_input, layer.w_ih, layer.b_ih)  # (B, G*H)
+        new_state, _ = make_step(cell, layer)(x_proj, tuple(s[k] for s in state))
+        new_states.append(new_state)
+        layer_input = new_state[0]
+        if dropout and k < len(weights) - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    stacked = tuple(torch.stack([s[j] for s in new_states]) for j in range(len(state)))  # (L, B, ·)
+    return new_states[-1][0], stacked

@@ -1,0 +1,53 @@
+"""Streaming: advance a recurrent layer by one time step, carrying its state between calls.
+
+`step(module, x, state)` is what `LSTM.step`, `GRU.step` and `RNN.step` call. Feeding a sequence one step
+at a time gives the same outputs and final state as one `forward` over the whole sequence.
+
+Shapes (torch.nn's symbols): N batch, L num_layers, H_in input_size, H_cell hidden_size,
+H_out proj_size or hidden_size.
+    x:      (N, H_in), or (H_in,) unbatched
+    state:  LSTM (h (L, N, H_out), c (L, N, H_cell)); GRU / RNN h (L, N, H_out); unbatched without N; None = zeros
+    y:      (N, H_out), or (H_out,) unbatched (the last layer's new h)
+Under no_grad (or when nothing requires grad) one fused C++ call runs every layer; otherwise the cell
+step functions run and autograd differentiates them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from torch import Tensor
+
+from gatedrnn import engine
+from gatedrnn.layers._checks import check_floating
+
+State = Union[Tensor, tuple[Tensor, Tensor]]
+
+
+def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+    """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format."""
+    if module.bidirectional:
+        raise ValueError(
+            "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
+            "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
+        )
+    weight = module.weight_ih_l0
+    check_floating("x", x, weight.dtype, weight.device)
+    if x.dim() not in (1, 2):
+        raise ValueError(
+            f"step() takes one time step: x should be 2-D (batch, {module.input_size}) or 1-D "
+            f"({module.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] != module.input_size:
+        raise ValueError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
+    batched = x.dim() == 2
+    x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
+    states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
+    weights = [module.layer_weights(layer) for layer in range(module.num_layers)]
+    dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
+    y, new_states = engine.step_layers(
+        module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout
+    )
+    if not batched:
+        y = y.squeeze(0)
+        new_states = tuple(s.squeeze(1) for s in new_states)
+    return y, (new_states if module.mode == "lstm" else new_states[0])
