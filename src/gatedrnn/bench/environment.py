@@ -59,5 +59,6 @@ def environment(*, threads: int) -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),  # other work on the machine skews every number
+        "nice": os.nice(0),
         "backend_info": gatedrnn.backend_info(),
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import statistics
 import time
 import warnings
@@ -160,6 +161,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = lambda li
         ratio = "n/a" if record["ratio"] is None else f"{record['ratio']:.2f}"
         log(f"memory {record['name']}: nn.LSTM / gatedrnn peak = {ratio}")
     result["elapsed_s"] = time.perf_counter() - started
+    result["load_average_end"] = list(os.getloadavg())
     return result
 
 
