@@ -137,3 +137,35 @@ def test_bad_arguments_raise_before_writing(tmp_path, case):
         write_explain_report(*args, **kwargs)
     assert out.read_text() == "previous report"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+class BidirectionalProjected(torch.nn.Module):
+    """A 2-layer bidirectional LSTMP under the models convention: the report shows the last layer, forward."""
+
+    def __init__(self):
+        super().__init__()
+        import gatedrnn
+
+        self.rnn = gatedrnn.LSTM(2, 6, num_layers=2, bidirectional=True, proj_size=3, batch_first=True)
+        self.head = torch.nn.Linear(6, 1)
+
+    def readout(self, output):
+        return self.head(output[:, -1])  # (B, 1)
+
+
+def test_report_handles_stacked_bidirectional_and_token_models(tmp_path):
+    from gatedrnn.models import CharLM
+
+    torch.manual_seed(0)
+    x, y = make_adding(4, 10, torch.Generator().manual_seed(2))
+    page = write_explain_report({"bi-LSTMP": BidirectionalProjected()}, x, y, tmp_path / "bi.html", task_name="adding",
+                                loss_fn=F.mse_loss).read_text(encoding="utf-8")
+    assert "Inside bi-LSTMP (LSTM)" in page and "2 × 6 × 2 directions" in page
+    ids = torch.randint(0, 12, (3, 10))
+    lm_loss = lambda logits, target: F.cross_entropy(logits.reshape(-1, 12), target.reshape(-1))  # noqa: E731
+    page = write_explain_report({"char GRU": CharLM(12, 4, 5, cell="gru")}, ids, ids, tmp_path / "lm.html",
+                                task_name="chars", loss_fn=lm_loss).read_text(encoding="utf-8")
+    assert "Inside char GRU (GRU)" in page and "update gate z" in text_of(page)
+    with pytest.raises(ValueError, match=r"3-D \(B, T, I\)"):
+        write_explain_report({"char GRU": CharLM(12, 4, 5, cell="gru")}, ids[0], ids[0], tmp_path / "x.html",
+                             task_name="chars", loss_fn=lm_loss)

@@ -102,6 +102,13 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
         raise
 
 
+def _backend(models) -> str:
+    """The engine path the models' traces took ("fused" or "reference"; both if they differ)."""
+    paths = {backend_info(dtype=m.rnn.weight_ih_l0.dtype, device=m.rnn.weight_ih_l0.device)["backend"]
+             for m in models.values()}
+    return " and ".join(sorted(paths))
+
+
 def _heatmap_title(label: str, cell: str) -> str:
     if cell.startswith("rnn"):
         return f"{label}: no gates, only the hidden state, of sample {SAMPLE}"
@@ -189,7 +196,7 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
             f"Multi-layer models are shown at their last layer, forward direction (what the readout reads). "
             + (f"Dashed lines mark the steps where input feature {marker_channel} is 1 (the markers). "
                if markers else "")
-            + f"Traces came from the <code>{escape(backend_info()['backend'])}</code> engine path.</p></section>"]
+            + f"Traces came from the <code>{escape(_backend(models))}</code> engine path.</p></section>"]
     if notes:
         items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in notes.items())
         body.append(f'<section class="card"><dl class="notes">{items}</dl></section>')

@@ -33,7 +33,7 @@ def gradient_flow_curves(
             axis.plot(steps, np.where(c_curve > 0, c_curve, np.nan), color=color, linewidth=1.4,
                       linestyle="--", label=f"{label}: ‖∂L/∂c_t‖")
     axis.set_yscale("log")
-    axis.set_xlabel("time step t (the loss reads the last step)")
+    axis.set_xlabel("time step t")
     axis.set_ylabel("gradient norm (batch mean)")
     axis.grid(alpha=0.3, which="major")
     axis.legend(fontsize=8, frameon=False, loc="lower right")
