@@ -36,12 +36,12 @@ def calibrate(fn: Callable[[], None], *, min_sample_s: float, warmup: int, warmu
     thread pools start), and those must neither set k nor enter a sample. Then blocks grow until one
     lasts >= min_sample_s / 2 and is no more than 20% faster than the block before it.
     """
-    start, calls = time.perf_counter(), 0
+    start, calls, previous = time.perf_counter(), 0, None
     while calls < warmup or (time.perf_counter() - start < warmup_s and calls < 10_000):
-        fn()
+        previous = time_block(fn, 1)  # the last warm-up call is what the first block must not beat by 20%
         calls += 1
-    iterations, previous = 1, None
-    for _ in range(64):
+    iterations = 1
+    for _ in range(24):  # bounded: on a noisy machine "settled" may take a few blocks, never forever
         per_iteration = time_block(fn, iterations)
         if per_iteration * iterations < min_sample_s / 2 and iterations < 1 << 20:
             iterations *= 4

@@ -153,13 +153,13 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = lambda li
             warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
             record = run_case(case, config)
         result["cases"].append(record)
-        log(f"[{index:2d}/{len(timed)}] {case.name}: " + _progress_line(record))
+        log(f"[{index:2d}/{len(timed)} {time.perf_counter() - started:4.0f} s] {case.name}: " + _progress_line(record))
     result["memory"] = []
     for shape in shapes:
         record = run_memory(shape, config)
         result["memory"].append(record)
         ratio = "n/a" if record["ratio"] is None else f"{record['ratio']:.2f}"
-        log(f"memory {record['name']}: nn.LSTM / gatedrnn peak = {ratio}")
+        log(f"[memory {time.perf_counter() - started:4.0f} s] {record['name']}: nn.LSTM / gatedrnn peak = {ratio}")
     result["elapsed_s"] = time.perf_counter() - started
     result["load_average_end"] = list(os.getloadavg())
     return result
