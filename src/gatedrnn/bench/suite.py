@@ -134,8 +134,17 @@ def run_memory(shape: case_module.Shape, config: BenchConfig) -> dict:
 
 
 def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = lambda line: None) -> dict:
-    started = time.perf_counter()
+    """Run every selected case and the memory measurements; returns the JSON document (see module doc)."""
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _run(config, log)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(config: BenchConfig, log: Callable[[str], None]) -> dict:
+    started = time.perf_counter()
     timed, shapes = selected_cases(config)
     result = {
         "schema": SCHEMA_VERSION,
