@@ -13,6 +13,10 @@ void sgemm_(const char*, const char*, const int*, const int*, const int*, const 
             const float*, const int*, const float*, float*, const int*) __attribute__((weak));
 void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
             const int*, const double*, const int*, const double*, double*, const int*) __attribute__((weak));
+void sgemv_(const char*, const int*, const int*, const float*, const float*, const int*, const float*, const int*,
+            const float*, float*, const int*) __attribute__((weak));
+void dgemv_(const char*, const int*, const int*, const double*, const double*, const int*, const double*,
+            const int*, const double*, double*, const int*) __attribute__((weak));
 // MKL's packed GEMM: the weight is laid out once per sequence instead of at every step's call.
 size_t sgemm_pack_get_size_(const char*, const int*, const int*, const int*) __attribute__((weak));
 void sgemm_pack_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
@@ -53,6 +57,17 @@ void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, c
     return;
   }
   // Row-major C = op(A) op(B)  <=>  column-major C^T = op(B)^T op(A)^T: swap operands, same flags.
+  if (M == 1) {  // one row: a GEMV, which reads B in place (GEMM would first copy all of B)
+    // B's memory read column-major is (K, N) when tb (c = Bᵀ a, 'T'), else (N, K) (c = B a, 'N');
+    // a has stride lda when ta
+    const char op = tb ? 'T' : 'N';
+    const int rows = tb ? K : N, cols = tb ? N : K, inc_a = ta ? lda : 1, one = 1;
+    if constexpr (sizeof(T) == 4) {
+      if (sgemv_) return sgemv_(&op, &rows, &cols, &alpha, B, &ldb, A, &inc_a, &beta, C, &one);
+    } else {
+      if (dgemv_) return dgemv_(&op, &rows, &cols, &alpha, B, &ldb, A, &inc_a, &beta, C, &one);
+    }
+  }
   const char opa = ta ? 'T' : 'N', opb = tb ? 'T' : 'N';
   if constexpr (sizeof(T) == 4) {
     if (sgemm_) return sgemm_(&opb, &opa, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);

@@ -1,0 +1,256 @@
+"""The fused C++ engine: equal to the reference scan and to torch.nn, forward and backward; gradcheck on every
+fused Function; the layers really dispatch to it; the fallbacks (GATEDRNN_BACKEND=reference, a failed build)
+work and warn once; traces equal the reference's; bf16 runs on the reference path.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gatedrnn
+from gatedrnn import engine
+from gatedrnn.cells import LayerWeights
+from gatedrnn.engine import _build, fused
+from gatedrnn.engine.fused import FusedLayer
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_engine():
+    """Build (or load) the extension once for the module; every test below expects it."""
+    assert _build.load() is not None, f"the fused engine did not build: {_build.error()}"
+
+
+def make_pair(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
+    """A torch.nn module and the gatedrnn module with the same weights."""
+    if cell == "lstm":
+        ours, theirs = gatedrnn.LSTM, torch.nn.LSTM
+    elif cell == "gru":
+        ours, theirs = gatedrnn.GRU, torch.nn.GRU
+        options.pop("proj_size", None)
+    else:
+        options.pop("proj_size", None)
+        options["nonlinearity"] = cell[4:]
+        ours, theirs = gatedrnn.RNN, torch.nn.RNN
+    reference = theirs(input_size, hidden_size, dtype=dtype, **options)
+    module = ours(input_size, hidden_size, dtype=dtype, **options)
+    module.load_state_dict(reference.state_dict(), strict=True)
+    return module, reference
+
+
+def random_configs(count: int, seed: int = 3):
+    rng = random.Random(seed)
+    configs = []
+    for k in range(count):
+        cell = ("lstm", "gru", "rnn_tanh", "rnn_relu")[k % 4]
+        hidden = rng.choice([1, 3, 8, 17])
+        configs.append(dict(
+            cell=cell, input_size=rng.choice([1, 4, 9]), hidden_size=hidden, num_layers=rng.choice([1, 2, 3]),
+            bias=rng.random() < 0.8, batch_first=rng.random() < 0.5, bidirectional=rng.random() < 0.5,
+            proj_size=rng.choice([0, 0, max(hidden // 2, 0)]) if cell == "lstm" and hidden > 1 else 0,
+            packed=rng.random() < 0.4, steps=rng.choice([1, 2, 7]), batch=rng.choice([1, 2, 5]),
+            dtype=(torch.float32, torch.float64)[k // 4 % 2], seed=rng.randrange(10**6),
+        ))
+    return configs
+
+
+def run(module, x, hx, packed_lengths, loss_weights):
+    """Forward, then the gradient of a fixed random-weighted loss w.r.t. x, hx and every parameter."""
+    inputs = x
+    if packed_lengths is not None:
+        inputs = pack_padded_sequence(x, packed_lengths, batch_first=module.batch_first, enforce_sorted=False)
+    output, hidden = module(inputs, hx)
+    out = output.data if packed_lengths is not None else output
+    states = hidden if isinstance(hidden, tuple) else (hidden,)
+    loss = (out * loss_weights[0][: out.numel()].view_as(out)).sum()
+    loss = loss + sum((s * loss_weights[1][: s.numel()].view_as(s)).sum() for s in states)
+    leaves = [x] + list(hx if isinstance(hx, tuple) else (hx,)) + list(module.parameters())
+    grads = torch.autograd.grad(loss, leaves)
+    return [out, *states], list(grads)
+
+
+def assert_close_scaled(actual, expected, tol, what):
+    scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("config", random_configs(40), ids=lambda c: f"{c['cell']}-{c['seed']}")
+def test_fused_equals_reference_and_torch(config, monkeypatch):
+    c = dict(config)
+    torch.manual_seed(c["seed"])
+    dtype, packed, steps, batch = c.pop("dtype"), c.pop("packed"), c.pop("steps"), c.pop("batch")
+    c.pop("seed")
+    cell = c.pop("cell")
+    module, reference = make_pair(cell, dtype=dtype, **c)
+    d = 2 if module.bidirectional else 1
+    shape = (batch, steps, module.input_size) if module.batch_first else (steps, batch, module.input_size)
+    x = torch.randn(shape, dtype=dtype, requires_grad=True)
+    p = module.proj_size or module.hidden_size
+    h0 = torch.randn(d * module.num_layers, batch, p, dtype=dtype, requires_grad=True)
+    hx = (h0, torch.randn(d * module.num_layers, batch, module.hidden_size, dtype=dtype, requires_grad=True)) \
+        if cell == "lstm" else h0
+    lengths = torch.randint(1, steps + 1, (batch,)) if packed else None
+    if packed:
+        lengths[0] = steps
+    loss_weights = (torch.randn(steps * batch * d * p, dtype=dtype), torch.randn(d * module.num_layers * batch *
+                    max(p, module.hidden_size), dtype=dtype))
+    before = sum(fused.calls.values())
+    got = run(module, x, hx, lengths, loss_weights)
+    assert sum(fused.calls.values()) == before + module.num_layers * d, "the layer did not run on the fused engine"
+    expected_torch = run(reference, x, hx, lengths, loss_weights)
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    expected_ref = run(module, x, hx, lengths, loss_weights)
+    assert sum(fused.calls.values()) == before + module.num_layers * d, "GATEDRNN_BACKEND=reference was ignored"
+    tol = TOLERANCE[dtype]
+    for expected, name in ((expected_ref, "reference"), (expected_torch, "torch.nn")):
+        for k, (a, b) in enumerate(zip(got[0], expected[0])):
+            assert_close_scaled(a, b, tol, f"output/state {k} vs {name}")
+        for k, (a, b) in enumerate(zip(got[1], expected[1])):
+            assert_close_scaled(a, b, tol, f"gradient {k} vs {name}")
+
+
+GRADCHECK_CASES = [
+    (cell, proj, sizes, reverse)
+    for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+    for proj in ((False, True) if cell == "lstm" else (False,))
+    for sizes in (None, [3, 3, 2, 1])
+    for reverse in (False, True)
+]
+
+
+@pytest.mark.parametrize("cell,proj,batch_sizes,reverse", GRADCHECK_CASES)
+def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
+    torch.manual_seed(0)
+    steps, batch, inputs, hidden = 4, 3, 2, 3
+    p = 2 if proj else hidden
+    g = GATES[cell] * hidden
+    dd = dict(dtype=torch.float64, requires_grad=True)
+    x = torch.randn(steps, batch, inputs, **dd)
+    if batch_sizes is not None:  # padded rows of a packed batch are zero, as the layers hand them over
+        with torch.no_grad():
+            for t, n in enumerate(batch_sizes):
+                x[t, n:] = 0
+    h0 = torch.randn(batch, p, **dd)
+    c0 = torch.randn(batch, hidden, **dd) if cell == "lstm" else None
+    w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
+    b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
+    w_hr = torch.randn(p, hidden, **dd) if proj else None
+    sizes = [] if batch_sizes is None else batch_sizes
+
+    def function(*args):
+        return FusedLayer.apply(cell, sizes, reverse, False, *args)
+
+    assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), eps=1e-6, atol=1e-7)
+
+
+def test_layers_dispatch_to_fused_and_backend_info():
+    info = gatedrnn.backend_info()
+    assert info["backend"] == "fused", info
+    assert "float32" in info["reason"]
+    for module in (gatedrnn.LSTM(3, 4, proj_size=2), gatedrnn.GRU(3, 4), gatedrnn.RNN(3, 4, nonlinearity="relu")):
+        before = fused.calls[module.mode]
+        module(torch.randn(5, 2, 3))
+        assert fused.calls[module.mode] == before + 1
+    half = gatedrnn.backend_info(dtype=torch.bfloat16)
+    assert half["backend"] == "reference" and "bfloat16" in half["reason"]
+
+
+def test_bfloat16_runs_on_reference_path():
+    torch.manual_seed(5)
+    module = gatedrnn.LSTM(3, 4, dtype=torch.bfloat16)
+    x = torch.randn(5, 2, 3, dtype=torch.bfloat16)
+    before = dict(fused.calls)
+    output, _ = module(x)
+    assert dict(fused.calls) == before
+    expected, _ = module.float()(x.float())
+    assert output.dtype == torch.bfloat16
+    torch.testing.assert_close(output.float(), expected, rtol=0.05, atol=0.05)
+
+
+def test_environment_variable_forces_reference(monkeypatch):
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    info = gatedrnn.backend_info()
+    assert info["backend"] == "reference" and "GATEDRNN_BACKEND" in info["reason"]
+    before = dict(fused.calls)
+    gatedrnn.GRU(3, 4)(torch.randn(5, 2, 3))
+    assert dict(fused.calls) == before
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch):
+    torch.manual_seed(1)
+    module = gatedrnn.LSTM(3, 4, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    expected, _ = module(x)
+
+    def no_compiler():
+        raise RuntimeError("Error building extension 'gatedrnn_fused': c++: command not found")
+
+    monkeypatch.setattr(_build, "_load_or_build", no_compiler)
+    monkeypatch.setattr(_build, "_module", None)
+    monkeypatch.setattr(_build, "_error", None)
+    monkeypatch.setattr(_build, "_attempted", False)
+    before = dict(fused.calls)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, _ = module(x)
+        second, _ = module(x)
+        info = gatedrnn.backend_info()
+    ours = [w for w in caught if "fused C++ engine" in str(w.message)]
+    assert len(ours) == 1 and "command not found" in str(ours[0].message)
+    assert info["backend"] == "reference" and "could not be built" in info["reason"]
+    assert dict(fused.calls) == before
+    torch.testing.assert_close(first, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_trace_equals_reference(cell, packed, monkeypatch):
+    torch.manual_seed(2)
+    module, _ = make_pair(cell, 3, 5, dtype=torch.float64, num_layers=2, bidirectional=True,
+                          proj_size=3 if cell == "lstm" else 0)
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    inputs = pack_padded_sequence(x, torch.tensor([6, 2, 5, 1]), enforce_sorted=False) if packed else x
+    before = dict(fused.calls)
+    _, _, traces = module._run(inputs, None, trace=True)
+    assert dict(fused.calls) != before
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    _, _, expected = module._run(inputs, None, trace=True)
+    for layer, layer_expected in zip(traces, expected):
+        for got, want in zip(layer, layer_expected):
+            assert type(got) is type(want)
+            for name, a, b in zip(want._fields, got, want):
+                assert a.shape == b.shape, name
+                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_no_grad_keeps_no_workspace():
+    """Without autograd the run keeps nothing for backward: outputs do not hold a graph."""
+    module = gatedrnn.LSTM(3, 4)
+    with torch.no_grad():
+        output, (h, c) = module(torch.randn(5, 2, 3))
+    assert output.grad_fn is None and h.grad_fn is None
+    output, _ = module(torch.randn(5, 2, 3))
+    assert type(output.grad_fn).__name__ == "FusedLayerBackward"
+
+
+def test_run_layer_contract_zero_padded_rows():
+    torch.manual_seed(4)
+    weights = LayerWeights(torch.randn(9, 2), torch.randn(9, 3), torch.randn(9), torch.randn(9))
+    x, h0 = torch.randn(4, 3, 2), torch.randn(3, 3)
+    sizes = [3, 2, 2, 1]
+    result = engine.run_layer("gru", x, (h0,), weights, batch_sizes=sizes, reverse=True, trace=True)
+    assert result.y[1, 2:].abs().sum() == 0 and result.y[3, 1:].abs().sum() == 0
+    assert result.trace.r[3, 1:].abs().sum() == 0 and result.trace.h[1, 2:].abs().sum() == 0
+    expected = engine.scan_reference("gru", x, (h0,), weights, sizes, True, True)
+    torch.testing.assert_close(result.y, expected.y)
+    torch.testing.assert_close(result.state[0], expected.state[0])
+    for a, b in zip(result.trace, expected.trace):
+        torch.testing.assert_close(a, b)
