@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gatedrnn.cells import CELL_SPECS
 from gatedrnn.inspect import gradient_flow
 from gatedrnn.models import SequenceRegressor
 from gatedrnn.report import write_explain_report
