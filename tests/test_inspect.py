@@ -145,23 +145,38 @@ def test_trace_batch_order_follows_the_caller():
                         torch.testing.assert_close(got[b, : lengths[b]], want[0])
 
 
-def test_default_backend_traces_equal_reference(monkeypatch):
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+def test_default_backend_traces_equal_reference(monkeypatch, dtype, tolerance):
     """Whatever path the engine takes by default (fused when built) gives the reference scan's traces."""
+    import gatedrnn.engine as engine
+
+    fused_calls = []
+    if hasattr(engine, "run_layer_fused"):  # count the calls that really took the fused path
+        original = engine.run_layer_fused
+        monkeypatch.setattr(engine, "run_layer_fused", lambda *a, **k: fused_calls.append(1) or original(*a, **k))
     for seed in range(30):
         config = random_config(random.Random(1000 + seed))
         torch.manual_seed(seed)
-        layer, x, hx, _ = build(config, dtype=torch.float32)
+        layer, x, hx, _ = build(config, dtype=dtype)
         monkeypatch.delenv("GATEDRNN_BACKEND", raising=False)
         with torch.no_grad():
             default = trace(layer, x, hx)
         monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+        calls_before = len(fused_calls)
         with torch.no_grad():
             reference = trace(layer, x, hx)
+        assert len(fused_calls) == calls_before, "GATEDRNN_BACKEND=reference must not run the fused engine"
+        torch.testing.assert_close(default.output if isinstance(default.output, torch.Tensor) else default.output.data,
+                                   reference.output if isinstance(reference.output, torch.Tensor)
+                                   else reference.output.data, rtol=tolerance, atol=tolerance)
         for got_layer, want_layer in zip(default.layers, reference.layers):
             for got, want in zip(got_layer, want_layer):
                 assert type(got) is type(want)
                 for a, b in zip(got, want):
-                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+                    assert a.shape == b.shape
+                    torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+    if engine.backend_info(dtype=dtype)["backend"] == "fused":
+        assert fused_calls, "the default path should have run the fused engine"
 
 
 def test_trace_rejects_a_non_gatedrnn_layer():

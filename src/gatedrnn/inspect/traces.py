@@ -87,8 +87,10 @@ def _to_user_layout(trace: tuple, *, unbatched: bool, batch_first: bool, unsorte
 def trace(layer: RecurrentBase, input: Union[Tensor, PackedSequence], hx=None) -> LayerTraces:
     """Run `layer` on `input` (any form its forward takes) and return every step of every layer and direction.
 
-    Gradients flow through the result as through forward when grad mode is on; wrap the call in
-    `torch.no_grad()` to only look. Only a trace request differs from `layer(input, hx)`.
+    Only a trace request differs from `layer(input, hx)`: output and hidden are the same, with their gradients.
+    The trace tensors of the fused path are read-outs of the kernel's buffers and carry no gradient; to
+    differentiate through a gate, run with GATEDRNN_BACKEND=reference (the reference scan's traces are part of
+    the autograd graph). Wrap the call in `torch.no_grad()` to only look.
     """
     if not isinstance(layer, RecurrentBase):
         raise TypeError(
