@@ -79,7 +79,7 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
     """What the heatmap shows: which units hold their state from the first marker on, and who writes there."""
     steps = traces.series("h", sample=sample).shape[0]
     start = markers[0] if markers else 0
-    where = f"from the first marker (step {start}) to the end (step {steps - 1})" if markers else "over the whole sequence"
+    where = f"from the first marker (step {start}) to the last step ({steps - 1})" if markers else "over the whole sequence"
     gate = HOLD_GATE.get(traces.cell)
     if gate is None:
         h = _numpy(traces.series("h", sample=sample))  # (T, H)
@@ -93,11 +93,12 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
     if held:
         shown = held[:3]
         text = (f"In {named(label, traces.cell)} the {gate_name} of unit{'s' if len(shown) > 1 else ''} {_units([u for u, _ in shown])} "
-                f"stays near 1 {where} (mean {', '.join(f'{m:.2f}' for _, m in shown)}): "
+                f"stays near 1 {where}, with mean{'s' if len(shown) > 1 else ''} {', '.join(f'{m:.2f}' for _, m in shown)}: "
                 f"{'they hold' if len(shown) > 1 else 'it holds'} the value. "
                 f"The product of unit {shown[0][0]}'s gate over those steps is {_kept(traces, gate, sample, start, shown[0][0]):.2f}: "
                 f"the share of its state at step {start} still there at the end. "
-                f"{len(held)} of {traces.series(gate, sample=sample).shape[1]} units average above {HOLD_THRESHOLD}.")
+                f"{len(held)} of {traces.series(gate, sample=sample).shape[1]} units {'average' if len(held) > 1 else 'averages'} "
+                f"above {HOLD_THRESHOLD} there.")
     else:
         values = _numpy(traces.series(gate, sample=sample))[start:]  # (T - start, H)
         unit = int(values.mean(axis=0).argmax())

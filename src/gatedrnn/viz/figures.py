@@ -14,6 +14,17 @@ FALLBACK_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17be
 MARKER_STYLE = dict(color="#444444", linestyle="--", linewidth=1.0, alpha=0.8)
 
 
+def mark_steps(axis, steps, *, line_alpha: float = 0.45) -> None:
+    """Marker steps: a light dashed line through the data and a solid triangle above the panel."""
+    from matplotlib.transforms import blended_transform_factory
+
+    on_top = blended_transform_factory(axis.transData, axis.transAxes)
+    for step in steps:
+        axis.axvline(step, color="#333333", linestyle="--", linewidth=0.9, alpha=line_alpha)
+        axis.plot([step], [1.0], marker="v", markersize=7, color="#d62728", transform=on_top, clip_on=False,
+                  zorder=5)
+
+
 def new_figure(width: float, height: float) -> Figure:
     """A figure (inches) with constrained layout, white background, readable default font sizes."""
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained", facecolor="white")

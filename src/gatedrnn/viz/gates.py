@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gatedrnn.inspect import LayerTraces
-from gatedrnn.viz.figures import CELL_NAMES, MARKER_STYLE, color_for, new_figure
+from gatedrnn.viz.figures import CELL_NAMES, MARKER_STYLE, color_for, mark_steps, new_figure
 
 # field -> (panel title, colour map, value range or None for symmetric around 0)
 FIELD_STYLE = {
@@ -46,17 +46,16 @@ def gate_heatmaps(
         values = traces.series(name, sample=sample, layer=layer, direction=direction)[:, :max_units]
         values = values.detach().cpu().double().numpy().T  # (units, T)
         label, cmap, value_range = FIELD_STYLE[name]
-        if value_range is None:
-            bound = float(np.abs(values).max()) or 1.0
+        if value_range is None:  # symmetric, robust: one runaway unit should not wash out the rest
+            bound = float(np.percentile(np.abs(values), 98)) or float(np.abs(values).max()) or 1.0
             value_range = (-bound, bound)
         image = axis.imshow(values, aspect="auto", interpolation="nearest", cmap=cmap,
                             vmin=value_range[0], vmax=value_range[1], origin="lower")
         axis.set_ylabel("unit")
         axis.set_title(label, loc="left", fontsize=10)
         figure.colorbar(image, ax=axis, pad=0.01, fraction=0.03)
-        for step in markers:
-            axis.axvline(step, **MARKER_STYLE)
-    axes[-1].set_xlabel("time step")
+        mark_steps(axis, markers)
+    axes[-1].set_xlabel("time step" + ("   (▼ marker steps)" if markers else ""))
     heading = title or f"{CELL_NAMES.get(traces.cell, traces.cell)}: every gate of sample {sample}"
     figure.suptitle(heading, fontsize=12)
     return figure

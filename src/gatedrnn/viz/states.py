@@ -7,7 +7,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gatedrnn.inspect import LayerTraces
-from gatedrnn.viz.figures import CELL_NAMES, MARKER_STYLE, new_figure
+from gatedrnn.viz.figures import CELL_NAMES, mark_steps, new_figure
 
 
 def state_field(cell: str) -> str:
@@ -51,10 +51,9 @@ def state_trajectories(
     steps = np.arange(values.shape[0])
     for unit in units:
         axis.plot(steps, values[:, unit], linewidth=1.6, label=f"unit {unit}")
-    for step in markers:
-        axis.axvline(step, **MARKER_STYLE)
+    mark_steps(axis, markers, line_alpha=0.7)
     axis.axhline(0.0, color="#bbbbbb", linewidth=0.8)
-    axis.set_xlabel("time step")
+    axis.set_xlabel("time step" + ("   (▼ marker steps)" if markers else ""))
     axis.set_ylabel("cell state c" if name == "c" else "hidden state h")
     axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     axis.grid(alpha=0.25)
