@@ -1,6 +1,7 @@
 """Forecasting monthly sunspot numbers one month ahead (data: `gatedrnn.data.sunspots`, 1749-01..2009-06).
 
 Fixed chronological split by target month: train 1749-1949, val 1950-1979, test 1980-2009/06.
+Train targets start at month 132, so the train split is the same for every window up to 132 months.
 An input is the `window` months before the target (they may reach back into the previous split: the past
 is known at forecast time). Values are standardised with the train split's mean and std; the model
 predicts the standardised next value.
