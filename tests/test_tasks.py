@@ -37,6 +37,18 @@ def test_registry_and_option_errors():
         assert cls.info.name == name and cls.info.metric and cls.info.baseline
 
 
+def test_cheap_baselines_are_named_floats():
+    expected = {"adding": {"mean_predictor_mse", "mean_predictor_accuracy"},
+                "copy": {"memoryless_accuracy", "memoryless_cross_entropy"},
+                "temporal_order": {"chance_accuracy", "chance_cross_entropy"},
+                "vowels": {"chance_accuracy", "majority_accuracy", "lstm_fcn_accuracy", "mlstm_fcn_accuracy"}}
+    for name, keys in expected.items():
+        baselines = get_task(name).baselines()
+        assert set(baselines) == keys and all(isinstance(v, float) for v in baselines.values())
+    assert get_task("copy", delay=100, copy_len=10).baselines()["memoryless_cross_entropy"] == pytest.approx(
+        10 * math.log(8) / 120)
+
+
 # ----- models -----
 def _model_inputs():
     torch.manual_seed(0)
@@ -124,6 +136,8 @@ def test_adding_data_structure_and_baseline():
     torch.testing.assert_close(y[:, 0], (x[:, :, 0] * markers).sum(1))
     mean_predictor = task.evaluate(torch.ones_like(y), y)
     assert mean_predictor["mse"] == pytest.approx(1 / 6, abs=0.005) and mean_predictor["baseline_mse"] == 1 / 6
+    assert mean_predictor["accuracy"] == pytest.approx(task.baselines()["mean_predictor_accuracy"], abs=0.008)
+    assert task.baselines() == {"mean_predictor_mse": 1 / 6, "mean_predictor_accuracy": pytest.approx(0.0784)}
     metrics = task.evaluate(y + 0.03, y)
     assert metrics["mse"] == pytest.approx(0.0009, rel=1e-4) and metrics["accuracy"] == 1.0
     assert task.evaluate(y - 0.05, y)["accuracy"] == 0.0
@@ -150,7 +164,7 @@ def test_copy_data_and_memoryless_baseline():
     memoryless[:, -3:, 1:] = 0.0  # uniform over the 8 symbols during the recall
     metrics = task.evaluate(memoryless, y)
     assert metrics["cross_entropy"] == pytest.approx(3 * math.log(8) / 12, rel=1e-5)
-    assert metrics["cross_entropy"] == pytest.approx(task.baselines()["cross_entropy"], rel=1e-5)
+    assert metrics["cross_entropy"] == pytest.approx(task.baselines()["memoryless_cross_entropy"], rel=1e-5)
     perfect = torch.nn.functional.one_hot(y, 9).float() * 1e4
     assert task.evaluate(perfect, y)["accuracy"] == 1.0 and task.evaluate(perfect, y)["sequence_accuracy"] == 1.0
 
@@ -185,11 +199,11 @@ def test_sunspots_splits_and_baselines():
     assert float(task.to_original_units(y)) == pytest.approx(values[2772], rel=1e-5)  # 1980-01
     test = values[2772:]
     baselines = task.baselines()
-    assert baselines["persistence"]["test_rmse"] == pytest.approx(np.sqrt(np.mean((values[2771:-1] - test) ** 2)))
-    assert baselines["seasonal_naive"]["test_rmse"] == pytest.approx(
+    assert baselines["persistence_rmse"] == pytest.approx(np.sqrt(np.mean((values[2771:-1] - test) ** 2)))
+    assert baselines["seasonal_naive_rmse"] == pytest.approx(
         np.sqrt(np.mean((values[2772 - 132:-132] - test) ** 2)))
-    assert baselines["persistence"]["test_rmse"] == pytest.approx(19.84, abs=0.01)
-    assert baselines["arima"]["test_rmse"] < baselines["persistence"]["test_rmse"]
+    assert baselines["persistence_rmse"] == pytest.approx(19.84, abs=0.01)
+    assert baselines["arima_rmse"] < baselines["persistence_rmse"]
     inputs, targets = task.collate([splits["test"][i] for i in range(len(splits["test"]))])
     assert task.evaluate(targets, targets)["rmse"] == 0.0
     shifted = task.evaluate(targets + 2.0 / std, targets)
@@ -231,8 +245,8 @@ def test_charlm_splits_vocabulary_and_baselines():
     baselines = task.baselines()
     counts = np.array([parts["train"].count(ch) for ch in set(parts["train"])], dtype=float)
     p = counts / counts.sum()
-    assert baselines["unigram_bpc"] == pytest.approx(float(-(p * np.log2(p)).sum()))
-    assert 3.5 < baselines["unigram_bpc"] < baselines["uniform_bpc"]
+    assert baselines["unigram_entropy_bpc"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    assert 3.5 < baselines["unigram_entropy_bpc"] < baselines["unigram_bpc"] < baselines["uniform_bpc"]
     with pytest.raises(ValueError, match=r"characters \['€'\] are not in the corpus vocabulary"):
         task.encode("€")
 
@@ -270,8 +284,8 @@ def test_tiny_training_adding():
 def test_tiny_training_copy():
     task = get_task("copy", delay=5, copy_len=2, n_train=500, n_val=200)
     losses, metrics = _train(task, "gru", 32, 300, 0.01, 32)
-    assert np.mean(losses[-20:]) < task.baselines()["cross_entropy"]
-    assert metrics["cross_entropy"] < task.baselines()["cross_entropy"] and metrics["accuracy"] > 0.3
+    assert np.mean(losses[-20:]) < task.baselines()["memoryless_cross_entropy"]
+    assert metrics["cross_entropy"] < task.baselines()["memoryless_cross_entropy"] and metrics["accuracy"] > 0.3
 
 
 def test_tiny_training_temporal_order():
@@ -299,6 +313,6 @@ def test_tiny_training_vowels():
 def test_tiny_training_charlm():
     task = get_task("charlm", max_chars=50000, seq_len=50)
     losses, metrics = _train(task, "lstm", 64, 100, 0.01, 32)
-    unigram_nats = task.baselines()["unigram_bpc"] * math.log(2)
+    unigram_nats = task.baselines()["unigram_entropy_bpc"] * math.log(2)
     assert np.mean(losses[-10:]) < 0.8 * unigram_nats
-    assert metrics["bpc"] < task.baselines()["unigram_bpc"] - 0.5
+    assert metrics["bpc"] < task.baselines()["unigram_entropy_bpc"] - 0.5

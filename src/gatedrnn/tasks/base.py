@@ -48,6 +48,11 @@ class Task(abc.ABC):
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         """Scalar training loss."""
 
+    def baselines(self) -> dict[str, float]:
+        """Reference numbers for the test split, named `<strategy>_<metric>` (e.g. "persistence_rmse") in the
+        units of `evaluate`; computed ones (naive predictors, ARIMA) and published ones. {} if none."""
+        return {}
+
     @abc.abstractmethod
     def evaluate(self, predictions: Tensor, targets: Tensor) -> dict[str, float]:
         """Metrics over a whole split (predictions and targets concatenated over batches);

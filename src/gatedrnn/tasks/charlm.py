@@ -159,7 +159,8 @@ class CharLMTask(Task):
                 "accuracy": float((predictions.argmax(-1) == targets).float().mean())}
 
     def baselines(self) -> dict[str, float]:
-        """Unigram entropy of train (bpc), the train unigram's bpc on test (add-one smoothed), log2(V)."""
+        """The train unigram's bpc on test (add-one smoothed), the train split's unigram entropy, log2(V)
+        (uniform guessing) and, for scale only, BN-LSTM's published 1.36 bpc on text8 (another corpus)."""
         parts = self.split_text()
         counts = Counter(parts["train"])
         total = sum(counts.values())
@@ -167,5 +168,5 @@ class CharLMTask(Task):
         smoothed_total = total + self.vocab_size
         test_counts = Counter(parts["test"])
         cross = -sum(n * math.log2((counts.get(ch, 0) + 1) / smoothed_total) for ch, n in test_counts.items())
-        return {"unigram_bpc": entropy, "unigram_test_bpc": cross / len(parts["test"]),
-                "uniform_bpc": math.log2(self.vocab_size)}
+        return {"unigram_bpc": cross / len(parts["test"]), "unigram_entropy_bpc": entropy,
+                "uniform_bpc": math.log2(self.vocab_size), "bn_lstm_text8_bpc": 1.36}

@@ -69,8 +69,8 @@ class CopyTask(Task):
     def baselines(self) -> dict[str, float]:
         """The memoryless strategy's accuracy and per-step cross-entropy (nats)."""
         o = self.options
-        return {"accuracy": 1.0 / o["num_symbols"],
-                "cross_entropy": o["copy_len"] * math.log(o["num_symbols"]) / self.length}
+        return {"memoryless_accuracy": 1.0 / o["num_symbols"],
+                "memoryless_cross_entropy": o["copy_len"] * math.log(o["num_symbols"]) / self.length}
 
     def splits(self, seed: int) -> Mapping[str, Dataset]:
         if seed not in self._cache:
@@ -112,6 +112,6 @@ class CopyTask(Task):
             "accuracy": float(recalled.float().mean()),
             "sequence_accuracy": float(recalled.all(dim=1).float().mean()),
             "cross_entropy": float(F.cross_entropy(predictions.detach().flatten(0, 1).float(), targets.flatten())),
-            "baseline_accuracy": baselines["accuracy"],
-            "baseline_cross_entropy": baselines["cross_entropy"],
+            "baseline_accuracy": baselines["memoryless_accuracy"],
+            "baseline_cross_entropy": baselines["memoryless_cross_entropy"],
         }

@@ -59,7 +59,7 @@ class SunspotsTask(Task):
         self._order = self._parse_order(self.options["arima_order"])
         self._series: MonthlySeries | None = None
         self._splits: Mapping[str, Dataset] | None = None
-        self._baselines: dict[str, dict[str, float]] | None = None
+        self._baselines: dict[str, float] | None = None
 
     @staticmethod
     def _parse_order(text: str) -> tuple[int, int, int]:
@@ -128,18 +128,20 @@ class SunspotsTask(Task):
                 "mse_standardised": float(F.mse_loss(predictions.detach().double(), targets.double()))}
 
     # ----- baselines -----
-    def baselines(self) -> dict[str, dict[str, float]]:
-        """{"persistence" | "seasonal_naive" | "arima": {"val_rmse", "test_rmse"}} in original units."""
+    def baselines(self) -> dict[str, float]:
+        """Test RMSE ("persistence_rmse", "seasonal_naive_rmse", "arima_rmse") and the same on val
+        ("persistence_val_rmse", ...), in sunspot numbers, over exactly the targets of those splits."""
         if self._baselines is None:
             x, ranges = self.series.values, self.target_ranges()
             arima = self._arima_one_step(x, ranges["val"].start)
-            out: dict[str, dict[str, float]] = {}
+            out: dict[str, float] = {}
             for name, forecast in (("persistence", lambda t: x[t - 1]), ("seasonal_naive", lambda t: x[t - SEASON]),
                                    ("arima", lambda t: arima[t])):
-                out[name] = {f"{split}_rmse": _rmse(forecast(np.array(ranges[split])), x[np.array(ranges[split])])
-                             for split in ("val", "test")}
+                for split, suffix in (("test", "rmse"), ("val", "val_rmse")):
+                    targets = np.array(ranges[split])
+                    out[f"{name}_{suffix}"] = _rmse(forecast(targets), x[targets])
             self._baselines = out
-        return self._baselines
+        return dict(self._baselines)
 
     def _arima_one_step(self, x: np.ndarray, train_end: int) -> np.ndarray:
         """One-step-ahead ARIMA forecasts for every month, parameters fitted on x[:train_end] only."""

@@ -71,7 +71,7 @@ class TemporalOrderTask(Task):
         self._cache: dict[int, Mapping[str, Dataset]] = {}
 
     def baselines(self) -> dict[str, float]:
-        return {"accuracy": 1.0 / NUM_CLASSES, "cross_entropy": math.log(NUM_CLASSES)}
+        return {"chance_accuracy": 1.0 / NUM_CLASSES, "chance_cross_entropy": math.log(NUM_CLASSES)}
 
     def splits(self, seed: int) -> Mapping[str, Dataset]:
         if seed not in self._cache:

@@ -61,6 +61,11 @@ class VowelsTask(Task):
         super().__init__(**resolve_options(self.info.name, self.OPTIONS, options))
         self._cache: dict[int, Mapping[str, Dataset]] = {}
 
+    def baselines(self) -> dict[str, float]:
+        """Chance (1/9), always answering the largest test class (88/370), and the published results."""
+        return {"chance_accuracy": 1.0 / NUM_CLASSES, "majority_accuracy": 88.0 / 370.0,
+                "lstm_fcn_accuracy": 0.99, "mlstm_fcn_accuracy": 1.00}
+
     def splits(self, seed: int) -> Mapping[str, Dataset]:
         if seed not in self._cache:
             train = load_japanese_vowels("train", self.options["train_path"])
