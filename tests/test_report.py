@@ -168,3 +168,19 @@ def test_report_handles_stacked_bidirectional_and_token_models(tmp_path):
     with pytest.raises(ValueError, match=r"3-D \(B, T, I\)"):
         write_explain_report({"char GRU": CharLM(12, 4, 5, cell="gru")}, ids[0], ids[0], tmp_path / "x.html",
                              task_name="chars", loss_fn=lm_loss)
+
+
+def test_report_takes_packed_variable_length_input(tmp_path):
+    """Classification on variable-length sequences (a PackedSequence, as the vowels task collates)."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    from gatedrnn.models import SequenceClassifier
+
+    torch.manual_seed(0)
+    sequences = [torch.randn(length, 3) for length in (9, 4, 12, 6)]
+    inputs = pack_sequence(sequences, enforce_sorted=False)
+    targets = torch.tensor([0, 1, 1, 0])
+    page = write_explain_report({"LSTM": SequenceClassifier(3, 5, 2, cell="lstm")}, inputs, targets,
+                                tmp_path / "packed.html", task_name="toy", loss_fn=F.cross_entropy
+                                ).read_text(encoding="utf-8")
+    assert "4 samples of up to 12 steps" in page and 'id="gates-lstm"' in page

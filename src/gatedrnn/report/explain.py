@@ -2,17 +2,19 @@
 
 For every model: its cell's equations (from `gatedrnn.cells`), the gradient flow (`gatedrnn.inspect.gradient_flow`),
 gate heatmaps and state trajectories of one sample, gate saturation, training curves, each with a reading
-computed from the data. Shapes: inputs (B, T, I) (or whatever the models' `rnn_input` takes), targets (B, …).
+computed from the data. Shapes: inputs (B, T, I), a PackedSequence of B sequences, or whatever the models'
+`rnn_input` takes (e.g. (B, T) token ids); targets (B, …).
 """
 from __future__ import annotations
 
 import os
 import pathlib
 import tempfile
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
 from gatedrnn.engine import backend_info
@@ -27,6 +29,7 @@ from gatedrnn.viz import (
 )
 from gatedrnn.viz.figures import CELL_NAMES
 
+Inputs = Union[Tensor, PackedSequence]
 MAX_SAMPLES = 256  # traces and gradient flow use the first MAX_SAMPLES samples: plenty for the statistics
 SAMPLE = 0  # the sample shown in the per-sample plots
 
@@ -48,16 +51,21 @@ def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, hist
             )
         if not rnn.batch_first:
             raise ValueError(f"model {label!r}: its .rnn should have batch_first=True (the models convention)")
-    if not isinstance(inputs, Tensor):
-        raise ValueError(f"inputs should be a tensor (B, T, I), got {type(inputs).__name__}")
-    has_rnn_input = any(callable(getattr(m, "rnn_input", None)) for m in models.values())
-    if inputs.dim() != 3 and not (has_rnn_input and inputs.dim() == 2 and not inputs.is_floating_point()):
-        raise ValueError(f"inputs should be 3-D (B, T, I), got a {inputs.dim()}-D tensor of shape {tuple(inputs.shape)}")
-    if inputs.shape[0] < 1 or inputs.shape[1] < 2:
-        raise ValueError(f"inputs should hold at least 1 sample of at least 2 steps, got shape {tuple(inputs.shape)}")
-    if not isinstance(targets, Tensor) or targets.dim() < 1 or targets.shape[0] != inputs.shape[0]:
+    if isinstance(inputs, PackedSequence):
+        batch, steps = int(inputs.batch_sizes[0]), len(inputs.batch_sizes)
+    else:
+        if not isinstance(inputs, Tensor):
+            raise ValueError(f"inputs should be a tensor (B, T, I) or a PackedSequence, got {type(inputs).__name__}")
+        has_rnn_input = any(callable(getattr(m, "rnn_input", None)) for m in models.values())
+        if inputs.dim() != 3 and not (has_rnn_input and inputs.dim() == 2 and not inputs.is_floating_point()):
+            raise ValueError(
+                f"inputs should be 3-D (B, T, I), got a {inputs.dim()}-D tensor of shape {tuple(inputs.shape)}")
+        batch, steps = inputs.shape[0], inputs.shape[1]
+    if batch < 1 or steps < 2:
+        raise ValueError(f"inputs should hold at least 1 sample of at least 2 steps, got {batch} of {steps}")
+    if not isinstance(targets, Tensor) or targets.dim() < 1 or targets.shape[0] != batch:
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets should be a tensor with {inputs.shape[0]} rows (one per input), got {shape}")
+        raise ValueError(f"targets should be a tensor with {batch} rows (one per input), got {shape}")
     if not isinstance(task_name, str) or not task_name:
         raise ValueError(f"task_name should be a non-empty string, got {task_name!r}")
     if not callable(loss_fn):
@@ -79,14 +87,27 @@ def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, hist
     return path
 
 
-def _layer_input(model: nn.Module, inputs: Tensor) -> Tensor:
-    """What the model feeds its recurrent layer: (B, T, I)."""
+def _layer_input(model: nn.Module, inputs: Inputs) -> Inputs:
+    """What the model feeds its recurrent layer: (B, T, I) or a PackedSequence of I features."""
     rnn_input = getattr(model, "rnn_input", None)
     x = rnn_input(inputs) if callable(rnn_input) else inputs
-    if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[2] != model.rnn.input_size:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+    data = x.data if isinstance(x, PackedSequence) else x
+    if not isinstance(data, Tensor) or data.dim() != (2 if isinstance(x, PackedSequence) else 3) \
+            or data.shape[-1] != model.rnn.input_size:
+        shape = tuple(data.shape) if isinstance(data, Tensor) else type(x).__name__
         raise ValueError(f"the recurrent layer's input should be (B, T, {model.rnn.input_size}), got {shape}")
     return x
+
+
+def _first_samples(inputs: Inputs, targets: Tensor, count: int) -> tuple[Inputs, Tensor]:
+    """The first `count` samples of the inputs (packed stays packed) and targets."""
+    if not isinstance(inputs, PackedSequence):
+        return inputs[:count], targets[:count]
+    if int(inputs.batch_sizes[0]) <= count:
+        return inputs, targets
+    padded, lengths = pad_packed_sequence(inputs, batch_first=True)  # (B, T, I), (B,) in the caller's order
+    return pack_padded_sequence(padded[:count], lengths[:count], batch_first=True, enforce_sorted=False), \
+        targets[:count]
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
@@ -146,7 +167,7 @@ def _summary(models, flows: Mapping[str, GradientFlow]) -> str:
 
 def write_explain_report(
     models: Mapping[str, nn.Module],
-    inputs: Tensor,
+    inputs: Inputs,
     targets: Tensor,
     out_path,
     *,
@@ -160,7 +181,8 @@ def write_explain_report(
     Args:
         models: label -> model with `.rnn` (a gatedrnn layer, batch_first=True) and `.readout(rnn_output)`,
             forward(x) == readout(rnn(x)[0]) (the gatedrnn.models convention; `.rnn_input` is honoured).
-        inputs: (B, T, I); the first MAX_SAMPLES samples are used. targets: (B, …), as loss_fn takes them.
+        inputs: (B, T, I), a PackedSequence, or what the models' `rnn_input` takes; the first MAX_SAMPLES samples
+            are used. targets: (B, …), as loss_fn takes them.
         loss_fn: (prediction, targets) -> scalar; its gradient is what the gradient-flow plot follows.
         history: label -> list of per-step/epoch dicts, e.g. {"step": 100, "train_loss": 0.1, "val_mse": 0.1}.
         notes: heading -> text shown near the top (e.g. how the models were trained).
@@ -168,7 +190,7 @@ def write_explain_report(
         ValueError before anything is written when an argument is wrong.
     """
     path = _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, history, notes)
-    inputs, targets = inputs[:MAX_SAMPLES], targets[:MAX_SAMPLES]
+    inputs, targets = _first_samples(inputs, targets, MAX_SAMPLES)
     was_training = {label: model.training for label, model in models.items()}
     try:
         for model in models.values():
@@ -188,11 +210,13 @@ def write_explain_report(
 
 
 def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
-    marker_channel = readings.find_marker_channel(inputs)
+    packed = isinstance(inputs, PackedSequence)
+    marker_channel = None if packed else readings.find_marker_channel(inputs)
     markers = readings.marker_steps(inputs, marker_channel, SAMPLE)
+    batch, steps_max = (int(inputs.batch_sizes[0]), len(inputs.batch_sizes)) if packed else inputs.shape[:2]
     steps = traces[next(iter(traces))].series("h", sample=SAMPLE).shape[0]
     body = [f'<section class="card">{_summary(models, flows)}'
-            f"<p>{inputs.shape[0]} samples of {inputs.shape[1]} steps; per-sample plots show sample {SAMPLE}. "
+            f"<p>{batch} samples of {'up to ' if packed else ''}{steps_max} steps; per-sample plots show sample {SAMPLE}. "
             f"Multi-layer models are shown at their last layer, forward direction (what the readout reads). "
             + (f"Dashed lines mark the steps where input feature {marker_channel} is 1 (the markers). "
                if markers else "")
