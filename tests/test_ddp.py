@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import gatedrnn
+from gatedrnn.train import TrainConfig, Trainer
 from gatedrnn.train.checkpoint import read_meta, read_weights
 
 # 64 examples, global batch 16: 4 steps per epoch; under torchrun each rank takes 8 of every 16
@@ -42,9 +43,10 @@ def weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     single, double = tmp_path / "single", tmp_path / "ddp"
-    one = subprocess.run([sys.executable, "-m", "gatedrnn", "train", *ARGS, "--out-dir", str(single)],
-                         env=environment(), capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr
+    config = TrainConfig(task="adding", task_options={"seq_len": 10, "n_train": 64, "n_val": 32, "n_test": 32},
+                         cell="gru", hidden_size=8, batch_size=16, epochs=3, lr=0.02, checkpoint_every=2,
+                         tensorboard=False, progress=False, out_dir=str(single))
+    Trainer(config).fit()  # the same settings as ARGS, in this process
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "gatedrnn", "train", *ARGS, "--out-dir", str(double)],
                          env=environment(), capture_output=True, text=True, timeout=300)
