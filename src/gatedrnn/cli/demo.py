@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     summary["report"] = str(report_path) if report_path else None
     summary["total_seconds"] = time.time() - started
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    print(f"\ncheckpoints: {out_dir}/<cell>/best  (gatedrnn evaluate {out_dir}/lstm)")
+    print(f"\ncheckpoints: {out_dir}/<cell>/best" + (f" and {out_dir}/vowels/<cell>/best" if "vowels" in summary else "")
+          + f"  (try: gatedrnn evaluate {out_dir}/lstm)")
     if report_path:
         print(f"explain report: {report_path}")
     print(f"total {summary['total_seconds']:.0f} s")
@@ -152,7 +153,7 @@ def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> list[d
     for cell in cells:
         config = TrainConfig(task="vowels", cell=cell, hidden_size=VOWELS["hidden_size"], batch_size=VOWELS["batch_size"],
                              epochs=100, max_steps=VOWELS["steps"], lr=VOWELS["lr"], seed=args.seed,
-                             out_dir=str(out_dir / f"vowels-{cell}"), tensorboard=False, progress=not args.quiet)
+                             out_dir=str(out_dir / "vowels" / cell), tensorboard=False, progress=not args.quiet)
         result = Trainer(config, overwrite=True, task=task, description=f"{cell.upper():<4}").fit()
         rows.append({"cell": cell, "parameters": sum(p.numel() for p in result.model.parameters()),
                      "test_accuracy": result.test["accuracy"], "seconds": result.seconds})
