@@ -214,12 +214,11 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
     marker_channel = None if packed else readings.find_marker_channel(inputs)
     markers = readings.marker_steps(inputs, marker_channel, SAMPLE)
     batch, steps_max = (int(inputs.batch_sizes[0]), len(inputs.batch_sizes)) if packed else inputs.shape[:2]
-    steps = traces[next(iter(traces))].series("h", sample=SAMPLE).shape[0]
     body = [f'<section class="card">{_summary(models, flows)}'
             f"<p>{batch} samples of {'up to ' if packed else ''}{steps_max} steps; per-sample plots show sample {SAMPLE}. "
-            f"Multi-layer models are shown at their last layer, forward direction (what the readout reads). "
-            + (f"Dashed lines mark the steps where input feature {marker_channel} is 1 (the markers). "
-               if markers else "")
+            + ("Stacked or bidirectional models are shown at their last layer, forward direction. "
+               if any(m.rnn.num_layers > 1 or m.rnn.bidirectional for m in models.values()) else "")
+            + (f"▼ marks the steps where input feature {marker_channel} is 1 (the markers). " if markers else "")
             + f"Traces came from the <code>{escape(_backend(models))}</code> engine path.</p></section>"]
     if notes:
         items = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in notes.items())
@@ -230,7 +229,9 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
                     f'<div class="eqbody">{equations_html(c)}</div></section>' for c in cells)
     body.append(f'<h2 id="equations">The cells</h2>{cards}')
 
-    body.append('<h2 id="gradient-flow">Gradient flow</h2>')
+    body.append('<h2 id="gradient-flow">Gradient flow</h2><p>For each step t, how strongly the loss responds to the '
+                'state h<sub>t</sub>: ‖∂L/∂h<sub>t</sub>‖, averaged over the samples. Where it is tiny, training '
+                'cannot learn what happened at step t.</p>')
     body.append(figure_html(Figure(
         "gradient-flow-plot", figure_to_data_uri(gradient_flow_curves(flows)),
         "gradient norm per time step, log scale, one line per model", readings.read_gradient_flow(flows))))
@@ -238,7 +239,8 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
     for label, model in models.items():
         body.append(_model_section(label, model.rnn.mode, traces[label], markers))
 
-    body.append('<h2 id="saturation">Gate saturation</h2>')
+    body.append('<h2 id="saturation">Gate saturation</h2><p>Every value the holding gate took (the LSTM\'s forget '
+                'gate, the GRU\'s update gate), over all samples, steps and units.</p>')
     body.append(figure_html(Figure(
         "saturation-plot", figure_to_data_uri(gate_saturation_histograms(traces)),
         "histograms of forget and update gate values", readings.read_saturation(traces))))
@@ -253,7 +255,8 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
     labels = ", ".join(models)
     return page_html(
         f"Inside the cells: {task_name}",
-        f"{labels} on the {task_name} task, {steps} steps: what every gate does and how far back the gradient reaches.",
+        f"{labels} on the {task_name} task, {'up to ' if packed else ''}{steps_max} steps: what every gate does and "
+        "how far back the gradient reaches.",
         "\n".join(body),
         f"Written by gatedrnn {gatedrnn.__version__} (gatedrnn.report.write_explain_report). "
         "Every number and sentence under a plot is computed from the traces and gradients of these models.",

@@ -85,8 +85,8 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
         h = _numpy(traces.series("h", sample=sample))  # (T, H)
         saturated = float((np.abs(h) > 0.95).mean())
         change = np.abs(np.diff(h, axis=0)).mean() if steps > 1 else 0.0
-        return (f"{named(label, traces.cell)} has no gate: every step rewrites h = tanh(W_ih x + W_hh h + b), so nothing is "
-                f"held by construction. Its units change by {change:.3f} per step on average and "
+        return (f"{named(label, traces.cell)} has no gate: every step rewrites h from the input and the previous h "
+                f"(the equations above), so nothing is held by construction. Its units change by {change:.3f} per step on average and "
                 f"{saturated:.0%} of its values are saturated (|h| > 0.95).")
     gate_name = "forget gate f" if gate == "f" else "update gate z"
     held = holding_units(traces, sample=sample, start=start)
@@ -165,23 +165,20 @@ def read_gradient_flow(flows: Mapping[str, GradientFlow]) -> str:
     """||dL/dh_1|| / ||dL/dh_T|| per model, its per-step factor, and the gap between the best and the worst."""
     parts, ratios = [], {}
     for label, flow in flows.items():
-        curve = flow.h[-1][0]
-        ratio = flow.ratio()
-        ratios[label] = ratio
-        steps = len(curve)
+        steps = len(flow.h[-1][0])
+        ratio = ratios[label] = flow.ratio()
         per_step = ratio ** (1.0 / (steps - 1)) if ratio > 0 and steps > 1 else 0.0
-        parts.append(f"{label}: ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ = {_power(ratio)} (× {per_step:.3f} per step)")
-    text = "From the last step back to the first, the gradient shrinks by " + "; ".join(parts) + "."
-    finite = {k: v for k, v in ratios.items() if v > 0 and math.isfinite(v)}
+        parts.append(f"{_power(ratio)} for {label} (× {per_step:.3f} per step)")
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    text = f"From the last step back to the first, ‖∂L/∂h_1‖ / ‖∂L/∂h_T‖ is {listed}."
+    finite = {k: v for k, v in ratios.items() if math.isfinite(v)}
     if len(finite) >= 2:
-        best = max(finite, key=finite.get)
-        worst = min(ratios, key=lambda k: ratios[k] if math.isfinite(ratios[k]) else -1)
-        if ratios[worst] > 0:
-            gap = finite[best] / ratios[worst]
-            text += (f" {best} passes {gap:.1e} times more of the signal back to step 1 than {worst}: "
-                     f"that is how much better it can learn a dependency spanning the whole sequence.")
-        else:
-            text += f" Nothing of {worst}'s gradient reaches step 1; {best} keeps {_power(finite[best])}."
+        best, worst = max(finite, key=finite.get), min(finite, key=finite.get)
+        if finite[worst] > 0:
+            text += (f" {best} passes {finite[best] / finite[worst]:.1e} times more of the signal back to step 1 than "
+                     f"{worst}: that is how much better it can learn a dependency spanning the whole sequence.")
+        elif finite[best] > 0:
+            text += f" Nothing of {worst}'s gradient reaches step 1; {best} keeps {_power(finite[best])} of it."
     return text
 
 
