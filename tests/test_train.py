@@ -147,6 +147,16 @@ def test_atomic_write_leaves_the_old_checkpoint_whole_and_no_partial_file(tmp_pa
     assert load_model(tmp_path / "last")[0].state_dict().keys() == model.state_dict().keys()
 
 
+def test_a_crash_between_the_two_renames_is_recovered(tmp_path: Path) -> None:
+    Trainer(tiny(tmp_path, epochs=1)).fit()
+    aside = tmp_path / ".last.old-12345"
+    (tmp_path / "last").rename(aside)  # what a crash after "move the old copy aside" leaves
+    assert ckpt.resolve_checkpoint(tmp_path, prefer="last") == aside
+    result = Trainer(tiny(tmp_path, epochs=2), resume=True).fit()
+    assert result.steps == 16
+    assert (tmp_path / "last").is_dir() and not aside.exists()
+
+
 @pytest.fixture
 def saved_run(tmp_path: Path) -> Path:
     Trainer(tiny(tmp_path, epochs=1)).fit()

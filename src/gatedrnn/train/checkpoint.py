@@ -83,7 +83,8 @@ def atomic_write_dir(target: str | os.PathLike, files: Mapping[str, bytes]) -> P
         _fsync_dir(target.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
+    for stale in [old, *target.parent.glob(f".{target.name}.old-*")]:  # also copies left by a crashed process
+        shutil.rmtree(stale, ignore_errors=True)
     return target
 
 
