@@ -77,11 +77,11 @@ def table(rows: list[dict], baseline: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     values = settings(args)
+    import torch
+
     from gatedrnn.train import ConfigError, TrainConfig, Trainer
     from gatedrnn.train.checkpoint import CheckpointError
     from gatedrnn.train.trainer import check_writable_dir
-
-    import torch
 
     torch.set_num_threads(args.threads)
     out_dir = Path(args.out_dir)
