@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-CFLAGS = ("-O3", "-march=native", "-fopenmp", "-DNDEBUG")
+CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-DNDEBUG")
 LDFLAGS = ("-fopenmp",)
 
 _module: Optional[ModuleType] = None
