@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html as html_lib
 import io
+import os
 import re
 
 import pytest
@@ -57,6 +58,9 @@ def test_report_is_one_self_contained_page(built):
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I), "no network references"
     assert not re.search(r"<script|@import|url\(|<link[^>]+stylesheet|<iframe", page, re.I)
     assert [p.name for p in path.parent.iterdir()] == ["report.html"], "no temporary file left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "readable like any file the user writes"
     sources = re.findall(r'<img[^>]+src="([^"]+)"', page)
     assert len(sources) == 1 + 2 * 3 + 1 + 1  # gradient flow, gates+states per model, saturation, training
     for source in sources:

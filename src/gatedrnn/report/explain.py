@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
+import uuid
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -111,15 +111,20 @@ def _first_samples(inputs: Inputs, targets: Tensor, count: int) -> tuple[Inputs,
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
+    """Write to a hidden sibling, then rename: readers see the old file or the new one, never half of one.
+    The file gets the usual permissions (0666 minus the umask), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
         os.replace(temporary, path)
     except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        if temporary.exists():
+            temporary.unlink()
         raise
 
 
