@@ -394,3 +394,25 @@ def test_briefly_trained_gru_opens_its_gradient_path_the_rnn_does_not():
         ratios[cell] = gradient_flow(model.double(), x_eval.double(), lambda p: F.mse_loss(p, y_eval.double())).ratio()
     assert ratios["rnn"] < 1e-16, ratios
     assert ratios["gru"] > 1e-8, ratios
+
+
+def test_gradient_flow_on_variable_length_packed_input_is_the_mean_of_each_sequence_alone():
+    """A loss summed over sequences: each sequence's dL/dh_t is what it would be alone; padded steps count 0."""
+    torch.manual_seed(5)
+    layer = gatedrnn.LSTM(2, 3, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64)
+    lengths = [3, 6, 4]
+    sequences = [torch.randn(n, 2, dtype=torch.float64) for n in lengths]
+    packed = torch.nn.utils.rnn.pack_sequence(sequences, enforce_sorted=False)
+
+    def last_steps_loss(output):  # each sequence's last real output, summed
+        padded, real = pad_packed_sequence(output, batch_first=True)
+        return torch.tanh(padded[torch.arange(len(real)), real - 1]).sum()
+
+    flow = gradient_flow(layer, packed, last_steps_loss)
+    alone = [gradient_flow(layer, s.unsqueeze(0), lambda y: torch.tanh(y[:, -1]).sum()) for s in sequences]
+    for index in range(2):
+        for direction in range(2):
+            expected = torch.zeros(max(lengths), dtype=torch.float64)
+            for n, single in zip(lengths, alone):
+                expected[:n] += torch.from_numpy(single.h[index][direction]) / len(lengths)
+            torch.testing.assert_close(torch.from_numpy(flow.h[index][direction]), expected)

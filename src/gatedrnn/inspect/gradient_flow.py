@@ -50,11 +50,11 @@ class GradientFlow(NamedTuple):
 def _tapped_scan(
     cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights,
     batch_sizes: Optional[Sequence[int]], reverse: bool,
-) -> tuple[Tensor, list[tuple[int, tuple[Tensor, ...]]]]:
+) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """`scan_reference`'s loop, keeping every step's new state.
 
-    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = (active rows, (h_t (active, P),) or (h_t, c_t (active, H))),
-    each the graph node the step produced.
+    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = (h_t (b_t, P),) or (h_t, c_t (b_t, H)), the graph nodes
+    step t produced for its b_t active rows.
     """
     T, B = x.shape[0], x.shape[1]
     step = make_step(cell, weights)
@@ -65,7 +65,7 @@ def _tapped_scan(
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         active = B if batch_sizes is None else int(batch_sizes[t])
         new_rows, _ = step(x_proj[t, :active], tuple(s[:active] for s in state))
-        taps[t] = (active, new_rows)
+        taps[t] = new_rows
         state = tuple(torch.cat([n, s[active:]], dim=0) if active < B else n for n, s in zip(new_rows, state))
         y_t = new_rows[0]
         outputs[t] = y_t if active == B else torch.cat([y_t, y_t.new_zeros((B - active, y_t.shape[1]))])
@@ -160,7 +160,7 @@ def gradient_flow(
             raise ValueError(f"loss_fn should return a scalar tensor, got {type(loss).__name__} "
                              f"{tuple(getattr(loss, 'shape', ()))}")
         nodes = [node for layer_taps in all_taps for taps in layer_taps
-                 for _, states in taps for node in states]
+                 for states in taps for node in states]
         grads = torch.autograd.grad(loss, nodes, allow_unused=True)
     grads = [g if g is not None else n.new_zeros(n.shape) for g, n in zip(grads, nodes)]
 
