@@ -69,6 +69,8 @@ def test_report_renders_in_headless_chromium(report_path, browser):
     assert len(images) == 9
     for complete, width, height, alt in images:
         assert complete and width > 300 and height > 150, alt
+    fetched = browser.execute_script("return performance.getEntriesByType('resource').map(r => r.name);")
+    assert [name for name in fetched if not name.startswith("data:")] == [], "the page fetches nothing"
     errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
     assert errors == [], errors
     assert browser.execute_script("return document.title").startswith("Inside the cells")
