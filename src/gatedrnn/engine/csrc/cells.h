@@ -20,9 +20,10 @@ namespace gatedrnn {
 
 template <typename T>
 struct RowForward {
-  T* gates;          // in: x_proj (+ folded biases) of the step, (G*H); out: gate activations (saved)
+  T* gates;          // in: x W_ihᵀ of the step, (G*H); out: gate activations (saved)
   const T* rec;      // W_hh h_prev, (G*H)
-  const T* rec_bias; // recurrent-side bias blocks (kRecBias * H) or nullptr
+  const T* bias;     // b_ih + b_hh folded, (G*H); GRU: b_hn excluded (zeros there), zeros without bias
+  const T* rec_bias; // recurrent-side bias blocks (kRecBias * H), zeros without bias
   const T* h_prev;   // (P)
   T* c;              // in: c_prev, out: c_next (H), LSTM only
   T* h_next;         // out: h (P), or o ⊙ tanh(c) (H) for a projected LSTM
@@ -53,14 +54,15 @@ struct LSTMCell {
   static void forward(int H, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
     T* __restrict__ c = a.c;
     T* __restrict__ h = a.h_next;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
-      const T i = sigmoid(pre[j] + rec[j]);
-      const T f = sigmoid(pre[H + j] + rec[H + j]);
-      const T g = tanh_(pre[2 * H + j] + rec[2 * H + j]);
-      const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j]);
+      const T i = sigmoid(pre[j] + rec[j] + bias[j]);
+      const T f = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
+      const T g = tanh_(pre[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);
+      const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j] + bias[3 * H + j]);
       const T c_next = f * c[j] + i * g;
       pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
       c[j] = c_next;
@@ -101,16 +103,17 @@ struct GRUCell {
   static void forward(int H, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
     const T* __restrict__ b_hn = a.rec_bias;
     const T* __restrict__ h = a.h_prev;
     T* __restrict__ h_next = a.h_next;
     T* __restrict__ hn_out = a.extra;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
-      const T r = sigmoid(pre[j] + rec[j]);
-      const T z = sigmoid(pre[H + j] + rec[H + j]);
-      const T hn = rec[2 * H + j] + (b_hn ? b_hn[j] : T(0));    // W_hn h + b_hn
-      const T n = tanh_(pre[2 * H + j] + r * hn);
+      const T r = sigmoid(pre[j] + rec[j] + bias[j]);
+      const T z = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
+      const T hn = rec[2 * H + j] + b_hn[j];                     // W_hn h + b_hn
+      const T n = tanh_(pre[2 * H + j] + bias[2 * H + j] + r * hn);
       pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
       if (hn_out) hn_out[j] = hn;
       h_next[j] = (T(1) - z) * n + z * h[j];
@@ -148,10 +151,11 @@ struct RNNCell {
   static void forward(int H, const RowForward<T>& a) {
     const T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
     T* __restrict__ h_next = a.h_next;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
-      const T pre_a = pre[j] + rec[j];                           // a = W_ih x + b_ih + W_hh h + b_hh
+      const T pre_a = pre[j] + rec[j] + bias[j];                           // a = W_ih x + b_ih + W_hh h + b_hh
       h_next[j] = kRelu ? (pre_a > T(0) ? pre_a : T(0)) : tanh_(pre_a);
     }
   }

@@ -50,18 +50,15 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
   const auto opts = x.options();
 
-  // Input projection of every step, biases folded in except the recurrent-side blocks (GRU's b_hn).
-  at::Tensor gates;  // (T*B, GH)
-  const at::Tensor x2d = x.reshape({T_ * B, I});
-  at::Tensor rec_bias;
+  // Input projection of every step as one GEMM; the biases are added in the pointwise pass (one pass
+  // over the (T, B, GH) buffer fewer than addmm), b_hh's recurrent-side blocks (GRU's b_hn) kept apart.
+  const at::Tensor gates = at::mm(x.reshape({T_ * B, I}), w_ih.t());  // (T*B, GH)
+  const int64_t folded = GH - Cell::kRecBias * H;
+  at::Tensor bias = at::zeros({GH}, opts), rec_bias = at::zeros({std::max<int64_t>(1, Cell::kRecBias * H)}, opts);
   if (b_ih.defined()) {
-    at::Tensor bias_x = b_ih.clone();
-    const int64_t folded = GH - Cell::kRecBias * H;
-    bias_x.narrow(0, 0, folded).add_(b_hh.narrow(0, 0, folded));
-    if (Cell::kRecBias) rec_bias = b_hh.narrow(0, folded, Cell::kRecBias * H).contiguous();
-    gates = at::addmm(bias_x, x2d, w_ih.t());
-  } else {
-    gates = at::mm(x2d, w_ih.t());
+    bias.copy_(b_ih);
+    bias.narrow(0, 0, folded).add_(b_hh.narrow(0, 0, folded));
+    if (Cell::kRecBias) rec_bias.copy_(b_hh.narrow(0, folded, Cell::kRecBias * H));
   }
   at::Tensor y = packed ? at::zeros({T_, B, P}, opts) : at::empty({T_, B, P}, opts);
   at::Tensor h = h0.clone();
@@ -82,7 +79,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, P);                   // h W_hhᵀ
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H);  // m W_hrᵀ
-  const T* rec_bias_p = rec_bias.defined() ? rec_bias.data_ptr<T>() : nullptr;
+  const T* bias_p = bias.data_ptr<T>();
+  const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
 
   for (int64_t s = 0; s < T_; ++s) {
@@ -95,7 +93,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     const int64_t h_out_ld = proj ? H : P;
     for_rows(n, GH, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
-        RowForward<T> row{gates_t + b * GH, rec_p + b * GH, rec_bias_p, h_p + b * P,
+        RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
                           extra_p ? extra_p + (t * B + b) * EH : nullptr};
         Cell::forward(H, row);

@@ -32,7 +32,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const at::Tensor w_ih = slot(0), w_hh = slot(1), b_ih = slot(2), b_hh = slot(3), w_hr = slot(4);
     const int64_t GH = w_hh.size(0), H = GH / Cell::kGates;
     const bool proj = w_hr.defined();
-    scratch.resize(B * (2 * GH + H));
+    scratch.resize(B * (2 * GH + H) + GH + H);
     T* gates = scratch.data();
     T* rec = gates + B * GH;
     T* m = rec + B * GH;
@@ -40,20 +40,17 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const T* h_prev = h.data_ptr<T>() + l * B * P;
     gemm<T>(false, true, B, GH, P, T(1), h_prev, P, w_hh.data_ptr<T>(), P, T(0), rec, GH);
     const int64_t folded = GH - Cell::kRecBias * H;
-    const T* rec_bias = nullptr;
+    T* bias = m + B * H;  // b_ih + b_hh folded (GH), then b_hn (kRecBias * H); zeros without bias
+    std::fill(bias, bias + GH + Cell::kRecBias * H, T(0));
     if (b_ih.defined()) {
       const T* bi = b_ih.data_ptr<T>();
       const T* bh = b_hh.data_ptr<T>();
-      for (int64_t b = 0; b < B; ++b) {
-        T* g = gates + b * GH;
-        for (int64_t k = 0; k < folded; ++k) g[k] += bi[k] + bh[k];
-        for (int64_t k = folded; k < GH; ++k) g[k] += bi[k];
-      }
-      if (Cell::kRecBias) rec_bias = bh + folded;
+      for (int64_t k = 0; k < GH; ++k) bias[k] = bi[k] + (k < folded ? bh[k] : T(0));
+      for (int64_t k = 0; k < Cell::kRecBias * H; ++k) bias[GH + k] = bh[folded + k];
     }
     T* h_out_l = h_next.data_ptr<T>() + l * B * P;
     for (int64_t b = 0; b < B; ++b) {
-      RowForward<T> row{gates + b * GH, rec + b * GH, rec_bias, h_prev + b * P,
+      RowForward<T> row{gates + b * GH, rec + b * GH, bias, bias + GH, h_prev + b * P,
                         Cell::kHasC ? c_next.data_ptr<T>() + (l * B + b) * H : nullptr,
                         proj ? m + b * H : h_out_l + b * P, nullptr};
       Cell::forward(H, row);
