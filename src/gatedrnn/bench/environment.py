@@ -19,19 +19,31 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _autogroup() -> Optional[str]:
+    """The scheduler group and its nice value ("/autogroup-66 nice -15"): with autogroups on, a process's
+    own nice value only ranks it within its session, this one ranks the session against the others."""
+    try:
+        with open("/proc/self/autogroup") as file:
+            return file.read().strip()
+    except OSError:
+        return None
+
+
 def git_commit(folder: Path) -> dict:
-    """{"commit": sha or None, "dirty": bool or None}: dirty = tracked files differ from the commit."""
+    """{"commit": sha or None, "dirty": bool or None, "modified": tracked files under src/ that differ from
+    the commit (the code measured is not exactly the commit's when this is not empty)}."""
 
     def git(*args: str) -> Optional[str]:
         try:
             done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return done.stdout.strip() if done.returncode == 0 else None
+        return done.stdout if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
     status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": None if status is None else bool(status)}
+    modified = [line[3:] for line in (status or "").splitlines() if line[3:].startswith("src/")]
+    return {"commit": commit, "dirty": None if status is None else bool(status.strip()), "modified": modified}
 
 
 def environment(*, threads: int) -> dict:
@@ -60,5 +72,6 @@ def environment(*, threads: int) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),  # other work on the machine skews every number
         "nice": os.nice(0),
+        "autogroup": _autogroup(),
         "backend_info": gatedrnn.backend_info(),
     }

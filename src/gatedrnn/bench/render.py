@@ -71,7 +71,9 @@ def memory_rows(result: dict, *, markdown: bool) -> list[list[str]]:
 
 def header_lines(result: dict) -> list[str]:
     env, config = result["environment"], result["config"]
-    commit = (env["git"]["commit"] or "unknown")[:10] + (" (uncommitted changes)" if env["git"]["dirty"] else "")
+    modified = env["git"].get("modified") or []
+    commit = (env["git"]["commit"] or "unknown")[:10] + (f" + uncommitted changes in {', '.join(modified)}"
+                                                          if modified else "")
     backend = env["backend_info"]
     lines = [
         f"date {result['date']}, commit {commit}, {result.get('elapsed_s', 0):.0f} s",
