@@ -84,7 +84,10 @@ def header_lines(result: dict) -> list[str]:
         f"median of {config['repeats']} interleaved samples, each >= {config['min_sample_s'] * 1e3:g} ms",
     ]
     load = env.get("load_average", [0.0])[0]
-    if load > 0.5 * max(env["threads"], 1):
+    group = env.get("autogroup") or ""
+    if group and not group.endswith("nice 0"):
+        lines.append(f"run with scheduler priority over other sessions ({group}), load average {load:.1f} at the start")
+    elif load > 0.5 * max(env["threads"], 1):
         lines.append(f"WARNING: load average {load:.1f} at the start (other work was running): numbers are skewed")
     if config["quick"]:
         lines.append("QUICK run: tiny sizes, a smoke test; the numbers mean nothing")
