@@ -1,5 +1,6 @@
 """The explain report in a real browser: headless Chromium loads it from a file, every image decodes, the
-console stays clean and the screenshot is not blank. Skipped with a reason when Chromium is not installed.
+console stays clean and the screenshot is not blank. Skipped with a reason when Chromium is not installed,
+except in CI (CI=true), where .ci/run installs it and its absence fails the run.
 
 GATEDRNN_SCREENSHOT=path also saves the full-page screenshot there (how docs/img/ is made).
 """
@@ -22,6 +23,9 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--hide-scrollbars")
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+    if os.environ.get("CI") == "true":  # .ci/run installs them: in CI a missing browser is a failure, not a skip
+        raise RuntimeError(f"CI=true but headless Chromium is missing ({CHROMIUM}, {CHROMEDRIVER}); "
+                           ".ci/run should have installed chromium and chromium-driver")
     pytest.skip(f"headless Chromium is not installed (looked for {CHROMIUM} and {CHROMEDRIVER}; "
                 "on Debian: apt-get install chromium chromium-driver)", allow_module_level=True)
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
