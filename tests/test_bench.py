@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import statistics
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from gatedrnn.bench import cases as bench_cases
 from gatedrnn.bench.cases import BEST_PEER, ORT, OURS, TORCH, Case, Shape, Target, flop_count
 from gatedrnn.bench.render import README_BEGIN, README_END, render_markdown, render_terminal, update_readme
+from gatedrnn.bench.runner import calibrate, time_interleaved
 from gatedrnn.bench.suite import free_path
 from gatedrnn.cli import CLIError
 from gatedrnn.cli import bench as bench_cli
@@ -191,3 +193,26 @@ def test_free_path_and_readme_block(tmp_path):
     plain = tmp_path / "PLAIN.md"
     plain.write_text("no markers\n")
     assert not update_readme(plain, "| new |\n", source="x.json") and plain.read_text() == "no markers\n"
+
+
+def test_slow_first_calls_do_not_set_the_block_size():
+    """Like oneDNN's first training steps: a few slow calls, then fast ones. The warm-up (3 calls and at
+    least warmup_s) must absorb them, even when they outnumber the 3 calls, so that k fits the fast calls."""
+    calls = []
+
+    def first_calls_slow() -> None:
+        calls.append(None)
+        time.sleep(0.01 if len(calls) <= 5 else 0.0002)
+
+    k = calibrate(first_calls_slow, min_sample_s=0.01, warmup=3, warmup_s=0.08)
+    assert k >= 10, k  # 0.01 s / 0.0002 s = 50 fast calls (sleep overshoots, so fewer)
+
+
+def test_an_implementation_that_raises_is_reported_not_fatal():
+    def broken() -> None:
+        raise RuntimeError("kernel exploded")
+
+    samples, blocks, failures = time_interleaved({"ok": lambda: None, "broken": broken}, repeats=3,
+                                                 min_sample_s=0.0005, warmup=1, warmup_s=0.0)
+    assert len(samples["ok"]) == 3 and "broken" not in samples
+    assert failures == {"broken": "RuntimeError: kernel exploded"}

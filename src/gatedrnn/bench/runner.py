@@ -55,15 +55,26 @@ def calibrate(fn: Callable[[], None], *, min_sample_s: float, warmup: int, warmu
 
 def time_interleaved(
     impls: dict[str, Callable[[], None]], *, repeats: int, min_sample_s: float, warmup: int, warmup_s: float
-) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """(samples: name -> `repeats` seconds-per-iteration, block sizes: name -> k)."""
-    blocks = {name: calibrate(fn, min_sample_s=min_sample_s, warmup=warmup, warmup_s=warmup_s)
-              for name, fn in impls.items()}
-    samples: dict[str, list[float]] = {name: [] for name in impls}
+) -> tuple[dict[str, list[float]], dict[str, int], dict[str, str]]:
+    """(samples: name -> `repeats` seconds-per-iteration, block sizes: name -> k, failures: name -> error).
+
+    An implementation that raises is dropped from the rest of the case and reported, not fatal."""
+    blocks: dict[str, int] = {}
+    failures: dict[str, str] = {}
+    for name, fn in impls.items():
+        try:
+            blocks[name] = calibrate(fn, min_sample_s=min_sample_s, warmup=warmup, warmup_s=warmup_s)
+        except Exception as error:
+            failures[name] = f"{type(error).__name__}: {error}"
+    samples: dict[str, list[float]] = {name: [] for name in blocks}
     for _ in range(repeats):
-        for name, fn in impls.items():
-            samples[name].append(time_block(fn, blocks[name]))
-    return samples, blocks
+        for name in list(samples):
+            try:
+                samples[name].append(time_block(impls[name], blocks[name]))
+            except Exception as error:
+                failures[name] = f"{type(error).__name__}: {error}"
+                del samples[name]
+    return samples, blocks, failures
 
 
 def summarize(times: list[float]) -> dict:
@@ -88,7 +99,7 @@ def sgemm_peak(*, size: int, repeats: int, min_sample_s: float, warmup: int = 3,
     def multiply() -> None:
         torch.mm(a, b, out=out)
 
-    samples, blocks = time_interleaved({"sgemm": multiply}, repeats=repeats, min_sample_s=min_sample_s,
+    samples, blocks, _ = time_interleaved({"sgemm": multiply}, repeats=repeats, min_sample_s=min_sample_s,
                                        warmup=warmup, warmup_s=warmup_s)
     times = samples["sgemm"]
     summary = summarize(times)

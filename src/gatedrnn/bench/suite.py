@@ -94,10 +94,12 @@ def evaluate_case(record: dict, target: Optional[Target]) -> None:
 
 def run_case(case: Case, config: BenchConfig) -> dict:
     built = case_module.build_case(case, threads=config.threads)
-    samples, blocks = time_interleaved(built.impls, repeats=config.repeats, min_sample_s=config.min_sample_s,
-                                       warmup=config.warmup, warmup_s=config.warmup_s)
+    samples, blocks, failures = time_interleaved(built.impls, repeats=config.repeats,
+                                                 min_sample_s=config.min_sample_s, warmup=config.warmup,
+                                                 warmup_s=config.warmup_s)
     flops = case_module.flop_count(case)
-    impls: dict[str, dict] = {name: {"status": "unavailable", "reason": why} for name, why in built.unavailable.items()}
+    unavailable = {**built.unavailable, **{name: f"failed while timed: {why}" for name, why in failures.items()}}
+    impls: dict[str, dict] = {name: {"status": "unavailable", "reason": why} for name, why in unavailable.items()}
     for name, times in samples.items():
         summary = summarize(times)
         impls[name] = {"status": "ok", "times_s": times, **summary, "inner_iterations": blocks[name],
