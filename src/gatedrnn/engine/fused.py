@@ -93,8 +93,7 @@ def run_layer_fused(
     inputs = (x, h0, c0, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh, weights.w_hr)
     if not _needs_grad(inputs):
         # No autograd: keep nothing for backward (saved buffers only when a trace is asked for).
-        with torch.no_grad():
-            y, h_n, c_n, gates, c_hist, _ = load().forward(cell, *inputs, sizes, reverse, trace)
+        y, h_n, c_n, gates, c_hist, _ = load().forward(cell, *inputs, sizes, reverse, trace)
         state = (h_n, c_n) if cell == "lstm" else (h_n,)
         return ScanResult(y, state, _trace(cell, y, gates, c_hist) if trace else None)
     outputs = FusedLayer.apply(cell, sizes, reverse, trace, *inputs)

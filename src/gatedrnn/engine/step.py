@@ -39,9 +39,8 @@ def step_layers(
     """
     flat = [t for layer in weights for t in layer]
     if fused and not dropout and not _needs_grad([x, *state, *flat]):
-        calls[cell + "_step"] += 1
-        with torch.no_grad():
-            y, h, c = _build.load().step(cell, x, state[0], state[1] if cell == "lstm" else None, flat)
+        calls[cell + "_step"] += 1  # no autograd context needed: nothing here requires grad
+        y, h, c = _build.load().step(cell, x, state[0], state[1] if cell == "lstm" else None, flat)
         return y, ((h, c) if cell == "lstm" else (h,))
     layer_input = x
     new_states: list[tuple[Tensor, ...]] = []

@@ -13,11 +13,13 @@ step functions run and autograd differentiates them.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Optional, Union
 
 from torch import Tensor
 
 from gatedrnn import engine
+from gatedrnn.cells import LayerWeights
 from gatedrnn.layers._checks import check_floating
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -42,7 +44,8 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     batched = x.dim() == 2
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
     states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
-    weights = [module.layer_weights(layer) for layer in range(module.num_layers)]
+    params = module._parameters  # direct dict reads: nn.Module.__getattr__ costs ~1 µs per weight
+    weights = [LayerWeights(*(params.get(name) for name in names)) for names in _weight_names(module.num_layers)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
         module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout
@@ -51,3 +54,10 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
     return y, (new_states if module.mode == "lstm" else new_states[0])
+
+
+@lru_cache(maxsize=None)
+def _weight_names(num_layers: int) -> tuple[tuple[str, ...], ...]:
+    """Per layer, the parameter names in LayerWeights order (absent ones read as None)."""
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    return tuple(tuple(f"{kind}_l{layer}" for kind in kinds) for layer in range(num_layers))

@@ -10,7 +10,9 @@
 //   kRecBias      b_hh gate blocks that must stay on the recurrent side (not folded into x_proj): GRU's n
 //   kSavesGates   backward reads the gate activations (the RNN needs only h)
 //   kDirectDh     backward writes a part of dL/dh_prev that bypasses W_hh (GRU's z ⊙ dh)
-//   forward(H, RowForward&)   backward(H, RowBackward&)
+//   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
+//                                   offset (streaming splits units over threads), H is the gate-block stride
+//   backward(H, RowBackward&)       all H units of one row
 // Names follow the Python reference: i, f, g, o, c_next, h_next; gradients d<var>.
 #pragma once
 
@@ -51,14 +53,14 @@ struct LSTMCell {
   static constexpr int kGates = 4, kExtra = 0, kRecBias = 0;
   static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false;
 
-  static void forward(int H, const RowForward<T>& a) {
+  static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
     T* __restrict__ c = a.c;
     T* __restrict__ h = a.h_next;
 #pragma GCC ivdep
-    for (int j = 0; j < H; ++j) {
+    for (int j = 0; j < units; ++j) {
       const T i = sigmoid(pre[j] + rec[j] + bias[j]);
       const T f = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
       const T g = tanh_(pre[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);
@@ -100,7 +102,7 @@ struct GRUCell {
   static constexpr int kGates = 3, kExtra = 1, kRecBias = 1;
   static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true;
 
-  static void forward(int H, const RowForward<T>& a) {
+  static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
@@ -109,7 +111,7 @@ struct GRUCell {
     T* __restrict__ h_next = a.h_next;
     T* __restrict__ hn_out = a.extra;
 #pragma GCC ivdep
-    for (int j = 0; j < H; ++j) {
+    for (int j = 0; j < units; ++j) {
       const T r = sigmoid(pre[j] + rec[j] + bias[j]);
       const T z = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
       const T hn = rec[2 * H + j] + b_hn[j];                     // W_hn h + b_hn
@@ -148,13 +150,13 @@ struct RNNCell {
   static constexpr int kGates = 1, kExtra = 0, kRecBias = 0;
   static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false;
 
-  static void forward(int H, const RowForward<T>& a) {
+  static void forward(int H, int units, const RowForward<T>& a) {
     const T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
     T* __restrict__ h_next = a.h_next;
 #pragma GCC ivdep
-    for (int j = 0; j < H; ++j) {
+    for (int j = 0; j < units; ++j) {
       const T pre_a = pre[j] + rec[j] + bias[j];                           // a = W_ih x + b_ih + W_hh h + b_hh
       h_next[j] = kRelu ? (pre_a > T(0) ? pre_a : T(0)) : tanh_(pre_a);
     }

@@ -96,7 +96,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
                           extra_p ? extra_p + (t * B + b) * EH : nullptr};
-        Cell::forward(H, row);
+        Cell::forward(H, H, row);
       }
     });
     if (proj) w_hr_step.apply(n, m_p, H, T(0), y_t, P);  // (n, P)

@@ -36,9 +36,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     T* gates = scratch.data();
     T* rec = gates + B * GH;
     T* m = rec + B * GH;
-    gemm<T>(false, true, B, GH, in_dim, T(1), in_p, in_dim, w_ih.data_ptr<T>(), in_dim, T(0), gates, GH);
     const T* h_prev = h.data_ptr<T>() + l * B * P;
-    gemm<T>(false, true, B, GH, P, T(1), h_prev, P, w_hh.data_ptr<T>(), P, T(0), rec, GH);
     const int64_t folded = GH - Cell::kRecBias * H;
     T* bias = m + B * H;  // b_ih + b_hh folded (GH), then b_hn (kRecBias * H); zeros without bias
     std::fill(bias, bias + GH + Cell::kRecBias * H, T(0));
@@ -49,11 +47,31 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
       for (int64_t k = 0; k < Cell::kRecBias * H; ++k) bias[GH + k] = bh[folded + k];
     }
     T* h_out_l = h_next.data_ptr<T>() + l * B * P;
-    for (int64_t b = 0; b < B; ++b) {
-      RowForward<T> row{gates + b * GH, rec + b * GH, bias, bias + GH, h_prev + b * P,
-                        Cell::kHasC ? c_next.data_ptr<T>() + (l * B + b) * H : nullptr,
-                        proj ? m + b * H : h_out_l + b * P, nullptr};
-      Cell::forward(H, row);
+    T* c_l = Cell::kHasC ? c_next.data_ptr<T>() + l * B * H : nullptr;
+    const T* w_ih_p = w_ih.data_ptr<T>();
+    const T* w_hh_p = w_hh.data_ptr<T>();
+    // Hidden units [j0, j1): their rows of every gate block (GEMVs read the weights in place), then the
+    // pointwise pass. Split over threads, each core streams only its share of the weights.
+    auto units_range = [&](int64_t j0, int64_t j1) {
+      const int units = static_cast<int>(j1 - j0);
+      for (int g = 0; g < Cell::kGates; ++g) {
+        const int64_t row0 = g * H + j0;
+        gemm<T>(false, true, B, units, in_dim, T(1), in_p, in_dim, w_ih_p + row0 * in_dim, in_dim, T(0), gates + row0, GH);
+        gemm<T>(false, true, B, units, P, T(1), h_prev, P, w_hh_p + row0 * P, P, T(0), rec + row0, GH);
+      }
+      for (int64_t b = 0; b < B; ++b) {
+        RowForward<T> row{gates + b * GH + j0, rec + b * GH + j0, bias + j0, bias + GH + j0, h_prev + b * P + j0,
+                          c_l ? c_l + b * H + j0 : nullptr, (proj ? m + b * H : h_out_l + b * P) + j0, nullptr};
+        Cell::forward(H, units, row);
+      }
+    };
+    const int64_t weight_bytes = GH * (in_dim + P) * static_cast<int64_t>(sizeof(T));
+    const int threads = at::get_num_threads();
+    if (threads > 1 && H >= 32 && weight_bytes >= (512 << 10)) {
+      const int64_t grain = (H + threads - 1) / threads;
+      at::parallel_for(0, H, grain, units_range);
+    } else {
+      units_range(0, H);
     }
     if (proj) gemm<T>(false, true, B, P, H, T(1), m, H, w_hr.data_ptr<T>(), H, T(0), h_out_l, P);
     in_p = h_out_l;
