@@ -101,3 +101,24 @@ def test_step_rejects_bad_input():
         module.step(torch.randn(2, 4), torch.zeros(2, 2, 5))
     with pytest.raises(TypeError, match="dtype"):
         module.step(torch.randn(2, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cls,options", [(gatedrnn.LSTM, {"proj_size": 48}), (gatedrnn.GRU, {})],
+                         ids=["LSTM-proj", "GRU"])
+def test_large_layer_step_split_over_threads(cls, options):
+    """Layers with >= 512 KB of weights split their hidden units over threads; results must not change."""
+    torch.manual_seed(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        module = cls(256, 128, num_layers=2, **options)
+        x = torch.randn(5, 2, 256)
+        with torch.no_grad():
+            expected, _ = module(x)
+            state, outputs = None, []
+            for t in range(5):
+                y, state = module.step(x[t], state)
+                outputs.append(y)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-5, atol=1e-5)
