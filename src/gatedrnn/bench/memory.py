@@ -4,17 +4,18 @@ Why a fresh process per implementation: freed memory stays mapped in the allocat
 second implementation's peak; a new process starts with no such reserve.
 
 How: build the module and the input, run one training step at T=2 (loads libraries and the C++ extension,
-starts thread pools: one-time costs that are not the step's), then reset the kernel's resident high-water
-mark (writing "5" to /proc/self/clear_refs resets VmHWM to the current RSS), run the full-size step and
-read VmHWM. The peak is VmHWM - RSS before the step: every byte the step touched at its worst moment,
+starts thread pools: one-time costs that are not the step's), give freed heap pages back to the kernel
+(malloc_trim), then reset the kernel's resident high-water mark (writing "5" to /proc/self/clear_refs
+resets VmHWM to the current RSS), run the full-size step and read VmHWM. The peak is VmHWM - RSS before the step: every byte the step touched at its worst moment,
 whoever allocated it (torch's allocator, oneDNN scratch, the extension's own buffers). Without clear_refs
 the high-water mark since process start is used (ru_maxrss), which can only under-count the step.
 
-Run as `python -m gatedrnn.bench.memory '{"impl": "gatedrnn", "B": 16, "T": 100, "I": 64, "H": 128}'`;
-prints one JSON line.
+`measure_in_subprocess` runs `main` in a new interpreter with a JSON request such as
+'{"impl": "gatedrnn", "threads": 2, "B": 16, "T": 100, "I": 64, "H": 128, "P": 0}'; it prints one JSON line.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -31,6 +32,15 @@ def _status_kib(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _return_free_memory() -> None:
+    """glibc's malloc_trim(0): give free heap pages back to the kernel, so that memory the warm-up freed
+    counts again when the measured step touches it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_high_water_mark() -> bool:
@@ -64,6 +74,7 @@ def measure_in_this_process(impl: str, shape: Shape, *, threads: int) -> dict:
     for p in module.parameters():
         p.grad = None
     gc.collect()
+    _return_free_memory()
     reset = _reset_high_water_mark()
     rss_before = _status_kib("VmRSS") * 1024
     training_step(x)
@@ -79,7 +90,8 @@ def measure_in_this_process(impl: str, shape: Shape, *, threads: int) -> dict:
 def measure_in_subprocess(impl: str, shape: Shape, *, threads: int, timeout_s: float = 600) -> dict:
     """Runs `measure_in_this_process` in a fresh interpreter; {"error": ...} if it fails."""
     request = {"impl": impl, "threads": threads, **vars(shape)}
-    command = [sys.executable, "-m", "gatedrnn.bench.memory", json.dumps(request)]
+    entry = "import sys; from gatedrnn.bench.memory import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", entry, json.dumps(request)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=dict(os.environ))
     except subprocess.TimeoutExpired:
