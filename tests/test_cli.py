@@ -152,6 +152,7 @@ def test_config_file_and_flags(tmp_path: Path, capsys) -> None:
     (["train", "-o", "seq_len=-3"], "option 'seq_len' of task 'adding' should be >= 2"),
     (["train", "-o", "colour=3"], "unknown option 'colour'"),
     (["train", "--out-dir", "/proc/gatedrnn-run"], "is not writable"),
+    (["train", "--task", "vowels", "-o", "train_path=/nonexistent/v.ts"], "does not exist"),
     (["train", "--config", "/nonexistent/run.toml"], "does not exist"),
     (["train", "--resume", "--out-dir", "{tmp}/never"], "cannot resume"),
     (["evaluate", "{tmp}/missing"], "does not exist"),

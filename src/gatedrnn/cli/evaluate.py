@@ -20,11 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_checkpoint_or_fail(path: str, *, prefer: str = "best"):
     """load_model with CheckpointError / bad task options turned into one-line CLI errors."""
+    from gatedrnn.data import DataUnavailableError
     from gatedrnn.train.checkpoint import CheckpointError, load_model
 
     try:
         return load_model(path, prefer=prefer)
-    except (CheckpointError, ValueError) as error:
+    except (CheckpointError, DataUnavailableError, FileNotFoundError, ValueError) as error:
+        raise CLIError(str(error)) from None
+
+
+def task_split(task, seed: int, split: str):
+    """One split of a task's data, with a missing or damaged data package as a one-line error."""
+    from gatedrnn.data import CorruptDataError, DataUnavailableError
+
+    try:
+        return task.splits(seed)[split]
+    except (DataUnavailableError, CorruptDataError, FileNotFoundError) as error:
         raise CLIError(str(error)) from None
 
 
@@ -34,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from gatedrnn.train import evaluate_split
 
     model, config, task = load_checkpoint_or_fail(args.checkpoint, prefer="last" if args.last else "best")
-    dataset = task.splits(config.seed)[args.split]
+    dataset = task_split(task, config.seed, args.split)
     metrics = evaluate_split(model, task, dataset, batch_size=args.batch_size)
     if args.json:
         print(json.dumps({"task": config.task, "cell": config.cell, "split": args.split, "metrics": metrics}))

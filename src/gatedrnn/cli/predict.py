@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(f"--output directory {str(parent)!r} does not exist")
     import torch
 
-    from gatedrnn.cli.evaluate import load_checkpoint_or_fail
+    from gatedrnn.cli.evaluate import load_checkpoint_or_fail, task_split
     from gatedrnn.train.evaluation import forward
 
     model, config, task = load_checkpoint_or_fail(args.checkpoint)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 raise CLIError(f"the model cannot read {args.input!r}: {error}".replace("\n", " ")) from None
             rows = [(index, describe(p, kind), "") for index, p in enumerate(predictions)]
         else:
-            dataset = task.splits(config.seed)[args.split]
+            dataset = task_split(task, config.seed, args.split)
             items = [dataset[i] for i in range(min(args.limit, len(dataset)))]
             inputs, targets = task.collate(items)
             predictions = forward(model, inputs)

@@ -133,9 +133,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from gatedrnn.data import CorruptDataError, DataUnavailableError
+
     try:
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, DataUnavailableError, CorruptDataError, FileNotFoundError) as error:
         raise CLIError(str(error)) from None
     try:
         result = trainer.fit()

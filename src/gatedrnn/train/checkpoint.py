@@ -196,8 +196,8 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{str(meta_path)!r} has format version {meta.get('format_version')}, newer than "
                               f"this gatedrnn reads ({FORMAT_VERSION}); upgrade gatedrnn")
     for key in ("config", "task", "files"):
-        if key not in meta:
-            raise CheckpointError(f"{str(meta_path)!r} lacks the {key!r} entry: truncated or not a gatedrnn checkpoint")
+        if not isinstance(meta.get(key), dict):
+            raise CheckpointError(f"{str(meta_path)!r} lacks the {key!r} table: truncated or not a gatedrnn checkpoint")
     return meta
 
 
@@ -264,9 +264,13 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best"):
     directory = resolve_checkpoint(path, prefer=prefer)
     meta = read_meta(directory)
     weights = read_weights(directory, meta)
-    config = TrainConfig.from_dict(meta["config"])
-    task = get_task(meta["task"]["name"], **meta["task"].get("options", {}))
-    model = task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout)
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+        task = get_task(meta["task"].get("name"), **meta["task"].get("options", {}))
+        model = task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout)
+    except (ValueError, TypeError) as error:  # ConfigError is a ValueError
+        raise CheckpointError(f"{str(directory / META_FILE)!r} describes a model this gatedrnn cannot build: "
+                              f"{error}") from None
     load_weights_into(model, weights, directory / WEIGHTS_FILE)
     model.eval()
     return model, config, task

@@ -104,6 +104,7 @@ class Trainer:
                 raise ConfigError(str(error)) from None
         self.task = task
         check_writable_dir(self.out_dir)
+        self.splits = task.splits(config.seed)  # reads real data now, so a missing package fails before any write
         self.resume_from: Optional[tuple[dict, dict, dict]] = None
         last = ckpt.recover_dir(self.out_dir / "last")
         if resume:
@@ -124,8 +125,7 @@ class Trainer:
     def _build(self) -> None:
         config = self.config
         seed_everything(config.seed)
-        splits = self.task.splits(config.seed)
-        self.train_set, self.val_set, self.test_set = splits["train"], splits["val"], splits["test"]
+        self.train_set, self.val_set, self.test_set = self.splits["train"], self.splits["val"], self.splits["test"]
         self.model = self.task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout)
         self.module = self.model
         if self.world > 1:
