@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <vector>
 
 extern "C" {
 void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
@@ -77,14 +78,58 @@ void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, c
   gemm_loop<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// C (n, N) = X (n, K) W + beta C for one or two rows and W (K, N) row-major: register-blocked, so each
+// weight is loaded once per row. At batch 1-2 this beats a BLAS call (dispatch, GEMV's reductions).
+template <typename T>
+void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta, T* C, int ldc) {
+  constexpr int kLanes = 64 / sizeof(T);  // one 512-bit vector (GCC vector extension: portable C++)
+  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kBlock = 8;  // vectors kept in registers per pass over K
+  for (int r = 0; r < n; ++r) {
+    const T* x = X + (int64_t)r * ldx;
+    T* c = C + (int64_t)r * ldc;
+    int j0 = 0;
+    for (; j0 + kBlock * kLanes <= N; j0 += kBlock * kLanes) {
+      Vec acc[kBlock] = {};
+      for (int k = 0; k < K; ++k) {
+        const Vec a = Vec{} + x[k];
+        const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
+        for (int u = 0; u < kBlock; ++u) acc[u] += a * w[u];
+      }
+      for (int u = 0; u < kBlock; ++u) {
+        Vec* out = reinterpret_cast<Vec*>(c + j0 + u * kLanes);
+        *out = beta == T(0) ? acc[u] : acc[u] + beta * *out;
+      }
+    }
+    for (; j0 + kLanes <= N; j0 += kLanes) {
+      Vec acc = {};
+      for (int k = 0; k < K; ++k) acc += (Vec{} + x[k]) * *reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
+      Vec* out = reinterpret_cast<Vec*>(c + j0);
+      *out = beta == T(0) ? acc : acc + beta * *out;
+    }
+    for (; j0 < N; ++j0) {
+      T acc = 0;
+      for (int k = 0; k < K; ++k) acc += x[k] * W[(int64_t)k * N + j0];
+      c[j0] = beta == T(0) ? acc : acc + beta * c[j0];
+    }
+  }
+}
+
 // C (n, N) = X (n, K) op(W) + beta C for a weight W reused at every step: W (N, K) when w_transposed
 // (C = X Wᵀ, the nn.Linear layout), else W (K, N). With MKL (float) W is packed once into MKL's internal
 // layout and re-packed only when the row count n changes (n shrinks along a PackedSequence).
 template <typename T>
 class StepWeight {
  public:
-  StepWeight(const T* w, bool w_transposed, int N, int K) : w_(w), trans_(w_transposed), N_(N), K_(K) {
-    use_pack_ = sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
+  StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows)
+      : w_(w), trans_(w_transposed), N_(N), K_(K) {
+    small_ = w != nullptr && max_rows <= kSmallRows && N >= 16 && K > 0;
+    use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
+    if (small_ && trans_) {  // the small kernel reads W as (K, N): transpose once per sequence
+      w_kn_.resize((size_t)N * K);
+      for (int r = 0; r < N; ++r)
+        for (int k = 0; k < K; ++k) w_kn_[(size_t)k * N + r] = w[(size_t)r * K + k];
+    }
   }
   StepWeight(const StepWeight&) = delete;
   StepWeight& operator=(const StepWeight&) = delete;
@@ -92,6 +137,7 @@ class StepWeight {
 
   void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
     if (n <= 0) return;
+    if (small_) return small_rows_kn<T>(n, N_, K_, X, ldx, trans_ ? w_kn_.data() : w_, beta, C, ldc);
     const int ldw = trans_ ? K_ : N_;
     if constexpr (sizeof(T) == 4) {
       if (use_pack_) {
@@ -117,8 +163,10 @@ class StepWeight {
   }
 
  private:
+  static constexpr int kSmallRows = 2;
   const T* w_;
-  bool trans_, use_pack_ = false;
+  std::vector<T> w_kn_;
+  bool trans_, use_pack_ = false, small_ = false;
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;
   size_t capacity_ = 0;

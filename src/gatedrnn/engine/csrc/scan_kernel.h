@@ -77,8 +77,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, P);                   // h W_hhᵀ
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H);  // m W_hrᵀ
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, P, B);                   // h W_hhᵀ
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
@@ -150,8 +150,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* c_hist_p = Cell::kHasC ? c_hist.data_ptr<T>() : nullptr;
   const T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   const T* dy_p = dy.data_ptr<T>();
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, P, GH);                  // dG W_hh
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P);  // dh W_hr
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, P, GH, B);                  // dG W_hh
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
   T* dfirst_p = dgate_first.data_ptr<T>();
