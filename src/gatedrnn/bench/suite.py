@@ -42,7 +42,7 @@ class BenchConfig:
     repeats: int = 7
     warmup: int = 3
     warmup_s: float = 0.25
-    min_sample_s: float = 0.05
+    min_sample_s: float = 0.1
     threads: int = 2
     only: Optional[str] = None
     memory_repeats: int = 3

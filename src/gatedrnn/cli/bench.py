@@ -1,6 +1,6 @@
 """`gatedrnn bench`: time gatedrnn against torch.nn and onnxruntime, write the JSON, print the table.
 
-A full run (about 5-8 minutes on 2 cores) writes benchmarks/results/<date>.json and refreshes the table
+A full run (about 3 minutes on 2 cores) writes benchmarks/results/<date>.json and refreshes the table
 in benchmarks/README.md; `--render FILE` only prints the table of an existing result.
 """
 from __future__ import annotations
