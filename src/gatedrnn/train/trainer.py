@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -260,6 +261,10 @@ class Trainer:
         resume_step = self.global_step if self.resume_from is not None else None
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.resume_from is None:  # a new run (possibly --overwrite): nothing of an old one may mix in
+                for stale in ("best", "tensorboard"):
+                    shutil.rmtree(self.out_dir / stale, ignore_errors=True)
+                (self.out_dir / "results.json").unlink(missing_ok=True)
             ckpt.atomic_write_bytes(self.out_dir / "config.json",
                                     json.dumps(config.to_dict(), indent=2, default=str).encode())
             recorder = RunRecorder(self.out_dir, resume_step=resume_step, resume_epoch=self.epoch,
