@@ -78,35 +78,46 @@ void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, c
   gemm_loop<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
-// C (n, N) = X (n, K) W + beta C for one or two rows and W (K, N) row-major: register-blocked, so each
-// weight is loaded once per row. At batch 1-2 this beats a BLAS call (dispatch, GEMV's reductions).
-template <typename T>
-void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta, T* C, int ldc) {
+// One row c[j0, j0 + NV vectors) = x (K) W (K, N) + beta c, with NV * KU independent accumulators (KU
+// interleaved slices of k) so that FMA latency is hidden even when few columns remain.
+template <typename T, int NV, int KU>
+inline void row_block(int N, int K, const T* x, const T* W, T beta, T* c, int j0) {
   constexpr int kLanes = 64 / sizeof(T);  // one 512-bit vector (GCC vector extension: portable C++)
   typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
-  constexpr int kBlock = 8;  // vectors kept in registers per pass over K
+  Vec acc[KU][NV] = {};
+  int k = 0;
+  for (; k + KU <= K; k += KU)
+    for (int s = 0; s < KU; ++s) {
+      const Vec a = Vec{} + x[k + s];
+      const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)(k + s) * N + j0);
+      for (int u = 0; u < NV; ++u) acc[s][u] += a * w[u];
+    }
+  for (; k < K; ++k) {
+    const Vec a = Vec{} + x[k];
+    const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
+    for (int u = 0; u < NV; ++u) acc[0][u] += a * w[u];
+  }
+  for (int u = 0; u < NV; ++u) {
+    Vec sum = acc[0][u];
+    for (int s = 1; s < KU; ++s) sum += acc[s][u];
+    Vec* out = reinterpret_cast<Vec*>(c + j0 + u * kLanes);
+    *out = beta == T(0) ? sum : sum + beta * *out;
+  }
+}
+
+// C (n, N) = X (n, K) W + beta C for one or two rows and W (K, N) row-major: register-blocked, each weight
+// loaded once per row. At batch 1-2 this beats a BLAS call (dispatch, and GEMV's reductions).
+template <typename T>
+void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta, T* C, int ldc) {
+  constexpr int kLanes = 64 / sizeof(T);
   for (int r = 0; r < n; ++r) {
     const T* x = X + (int64_t)r * ldx;
     T* c = C + (int64_t)r * ldc;
     int j0 = 0;
-    for (; j0 + kBlock * kLanes <= N; j0 += kBlock * kLanes) {
-      Vec acc[kBlock] = {};
-      for (int k = 0; k < K; ++k) {
-        const Vec a = Vec{} + x[k];
-        const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
-        for (int u = 0; u < kBlock; ++u) acc[u] += a * w[u];
-      }
-      for (int u = 0; u < kBlock; ++u) {
-        Vec* out = reinterpret_cast<Vec*>(c + j0 + u * kLanes);
-        *out = beta == T(0) ? acc[u] : acc[u] + beta * *out;
-      }
-    }
-    for (; j0 + kLanes <= N; j0 += kLanes) {
-      Vec acc = {};
-      for (int k = 0; k < K; ++k) acc += (Vec{} + x[k]) * *reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
-      Vec* out = reinterpret_cast<Vec*>(c + j0);
-      *out = beta == T(0) ? acc : acc + beta * *out;
-    }
+    for (; j0 + 8 * kLanes <= N; j0 += 8 * kLanes) row_block<T, 8, 1>(N, K, x, W, beta, c, j0);
+    if (j0 + 4 * kLanes <= N) row_block<T, 4, 2>(N, K, x, W, beta, c, j0), j0 += 4 * kLanes;
+    if (j0 + 2 * kLanes <= N) row_block<T, 2, 4>(N, K, x, W, beta, c, j0), j0 += 2 * kLanes;
+    if (j0 + kLanes <= N) row_block<T, 1, 8>(N, K, x, W, beta, c, j0), j0 += kLanes;
     for (; j0 < N; ++j0) {
       T acc = 0;
       for (int k = 0; k < K; ++k) acc += x[k] * W[(int64_t)k * N + j0];
