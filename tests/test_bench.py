@@ -205,7 +205,9 @@ def test_slow_first_calls_do_not_set_the_block_size():
         time.sleep(0.01 if len(calls) <= 5 else 0.0002)
 
     k = calibrate(first_calls_slow, min_sample_s=0.01, warmup=3, warmup_s=0.08)
-    assert k >= 10, k  # 0.01 s / 0.0002 s = 50 fast calls (sleep overshoots, so fewer)
+    # A slow call would give k = 0.01 / 0.01 = 1; fast calls give 50 (fewer on a busy machine, where a
+    # 0.2 ms sleep overshoots, but not as few as 3 unless it lasts 3 ms).
+    assert k >= 3, k
 
 
 def test_an_implementation_that_raises_is_reported_not_fatal():
