@@ -4,6 +4,7 @@
 // BLAS symbol is present (weak symbols resolve to null), so the engine still runs, only slower.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -138,8 +139,11 @@ class StepWeight {
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
     if (small_ && trans_) {  // the small kernel reads W as (K, N): transpose once per sequence
       w_kn_.resize((size_t)N * K);
-      for (int r = 0; r < N; ++r)
-        for (int k = 0; k < K; ++k) w_kn_[(size_t)k * N + r] = w[(size_t)r * K + k];
+      constexpr int kTile = 16;  // tiled: both sides stay in cache lines
+      for (int r0 = 0; r0 < N; r0 += kTile)
+        for (int k0 = 0; k0 < K; k0 += kTile)
+          for (int r = r0; r < std::min(N, r0 + kTile); ++r)
+            for (int k = k0; k < std::min(K, k0 + kTile); ++k) w_kn_[(size_t)k * N + r] = w[(size_t)r * K + k];
     }
   }
   StepWeight(const StepWeight&) = delete;
