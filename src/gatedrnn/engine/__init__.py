@@ -5,7 +5,8 @@ tensors of dtype float32 or float64, and to the reference scan (`gatedrnn.engine
 bfloat16 and float16 run on the reference path (they work, at Python-loop speed, computing in their own
 dtype), as do tensors on any other device. GATEDRNN_BACKEND=reference (read at every call) forces the
 reference path; if the extension cannot be built, one warning is emitted and everything runs on the
-reference path. `backend_info()` says which path runs and why.
+reference path. `backend_info()` says which path runs and why. Double backward (create_graph=True
+through a layer) and gradients through a trace need the reference path.
 """
 from __future__ import annotations
 

@@ -10,6 +10,8 @@ Saved for backward (only when a gradient is needed): the inputs, y (the output, 
 the gate activations (T, B, G*H) written over the input projection in place (none for the RNN),
 c (T, B, H) for the LSTM, and W_hn h + b_hn (T, B, H) for the GRU. Trace tensors are taken from the same
 buffers; they carry no gradient (use GATEDRNN_BACKEND=reference to differentiate through a trace).
+The backward is not itself differentiable: double backward (create_graph=True through a layer, e.g. a
+gradient penalty) needs GATEDRNN_BACKEND=reference.
 """
 from __future__ import annotations
 
