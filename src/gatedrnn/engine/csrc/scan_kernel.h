@@ -52,7 +52,10 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
 
   // Input projection of every step as one GEMM; the biases are added in the pointwise pass (one pass
   // over the (T, B, GH) buffer fewer than addmm), b_hh's recurrent-side blocks (GRU's b_hn) kept apart.
-  const at::Tensor gates = at::mm(x.reshape({T_ * B, I}), w_ih.t());  // (T*B, GH)
+  // x W_ihᵀ is computed in chunks of `chunk` steps just before they run, so each chunk is still in cache
+  // when the pointwise pass reads it; without a backward only one chunk is allocated.
+  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
+  const at::Tensor gates = at::empty({keep ? T_ * B : chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
   const int64_t folded = GH - Cell::kRecBias * H;
   at::Tensor bias = at::zeros({GH}, opts), rec_bias = at::zeros({std::max<int64_t>(1, Cell::kRecBias * H)}, opts);
   if (b_ih.defined()) {
@@ -83,10 +86,19 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
 
+  const T* x_p = x.data_ptr<T>();
+  const T* w_ih_p = w_ih.data_ptr<T>();
+  int64_t chunk_start = -1;  // first step of the chunk held in `gates`
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
     const int64_t n = packed ? batch_sizes[t] : B;
-    T* gates_t = gates_p + t * B * GH;
+    if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
+      chunk_start = t / chunk * chunk;
+      const int64_t steps = std::min(chunk, T_ - chunk_start);
+      T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
+      gemm<T>(false, true, steps * B, GH, I, T(1), x_p + chunk_start * B * I, I, w_ih_p, I, T(0), dest, GH);
+    }
+    T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
     T* y_t = y_p + t * B * P;
     w_hh_step.apply(n, h_p, P, T(0), rec_p, GH);  // (n, GH)
     T* h_out = proj ? m_p : y_t;
