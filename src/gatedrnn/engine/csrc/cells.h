@@ -30,6 +30,7 @@ struct RowForward {
   T* c;              // in: c_prev, out: c_next (H), LSTM only
   T* h_next;         // out: h (P), or o ⊙ tanh(c) (H) for a projected LSTM
   T* extra;          // out: kExtra * H saved values, or nullptr
+  bool save;         // write the gate activations back (for backward or a trace)
 };
 
 template <typename T>
@@ -66,7 +67,7 @@ struct LSTMCell {
       const T g = tanh_(pre[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);
       const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j] + bias[3 * H + j]);
       const T c_next = f * c[j] + i * g;
-      pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
+      if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
       c[j] = c_next;
       h[j] = o * tanh_(c_next);
     }
@@ -116,7 +117,7 @@ struct GRUCell {
       const T z = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
       const T hn = rec[2 * H + j] + b_hn[j];                     // W_hn h + b_hn
       const T n = tanh_(pre[2 * H + j] + bias[2 * H + j] + r * hn);
-      pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
+      if (a.save) pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
       if (hn_out) hn_out[j] = hn;
       h_next[j] = (T(1) - z) * n + z * h[j];
     }

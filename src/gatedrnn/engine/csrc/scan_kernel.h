@@ -107,7 +107,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       for (int64_t b = begin; b < end; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
-                          extra_p ? extra_p + (t * B + b) * EH : nullptr};
+                          extra_p ? extra_p + (t * B + b) * EH : nullptr, keep};
         Cell::forward(H, H, row);
       }
     });

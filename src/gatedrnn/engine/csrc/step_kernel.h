@@ -61,7 +61,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
       }
       for (int64_t b = 0; b < B; ++b) {
         RowForward<T> row{gates + b * GH + j0, rec + b * GH + j0, bias + j0, bias + GH + j0, h_prev + b * P + j0,
-                          c_l ? c_l + b * H + j0 : nullptr, (proj ? m + b * H : h_out_l + b * P) + j0, nullptr};
+                          c_l ? c_l + b * H + j0 : nullptr, (proj ? m + b * H : h_out_l + b * P) + j0, nullptr, false};
         Cell::forward(H, units, row);
       }
     };
