@@ -100,9 +100,11 @@ def run_case(case: Case, config: BenchConfig) -> dict:
     flops = case_module.flop_count(case)
     unavailable = {**built.unavailable, **{name: f"failed while timed: {why}" for name, why in failures.items()}}
     impls: dict[str, dict] = {name: {"status": "unavailable", "reason": why} for name, why in unavailable.items()}
-    for name, times in samples.items():
+    for name, per_call in samples.items():
+        times = [t / built.iterations_per_call for t in per_call]
         summary = summarize(times)
-        impls[name] = {"status": "ok", "times_s": times, **summary, "inner_iterations": blocks[name],
+        impls[name] = {"status": "ok", "times_s": times, **summary,
+                       "inner_iterations": blocks[name] * built.iterations_per_call,
                        "gflops": flops / summary["median_s"] / 1e9}
     order = [OURS, TORCH, case_module.ORT]
     record = {
