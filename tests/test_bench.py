@@ -86,6 +86,8 @@ def test_every_case_is_measured_with_the_requested_repeats(quick_run):
                 assert impl["median_s"] == pytest.approx(statistics.median(times))
                 assert impl["min_s"] == min(times) and impl["iqr_s"] >= 0
                 assert impl["gflops"] == pytest.approx(case["flops"] / impl["median_s"] / 1e9)
+                if case["kind"] == "stream":  # times are per step, a call ran STREAM_STEPS_PER_CALL steps
+                    assert impl["inner_iterations"] % bench_cases.STREAM_STEPS_PER_CALL == 0
             else:
                 assert impl["reason"]
         for impl, diff in case["max_abs_diff"].items():  # same weights, same outputs
