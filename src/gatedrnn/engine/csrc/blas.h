@@ -150,31 +150,45 @@ class StepWeight {
   StepWeight& operator=(const StepWeight&) = delete;
   ~StepWeight() { std::free(packed_); }
 
-  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
-    if (n <= 0) return;
-    if (small_) return small_rows_kn<T>(n, N_, K_, X, ldx, trans_ ? w_kn_.data() : w_, beta, C, ldc);
+  // Make `compute` ready for row blocks of a step with n active rows (re-packs when n changes). Serial.
+  void prepare(int n) {
+    if constexpr (sizeof(T) == 4) {
+      if (use_pack_ && n > 0 && n != packed_n_) {
+        const char id = 'A', op = trans_ ? 'T' : 'N';
+        const float one = 1.0f;
+        const int ldw = trans_ ? K_ : N_;
+        const size_t bytes = sgemm_pack_get_size_(&id, &N_, &n, &K_);
+        if (bytes > capacity_) {
+          std::free(packed_);
+          capacity_ = (bytes + 63) / 64 * 64;
+          packed_ = static_cast<float*>(std::aligned_alloc(64, capacity_));
+        }
+        sgemm_pack_(&id, &op, &N_, &n, &K_, &one, reinterpret_cast<const float*>(w_), &ldw, packed_);
+        packed_n_ = n;
+      }
+    }
+  }
+
+  // rows <= the n of the last `prepare`; safe to call from several threads on disjoint rows.
+  void compute(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
+    if (rows <= 0) return;
+    if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, trans_ ? w_kn_.data() : w_, beta, C, ldc);
     const int ldw = trans_ ? K_ : N_;
     if constexpr (sizeof(T) == 4) {
       if (use_pack_) {
-        // column-major: Cᵀ (N, n) = op(W_cm) (N, K) · Xᵀ (K, n); W is MKL's "A" matrix
-        const char id = 'A', op = trans_ ? 'T' : 'N', packed = 'P', no = 'N';
-        const float one = 1.0f;
-        if (n != packed_n_) {
-          const size_t bytes = sgemm_pack_get_size_(&id, &N_, &n, &K_);
-          if (bytes > capacity_) {
-            std::free(packed_);
-            capacity_ = (bytes + 63) / 64 * 64;
-            packed_ = static_cast<float*>(std::aligned_alloc(64, capacity_));
-          }
-          sgemm_pack_(&id, &op, &N_, &n, &K_, &one, reinterpret_cast<const float*>(w_), &ldw, packed_);
-          packed_n_ = n;
-        }
-        sgemm_compute_(&packed, &no, &N_, &n, &K_, packed_, &ldw, reinterpret_cast<const float*>(X), &ldx,
+        // column-major: Cᵀ (N, rows) = op(W_cm) (N, K) · Xᵀ (K, rows); W is MKL's packed "A" matrix
+        const char packed = 'P', no = 'N';
+        sgemm_compute_(&packed, &no, &N_, &rows, &K_, packed_, &ldw, reinterpret_cast<const float*>(X), &ldx,
                        reinterpret_cast<const float*>(&beta), reinterpret_cast<float*>(C), &ldc);
         return;
       }
     }
-    gemm<T>(false, trans_, n, N_, K_, T(1), X, ldx, w_, ldw, beta, C, ldc);
+    gemm<T>(false, trans_, rows, N_, K_, T(1), X, ldx, w_, ldw, beta, C, ldc);
+  }
+
+  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
+    prepare(n);
+    compute(n, X, ldx, beta, C, ldc);
   }
 
  private:

@@ -29,14 +29,15 @@ struct ScanBackwardOut {
   at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
 };
 
-// Rows [0, n) of a pointwise pass, split over threads when there is enough work.
+// Runs body(b0, b1) over the active rows [0, n) of one step, split over threads when the step has enough
+// work (row_work: multiply-adds per row); inside a split, BLAS calls run single-threaded on their block.
 template <typename F>
-inline void for_rows(int64_t n, int64_t row_work, const F& body) {
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, row_work));
-  if (n <= grain) {
-    body(0, n);
+inline void for_row_blocks(int64_t n, int64_t row_work, const F& body) {
+  const int threads = at::get_num_threads();
+  if (threads > 1 && n >= 8 && n * row_work >= (int64_t(1) << 19)) {
+    at::parallel_for(0, n, (n + threads - 1) / threads, body);
   } else {
-    at::parallel_for(0, n, grain, body);
+    body(0, n);
   }
 }
 
@@ -100,20 +101,25 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     }
     T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
     T* y_t = y_p + t * B * P;
-    w_hh_step.apply(n, h_p, P, T(0), rec_p, GH);  // (n, GH)
+    w_hh_step.prepare(n);
+    if (proj) w_hr_step.prepare(n);
     T* h_out = proj ? m_p : y_t;
     const int64_t h_out_ld = proj ? H : P;
-    for_rows(n, GH, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
+    // Everything in a step is row-local: rows [b0, b1) need only their own h, c and x_proj.
+    auto rows = [&](int64_t b0, int64_t b1) {
+      const int r = static_cast<int>(b1 - b0);
+      w_hh_step.compute(r, h_p + b0 * P, P, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+      for (int64_t b = b0; b < b1; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
                           extra_p ? extra_p + (t * B + b) * EH : nullptr, keep};
         Cell::forward(H, H, row);
       }
-    });
-    if (proj) w_hr_step.apply(n, m_p, H, T(0), y_t, P);  // (n, P)
-    std::memcpy(h_p, y_t, sizeof(T) * n * P);
-    if (c_hist_p) std::memcpy(c_hist_p + t * B * H, c_p, sizeof(T) * n * H);
+      if (proj) w_hr_step.compute(r, m_p + b0 * H, H, T(0), y_t + b0 * P, P);  // (r, P) = m W_hrᵀ
+      std::memcpy(h_p + b0 * P, y_t + b0 * P, sizeof(T) * r * P);
+      if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * H, c_p + b0 * H, sizeof(T) * r * H);
+    };
+    for_row_blocks(n, GH * (P + 8), rows);
     if (keep && n < B) {  // padded rows read as zeros in the trace
       std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
       if (extra_p) std::memset(extra_p + (t * B + n) * EH, 0, sizeof(T) * (B - n) * EH);
@@ -182,14 +188,17 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     const int64_t n_prev = has_prev ? std::min<int64_t>(n, packed ? batch_sizes[p] : B) : 0;
     T* dh_total = proj ? dh_hist_p + t * B * P : dh_hist_p;  // dL/dh_t = dy_t + carried dh
     const T* dy_t = dy_p + t * B * P;
-    for (int64_t k = 0; k < n * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
-    if (proj) w_hr_step.apply(n, dh_total, P, T(0), dm_p, H);  // dm = dh W_hr, (n, H)
     const T* dh_cell = proj ? dm_p : dh_total;
     const int64_t dh_ld = proj ? H : P;
     T* dgx_t = dgx_p + t * B * GH;
     T* dgh_t = dgh_p + t * B * GH;
-    for_rows(n, GH, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
+    w_hh_step.prepare(n);
+    if (proj) w_hr_step.prepare(n);
+    auto rows = [&](int64_t b0, int64_t b1) {  // row-local, as in the forward
+      const int r = static_cast<int>(b1 - b0);
+      for (int64_t k = b0 * P; k < b1 * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
+      if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
+      for (int64_t b = b0; b < b1; ++b) {
         const bool from_prev = b < n_prev;
         RowBackward<T> row{
             gates_p ? gates_p + (t * B + b) * GH : nullptr,
@@ -206,10 +215,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
             m_hist_p ? m_hist_p + (t * B + b) * H : nullptr};
         Cell::backward(H, row);
       }
-    });
-    if (n > n_prev) std::memcpy(dfirst_p + n_prev * GH, dgh_t + n_prev * GH, sizeof(T) * (n - n_prev) * GH);
-    // dh_prev = dG_h W_hh (+ the direct part the cell wrote into dh)
-    w_hh_step.apply(n, dgh_t, GH, Cell::kDirectDh ? T(1) : T(0), dh_p, P);
+      const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
+      if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
+      // dh_prev = dG_h W_hh (+ the direct part the cell wrote into dh)
+      w_hh_step.compute(r, dgh_t + b0 * GH, GH, Cell::kDirectDh ? T(1) : T(0), dh_p + b0 * P, P);
+    };
+    for_row_blocks(n, GH * (P + 8), rows);
   }
 
   ScanBackwardOut out;
