@@ -254,3 +254,25 @@ def test_run_layer_contract_zero_padded_rows():
     torch.testing.assert_close(result.state[0], expected.state[0])
     for a, b in zip(result.trace, expected.trace):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_rows_split_over_threads_match_reference(cell, monkeypatch):
+    """Batches with enough work per step split their rows over threads (packed, reverse, projection too)."""
+    torch.manual_seed(6)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        module, _ = make_pair(cell, 8, 128, dtype=torch.float64, bidirectional=True,
+                              proj_size=64 if cell == "lstm" else 0)
+        x = torch.randn(5, 16, 8, dtype=torch.float64, requires_grad=True)
+        lengths = torch.tensor([5, 5, 4, 4, 3, 5, 2, 5, 5, 1, 5, 3, 5, 5, 4, 5])
+        got = []
+        for backend in ("", "reference"):
+            monkeypatch.setenv("GATEDRNN_BACKEND", backend)
+            output, _ = module(pack_padded_sequence(x, lengths, enforce_sorted=False))
+            got.append((output.data, *torch.autograd.grad(output.data.sum(), [x, *module.parameters()])))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
