@@ -12,7 +12,6 @@ engine then runs the reference path.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -25,6 +24,11 @@ from types import ModuleType
 from typing import Optional
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (the build still runs; concurrent first builds may race)
+    fcntl = None
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-DNDEBUG")
@@ -97,13 +101,15 @@ def _load_or_build() -> ModuleType:
         return _import(name, library)
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir() / f"fused-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key: wait for it
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key: wait for it
         try:
             if library.exists():
                 return _import(name, library)
             return _compile(name, build_dir)
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def load() -> Optional[ModuleType]:
