@@ -32,7 +32,8 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
             "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
             "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
         )
-    weight = module.weight_ih_l0
+    params = module._parameters  # direct dict reads: nn.Module.__getattr__ costs ~1 µs per weight
+    weight = params["weight_ih_l0"]
     check_floating("x", x, weight.dtype, weight.device)
     if x.dim() not in (1, 2):
         raise ValueError(
@@ -44,8 +45,7 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     batched = x.dim() == 2
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
     states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
-    params = module._parameters  # direct dict reads: nn.Module.__getattr__ costs ~1 µs per weight
-    weights = [LayerWeights(*(params.get(name) for name in names)) for names in _weight_names(module.num_layers)]
+    weights = [LayerWeights(*[params.get(name) for name in names]) for names in _weight_names(module.num_layers)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
         module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout
