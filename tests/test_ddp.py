@@ -64,3 +64,21 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
     # only rank 0 wrote: one set of files, no stray temporary directories
     assert sorted(p.name for p in double.iterdir()) == sorted(p.name for p in single.iterdir())
+
+
+def test_two_processes_killed_mid_epoch_resume_exactly(tmp_path: Path) -> None:
+    def torchrun(out_dir: Path, *extra: str, kill_after: int = 0) -> subprocess.CompletedProcess:
+        env = dict(environment(), GATEDRNN_TEST_KILL_AFTER_STEP=str(kill_after))
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "gatedrnn", "train", *ARGS, "--out-dir", str(out_dir), *extra],
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert torchrun(straight).returncode == 0
+    assert torchrun(killed, kill_after=7).returncode != 0  # both ranks die at step 7 (epoch 2, after step 6's save)
+    assert read_meta(killed / "last")["position"]["global_step"] == 6
+    resumed = torchrun(killed, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (killed / "steps.csv").read_text() == (straight / "steps.csv").read_text()
+    a, b = weights(straight / "last"), weights(killed / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
