@@ -276,3 +276,16 @@ def test_rows_split_over_threads_match_reference(cell, monkeypatch):
         torch.set_num_threads(threads)
     for a, b in zip(*got):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_gradient_of_output_sum(cell, monkeypatch):
+    """output.sum() hands backward a stride-0 gradient, read in place (no copy)."""
+    torch.manual_seed(7)
+    module, _ = make_pair(cell, 3, 5, dtype=torch.float64, proj_size=2 if cell == "lstm" else 0)
+    x = torch.randn(6, 4, 3, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad(module(x)[0].sum(), [x, *module.parameters()])
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    expected = torch.autograd.grad(module(x)[0].sum(), [x, *module.parameters()])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -54,7 +54,7 @@ std::vector<at::Tensor> backward(const std::string& cell, const at::Tensor& x, c
                                  const at::Tensor& dy, const at::Tensor& dh_n, const c10::optional<at::Tensor>& dc_n,
                                  std::vector<int64_t> batch_sizes, bool reverse, bool need_dx) {
   const at::Tensor xc = x.contiguous(), h0c = h0.contiguous(), c0c = opt(c0), w_ihc = w_ih.contiguous(),
-                   w_hhc = w_hh.contiguous(), w_hrc = opt(w_hr), yc = y.contiguous(), dyc = dy.contiguous(),
+                   w_hhc = w_hh.contiguous(), w_hrc = opt(w_hr), yc = y.contiguous(), dyc = dy,
                    dh_nc = dh_n.contiguous(), dc_nc = opt(dc_n);
   if (!batch_sizes.empty() && batch_sizes[0] == xc.size(1) &&
       batch_sizes[batch_sizes.size() - 1] == xc.size(1))

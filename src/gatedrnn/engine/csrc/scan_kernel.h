@@ -167,7 +167,9 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* gates_p = gates.defined() ? gates.data_ptr<T>() : nullptr;
   const T* c_hist_p = Cell::kHasC ? c_hist.data_ptr<T>() : nullptr;
   const T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
-  const T* dy_p = dy.data_ptr<T>();
+  const T* dy_p = dy.data_ptr<T>();  // any strides: the gradient of output.sum() is a stride-0 expand
+  const int64_t dy_s0 = dy.stride(0), dy_s1 = dy.stride(1), dy_s2 = dy.stride(2);
+  const bool dy_dense = dy.is_contiguous();
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, P, GH, B);                  // dG W_hh
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
@@ -187,7 +189,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     const bool has_prev = p >= 0 && p < T_;
     const int64_t n_prev = has_prev ? std::min<int64_t>(n, packed ? batch_sizes[p] : B) : 0;
     T* dh_total = proj ? dh_hist_p + t * B * P : dh_hist_p;  // dL/dh_t = dy_t + carried dh
-    const T* dy_t = dy_p + t * B * P;
+    const T* dy_t = dy_p + t * dy_s0;
     const T* dh_cell = proj ? dm_p : dh_total;
     const int64_t dh_ld = proj ? H : P;
     T* dgx_t = dgx_p + t * B * GH;
@@ -196,7 +198,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     if (proj) w_hr_step.prepare(n);
     auto rows = [&](int64_t b0, int64_t b1) {  // row-local, as in the forward
       const int r = static_cast<int>(b1 - b0);
-      for (int64_t k = b0 * P; k < b1 * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
+      if (dy_dense) {
+        for (int64_t k = b0 * P; k < b1 * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
+      } else {
+        for (int64_t b = b0; b < b1; ++b)
+          for (int64_t j = 0; j < P; ++j) dh_total[b * P + j] = dy_t[b * dy_s1 + j * dy_s2] + dh_p[b * P + j];
+      }
       if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
       for (int64_t b = b0; b < b1; ++b) {
         const bool from_prev = b < n_prev;
