@@ -88,7 +88,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const int64_t EH = Cell::kExtra * H;
 
   const T* x_p = x.data_ptr<T>();
-  StepWeight<T> w_ih_chunk(w_ih.data_ptr<T>(), true, GH, I, chunk * B);  // packed once for every chunk
+  // Packed once for every chunk; a single chunk is one plain GEMM (no pack buffer).
+  StepWeight<T> w_ih_chunk(chunk < T_ ? w_ih.data_ptr<T>() : nullptr, true, GH, I, chunk * B);
+  const T* w_ih_p = w_ih.data_ptr<T>();
   int64_t chunk_start = -1;  // first step of the chunk held in `gates`
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? T_ - 1 - s : s;
@@ -97,7 +99,11 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       chunk_start = t / chunk * chunk;
       const int64_t steps = std::min(chunk, T_ - chunk_start);
       T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
-      w_ih_chunk.apply(steps * B, x_p + chunk_start * B * I, I, T(0), dest, GH);
+      if (chunk < T_) {
+        w_ih_chunk.apply(steps * B, x_p + chunk_start * B * I, I, T(0), dest, GH);
+      } else {
+        gemm<T>(false, true, steps * B, GH, I, T(1), x_p, I, w_ih_p, I, T(0), dest, GH);
+      }
     }
     T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
     T* y_t = y_p + t * B * P;
