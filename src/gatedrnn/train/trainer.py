@@ -311,6 +311,10 @@ class Trainer:
                            "world_size": self.world, "rank_weight_digests": rank_digests}
                 ckpt.atomic_write_bytes(self.out_dir / "results.json",
                                         json.dumps(results, indent=2, default=str).encode())
+            if self.world > 1:  # leave together: a rank tearing down gloo while rank 0 still writes can abort
+                import torch.distributed as dist
+
+                dist.barrier()
         finally:
             recorder.close()
         return TrainResult(out_dir=self.out_dir, model=self.module, task=self.task, val=self.best_val, test=test,
