@@ -44,7 +44,9 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
         raise ValueError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
     batched = x.dim() == 2
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
-    states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
+    states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
+    if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
+        states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
     weights = [LayerWeights(*[params.get(name) for name in names]) for names in _weight_names(module.num_layers)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
@@ -54,6 +56,27 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
     return y, (new_states if module.mode == "lstm" else new_states[0])
+
+
+def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Tensor, ...]]:
+    """The state as the engine takes it when it is already a valid batched state (the streaming loop feeding
+    back what the previous step returned), else None. Only accepts: every rejection is left to
+    `_initial_state`, whose full checks cost more than the fused step itself at small sizes."""
+    sizes = [(module.num_layers, batch, module.proj_size or module.hidden_size)]  # h (L, N, H_out)
+    if module.mode == "lstm":
+        if type(state) is not tuple or len(state) != 2:
+            return None
+        sizes.append((module.num_layers, batch, module.hidden_size))  # c (L, N, H_cell)
+        parts = state
+    else:
+        if not isinstance(state, Tensor):
+            return None
+        parts = (state,)
+    for part, size in zip(parts, sizes):
+        if not (isinstance(part, Tensor) and part.dtype == weight.dtype and part.device == weight.device
+                and part.shape == size):
+            return None
+    return parts
 
 
 @lru_cache(maxsize=None)

@@ -3,7 +3,12 @@
 // tensor allocation: scratch lives in a thread-local buffer.
 #pragma once
 
+#include <ATen/EmptyTensor.h>
 #include <torch/extension.h>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 #include <optional>
 #include <vector>
@@ -13,6 +18,63 @@
 
 namespace gatedrnn {
 
+// y[r] = W[r] · x (+ V[r] · z when V) for rows [r0, r1) of row-major W (rows, K) and V (rows, KV): the
+// streaming GEMV at batch 1-2. Four rows at a time with independent accumulators, each weight read once
+// and in place; a BLAS call per gate block costs more in dispatch than this whole pass at H <= 256.
+// Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of 15 dependent adds,
+// which at H <= 256 costs more than the FMAs).
+template <typename T, typename Vec>
+inline T lane_sum(const Vec& v) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  else return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#else
+  T sum = 0;
+  for (int i = 0; i < (int)(sizeof(Vec) / sizeof(T)); ++i) sum += v[i];
+  return sum;
+#endif
+}
+
+template <typename T>
+inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
+  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kLanes = 64 / sizeof(T);
+  Vec acc0{}, acc1{};
+  int k = 0;
+  for (; k + 2 * kLanes <= K; k += 2 * kLanes) {
+    acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
+    acc1 += *reinterpret_cast<const Vec*>(w + k + kLanes) * *reinterpret_cast<const Vec*>(x + k + kLanes);
+  }
+  acc0 += acc1;
+  T sum = lane_sum<T>(acc0);
+  for (; k < K; ++k) sum += w[k] * x[k];
+  return sum;
+}
+
+template <typename T>
+inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
+                       T* __restrict__ y) {
+  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kLanes = 64 / sizeof(T);
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const T* w = W + r * K;
+    Vec a0{}, a1{}, a2{}, a3{};
+    int k = 0;
+    for (; k + kLanes <= K; k += kLanes) {
+      const Vec xv = *reinterpret_cast<const Vec*>(x + k);
+      a0 += *reinterpret_cast<const Vec*>(w + k) * xv;
+      a1 += *reinterpret_cast<const Vec*>(w + K + k) * xv;
+      a2 += *reinterpret_cast<const Vec*>(w + 2 * K + k) * xv;
+      a3 += *reinterpret_cast<const Vec*>(w + 3 * K + k) * xv;
+    }
+    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
+    for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
+    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
+  }
+  for (; r < r1; ++r) y[r] = dot_row(W + r * K, x, K);
+}
+
 // x (B, I); h (L, B, P); c (L, B, H) or undefined; weights: per layer w_ih, w_hh, b_ih, b_hh, w_hr (None allowed).
 // Returns {y (B, P), h_next (L, B, P), c_next (L, B, H) or undefined}.
 template <typename Cell, typename T>
@@ -21,8 +83,16 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
   const at::Tensor x = x_in.contiguous(), h = h_in.contiguous();
   const int64_t L = h.size(0), B = h.size(1), P = h.size(2);
   TORCH_CHECK((int64_t)weights.size() == 5 * L, "step: expected 5 weight slots per layer");
-  at::Tensor h_next = at::empty_like(h);
-  at::Tensor c_next = Cell::kHasC ? c_in.clone(at::MemoryFormat::Contiguous) : at::Tensor();
+  // Outputs through at::detail::empty_cpu (no dispatcher): at batch 1 each dispatched allocation or clone
+  // costs about as much as a layer's arithmetic.
+  auto fresh = [&](at::IntArrayRef sizes) { return at::detail::empty_cpu(sizes, h.scalar_type(), false, std::nullopt); };
+  at::Tensor h_next = fresh(h.sizes());
+  at::Tensor c_next;
+  if constexpr (Cell::kHasC) {
+    const at::Tensor c = c_in.contiguous();
+    c_next = fresh(c.sizes());
+    std::copy_n(c.data_ptr<T>(), c.numel(), c_next.data_ptr<T>());
+  }
   static thread_local std::vector<T> scratch;
 
   const T* in_p = x.data_ptr<T>();
@@ -56,6 +126,13 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
       const int units = static_cast<int>(j1 - j0);
       for (int g = 0; g < Cell::kGates; ++g) {
         const int64_t row0 = g * H + j0;
+        if (B <= 2) {  // hand GEMV: per row of the batch, the block's rows of W_ih and W_hh
+          for (int64_t b = 0; b < B; ++b) {
+            gemv_rows4<T>(row0, row0 + units, in_dim, w_ih_p, in_p + b * in_dim, gates + b * GH);
+            gemv_rows4<T>(row0, row0 + units, P, w_hh_p, h_prev + b * P, rec + b * GH);
+          }
+          continue;
+        }
         gemm<T>(false, true, B, units, in_dim, T(1), in_p, in_dim, w_ih_p + row0 * in_dim, in_dim, T(0), gates + row0, GH);
         gemm<T>(false, true, B, units, P, T(1), h_prev, P, w_hh_p + row0 * P, P, T(0), rec + row0, GH);
       }
@@ -77,7 +154,9 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     in_p = h_out_l;
     in_dim = P;
   }
-  return {h_next.select(0, L - 1).clone(), h_next, c_next};
+  at::Tensor y = fresh({B, P});  // its own storage: writing into y must not change the returned state
+  std::copy_n(h_next.data_ptr<T>() + (L - 1) * B * P, B * P, y.data_ptr<T>());
+  return {y, h_next, c_next};
 }
 
 }  // namespace gatedrnn
