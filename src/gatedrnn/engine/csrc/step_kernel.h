@@ -144,7 +144,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     };
     const int64_t weight_bytes = GH * (in_dim + P) * static_cast<int64_t>(sizeof(T));
     const int threads = at::get_num_threads();
-    if (threads > 1 && H >= 32 && weight_bytes >= (512 << 10)) {
+    if (threads > 1 && H >= 32 && weight_bytes > (512 << 10)) {
       const int64_t grain = (H + threads - 1) / threads;
       at::parallel_for(0, H, grain, units_range);
     } else {
