@@ -38,7 +38,8 @@ def step_layers(
         (y (B, P), new state tuple in the same layout).
     """
     flat = [t for layer in weights for t in layer]
-    if fused and not dropout and not _needs_grad([x, *state, *flat]):
+    # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
+    if fused and not dropout and not (torch.is_grad_enabled() and _needs_grad([x, *state, *flat])):
         calls[cell + "_step"] += 1  # no autograd context needed: nothing here requires grad
         y, h, c = _build.load().step(cell, x, state[0], state[1] if cell == "lstm" else None, flat)
         return y, ((h, c) if cell == "lstm" else (h,))
