@@ -72,9 +72,9 @@ def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Te
         if not isinstance(state, Tensor):
             return None
         parts = (state,)
+    dtype, device = weight.dtype, weight.device
     for part, size in zip(parts, sizes):
-        if not (isinstance(part, Tensor) and part.dtype == weight.dtype and part.device == weight.device
-                and part.shape == size):
+        if not (isinstance(part, Tensor) and part.dtype == dtype and part.device == device and part.shape == size):
             return None
     return parts
 
