@@ -122,3 +122,24 @@ def test_large_layer_step_split_over_threads(cls, options):
     finally:
         torch.set_num_threads(threads)
     torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,options", MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
+    """Batch 1-2 runs the hand-written GEMV; sizes that are not multiples of its 4-row / 16-lane blocks."""
+    torch.manual_seed(batch)
+    module = cls(17, 33, num_layers=2, dtype=dtype, **options)
+    x = torch.randn(5, batch, 17, dtype=dtype)
+    tol = TOLERANCE[dtype]
+    state0 = initial_state(module, batch, dtype)
+    with torch.no_grad():
+        expected, expected_state = module(x, state0)
+        state, outputs = state0, []
+        for t in range(x.shape[0]):
+            y, state = module.step(x[t], state)
+            outputs.append(y)
+    torch.testing.assert_close(torch.stack(outputs), expected, rtol=tol, atol=tol)
+    for a, b in zip(as_tuple(state), as_tuple(expected_state)):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
