@@ -1,10 +1,15 @@
 """Helpers shared by the tasks: stacking batches and checking prediction/target shapes."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+import abc
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset, TensorDataset
+
+from gatedrnn.tasks._options import resolve_options, split_seed
+from gatedrnn.tasks.base import Task
 
 
 def stack_pairs(items: Sequence[Any]) -> tuple[Tensor, Tensor]:
@@ -23,3 +28,27 @@ def check_pair(task: str, prediction: Tensor, target: Tensor, prediction_shape: 
     if prediction.shape[0] != target.shape[0] or (same_shape and prediction.shape != target.shape):
         raise ValueError(f"task {task!r}: expected prediction {prediction_shape} and target {target_shape}, "
                          f"got {tuple(prediction.shape)} and {tuple(target.shape)}")
+
+
+class GeneratedTask(Task):
+    """A task whose data is generated: options resolved against `OPTIONS`, splits of sizes n_train, n_val,
+    n_test made by `generate` with a generator seeded per (seed, split), built once per seed."""
+
+    OPTIONS: Mapping[str, Any]
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**resolve_options(self.info.name, self.OPTIONS, options))
+        self._cache: dict[int, Mapping[str, Dataset]] = {}
+
+    @abc.abstractmethod
+    def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """n sequences and their targets, as tensors with a leading dimension n."""
+
+    def splits(self, seed: int) -> Mapping[str, Dataset]:
+        if seed not in self._cache:
+            self._cache[seed] = {
+                split: TensorDataset(*self.generate(
+                    self.options[f"n_{split}"], torch.Generator().manual_seed(split_seed(seed, split))))
+                for split in ("train", "val", "test")
+            }
+        return self._cache[seed]

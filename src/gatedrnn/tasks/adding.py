@@ -11,17 +11,16 @@ Shapes: inputs (B, T, 2), targets (B, 1), predictions (B, 1).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
 
 from gatedrnn.models import SequenceRegressor
-from gatedrnn.tasks._common import check_pair, stack_pairs
-from gatedrnn.tasks._options import Option, resolve_options, split_seed
-from gatedrnn.tasks.base import Task, TaskInfo
+from gatedrnn.tasks._common import GeneratedTask, check_pair, stack_pairs
+from gatedrnn.tasks._options import Option
+from gatedrnn.tasks.base import TaskInfo
 
 TOLERANCE = 0.04
 BASELINE_MSE = 2.0 / 12.0  # predicting the mean 1.0: the variance of a sum of two U(0, 1)
@@ -43,7 +42,7 @@ def make_adding(count: int, seq_len: int, generator: torch.Generator) -> tuple[T
     return torch.stack([values, markers], dim=2), targets  # (N, T, 2), (N, 1)
 
 
-class AddingTask(Task):
+class AddingTask(GeneratedTask):
     info = TaskInfo(
         name="adding",
         description="adding problem: sum the two marked values in a long random sequence (H&S 1997)",
@@ -59,22 +58,12 @@ class AddingTask(Task):
         "n_test": Option(1000, int, minimum=1, help="test sequences"),
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**resolve_options(self.info.name, self.OPTIONS, options))
-        self._cache: dict[int, Mapping[str, Dataset]] = {}
-
     def baselines(self) -> dict[str, float]:
         """Always predicting 1.0: MSE 1/6, accuracy 2·0.04 - 0.04² = 0.0784."""
         return {"mean_predictor_mse": BASELINE_MSE, "mean_predictor_accuracy": BASELINE_ACCURACY}
 
-    def splits(self, seed: int) -> Mapping[str, Dataset]:
-        if seed not in self._cache:
-            out = {}
-            for split in ("train", "val", "test"):
-                generator = torch.Generator().manual_seed(split_seed(seed, split))
-                out[split] = TensorDataset(*make_adding(self.options[f"n_{split}"], self.options["seq_len"], generator))
-            self._cache[seed] = out
-        return self._cache[seed]
+    def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return make_adding(n, self.options["seq_len"], generator)  # (n, T, 2), (n, 1)
 
     def collate(self, items: Sequence[Any]) -> tuple[Tensor, Tensor]:
         return stack_pairs(items)  # (B, T, 2), (B, 1)

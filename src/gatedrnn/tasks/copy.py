@@ -14,17 +14,16 @@ Shapes: inputs (B, L, S + 2) float one-hot, targets (B, L) int64, predictions (B
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
 
 from gatedrnn.models import SequenceTagger
-from gatedrnn.tasks._common import check_pair
-from gatedrnn.tasks._options import Option, resolve_options, split_seed
-from gatedrnn.tasks.base import Task, TaskInfo
+from gatedrnn.tasks._common import GeneratedTask, check_pair
+from gatedrnn.tasks._options import Option
+from gatedrnn.tasks.base import TaskInfo
 
 
 def make_copy(count: int, delay: int, copy_len: int, num_symbols: int,
@@ -40,7 +39,7 @@ def make_copy(count: int, delay: int, copy_len: int, num_symbols: int,
     return inputs, targets
 
 
-class CopyTask(Task):
+class CopyTask(GeneratedTask):
     info = TaskInfo(
         name="copy",
         description="copy/memory task: repeat k symbols after a delay of T blanks (H&S 1997; Arjovsky et al. 2016)",
@@ -58,10 +57,6 @@ class CopyTask(Task):
         "n_test": Option(1000, int, minimum=1, help="test sequences"),
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**resolve_options(self.info.name, self.OPTIONS, options))
-        self._cache: dict[int, Mapping[str, Dataset]] = {}
-
     @property
     def length(self) -> int:
         return self.options["delay"] + 2 * self.options["copy_len"]
@@ -72,15 +67,9 @@ class CopyTask(Task):
         return {"memoryless_accuracy": 1.0 / o["num_symbols"],
                 "memoryless_cross_entropy": o["copy_len"] * math.log(o["num_symbols"]) / self.length}
 
-    def splits(self, seed: int) -> Mapping[str, Dataset]:
-        if seed not in self._cache:
-            o, out = self.options, {}
-            for split in ("train", "val", "test"):
-                generator = torch.Generator().manual_seed(split_seed(seed, split))
-                out[split] = TensorDataset(*make_copy(o[f"n_{split}"], o["delay"], o["copy_len"], o["num_symbols"],
-                                                      generator))
-            self._cache[seed] = out
-        return self._cache[seed]
+    def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        o = self.options
+        return make_copy(n, o["delay"], o["copy_len"], o["num_symbols"], generator)  # (n, L), (n, L)
 
     def collate(self, items: Sequence[Any]) -> tuple[Tensor, Tensor]:
         if len(items) == 0:

@@ -12,17 +12,16 @@ Shapes: inputs (B, L, 8), targets (B,) int64, predictions (B, 4) logits.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import Dataset, TensorDataset
 
 from gatedrnn.models import SequenceClassifier
-from gatedrnn.tasks._common import check_pair
-from gatedrnn.tasks._options import Option, resolve_options, split_seed
-from gatedrnn.tasks.base import Task, TaskInfo
+from gatedrnn.tasks._common import GeneratedTask, check_pair
+from gatedrnn.tasks._options import Option
+from gatedrnn.tasks.base import TaskInfo
 
 SYMBOLS = ("a", "b", "c", "d", "B", "E", "X", "Y")
 TRIGGER, START, X, Y = 4, 5, 6, 7  # B, E, X, Y
@@ -50,7 +49,7 @@ def make_temporal_order(count: int, seq_len: int, generator: torch.Generator) ->
     return ids, 2 * first_is_y + second_is_y
 
 
-class TemporalOrderTask(Task):
+class TemporalOrderTask(GeneratedTask):
     info = TaskInfo(
         name="temporal_order",
         description="temporal order: classify the order (XX, XY, YX, YY) of two symbols among distractors (H&S 1997)",
@@ -66,22 +65,11 @@ class TemporalOrderTask(Task):
         "n_test": Option(1000, int, minimum=1, help="test sequences"),
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**resolve_options(self.info.name, self.OPTIONS, options))
-        self._cache: dict[int, Mapping[str, Dataset]] = {}
-
     def baselines(self) -> dict[str, float]:
         return {"chance_accuracy": 1.0 / NUM_CLASSES, "chance_cross_entropy": math.log(NUM_CLASSES)}
 
-    def splits(self, seed: int) -> Mapping[str, Dataset]:
-        if seed not in self._cache:
-            out = {}
-            for split in ("train", "val", "test"):
-                generator = torch.Generator().manual_seed(split_seed(seed, split))
-                out[split] = TensorDataset(*make_temporal_order(self.options[f"n_{split}"], self.options["seq_len"],
-                                                                generator))
-            self._cache[seed] = out
-        return self._cache[seed]
+    def generate(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return make_temporal_order(n, self.options["seq_len"], generator)  # (n, L), (n,)
 
     def collate(self, items: Sequence[Any]) -> tuple[Tensor, Tensor]:
         if len(items) == 0:
