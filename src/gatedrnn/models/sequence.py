@@ -36,7 +36,21 @@ def last_steps(rnn_output: Union[Tensor, PackedSequence], lengths: Optional[Tens
     return rnn_output.gather(1, index).squeeze(1)  # (B, F)
 
 
-class SequenceRegressor(SequenceModel):
+class _LinearReadout(SequenceModel):
+    """A recurrent layer and a linear head on its output; `out_name` is the head's size in `config`."""
+
+    def __init__(self, input_size: int, hidden_size: int, out_name: str, out_features: int, *, cell: str,
+                 num_layers: int, dropout: float, min_out: int) -> None:
+        check_size("input_size", input_size, minimum=1)
+        check_size(out_name, out_features, minimum=min_out)
+        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+                         dropout=dropout,
+                         config={"input_size": input_size, "hidden_size": hidden_size, out_name: out_features,
+                                 "cell": cell, "num_layers": num_layers, "dropout": dropout})
+        self.head = nn.Linear(hidden_size, out_features)
+
+
+class SequenceRegressor(_LinearReadout):
     """Sequence (B, T, I) -> real values (B, O), read from the last step's output by a linear layer.
 
     Used by the adding problem (O = 1) and by forecasting (the next value of a window).
@@ -45,19 +59,14 @@ class SequenceRegressor(SequenceModel):
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int = 1, *, cell: str = "lstm",
                  num_layers: int = 1, dropout: float = 0.0) -> None:
-        check_size("input_size", input_size, minimum=1)
-        check_size("output_size", output_size, minimum=1)
-        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout,
-                         config=dict(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
-                                     cell=cell, num_layers=num_layers, dropout=dropout))
-        self.head = nn.Linear(hidden_size, output_size)
+        super().__init__(input_size, hidden_size, "output_size", output_size, cell=cell, num_layers=num_layers,
+                         dropout=dropout, min_out=1)
 
     def readout(self, rnn_output: Inputs) -> Tensor:
         return self.head(last_steps(rnn_output))  # (B, O)
 
 
-class SequenceClassifier(SequenceModel):
+class SequenceClassifier(_LinearReadout):
     """Sequence -> class logits (B, C), from the output at each sequence's last real step.
 
     Input: a (B, T, I) tensor (every row has length T) or a PackedSequence of variable-length rows.
@@ -68,19 +77,14 @@ class SequenceClassifier(SequenceModel):
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
                  num_layers: int = 1, dropout: float = 0.0) -> None:
-        check_size("input_size", input_size, minimum=1)
-        check_size("num_classes", num_classes, minimum=2)
-        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout,
-                         config=dict(input_size=input_size, hidden_size=hidden_size, num_classes=num_classes,
-                                     cell=cell, num_layers=num_layers, dropout=dropout))
-        self.head = nn.Linear(hidden_size, num_classes)
+        super().__init__(input_size, hidden_size, "num_classes", num_classes, cell=cell, num_layers=num_layers,
+                         dropout=dropout, min_out=2)
 
     def readout(self, rnn_output: Inputs, lengths: Optional[Tensor] = None) -> Tensor:
         return self.head(last_steps(rnn_output, lengths))  # (B, C)
 
 
-class SequenceTagger(SequenceModel):
+class SequenceTagger(_LinearReadout):
     """Sequence (B, T, I) -> a prediction at every step (B, T, C) (e.g. the copy task's recalled symbols).
 
     readout: (B, T, H) -> linear at every step, (B, T, C).
@@ -88,13 +92,8 @@ class SequenceTagger(SequenceModel):
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
                  num_layers: int = 1, dropout: float = 0.0) -> None:
-        check_size("input_size", input_size, minimum=1)
-        check_size("num_classes", num_classes, minimum=2)
-        super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout,
-                         config=dict(input_size=input_size, hidden_size=hidden_size, num_classes=num_classes,
-                                     cell=cell, num_layers=num_layers, dropout=dropout))
-        self.head = nn.Linear(hidden_size, num_classes)
+        super().__init__(input_size, hidden_size, "num_classes", num_classes, cell=cell, num_layers=num_layers,
+                         dropout=dropout, min_out=2)
 
     def readout(self, rnn_output: Tensor) -> Tensor:
         if not isinstance(rnn_output, Tensor) or rnn_output.dim() != 3:
