@@ -30,6 +30,14 @@ def check_pair(task: str, prediction: Tensor, target: Tensor, prediction_shape: 
                          f"got {tuple(prediction.shape)} and {tuple(target.shape)}")
 
 
+
+def check_logits(task: str, prediction: Tensor, target: Tensor, num_classes: int) -> None:
+    """Class logits (B, C) against class indices (B,)."""
+    check_pair(task, prediction, target, f"(B, {num_classes})", "(B,)")
+    if prediction.dim() != 2 or prediction.shape[1] != num_classes or target.dim() != 1:
+        raise ValueError(f"task {task!r}: expected prediction (B, {num_classes}) and target (B,), "
+                         f"got {tuple(prediction.shape)} and {tuple(target.shape)}")
+
 class GeneratedTask(Task):
     """A task whose data is generated: options resolved against `OPTIONS`, splits of sizes n_train, n_val,
     n_test made by `generate` with a generator seeded per (seed, split), built once per seed."""

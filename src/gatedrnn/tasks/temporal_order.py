@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatedrnn.models import SequenceClassifier
-from gatedrnn.tasks._common import GeneratedTask, check_pair
+from gatedrnn.tasks._common import GeneratedTask, check_logits
 from gatedrnn.tasks._options import Option
 from gatedrnn.tasks.base import TaskInfo
 
@@ -82,10 +82,7 @@ class TemporalOrderTask(GeneratedTask):
                                   dropout=dropout)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
-        check_pair(self.info.name, prediction, target, f"(B, {NUM_CLASSES})", "(B,)")
-        if prediction.dim() != 2 or prediction.shape[1] != NUM_CLASSES or target.dim() != 1:
-            raise ValueError(f"task 'temporal_order': expected prediction (B, {NUM_CLASSES}) and target (B,), "
-                             f"got {tuple(prediction.shape)} and {tuple(target.shape)}")
+        check_logits(self.info.name, prediction, target, NUM_CLASSES)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         self._check(prediction, target)

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from gatedrnn.data.japanese_vowels import NUM_CHANNELS, NUM_CLASSES, load_japanese_vowels
 from gatedrnn.models import SequenceClassifier
-from gatedrnn.tasks._common import check_pair
+from gatedrnn.tasks._common import check_logits
 from gatedrnn.tasks._options import Option, resolve_options, split_seed
 from gatedrnn.tasks.base import Task, TaskInfo
 
@@ -102,10 +102,7 @@ class VowelsTask(Task):
                                   dropout=dropout)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
-        check_pair(self.info.name, prediction, target, f"(B, {NUM_CLASSES})", "(B,)")
-        if prediction.dim() != 2 or prediction.shape[1] != NUM_CLASSES or target.dim() != 1:
-            raise ValueError(f"task 'vowels': expected prediction (B, {NUM_CLASSES}) and target (B,), "
-                             f"got {tuple(prediction.shape)} and {tuple(target.shape)}")
+        check_logits(self.info.name, prediction, target, NUM_CLASSES)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         self._check(prediction, target)
