@@ -34,11 +34,12 @@ class CellSpec:
     gate_count: int
     gate_names: tuple[str, ...]
     state_names: tuple[str, ...]  # "h" always first; LSTM adds "c"
+    saved_extra: int = 0  # (H)-wide blocks the fused kernel saves per step besides the gates (GRU: W_hn h + b_hn)
 
 
 CELL_SPECS: dict[str, CellSpec] = {
     "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), ("h", "c")),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), ("h",)),
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), ("h",), saved_extra=1),
     "rnn_tanh": CellSpec("rnn_tanh", 1, ("a",), ("h",)),
     "rnn_relu": CellSpec("rnn_relu", 1, ("a",), ("h",)),
 }

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gatedrnn.cells import LayerWeights
-from gatedrnn.engine import _build
-from gatedrnn.engine.fused import _needs_grad, calls
+from gatedrnn.engine.fused import _needs_grad
+from gatedrnn.engine.ops import STEP
 from gatedrnn.engine.scan import make_step
 
 
@@ -40,9 +40,9 @@ def step_layers(
     flat = [t for layer in weights for t in layer]
     # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
     if fused and not dropout and not (torch.is_grad_enabled() and _needs_grad([x, *state, *flat])):
-        calls[cell + "_step"] += 1  # no autograd context needed: nothing here requires grad
-        y, h, c = _build.load().step(cell, x, state[0], state[1] if cell == "lstm" else None, flat)
-        return y, ((h, c) if cell == "lstm" else (h,))
+        has_c = len(state) == 2
+        y, h, c = STEP(cell, x, state[0], state[1] if has_c else None, flat)
+        return y, ((h, c) if has_c else (h,))
     layer_input = x
     new_states: list[tuple[Tensor, ...]] = []
     for k, layer in enumerate(weights):

@@ -1,0 +1,155 @@
+"""The fused C++ engine as PyTorch operators: what torch.compile, torch.export, torch.func and autograd see.
+
+Three operators in the ``gatedrnn`` namespace (`torch.library`), each with a CPU kernel (the C++ engine of
+``csrc/``, built at first use, registers it), a fake kernel (shapes only, for FakeTensor tracing under compile/export)
+and a vmap rule:
+
+    gatedrnn::scan(cell, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_hr?, batch_sizes, reverse, keep)
+        -> (y, h_n, c_n, gates, c_hist, extra)          one layer, one direction, the whole sequence
+    gatedrnn::scan_backward(cell, x, h0, c0?, w_ih, w_hh, w_hr?, has_bias, y, gates?, c_hist?, extra?,
+                            dy, dh_n, dc_n?, batch_sizes, reverse, need_dx)
+        -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)   its hand-written BPTT
+    gatedrnn::step(cell, x, h, c?, weights) -> (y, h, c)   one step through a stack of layers (streaming)
+
+Shapes: T steps, B batch, I input, H hidden, P size of h (proj_size or H), G gate count, E the cell's
+saved extra blocks (`CellSpec.saved_extra`), L layers.
+    scan:  y (T, B, P), h_n (B, P), c_n (B, H); with keep: gates (T, B, G*H), c_hist (T, B, H) for cells
+           with a c state, extra (T, B, E*H) for cells with E > 0. What a cell does not have is an empty
+           tensor of shape (0,) (an operator's outputs are always tensors).
+    step:  x (B, I), h (L, B, P), c (L, B, H) -> y (B, P), h (L, B, P), c (L, B, H) or (0,).
+
+`gatedrnn::scan` is differentiable (`torch.library.register_autograd`): its backward calls
+`gatedrnn::scan_backward`, which is itself not differentiable: a double backward (create_graph=True through
+a layer, e.g. a gradient penalty) raises and names GATEDRNN_BACKEND=reference. gates, c_hist and extra are
+saved buffers, also read as traces, and carry no gradient. The vmap rules run the operator once per
+mapped slice (torch.func per-sample gradients).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from gatedrnn.cells import CELL_SPECS
+
+__all__ = ["SCAN", "SCAN_BACKWARD", "STEP"]
+
+_LIB = torch.library.Library("gatedrnn", "DEF")
+_LIB.define(
+    "scan(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+    "Tensor? w_hr, int[] batch_sizes, bool reverse, bool keep) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_LIB.define(
+    "scan_backward(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+    "bool has_bias, Tensor y, Tensor? gates, Tensor? c_hist, Tensor? extra, Tensor dy, Tensor dh_n, "
+    "Tensor? dc_n, int[] batch_sizes, bool reverse, bool need_dx) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+_LIB.define("step(str cell, Tensor x, Tensor h, Tensor? c, Tensor?[] weights) -> (Tensor, Tensor, Tensor)")
+
+SCAN = torch.ops.gatedrnn.scan.default
+SCAN_BACKWARD = torch.ops.gatedrnn.scan_backward.default
+STEP = torch.ops.gatedrnn.step.default
+
+
+def _present(t: Optional[Tensor]) -> Optional[Tensor]:
+    """An optional operand: the operators' empty (0,) placeholder for what a cell does not have means absent."""
+    return None if t is None or (t.dim() == 1 and t.numel() == 0) else t
+
+
+# The CPU kernels are the C++ engine's: csrc/engine.cpp registers them with the dispatcher when the library
+# built by `gatedrnn.engine._build.load()` is loaded; the engine calls these operators only after that.
+
+
+# ----- fake kernels: shapes only -----
+@torch.library.register_fake("gatedrnn::scan")
+def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep):
+    spec = CELL_SPECS[cell]
+    steps, batch = x.shape[0], x.shape[1]
+    gate_rows, out_size = w_hh.shape
+    hidden = gate_rows // spec.gate_count
+    has_c = "c" in spec.state_names
+    return (
+        x.new_empty(steps, batch, out_size),
+        x.new_empty(batch, out_size),
+        x.new_empty(batch, hidden) if has_c else x.new_empty(0),
+        x.new_empty(steps, batch, gate_rows) if keep else x.new_empty(0),
+        x.new_empty(steps, batch, hidden) if keep and has_c else x.new_empty(0),
+        x.new_empty(steps, batch, spec.saved_extra * hidden) if keep and spec.saved_extra else x.new_empty(0),
+    )
+
+
+@torch.library.register_fake("gatedrnn::scan_backward")
+def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
+                        batch_sizes, reverse, need_dx):
+    def like(t: Optional[Tensor], present: bool = True) -> Tensor:
+        return torch.empty_like(t) if t is not None and present else x.new_empty(0)
+
+    return (like(x, need_dx), like(h0), like(c0), like(w_ih), like(w_hh),
+            x.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
+            x.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
+            like(w_hr))
+
+
+@torch.library.register_fake("gatedrnn::step")
+def _step_fake(cell, x, h, c, weights):
+    return x.new_empty(h.shape[1], h.shape[2]), torch.empty_like(h), torch.empty_like(c) if c is not None else x.new_empty(0)
+
+
+# ----- autograd: BPTT by gatedrnn::scan_backward -----
+def _scan_setup_context(ctx, inputs, output) -> None:
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep = inputs
+    y, _, _, gates, c_hist, extra = output
+    ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.keep = cell, list(batch_sizes), reverse, keep
+    ctx.has_bias, ctx.has_c = b_ih is not None, c0 is not None
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra)
+    ctx.mark_non_differentiable(gates, c_hist, extra)
+
+
+def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads):
+    if not ctx.keep:
+        raise RuntimeError("gatedrnn::scan was called with keep=False, so it saved nothing to differentiate")
+    x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra = ctx.saved_tensors
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = SCAN_BACKWARD(
+        ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
+        _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
+        ctx.needs_input_grad[1],
+    )
+    return (None, dx if ctx.needs_input_grad[1] else None, dh0, dc0 if ctx.has_c else None, dw_ih, dw_hh,
+            db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
+            dw_hr if w_hr is not None else None, None, None, None)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "double backward (create_graph=True, e.g. a gradient penalty) through gatedrnn's fused engine is not "
+        "supported: its BPTT is hand-written and not itself differentiable. Set GATEDRNN_BACKEND=reference, "
+        "whose time loop autograd differentiates to any order."
+    )
+
+
+torch.library.register_autograd("gatedrnn::scan", _scan_backward_formula, setup_context=_scan_setup_context)
+torch.library.register_autograd(
+    "gatedrnn::scan_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
+
+
+# ----- vmap: one call per mapped slice -----
+def _vmap_by_slices(op, output_count: int):
+    def rule(info, in_dims, *args):
+        results = []
+        for k in range(info.batch_size):
+            sliced = [
+                a.select(d, k) if d is not None else a
+                for a, d in zip(args, in_dims)
+            ]
+            results.append(op(*sliced))
+        return tuple(torch.stack([r[j] for r in results]) for j in range(output_count)), (0,) * output_count
+
+    return rule
+
+
+torch.library.register_vmap("gatedrnn::scan", _vmap_by_slices(SCAN, 6))
+torch.library.register_vmap("gatedrnn::scan_backward", _vmap_by_slices(SCAN_BACKWARD, 8))
