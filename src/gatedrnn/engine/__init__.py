@@ -59,7 +59,16 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
 
 def runs_fused(x: Tensor) -> bool:
     """Whether `run_layer` (and streaming steps) on tensors like `x` take the fused path."""
+    if torch.compiler.is_compiling():
+        return _fused_while_compiling(str(x.device), x.dtype)
     return _reference_reason(x.device, x.dtype) is None
+
+
+@torch.compiler.assume_constant_result
+def _fused_while_compiling(device: str, dtype: torch.dtype) -> bool:
+    # torch.compile/torch.export bake the choice into the graph: the build (file locks, a compiler) and the
+    # environment are read once here, at trace time, not traced.
+    return _reference_reason(torch.device(device), dtype) is None
 
 
 def run_layer(

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS, GRUTrace, LayerWeights, LSTMTrace, RNNTrace
-from gatedrnn.engine.ops import SCAN
+from gatedrnn.engine.ops import SCAN, ScanFunction
 from gatedrnn.engine.scan import ScanResult
 
 
@@ -69,9 +69,12 @@ def run_layer_fused(
     sizes = [] if batch_sizes is None else [int(b) for b in batch_sizes]
     has_c = len(CELL_SPECS[cell].state_names) == 2
     inputs = (x, state0[0], state0[1] if has_c else None, *weights)
-    # The saved buffers are kept only when autograd needs them or a trace reads them.
-    keep = trace or _needs_grad(inputs)
-    y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, keep)
+    # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
+    if _needs_grad(inputs):
+        differentiable = SCAN if torch.compiler.is_compiling() else ScanFunction.apply  # see ScanFunction
+        y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True)
+    else:
+        y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace)
     state = (h_n, c_n) if has_c else (h_n,)
     if not trace:
         return ScanResult(y, state, None)

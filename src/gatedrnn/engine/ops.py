@@ -21,7 +21,8 @@ saved extra blocks (`CellSpec.saved_extra`), L layers.
 `gatedrnn::scan` is differentiable (`torch.library.register_autograd`): its backward calls
 `gatedrnn::scan_backward`, which is itself not differentiable: a double backward (create_graph=True through
 a layer, e.g. a gradient penalty) raises and names GATEDRNN_BACKEND=reference. gates, c_hist and extra are
-saved buffers, also read as traces, and carry no gradient. The vmap rules run the operator once per
+saved buffers, also read as traces, and carry no gradient. `ScanFunction` is the same formula as an
+autograd.Function, which torch.func's transforms accept. The vmap rules run the operator once per
 mapped slice (torch.func per-sample gradients).
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS
 
-__all__ = ["SCAN", "SCAN_BACKWARD", "STEP"]
+__all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction"]
 
 _LIB = torch.library.Library("gatedrnn", "DEF")
 _LIB.define(
@@ -108,11 +109,36 @@ def _scan_setup_context(ctx, inputs, output) -> None:
     ctx.mark_non_differentiable(gates, c_hist, extra)
 
 
-def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads):
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "double backward (create_graph=True, e.g. a gradient penalty) through gatedrnn's fused engine is not "
+        "supported: its BPTT is hand-written and not itself differentiable. Set GATEDRNN_BACKEND=reference, "
+        "whose time loop autograd differentiates to any order."
+    )
+
+
+class _ScanBackwardFunction(torch.autograd.Function):
+    """`gatedrnn::scan_backward` as the scan's backward calls it: usable under torch.func, and an error
+    naming the way out if anything differentiates it (double backward)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return SCAN_BACKWARD(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    backward = staticmethod(_no_double_backward)
+
+
+def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_BACKWARD):
     if not ctx.keep:
         raise RuntimeError("gatedrnn::scan was called with keep=False, so it saved nothing to differentiate")
     x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra = ctx.saved_tensors
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = SCAN_BACKWARD(
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = bptt(
         ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
         _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
         ctx.needs_input_grad[1],
@@ -122,18 +148,29 @@ def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads):
             dw_hr if w_hr is not None else None, None, None, None)
 
 
-def _no_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "double backward (create_graph=True, e.g. a gradient penalty) through gatedrnn's fused engine is not "
-        "supported: its BPTT is hand-written and not itself differentiable. Set GATEDRNN_BACKEND=reference, "
-        "whose time loop autograd differentiates to any order."
-    )
-
-
 torch.library.register_autograd("gatedrnn::scan", _scan_backward_formula, setup_context=_scan_setup_context)
 torch.library.register_autograd(
     "gatedrnn::scan_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
 )
+
+
+class ScanFunction(torch.autograd.Function):
+    """`gatedrnn::scan` with the same autograd formula, in the form torch.func composes with (setup_context,
+    a generated vmap rule): the layers call this in eager mode, so torch.func.grad and vmap(grad) work
+    through them (an operator's own register_autograd does not support torch.func transforms). Under
+    torch.compile the layers call the operator itself, whose registered autograd AOTAutograd traces."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep):
+        return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep)
+
+    setup_context = staticmethod(_scan_setup_context)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _scan_backward_formula(ctx, *grads, bptt=_ScanBackwardFunction.apply)
 
 
 # ----- vmap: one call per mapped slice -----
@@ -141,10 +178,8 @@ def _vmap_by_slices(op, output_count: int):
     def rule(info, in_dims, *args):
         results = []
         for k in range(info.batch_size):
-            sliced = [
-                a.select(d, k) if d is not None else a
-                for a, d in zip(args, in_dims)
-            ]
+            # in_dims mirrors args: an int for a mapped tensor, None (or a list of None) for the rest
+            sliced = [a.select(d, k) if isinstance(d, int) else a for a, d in zip(args, in_dims)]
             results.append(op(*sliced))
         return tuple(torch.stack([r[j] for r in results]) for j in range(output_count)), (0,) * output_count
 
