@@ -6,7 +6,9 @@ bfloat16 and float16 run on the reference path (they work, at Python-loop speed,
 dtype), as do tensors on any other device. GATEDRNN_BACKEND=reference (read at every call) forces the
 reference path; if the extension cannot be built, one warning is emitted and everything runs on the
 reference path. `backend_info()` says which path runs and why. Double backward (create_graph=True
-through a layer) and gradients through a trace need the reference path.
+through a layer) and gradients through a trace need the reference path (the fused path raises, saying so).
+The fused path is a set of PyTorch operators (`gatedrnn.engine.ops`); under torch.compile/torch.export the
+choice of path is made once, at trace time (call `torch._dynamo.reset()` after changing GATEDRNN_BACKEND).
 """
 from __future__ import annotations
 
