@@ -2,15 +2,17 @@
 
 Every step function takes the input projection of one step (``x_proj = W_ih x + b_ih``, computed for
 all steps at once by the caller) and the previous state, and returns ``(new_state, gates)``.
-Layers, the fused engine and the docs point here instead of restating the equations.
+Layers, the fused engine and the docs point here instead of restating the equations; `CELL_SPECS`
+(cells/table.py) is the one table that maps a cell's name to its step function and facts.
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
-from gatedrnn.cells.spec import CELL_SPECS, CellSpec, LayerWeights
+from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
+from gatedrnn.cells.table import CELL_SPECS, cell_spec
 
 __all__ = [
-    "CELL_SPECS", "CellSpec", "LayerWeights",
+    "CELL_SPECS", "CellSpec", "LayerWeights", "StepFn", "cell_spec",
     "LSTMGates", "LSTMState", "LSTMTrace", "lstm_step",
     "GRUGates", "GRUTrace", "gru_step",
     "RNNGates", "RNNTrace", "rnn_step",

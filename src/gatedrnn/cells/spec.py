@@ -7,7 +7,7 @@ Shape symbols used across gatedrnn:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from torch import Tensor
 
@@ -26,20 +26,56 @@ class LayerWeights(NamedTuple):
     w_hr: Optional[Tensor] = None
 
 
+# A cell's step in the engine's uniform form: (x_proj (B, G*H), state tuple) -> (state tuple, traced gates).
+StepFn = Callable[[Tensor, tuple[Tensor, ...]], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
+
+
 @dataclass(frozen=True)
 class CellSpec:
-    """Static facts about a cell kind: how many gate blocks its weights stack and what its state holds."""
+    """Everything gatedrnn knows about one cell kind, stated once (the table is `gatedrnn.cells.CELL_SPECS`).
+
+    The engine, the layers, streaming, traces, the report and the CLI read these fields; no other module
+    branches on a cell's name.
+
+    name: the key ("lstm", "gru", "rnn_tanh", "rnn_relu"); the fused kernels know the cell by it.
+    display_name: how people read it ("LSTM").
+    step: the pure step function of `gatedrnn.cells` whose docstring states the equations.
+    make_step: LayerWeights -> the step in the uniform form `StepFn`.
+    gate_count: G, the gate blocks stacked in W_ih / W_hh (rows = G*H); gate_names their order (torch.nn's).
+    state_names: the state tuple: "h" first, then "c" for cells with a cell state.
+    trace_type: the named tuple of a layer's trace: the traced gates, then the states in reverse ((c, h) or (h,)).
+    traced_gates: the gate blocks a trace holds (the RNN's pre-activation is not traced).
+    saved_extra: (H)-wide blocks the fused kernel saves per step besides the gates (GRU: W_hn h + b_hn).
+    hold_gate: the gate whose value near 1 keeps the memory (LSTM f, GRU z), None without gates.
+    write_gate: the gate that lets new content in (LSTM i; GRU z, read as 1 − z: write_gate_inverted).
+    color: the cell's colour in every plot.
+    """
 
     name: str
+    display_name: str
+    step: Callable
+    make_step: Callable[[LayerWeights], StepFn]
     gate_count: int
     gate_names: tuple[str, ...]
-    state_names: tuple[str, ...]  # "h" always first; LSTM adds "c"
-    saved_extra: int = 0  # (H)-wide blocks the fused kernel saves per step besides the gates (GRU: W_hn h + b_hn)
+    state_names: tuple[str, ...]
+    trace_type: type
+    traced_gates: tuple[str, ...]
+    saved_extra: int = 0
+    hold_gate: Optional[str] = None
+    write_gate: Optional[str] = None
+    write_gate_inverted: bool = False
+    color: str = "#7f7f7f"
 
+    @property
+    def has_cell_state(self) -> bool:
+        """Whether the state carries a cell state c besides h (and the layer's hx is a tuple (h_0, c_0))."""
+        return "c" in self.state_names
 
-CELL_SPECS: dict[str, CellSpec] = {
-    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), ("h", "c")),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), ("h",), saved_extra=1),
-    "rnn_tanh": CellSpec("rnn_tanh", 1, ("a",), ("h",)),
-    "rnn_relu": CellSpec("rnn_relu", 1, ("a",), ("h",)),
-}
+    @property
+    def memory_state(self) -> str:
+        """The state field that carries memory: c where the cell has one, else h."""
+        return "c" if self.has_cell_state else "h"
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.traced_gates)

@@ -20,20 +20,19 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from gatedrnn.cells import CELL_SPECS, GRUTrace, LayerWeights, LSTMTrace, RNNTrace
+from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine.ops import SCAN, ScanFunction
 from gatedrnn.engine.scan import ScanResult
 
 
 def _trace(cell: str, y: Tensor, gates: Tensor, c_hist: Tensor) -> tuple:
-    """The cell's *Trace tuple, each (T, B, ·) and contiguous, from the kernel's saved buffers."""
-    if cell == "lstm":
-        i, f, g, o = (part.contiguous() for part in gates.chunk(4, dim=2))  # 4 x (T, B, H)
-        return LSTMTrace(i, f, g, o, c_hist.clone(), y.clone())
-    if cell == "gru":
-        r, z, n = (part.contiguous() for part in gates.chunk(3, dim=2))  # 3 x (T, B, H)
-        return GRUTrace(r, z, n, y.clone())
-    return RNNTrace(y.clone())
+    """The cell's trace named tuple, each (T, B, ·) and contiguous, from the kernel's saved buffers:
+    gates (T, B, G*H), c_hist (T, B, H) (empty without a cell state), y (T, B, P)."""
+    spec = CELL_SPECS[cell]
+    blocks = dict(zip(spec.gate_names, gates.chunk(spec.gate_count, dim=2)))  # name -> (T, B, H)
+    traced = [blocks[name].contiguous() for name in spec.traced_gates]
+    states = [c_hist.clone()] if spec.has_cell_state else []
+    return spec.trace_type(*traced, *states, y.clone())
 
 
 class _TraceHasNoGradient(torch.autograd.Function):
@@ -67,7 +66,7 @@ def run_layer_fused(
 ) -> ScanResult:
     """`scan_reference`'s contract on the fused kernels: x (T, B, I) -> ScanResult(y (T, B, P), state, trace)."""
     sizes = [] if batch_sizes is None else [int(b) for b in batch_sizes]
-    has_c = len(CELL_SPECS[cell].state_names) == 2
+    has_c = CELL_SPECS[cell].has_cell_state
     inputs = (x, state0[0], state0[1] if has_c else None, *weights)
     # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
     if _needs_grad(inputs):

@@ -71,7 +71,7 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
     steps, batch = x.shape[0], x.shape[1]
     gate_rows, out_size = w_hh.shape
     hidden = gate_rows // spec.gate_count
-    has_c = "c" in spec.state_names
+    has_c = spec.has_cell_state
     return (
         x.new_empty(steps, batch, out_size),
         x.new_empty(batch, out_size),

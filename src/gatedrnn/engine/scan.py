@@ -5,18 +5,13 @@ extension cannot be built. Autograd differentiates it; nothing here is hand-deri
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gatedrnn.cells import (
-    GRUTrace, LayerWeights, LSTMState, LSTMTrace, RNNTrace, gru_step, lstm_step, rnn_step,
-)
-
-StepFn = Callable[[Tensor, tuple[Tensor, ...]], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
-
+from gatedrnn.cells import LayerWeights, StepFn, cell_spec
 
 class ScanResult(NamedTuple):
     """y: (T, B, P) outputs, zero at padded steps; state: final state tuple ((B, P),) or ((B, P), (B, H));
@@ -28,25 +23,8 @@ class ScanResult(NamedTuple):
 
 
 def make_step(cell: str, weights: LayerWeights) -> StepFn:
-    """Adapt a cell's step function to the uniform form ``(x_proj, state_tuple) -> (state_tuple, gates)``."""
-    w_hh, b_hh, w_hr = weights.w_hh, weights.b_hh, weights.w_hr
-    if cell == "lstm":
-        def step(x_proj, state):
-            new_state, gates = lstm_step(x_proj, LSTMState(*state), w_hh, b_hh, w_hr)
-            return tuple(new_state), tuple(gates)
-    elif cell == "gru":
-        def step(x_proj, state):
-            h_next, gates = gru_step(x_proj, state[0], w_hh, b_hh)
-            return (h_next,), tuple(gates)
-    elif cell in ("rnn_tanh", "rnn_relu"):
-        nonlinearity = cell[4:]
-
-        def step(x_proj, state):
-            h_next, _ = rnn_step(x_proj, state[0], w_hh, b_hh, nonlinearity)
-            return (h_next,), ()  # the RNN's trace is h alone
-    else:
-        raise ValueError(f"unknown cell kind {cell!r}; expected one of 'lstm', 'gru', 'rnn_tanh', 'rnn_relu'")
-    return step
+    """The cell's step function in the uniform form ``(x_proj, state_tuple) -> (state_tuple, traced gates)``."""
+    return cell_spec(cell).make_step(weights)
 
 
 def _pad_rows(t: Tensor, rows: int) -> Tensor:
@@ -68,7 +46,7 @@ def scan_reference(
     """Run one layer in one direction over a padded, length-sorted batch.
 
     Args:
-        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        cell: a key of `gatedrnn.cells.CELL_SPECS` ("lstm", "gru", "rnn_tanh", "rnn_relu").
         x: (T, B, I). state0: (h0 (B, P),) or (h0 (B, P), c0 (B, H)).
         batch_sizes: None for full sequences, else T non-increasing ints: at step t only rows
             [0, batch_sizes[t]) are active (PackedSequence's convention); inactive rows keep their state
@@ -102,5 +80,4 @@ def scan_reference(
     if not trace:
         return ScanResult(y, state, None)
     columns = [torch.stack(col) for col in zip(*per_step)]  # each (T, B, ·)
-    trace_type = {"lstm": LSTMTrace, "gru": GRUTrace}.get(cell, RNNTrace)
-    return ScanResult(y, state, trace_type(*columns))
+    return ScanResult(y, state, cell_spec(cell).trace_type(*columns))

@@ -29,7 +29,7 @@ def step_layers(
     """Advance every layer by one step.
 
     Args:
-        cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+        cell: a key of `gatedrnn.cells.CELL_SPECS`.
         x: (B, I). state: (h (L, B, P),) or (h (L, B, P), c (L, B, H)). weights: one LayerWeights per layer.
         fused: the caller's dispatch decision (`engine.run_layer`'s rule); the fused kernel is still
             skipped when a gradient is needed or dropout applies, because it has no backward.

@@ -5,19 +5,17 @@ from __future__ import annotations
 import html
 import inspect
 import re
-from typing import Callable
 
-from gatedrnn.cells import gru_step, lstm_step, rnn_step
+from gatedrnn.cells import CELL_SPECS
 
-STEP_FUNCTIONS: dict[str, Callable] = {"lstm": lstm_step, "gru": gru_step, "rnn_tanh": rnn_step, "rnn_relu": rnn_step}
 _SUBSCRIPT = re.compile(r"\b([A-Za-z])_([A-Za-z0-9]+)\b")
 
 
 def equation_text(cell: str) -> str:
     """The docstring of the cell's step function up to its Args section (plain text, as written in cells/)."""
-    if cell not in STEP_FUNCTIONS:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(STEP_FUNCTIONS)}")
-    doc = inspect.getdoc(STEP_FUNCTIONS[cell]) or ""
+    if cell not in CELL_SPECS:
+        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELL_SPECS)}")
+    doc = inspect.getdoc(CELL_SPECS[cell].step) or ""
     return doc.split("\nArgs:")[0].strip()
 
 
@@ -49,6 +47,6 @@ def equations_html(cell: str) -> str:
             parts.append(_equation_rows(lines))
         else:
             parts.append(f"<p>{_typeset(' '.join(line.strip() for line in lines))}</p>")
-    source = STEP_FUNCTIONS[cell]
+    source = CELL_SPECS[cell].step
     parts.append(f'<p class="source">from the docstring of <code>{source.__module__}.{source.__name__}</code></p>')
     return "\n".join(parts)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gatedrnn
+from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import backend_info
 from gatedrnn.inspect import GradientFlow, LayerTraces, gradient_flow, trace
 from gatedrnn.layers import RecurrentBase
@@ -136,7 +137,7 @@ def _backend(models) -> str:
 
 
 def _heatmap_title(label: str, cell: str) -> str:
-    if cell.startswith("rnn"):
+    if not CELL_SPECS[cell].gated:
         return f"{label}: no gates, only the hidden state, of sample {SAMPLE}"
     return f"{label}: every gate and state of sample {SAMPLE}"
 

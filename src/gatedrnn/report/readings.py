@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
+from gatedrnn.cells import CELL_SPECS
 from gatedrnn.inspect import GradientFlow, LayerTraces
 from gatedrnn.viz.figures import CELL_NAMES
 from gatedrnn.viz.gates import HOLD_GATE
@@ -107,14 +108,15 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
                 f"holding one is unit {unit} (mean {values[:, unit].mean():.2f}), and the product of its gate over "
                 f"those steps is {kept:.1e}: that is the share of its state at step {start} still there at the end.")
     if markers:
-        if traces.cell == "lstm":
-            writes = _numpy(traces.series("i", sample=sample))[markers[0]]  # (H,) input gate at the marker
-            unit = int(writes.argmax())
-            text += f" At the first marker the input gate opens most in unit {unit} (i = {writes[unit]:.2f}): it writes there."
+        spec = CELL_SPECS[traces.cell]
+        writes = _numpy(traces.series(spec.write_gate, sample=sample))[markers[0]]  # (H,) the write gate at the marker
+        if spec.write_gate_inverted:  # GRU: 1 - z is how much of the candidate n is let in
+            writes = 1 - writes
+            shown = f"1 − {spec.write_gate}"
         else:
-            writes = 1 - _numpy(traces.series("z", sample=sample))[markers[0]]  # (H,) 1 - z: how much n is let in
-            unit = int(writes.argmax())
-            text += f" At the first marker unit {unit} lets the most new content in (1 − z = {writes[unit]:.2f})."
+            shown = spec.write_gate
+        unit = int(writes.argmax())
+        text += f" At the first marker unit {unit} lets the most new content in ({shown} = {writes[unit]:.2f}): it writes there."
     return text
 
 

@@ -7,9 +7,11 @@ import io
 
 from matplotlib.figure import Figure
 
+from gatedrnn.cells import CELL_SPECS
+
 # One colour per cell kind, the same in every plot: the ungated baseline warm, the gated cells cool.
-CELL_COLORS = {"rnn_tanh": "#d62728", "rnn_relu": "#ff7f0e", "lstm": "#1f77b4", "gru": "#2ca02c"}
-CELL_NAMES = {"rnn_tanh": "RNN", "rnn_relu": "RNN (relu)", "lstm": "LSTM", "gru": "GRU"}
+CELL_COLORS = {name: spec.color for name, spec in CELL_SPECS.items()}
+CELL_NAMES = {name: spec.display_name for name, spec in CELL_SPECS.items()}
 FALLBACK_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MARKER_STYLE = dict(color="#444444", linestyle="--", linewidth=1.0, alpha=0.8)
 

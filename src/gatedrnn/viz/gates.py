@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from gatedrnn.cells import CELL_SPECS
 from gatedrnn.inspect import LayerTraces
 from gatedrnn.viz.figures import CELL_NAMES, MARKER_STYLE, color_for, mark_steps, new_figure
 
@@ -25,7 +26,7 @@ FIELD_STYLE = {
     "h": ("hidden state h", "RdBu_r", (-1.0, 1.0)),
 }
 # The gate whose value near 1 means "keep the state": LSTM c' = f c + …, GRU h' = … + z h.
-HOLD_GATE = {"lstm": "f", "gru": "z"}
+HOLD_GATE = {name: spec.hold_gate for name, spec in CELL_SPECS.items() if spec.hold_gate}
 
 
 def gate_heatmaps(
@@ -38,8 +39,8 @@ def gate_heatmaps(
     Shows at most `max_units` units (the first ones).
     """
     fields = traces.get(layer, direction)._fields
-    if traces.cell == "lstm":
-        fields = tuple(name for name in fields if name != "h")  # h = o ⊙ tanh(c): shown by o and c
+    if CELL_SPECS[traces.cell].has_cell_state:
+        fields = tuple(name for name in fields if name != "h")  # LSTM h = o ⊙ tanh(c): shown by o and c
     figure = new_figure(9.0, 0.9 + 1.3 * len(fields))
     axes = figure.subplots(len(fields), 1, sharex=True, squeeze=False)[:, 0]
     for axis, name in zip(axes, fields):

@@ -6,13 +6,14 @@ from typing import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from gatedrnn.cells import CELL_SPECS
 from gatedrnn.inspect import LayerTraces
 from gatedrnn.viz.figures import CELL_NAMES, mark_steps, new_figure
 
 
 def state_field(cell: str) -> str:
     """The field that carries memory: the LSTM's cell state c, else h."""
-    return "c" if cell == "lstm" else "h"
+    return CELL_SPECS[cell].memory_state
 
 
 def held_jump(values: np.ndarray, markers: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
