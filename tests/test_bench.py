@@ -55,9 +55,14 @@ def test_existing_output_is_not_overwritten(quick_run):
 def test_json_records_the_environment(quick_run):
     result = quick_run[2]
     env = result["environment"]
-    for key in ("torch_version", "onnxruntime_version", "cpu_model", "threads", "backend_info", "load_average"):
+    for key in ("torch_version", "onnxruntime_version", "cpu_model", "cpu", "blas", "threads", "backend_info",
+                "load_average"):
         assert key in env, key
     assert env["threads"] == 2 and env["backend_info"]["backend"] in ("fused", "reference")
+    cpu = env["cpu"]
+    assert cpu["arch"] and cpu["family"].startswith(cpu["arch"]) and isinstance(cpu["isa"], list)
+    if cpu["arch"] == "x86_64":
+        assert "sse4_2" in cpu["isa"] and cpu["vendor"] in cpu["family"]
     assert env["git"]["commit"] is None or len(env["git"]["commit"]) == 40
     assert result["schema"] == 1 and result["date"][:4].isdigit() and result["config"]["repeats"] == REPEATS
     sgemm = result["sgemm"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,53 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# The instruction-set extensions a kernel's speed depends on, as /proc/cpuinfo names them (x86 "flags",
+# aarch64 "Features").
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+             "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")
+
+
+def _cpuinfo_field(*names: str) -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in names:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_description() -> dict:
+    """{"model", "vendor", "arch", "isa": the ISA_FLAGS present, "family": e.g. "x86-64 AVX-512 (GenuineIntel)"}:
+    what the README's speed tables are grouped by (one table per CPU family measured)."""
+    arch = platform.machine() or "unknown"
+    flags = set(_cpuinfo_field("flags", "Features").split())
+    isa = [flag for flag in ISA_FLAGS if flag in flags]
+    vendor = _cpuinfo_field("vendor_id") or _cpuinfo_field("CPU implementer") or "unknown"
+    if "avx512f" in flags:
+        level = "AVX-512"
+    elif "avx2" in flags:
+        level = "AVX2"
+    elif "sve" in flags:
+        level = "SVE"
+    elif "asimd" in flags:
+        level = "NEON"
+    else:
+        level = "baseline"
+    return {"model": cpu_model(), "vendor": vendor, "arch": arch, "isa": isa, "family": f"{arch} {level} ({vendor})"}
+
+
+def blas_description() -> dict:
+    """The BLAS and the CPU RNN library torch was built with (the peers' kernels depend on them)."""
+    import torch
+
+    match = re.search(r"BLAS_INFO=([^,\s]+)", torch.__config__.show())
+    blas = match.group(1) if match else "unknown"
+    return {"torch_blas": blas, "mkl": torch.backends.mkl.is_available(), "onednn": torch.backends.mkldnn.is_available()}
 
 
 def _autogroup() -> Optional[str]:
@@ -69,6 +117,8 @@ def environment(*, threads: int) -> dict:
         "threads": threads,
         "torch_threads": torch.get_num_threads(),
         "cpu_model": cpu_model(),
+        "cpu": cpu_description(),
+        "blas": blas_description(),
         "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()),  # other work on the machine skews every number
         "nice": os.nice(0),
