@@ -225,7 +225,7 @@ def first_error(log: str) -> str:
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     for line in lines:
         # "Error building extension 'x': <first line of ninja's output>" carries the output after the colon
-        line = re.sub(r"^Error building extension '[^']*':\s*", "", line)
+        line = re.sub(r"^(\w+: )?Error building extension '[^']*':\s*", "", line)
         if line and not _NOISE.match(line) and _ERROR_LINE.search(line):
             return line[:300]
     return lines[-1][:300] if lines else "no output"
@@ -235,9 +235,9 @@ def _hint(cause: str) -> str:
     lowered = cause.lower()
     if "ninja" in lowered:
         return "install ninja (pip install ninja)"
-    if "not found" in lowered and re.search(r"\b(c\+\+|g\+\+|gcc|cc|clang\+\+|x86_64-linux-gnu-g\+\+)\b", lowered):
+    if "not found" in lowered and re.search(r"(?<![\w+])(c\+\+|g\+\+|gcc|cc|clang\+\+|clang)(?![\w+])", lowered):
         return "install a C++ compiler (g++ or clang++)"
-    return "the compiler rejected the sources"
+    return ""
 
 
 def _compile(name: str, folder: Path, library: Path) -> ModuleType:
@@ -263,7 +263,8 @@ def _compile(name: str, folder: Path, library: Path) -> ModuleType:
         except OSError:
             where = ""
         cause = first_error(text)
-        raise BuildError(f"{cause} ({_hint(cause)}{where})") from None
+        hint = "; ".join(part for part in (_hint(cause), where.lstrip("; ")) if part)
+        raise BuildError(f"{cause} ({hint})" if hint else cause) from None
     log.unlink(missing_ok=True)
     _install(built, library)
     return module
