@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -136,7 +137,8 @@ def transcript(summary: dict) -> list[str]:
                                                              else "") + f"  (try: gatedrnn evaluate {out_dir}/lstm)"]
     if summary.get("report"):
         lines.append(f"explain report: {summary['report']}")
-    lines.append(f"total {summary['total_seconds']:.0f} s ({summary['machine']})")
+    lines.append(f"total {summary['total_seconds']:.0f} s ({summary['machine']}; load average "
+                 f"{summary['load_average']:.1f} at the start)")
     return lines
 
 
@@ -161,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
     from gatedrnn.engine import backend_info
 
     summary = {"seq_len": values["seq_len"], "settings": values, "out_dir": str(out_dir), "backend": backend_info(),
-               "machine": f"{cpu_model()}, {args.threads} thread{'s' if args.threads > 1 else ''}"}
+               "machine": f"{cpu_model()}, {args.threads} thread{'s' if args.threads > 1 else ''}",
+               "load_average": os.getloadavg()[0]}  # other work on the machine stretches every time printed
     print("\n".join(header_lines(summary)))
     started = time.time()
     rows, models, histories, task = [], {}, {}, None
