@@ -148,7 +148,7 @@ BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- generated:{name} -->\n)(.*?)(\n<!-- /generated:{name} -->)", re.DOTALL)
+    return re.compile(rf"(<!-- generated:{name} -->\n)(.*?)\n?(<!-- /generated:{name} -->)", re.DOTALL)
 
 
 def blocks_in(text: str) -> dict[str, str]:
@@ -168,7 +168,7 @@ def render(text: str, root: Path = ROOT) -> str:
         if not pattern.search(text):
             raise ValueError(f"README has no generated:{name} block")
         content = function(root)
-        text = pattern.sub(lambda m: m.group(1) + content + m.group(3), text, count=1)
+        text = pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(3), text, count=1)
     return text
 
 

@@ -219,7 +219,6 @@ def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> dict:
     except Exception as error:  # the data extra may be missing: the demo's first part still stands
         print(f"\n(skipping JapaneseVowels: {error})")
         return {}
-    print(f"\nJapaneseVowels: training {', '.join(c.upper() for c in cells)}")
     rows = []
     for cell in cells:
         config = TrainConfig(task="vowels", cell=cell, hidden_size=VOWELS["hidden_size"], batch_size=VOWELS["batch_size"],
