@@ -182,12 +182,7 @@ def save_checkpoint(
     meta = json.loads(json.dumps(meta, default=str))  # the digest is of what a reader will see
     meta["meta_sha256"] = meta_digest(meta)
     meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
-    try:
-        return atomic_write_dir(directory, {WEIGHTS_FILE: weights_bytes, STATE_FILE: state_bytes,
-                                            META_FILE: meta_bytes})
-    except OSError as error:  # a full disk, a quota, a read-only mount: the previous checkpoint is untouched
-        raise CheckpointError(f"cannot write the checkpoint {str(directory)!r}: {error.strerror or error}; "
-                              f"the previous checkpoint there, if any, is intact") from None
+    return atomic_write_dir(directory, {WEIGHTS_FILE: weights_bytes, STATE_FILE: state_bytes, META_FILE: meta_bytes})
 
 
 # ----- reading and checking -----

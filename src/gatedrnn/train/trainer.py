@@ -199,12 +199,16 @@ class Trainer:
             self.last_saved_step = self.global_step
         if self.rank != 0:
             return
-        ckpt.save_checkpoint(
-            self.out_dir / name, model=self.module, config=self.config.to_dict(), task_name=self.config.task,
-            task_options=self.task.options, metrics=metrics,
-            position={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
-            state=self._state() if resumable else None,
-        )
+        try:
+            ckpt.save_checkpoint(
+                self.out_dir / name, model=self.module, config=self.config.to_dict(), task_name=self.config.task,
+                task_options=self.task.options, metrics=metrics,
+                position={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
+                state=self._state() if resumable else None,
+            )
+        except OSError as error:  # a full disk, a quota, a read-only mount: the previous checkpoint is untouched
+            raise ckpt.CheckpointError(f"cannot write the checkpoint {str(self.out_dir / name)!r}: "
+                                       f"{error.strerror or error}; the previous checkpoint there, if any, is intact") from None
 
     def _rank_weight_digests(self) -> list[str]:
         """sha256 of the final weights on every rank (rank order): a check that DDP kept them identical."""
