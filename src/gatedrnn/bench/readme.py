@@ -68,7 +68,7 @@ def render_tasks(root: Path) -> str:
         record = json.loads(path.read_text())
         records.setdefault(record["task"], []).append(record)
     lines = ["| task | data | metric | gatedrnn (test, time) | baselines (same test set) | command |", "|---|---|---|---|---|---|"]
-    machines, dates = set(), set()
+    machines, dates, loads = set(), set(), []
     for task in [t for t in TASK_ORDER if t in records] + sorted(set(records) - set(TASK_ORDER)):
         runs = sorted(records[task], key=lambda r: ("lstm", "gru", "rnn").index(r["cell"]) if r["cell"] in
                       ("lstm", "gru", "rnn") else 3)
@@ -81,12 +81,14 @@ def render_tasks(root: Path) -> str:
                          f"{extra})")
             machines.add(_machine(run["environment"]))
             dates.add(run["date"])
+            loads.append(run["environment"]["load_average"][0])
         command = runs[0]["command"].replace(f"--cell {runs[0]['cell']}", "--cell CELL") if len(runs) > 1 \
             else runs[0]["command"]
         lines.append(f"| `{task}` | {TASK_DATA.get(task, '')} | test {metric} | {', '.join(cells)} | "
                      f"{_baseline_text(runs[0]['baselines'], metric)} | `{command}` |")
     header = (f"Full runs through the CLI, one thread each, on {' and '.join(sorted(machines))} "
-              f"({', '.join(sorted(dates))}); files `{TASK_RESULTS}/<task>-<cell>.json`, written by "
+              f"({', '.join(sorted(dates))}; load average up to {max(loads):.1f}: the machine was shared, "
+              f"times are upper bounds); files `{TASK_RESULTS}/<task>-<cell>.json`, written by "
               f"`python -m gatedrnn.bench.task_runs`:")
     return header + "\n\n" + "\n".join(lines)
 

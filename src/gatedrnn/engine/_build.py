@@ -321,6 +321,8 @@ def build() -> tuple[Path, float]:
     global _module, _error, _attempted
     started = time.perf_counter()
     with _lock:
+        if _module is not None:  # already loaded in this process
+            return library_path(), time.perf_counter() - started
         try:
             _module = _load_or_build()
         except BuildError:
