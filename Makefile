@@ -10,7 +10,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench readme install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m gatedrnn bench
+
+# the README's demo transcript, task table and speed tables, from docs/results/ and benchmarks/results/
+readme: $(STAMP)
+	$(PY) -m gatedrnn.bench.readme
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

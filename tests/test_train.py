@@ -163,6 +163,14 @@ def saved_run(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def resealed(directory: Path, change) -> None:
+    """Change meta.json and record its new digest: a consistent checkpoint that describes another model."""
+    meta = json.loads((directory / "meta.json").read_text())
+    change(meta)
+    meta["meta_sha256"] = ckpt.meta_digest(meta)
+    (directory / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:50]), "model.safetensors.*truncated"),
     (lambda d: (d / "model.safetensors").write_bytes(b"\0" * (d / "model.safetensors").stat().st_size), "model.safetensors.*modified"),
@@ -170,7 +178,8 @@ def saved_run(tmp_path: Path) -> Path:
     (lambda d: (d / "meta.json").write_text('{"format": "someone-else", "config": {}}'), "not a gatedrnn checkpoint"),
     (lambda d: (d / "meta.json").unlink(), "meta.json.*missing"),
     (lambda d: (d / "meta.json").write_text((d / "meta.json").read_text().replace('"hidden_size": 8', '"hidden_size": 9')),
-     "does not fit the model"),
+     "meta.json.*was modified"),
+    (lambda d: resealed(d, lambda meta: meta["config"].update(hidden_size=9)), "does not fit the model"),
 ])
 def test_damaged_or_foreign_checkpoints_raise_checkpoint_error_and_stay_untouched(saved_run: Path, damage, message):
     best = saved_run / "best"

@@ -2,14 +2,19 @@
 at a length where the RNN cannot carry the first marked number to the end and the gated cells can.
 
 Each cell trains with the same budget through `gatedrnn.train.Trainer` (checkpoints under --out-dir/<cell>/),
-then a table compares them with the baseline of always answering 1.0 (MSE 0.167), and the explain report
-shows what their gates did on test sequences.
+then a table compares them with the baseline of always answering 1.0 (measured on the same test set; 1/6 in
+expectation), and the explain report shows what their gates did on test sequences.
+
+Every number and every verdict printed comes from the run's results: `transcript(summary)` turns the
+results.json the demo writes into the lines it printed, and the README's transcript is rendered by the same
+function from a committed results file (`python -m gatedrnn.bench.readme`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +27,7 @@ CELLS = ("rnn", "lstm", "gru")
 DEFAULTS = dict(seq_len=50, steps=2000, hidden_size=32, batch_size=64, lr=0.005, n_train=6400, n_val=500, n_test=1000)
 QUICK = dict(seq_len=8, steps=40, hidden_size=8, batch_size=32, lr=0.01, n_train=320, n_val=64, n_test=64)
 SOLVED_MSE = 0.01  # "solved": at most 6 % of the baseline's error
+KEEPS_UP = 0.03  # vowels: the RNN "keeps up" when its test accuracy is within this of the best gated cell's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,21 +71,82 @@ def settings(args: argparse.Namespace) -> dict:
     return values
 
 
+def verdict(test_mse: float, baseline: float) -> str:
+    return "solved" if test_mse < SOLVED_MSE else ("baseline" if test_mse > 0.8 * baseline else "partly")
+
+
 def table(rows: list[dict], baseline: float) -> str:
     lines = [f"{'cell':<6} {'parameters':>10} {'test MSE':>10} {'acc |err|<0.04':>15} {'seconds':>8}  verdict",
              "-" * 64]
     for r in rows:
-        verdict = "solved" if r["test_mse"] < SOLVED_MSE else ("baseline" if r["test_mse"] > 0.8 * baseline else "partly")
         lines.append(f"{r['cell'].upper():<6} {r['parameters']:>10,} {r['test_mse']:>10.4f} {r['accuracy']:>15.3f} "
-                     f"{r['seconds']:>8.1f}  {verdict}")
-    lines.append(f"{'always 1.0':<17} {baseline:>10.4f} {'':>15} {'':>8}  the baseline (1/6 = 0.167 in expectation)")
+                     f"{r['seconds']:>8.1f}  {verdict(r['test_mse'], baseline)}")
+    lines.append(f"{'always 1.0':<17} {baseline:>10.4f} {'':>15} {'':>8}  the baseline (1/6 in expectation)")
     return "\n".join(lines)
+
+
+def header_lines(summary: dict) -> list[str]:
+    values = summary["settings"]
+    lines = [f"adding problem, T = {values['seq_len']}: {values['steps']} steps of batch {values['batch_size']} per "
+             f"cell, hidden size {values['hidden_size']}; writing to {summary['out_dir']}/"]
+    backend = summary["backend"]
+    if backend["backend"] != "fused":
+        lines.append(f"note: the fused engine is not in use ({backend['reason']}); the reference path is several "
+                     f"times slower (see the README's speed section)")
+    return lines
+
+
+def adding_readings(rows: list[dict], baseline: float) -> str:
+    """Which cells solved the adding problem, from their verdicts."""
+    groups: dict[str, list[str]] = {}
+    for r in rows:
+        groups.setdefault(verdict(r["test_mse"], baseline), []).append(r["cell"].upper())
+    words = {"solved": f"solved it (test MSE < {SOLVED_MSE})", "partly": "left the baseline without solving it",
+             "baseline": "stayed at the baseline"}
+    return "; ".join(f"{', '.join(cells)} {words[name]}" for name, cells in groups.items()) + "."
+
+
+def vowels_lines(vowels: dict) -> list[str]:
+    rows = vowels["rows"]
+    lines = ["", f"JapaneseVowels (real data: 12 LPC channels, 7-29 steps, 9 speakers): {vowels['steps']} steps per cell",
+             "", f"{'cell':<6} {'parameters':>10} {'test accuracy':>14} {'seconds':>8}", "-" * 42]
+    for r in rows:
+        lines.append(f"{r['cell'].upper():<6} {r['parameters']:>10,} {r['test_accuracy']:>14.3f} {r['seconds']:>8.1f}")
+    lines.append(f"published: {vowels['published']}; chance {1 / vowels['classes']:.3f} ({vowels['classes']} classes)")
+    accuracy = {r["cell"]: r["test_accuracy"] for r in rows}
+    gated = {cell: value for cell, value in accuracy.items() if cell != "rnn"}
+    if "rnn" in accuracy and gated:
+        best = max(gated, key=gated.get)
+        gap = gated[best] - accuracy["rnn"]
+        if gap <= KEEPS_UP:
+            lines.append(f"short sequences need no long memory: the plain RNN keeps up ({accuracy['rnn']:.3f} vs "
+                         f"{best.upper()} {gated[best]:.3f}); the adding problem is where it cannot.")
+        else:
+            lines.append(f"here the plain RNN falls behind {best.upper()} by {gap:.3f} in accuracy.")
+    return lines
+
+
+def transcript(summary: dict) -> list[str]:
+    """The lines `gatedrnn demo --quiet` prints, rebuilt from the results.json it writes."""
+    lines = header_lines(summary) + ["", table(summary["rows"], summary["baseline_mse"]),
+                                     adding_readings(summary["rows"], summary["baseline_mse"])]
+    if summary.get("vowels"):
+        lines += vowels_lines(summary["vowels"])
+    out_dir = summary["out_dir"]
+    lines += ["", f"checkpoints: {out_dir}/<cell>/best" + (f" and {out_dir}/vowels/<cell>/best" if summary.get("vowels")
+                                                             else "") + f"  (try: gatedrnn evaluate {out_dir}/lstm)"]
+    if summary.get("report"):
+        lines.append(f"explain report: {summary['report']}")
+    lines.append(f"total {summary['total_seconds']:.0f} s ({summary['machine']}; load average "
+                 f"{summary['load_average']:.1f} at the start)")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
     values = settings(args)
     import torch
 
+    from gatedrnn.bench.environment import cpu_model
     from gatedrnn.train import ConfigError, TrainConfig, Trainer
     from gatedrnn.train.checkpoint import CheckpointError
     from gatedrnn.train.trainer import check_writable_dir
@@ -93,14 +160,12 @@ def run(args: argparse.Namespace) -> int:
     options = {k: values[k] for k in ("seq_len", "n_train", "n_val", "n_test")}
     steps_per_epoch = math.ceil(values["n_train"] / values["batch_size"])
     epochs = math.ceil(values["steps"] / steps_per_epoch)
-    print(f"adding problem, T = {values['seq_len']}: {values['steps']} steps of batch {values['batch_size']} per cell, "
-          f"hidden size {values['hidden_size']}; writing to {out_dir}/")
     from gatedrnn.engine import backend_info
 
-    backend = backend_info()
-    if backend["backend"] != "fused":
-        print(f"note: the fused engine is not in use ({backend['reason']}); the reference path takes about four times "
-              f"as long (about 2 minutes instead of 30 s on 2 cores)")
+    summary = {"seq_len": values["seq_len"], "settings": values, "out_dir": str(out_dir), "backend": backend_info(),
+               "machine": f"{cpu_model()}, {args.threads} thread{'s' if args.threads > 1 else ''}",
+               "load_average": os.getloadavg()[0]}  # other work on the machine stretches every time printed
+    print("\n".join(header_lines(summary)))
     started = time.time()
     rows, models, histories, task = [], {}, {}, None
     for cell in values["cells"]:
@@ -121,31 +186,30 @@ def run(args: argparse.Namespace) -> int:
         histories[cell.upper()] = [{k: v for k, v in row.items() if k in ("epoch", "step", "train_loss", "val_mse")}
                                    for row in result.history]
     baseline = float(task.evaluate(*_constant_prediction(task, args.seed))["mse"])
+    summary.update(rows=rows, baseline_mse=baseline, train_seconds=time.time() - started)
     print()
     print(table(rows, baseline))
-    summary = {"seq_len": values["seq_len"], "settings": values, "backend": backend, "rows": rows, "baseline_mse": baseline,
-               "train_seconds": time.time() - started}
+    print(adding_readings(rows, baseline))
     if not (args.quick or args.no_vowels):
         summary["vowels"] = _vowels(values["cells"], out_dir, args)
+        if summary["vowels"]:
+            print("\n".join(vowels_lines(summary["vowels"])))
     report_path = None
     if not args.no_report:
-        report_path = _write_report(models, task, histories, out_dir, values, args.seed)
+        report_path = _write_report(models, task, histories, out_dir, values, args.seed, baseline)
     summary["report"] = str(report_path) if report_path else None
     summary["total_seconds"] = time.time() - started
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-    print(f"\ncheckpoints: {out_dir}/<cell>/best" + (f" and {out_dir}/vowels/<cell>/best" if "vowels" in summary else "")
-          + f"  (try: gatedrnn evaluate {out_dir}/lstm)")
-    if report_path:
-        print(f"explain report: {report_path}")
-    print(f"total {summary['total_seconds']:.0f} s")
+    print("\n".join(transcript(summary)[-(4 if report_path else 3):]))
     return 0
 
 
 VOWELS = dict(hidden_size=32, batch_size=32, lr=0.01, steps=300)
 
 
-def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> list[dict]:
-    """Part two: the same cells on real, short sequences (JapaneseVowels, 9 speakers, lengths 7-29)."""
+def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> dict:
+    """Part two: the same cells on real, short sequences (JapaneseVowels, 9 speakers, lengths 7-29).
+    Returns {"steps", "classes", "published", "rows"}, or {} when the data cannot be read."""
     from gatedrnn.tasks import get_task
     from gatedrnn.train import TrainConfig, Trainer
 
@@ -154,8 +218,7 @@ def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> list[d
         task.splits(args.seed)
     except Exception as error:  # the data extra may be missing: the demo's first part still stands
         print(f"\n(skipping JapaneseVowels: {error})")
-        return []
-    print(f"\nJapaneseVowels (real data: 12 LPC channels, 7-29 steps, 9 speakers): {VOWELS['steps']} steps per cell")
+        return {}
     rows = []
     for cell in cells:
         config = TrainConfig(task="vowels", cell=cell, hidden_size=VOWELS["hidden_size"], batch_size=VOWELS["batch_size"],
@@ -164,13 +227,9 @@ def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> list[d
         result = Trainer(config, overwrite=True, task=task, description=f"{cell.upper():<4}").fit()
         rows.append({"cell": cell, "parameters": sum(p.numel() for p in result.model.parameters()),
                      "test_accuracy": result.test["accuracy"], "seconds": result.seconds})
-    print(f"\n{'cell':<6} {'parameters':>10} {'test accuracy':>14} {'seconds':>8}")
-    print("-" * 42)
-    for r in rows:
-        print(f"{r['cell'].upper():<6} {r['parameters']:>10,} {r['test_accuracy']:>14.3f} {r['seconds']:>8.1f}")
-    print(f"published: {task.info.baseline}; chance 0.111")
-    print("short sequences need no long memory: here the plain RNN keeps up; the adding problem is where it cannot.")
-    return rows
+    from gatedrnn.tasks.vowels import NUM_CLASSES
+
+    return {"steps": VOWELS["steps"], "classes": NUM_CLASSES, "published": task.info.baseline, "rows": rows}
 
 
 def _constant_prediction(task, seed: int):
@@ -182,7 +241,7 @@ def _constant_prediction(task, seed: int):
     return torch.ones_like(targets), targets
 
 
-def _write_report(models: dict, task, histories: dict, out_dir: Path, values: dict, seed: int):
+def _write_report(models: dict, task, histories: dict, out_dir: Path, values: dict, seed: int, baseline: float):
     from gatedrnn.report import write_explain_report
 
     test = task.splits(seed)["test"]
@@ -190,6 +249,6 @@ def _write_report(models: dict, task, histories: dict, out_dir: Path, values: di
     notes = {"How these models were trained": (
         f"gatedrnn demo: the adding problem with T = {values['seq_len']}, {values['steps']} AdamW steps of batch "
         f"{values['batch_size']} (lr {values['lr']}, cosine schedule, gradient clipping at 1.0), hidden size "
-        f"{values['hidden_size']}, seed {seed}. Always answering 1.0 scores MSE 0.167.")}
+        f"{values['hidden_size']}, seed {seed}. Always answering 1.0 scores MSE {baseline:.4f} on this test set.")}
     return write_explain_report(models, inputs, targets, out_dir / "explain.html", task_name="adding",
                                 loss_fn=task.loss, history=histories, notes=notes)

@@ -17,11 +17,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=("train", "val", "test"),
                         help="without --input: predict these task examples and show their targets (default: test)")
     parser.add_argument("--limit", type=int, default=10, help="without --input: how many examples (default: 10)")
-    parser.add_argument("--output", metavar="FILE.csv", help="also write the predictions to this CSV file")
+    parser.add_argument("--output", metavar="FILE.csv",
+                        help="also write the predictions to this CSV file (never inside a checkpoint folder)")
+    parser.add_argument("--force", action="store_true", help="let --output replace an existing file")
 
 
-def read_inputs(path: Path):
-    """A (B, T, I) float tensor from a .npy, .pt or .csv file."""
+def read_inputs(path: Path, *, token_ids: bool = False):
+    """A (B, T, I) float tensor from a .npy, .pt or .csv file; with `token_ids` (language models), a
+    (B, T) integer tensor of token ids stays as it is."""
     import numpy as np
     import torch
 
@@ -44,8 +47,31 @@ def read_inputs(path: Path):
     if not isinstance(array, torch.Tensor) or array.dim() not in (2, 3):
         shape = tuple(array.shape) if isinstance(array, torch.Tensor) else type(array).__name__
         raise CLIError(f"input file {str(path)!r} should hold an array of shape (T, I) or (B, T, I), got {shape}")
-    array = array if array.dim() == 3 else array.unsqueeze(0)
-    return array if not array.is_floating_point() and array.dtype == torch.long else array.float()
+    if array.is_complex() or array.dtype == torch.bool:
+        raise CLIError(f"input file {str(path)!r} should hold real numbers, got dtype {array.dtype}")
+    array = array if array.dim() == 3 else array.unsqueeze(0)  # (B, T, I)
+    if token_ids:
+        if array.is_floating_point():
+            raise CLIError(f"input file {str(path)!r} should hold integer token ids for a language model, "
+                           f"got dtype {array.dtype}")
+        return array.long()
+    return array.float()  # integers too: a (T, I) array of counts is a valid input to a regressor
+
+
+def check_output(output: Path, *, force: bool) -> None:
+    """--output never lands in a checkpoint folder, and replaces another file only with --force."""
+    from gatedrnn.train.checkpoint import META_FILE, STATE_FILE, WEIGHTS_FILE
+
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise CLIError(f"--output directory {str(parent)!r} does not exist")
+    if any((parent / name).exists() for name in (META_FILE, WEIGHTS_FILE, STATE_FILE)):
+        raise CLIError(f"--output {str(output)!r} is inside the checkpoint folder {str(parent)!r}; "
+                       f"write the predictions somewhere else")
+    if output.is_dir():
+        raise CLIError(f"--output {str(output)!r} is a directory")
+    if output.exists() and not force:
+        raise CLIError(f"--output {str(output)!r} exists; pass --force to replace it")
 
 
 def describe(prediction, kind: str) -> str:
@@ -61,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CLIError(f"--limit should be an integer >= 1, got {args.limit}")
     if args.output:
-        parent = Path(args.output).resolve().parent
-        if not parent.is_dir():
-            raise CLIError(f"--output directory {str(parent)!r} does not exist")
+        check_output(Path(args.output), force=args.force)
     import torch
 
     from gatedrnn.cli.evaluate import load_checkpoint_or_fail, task_split
@@ -74,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     with torch.no_grad():
         if args.input:
-            inputs = read_inputs(Path(args.input))
+            inputs = read_inputs(Path(args.input), token_ids=kind == "language_model")
             try:
                 predictions = forward(model, inputs)
-            except (ValueError, RuntimeError) as error:
+            except (ValueError, RuntimeError, TypeError) as error:
                 raise CLIError(f"the model cannot read {args.input!r}: {error}".replace("\n", " ")) from None
             rows = [(index, describe(p, kind), "") for index, p in enumerate(predictions)]
         else:

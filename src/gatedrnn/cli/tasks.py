@@ -10,6 +10,8 @@ from gatedrnn.cli import CLIError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="show only this task")
     parser.add_argument("--json", action="store_true", help="print the list as JSON instead of text")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also compute each task's baselines with its default options (reads the data sets)")
 
 
 def describe(name: str, task_class) -> dict:
@@ -29,6 +31,12 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown task {args.name!r}; expected one of {sorted(TASKS)}")
     names = [args.name] if args.name else list(TASKS)
     entries = [describe(name, TASKS[name]) for name in names]
+    if args.baselines:
+        for entry in entries:
+            try:
+                entry["baselines"] = TASKS[entry["name"]]().baselines()
+            except Exception as error:  # a data set whose package is missing: say so, list the others
+                entry["baselines"] = {"unavailable": " ".join(str(error).split())}
     if args.json:
         print(json.dumps(entries, indent=2, default=str))
         return 0
@@ -37,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{entry['name']}  ({entry['kind']}; metric {entry['metric']}, {direction} is better)")
         print(f"    {entry['description']}")
         print(f"    baseline: {entry['baseline']}")
+        if "baselines" in entry:
+            print("    computed: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+                                             for k, v in entry["baselines"].items()))
         if entry["options"]:
             options = ", ".join(f"{k}={v['default']!r}" for k, v in entry["options"].items())
             print(f"    options (-o NAME=VALUE): {options}")

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     config = build_config(args)
     import torch
 
-    from gatedrnn.train import ConfigError, Trainer
+    from gatedrnn.train import ConfigError, Trainer, TrainingError
     from gatedrnn.train.checkpoint import CheckpointError
 
     if args.threads:
@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(str(error)) from None
     try:
         result = trainer.fit()
+    except (CheckpointError, TrainingError) as error:  # a full disk, a loss that became NaN
+        raise CLIError(str(error)) from None
     finally:
         if trainer.world > 1:
             import torch.distributed as dist

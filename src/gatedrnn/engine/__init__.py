@@ -30,7 +30,8 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 def _forced_reference() -> bool:
-    return os.environ.get("GATEDRNN_BACKEND", "").strip().lower() == "reference"
+    """GATEDRNN_BACKEND=reference (read at every call); an unknown value raises, naming the accepted ones."""
+    return _build.requested_backend() == "reference"
 
 
 def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:

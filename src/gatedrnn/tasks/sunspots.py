@@ -46,7 +46,8 @@ class SunspotsTask(Task):
         kind="forecast",
         metric="rmse",
         higher_is_better=False,
-        baseline="test RMSE: persistence 19.8, seasonal naive (132 months) 41.3, ARIMA(2,1,2) 17.9 (statsmodels)",
+        baseline="test RMSE of persistence, seasonal naive (132 months) and ARIMA(2,1,2) (statsmodels), computed "
+                 "on the same months: `gatedrnn tasks sunspots --baselines`",
     )
     OPTIONS = {
         "window": Option(60, int, minimum=1, maximum=SEASON * 5, help="input months per forecast"),

@@ -8,8 +8,8 @@ from gatedrnn.train.checkpoint import CheckpointError, load_model, save_checkpoi
 from gatedrnn.train.config import ConfigError, TrainConfig, load_config_file, merge_config, validate
 from gatedrnn.train.evaluation import evaluate_split, predict_split
 from gatedrnn.train.schedule import lr_factor
-from gatedrnn.train.trainer import TrainResult, Trainer
+from gatedrnn.train.trainer import TrainingError, TrainResult, Trainer
 
-__all__ = ["CheckpointError", "ConfigError", "TrainConfig", "TrainResult", "Trainer", "evaluate_split",
+__all__ = ["CheckpointError", "ConfigError", "TrainConfig", "TrainResult", "Trainer", "TrainingError", "evaluate_split",
            "load_config_file", "load_model", "lr_factor", "merge_config", "predict_split", "save_checkpoint",
            "validate"]

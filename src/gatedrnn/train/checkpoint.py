@@ -3,13 +3,15 @@
 A checkpoint directory holds three files:
     model.safetensors  the model's weights (state_dict of the unwrapped model)
     meta.json          format tag, TrainConfig, task name + options, model class + config, metrics,
-                       position (epoch, step), library versions, and the sha256 + size of the other two
+                       position (epoch, step), library versions, the sha256 + size of the other two, and
+                       `meta_sha256`: the sha256 of meta.json's own canonical JSON without that key
     state.pt           what resuming needs: optimizer, scheduler, RNG states, data position, trainer
                        counters; only tensors, numbers, strings, lists and dicts (loads with weights_only)
 
 Writing goes to a hidden sibling directory first (each file flushed and fsynced), then the old
 directory is moved aside and the new one renamed into place, so a crash at any moment leaves either the
-old or the new checkpoint complete, never a mix. Loading verifies the format tag and both digests
+old or the new checkpoint complete, never a mix. Hidden folders left by writers that were killed are
+removed at the next save. Loading verifies the format tag, meta.json's own digest and both file digests
 before it touches anything: a truncated, modified or foreign file raises `CheckpointError`, naming it.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 FORMAT = "gatedrnn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json carries meta_sha256 (version 1 files, without it, still load)
 WEIGHTS_FILE, META_FILE, STATE_FILE = "model.safetensors", "meta.json", "state.pt"
 
 
@@ -65,10 +67,32 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove `.<name>.tmp-<pid>` folders next to `target` whose writer process no longer runs."""
+    removed = []
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
 def atomic_write_dir(target: str | os.PathLike, files: Mapping[str, bytes]) -> Path:
     """Replace directory `target` by one holding `files` (name -> content), all or nothing."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -99,6 +123,13 @@ def recover_dir(target: Path) -> Path:
 # ----- serialisation -----
 def _digest(data: bytes) -> dict[str, Any]:
     return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+
+
+def meta_digest(meta: Mapping[str, Any]) -> str:
+    """sha256 of meta.json's content without its `meta_sha256` key, as canonical JSON (sorted keys, no
+    spaces): any change of a value is caught, a change of whitespace is not."""
+    body = {key: value for key, value in meta.items() if key != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -148,7 +179,9 @@ def save_checkpoint(
         "versions": _versions(),
         "files": {WEIGHTS_FILE: _digest(weights_bytes), STATE_FILE: _digest(state_bytes)},
     }
-    meta_bytes = json.dumps(meta, indent=2, sort_keys=True, default=str).encode("utf-8")
+    meta = json.loads(json.dumps(meta, default=str))  # the digest is of what a reader will see
+    meta["meta_sha256"] = meta_digest(meta)
+    meta_bytes = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
     return atomic_write_dir(directory, {WEIGHTS_FILE: weights_bytes, STATE_FILE: state_bytes, META_FILE: meta_bytes})
 
 
@@ -198,6 +231,9 @@ def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     for key in ("config", "task", "files"):
         if not isinstance(meta.get(key), dict):
             raise CheckpointError(f"{str(meta_path)!r} lacks the {key!r} table: truncated or not a gatedrnn checkpoint")
+    if meta.get("format_version", 0) >= 2 and meta.get("meta_sha256") != meta_digest(meta):
+        raise CheckpointError(f"{str(meta_path)!r} was modified after it was written: its content does not match "
+                              f"the meta_sha256 it records")
     return meta
 
 

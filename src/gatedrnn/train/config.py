@@ -7,6 +7,7 @@ anything is written, so a bad value is a one-line error and never a half-created
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,13 +110,15 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 
 
 def _check_float(name: str, value: Any, minimum: float, maximum: float = float("inf"), *,
-                 open_low: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and (value > minimum if open_low else value >= minimum) and value <= maximum
+                 open_low: bool = False, open_high: bool = False) -> None:
+    """A finite number in the range (inf and NaN are refused: AdamW would turn every weight into NaN)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > minimum if open_low else value >= minimum)
+    ok = ok and (value < maximum if open_high else value <= maximum)
     if not ok:
         low = "> " if open_low else ">= "
-        high = f" and <= {maximum}" if maximum != float("inf") else ""
-        raise ConfigError(f"{name} should be a number {low}{minimum}{high}, got {value!r}")
+        high = f" and {'<' if open_high else '<='} {maximum}" if maximum != float("inf") else ""
+        raise ConfigError(f"{name} should be a number {low}{minimum}{high}, and finite, got {value!r}")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -136,7 +139,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         _check_int("patience", config.patience, 1)
     _check_float("lr", config.lr, 0.0, open_low=True)
     _check_float("weight_decay", config.weight_decay, 0.0)
-    _check_float("dropout", config.dropout, 0.0, 1.0)
+    _check_float("dropout", config.dropout, 0.0, 1.0, open_high=True)
     _check_float("step_gamma", config.step_gamma, 0.0, 1.0, open_low=True)
     if config.clip_norm is not None:
         _check_float("clip_norm", config.clip_norm, 0.0, open_low=True)

@@ -41,6 +41,10 @@ IDENTITY_FIELDS = ("task", "task_options", "cell", "hidden_size", "num_layers", 
 KILL_AFTER_STEP_ENV = "GATEDRNN_TEST_KILL_AFTER_STEP"  # tests only: SIGKILL this process after that step
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN or inf); the message says where the last good checkpoint is."""
+
+
 @dataclass
 class TrainResult:
     out_dir: Path
@@ -107,12 +111,20 @@ class Trainer:
         check_writable_dir(self.out_dir)
         self.splits = task.splits(config.seed)  # reads real data now, so a missing package fails before any write
         self.resume_from: Optional[tuple[dict, dict, dict]] = None
+        self.best_from: Optional[dict] = None  # best/'s weights, when resuming a run that has them
         last = ckpt.recover_dir(self.out_dir / "last")
         if resume:
             if not last.exists():
                 raise ckpt.CheckpointError(f"cannot resume: {str(self.out_dir / 'last')!r} does not exist")
             meta = ckpt.read_meta(last)
             self.resume_from = (meta, ckpt.read_weights(last, meta), ckpt.read_state(last, meta))
+            best = self.out_dir / "best"
+            if best.exists():  # checked now, before anything is written
+                try:
+                    self.best_from = ckpt.read_weights(best, ckpt.read_meta(best))
+                except ckpt.CheckpointError as error:
+                    raise ckpt.CheckpointError(f"cannot resume: {error} (last/ is fine: remove {str(best)!r} "
+                                               f"to resume without the best weights so far)") from None
             saved = TrainConfig.from_dict(meta["config"])
             changed = [name for name in IDENTITY_FIELDS if getattr(saved, name) != getattr(config, name)]
             if changed:
@@ -168,10 +180,7 @@ class Trainer:
         self.best_value, self.best_epoch = counters["best_value"], counters["best_epoch"]
         self.bad_epochs, self.stopped_early = counters["bad_epochs"], counters["stopped_early"]
         self.best_val = dict(state.get("best_val", {}))
-        best = self.out_dir / "best"
-        if best.exists():
-            best_meta = ckpt.read_meta(best)
-            self.best_weights = ckpt.read_weights(best, best_meta)
+        self.best_weights = self.best_from
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -186,14 +195,20 @@ class Trainer:
         }
 
     def _save(self, name: str, metrics: dict[str, Any], *, resumable: bool) -> None:
+        if resumable:
+            self.last_saved_step = self.global_step
         if self.rank != 0:
             return
-        ckpt.save_checkpoint(
-            self.out_dir / name, model=self.module, config=self.config.to_dict(), task_name=self.config.task,
-            task_options=self.task.options, metrics=metrics,
-            position={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
-            state=self._state() if resumable else None,
-        )
+        try:
+            ckpt.save_checkpoint(
+                self.out_dir / name, model=self.module, config=self.config.to_dict(), task_name=self.config.task,
+                task_options=self.task.options, metrics=metrics,
+                position={"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.global_step},
+                state=self._state() if resumable else None,
+            )
+        except OSError as error:  # a full disk, a quota, a read-only mount: the previous checkpoint is untouched
+            raise ckpt.CheckpointError(f"cannot write the checkpoint {str(self.out_dir / name)!r}: "
+                                       f"{error.strerror or error}; the previous checkpoint there, if any, is intact") from None
 
     def _rank_weight_digests(self) -> list[str]:
         """sha256 of the final weights on every rank (rank order): a check that DDP kept them identical."""
@@ -225,6 +240,12 @@ class Trainer:
             loss_value = loss_value.clone()
             dist.all_reduce(loss_value)
             loss_value /= self.world
+        if not math.isfinite(float(loss_value)):  # the same number on every rank: all of them stop here
+            last = (f"{str(self.out_dir / 'last')!r} (step {self.last_saved_step})" if self.last_saved_step is not None
+                    else "none: nothing was saved yet")
+            raise TrainingError(f"the training loss became {float(loss_value)} at step {self.global_step + 1} "
+                                f"(epoch {self.epoch + 1}); training stopped and saved nothing more. The last good "
+                                f"checkpoint is {last}. Try a lower lr or a clip_norm")
         return float(loss_value), float(grad_norm)
 
     def _end_epoch(self, recorder, started: float) -> bool:
@@ -259,6 +280,7 @@ class Trainer:
         self._build()
         self.history: list[dict[str, Any]] = []
         resume_step = self.global_step if self.resume_from is not None else None
+        self.last_saved_step: Optional[int] = resume_step
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.resume_from is None:  # a new run (possibly --overwrite): nothing of an old one may mix in

@@ -27,7 +27,13 @@ inline float exp_approx(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
+// Below -88 exp_approx(-x) saturates at e^88 and 1/(1+e^88) would be a tiny non-zero number; torch.nn's
+// sigmoid reaches exactly 0 there (e^-x overflows to inf), so that a gate saturated by an infinite input
+// has a zero derivative and the weight gradient is 0 * inf = NaN, as in torch.nn (not +-inf).
+inline float sigmoid(float x) {
+  const float s = 1.0f / (1.0f + exp_approx(-x));
+  return x < -88.0f ? 0.0f : s;
+}
 
 inline float tanh_(float x) {
   const float ax = std::fabs(x);

