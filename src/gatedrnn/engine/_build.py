@@ -8,9 +8,9 @@ Layout of the cache (<cache> is $GATEDRNN_CACHE_DIR, else $XDG_CACHE_HOME/gatedr
     <cache>/fused-<key>/build/            ninja's folder (object files, build.ninja)
     <cache>/fused-<key>/build.log         the whole output of the last failed build
 
-<key> hashes the C++ sources, the flags, the torch and Python versions and the CPU's instruction-set
-flags (the code is compiled with -march=native, so a cache shared between machines must not reuse a
-build).
+<key> hashes the C++ sources, the flags (`gatedrnn.engine._flags`: per architecture, native by default,
+GATEDRNN_ISA for another x86-64 level), the torch and Python versions and the CPU's instruction-set flags
+(a native build must not be reused by another CPU sharing the cache).
 
 Safety rules, each one a failure seen in practice:
 - The cache folders must belong to this user and not be writable by group or others; otherwise
@@ -45,14 +45,14 @@ from typing import Iterator, Optional
 
 import torch
 
+from gatedrnn.engine._flags import LDFLAGS, compile_flags, cpu_features
+
 try:
     import fcntl
 except ImportError:  # not POSIX: no lock (the build still runs; concurrent first builds may race)
     fcntl = None
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-CFLAGS = ("-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp", "-DNDEBUG")
-LDFLAGS = ("-fopenmp",)
 # GATEDRNN_BACKEND: "" or "auto" or "fused" use the fused engine where it applies; "reference" forces the
 # reference path everywhere. Anything else raises BackendSettingError.
 BACKENDS = ("auto", "fused", "reference")
@@ -81,16 +81,6 @@ def requested_backend() -> str:
     return "reference" if value == "reference" else "auto"
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _sources() -> list[Path]:
     return sorted(p for p in CSRC.iterdir() if p.suffix in (".cpp", ".h"))
 
@@ -100,7 +90,7 @@ def build_key() -> str:
     digest = hashlib.sha256()
     for path in _sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for part in (torch.__version__, sys.version, " ".join(CFLAGS + LDFLAGS), _cpu_flags()):
+    for part in (torch.__version__, sys.version, " ".join(compile_flags() + LDFLAGS), cpu_features()):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -253,7 +243,7 @@ def _compile(name: str, folder: Path, library: Path) -> ModuleType:
     log = folder / "build.log"
     try:
         module = cpp_extension.load(name=name, sources=[str(p) for p in _sources() if p.suffix == ".cpp"],
-                                    extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                                    extra_cflags=list(compile_flags()), extra_ldflags=list(LDFLAGS),
                                     build_directory=str(build), verbose=False)
     except Exception as error:  # a compiler error, a missing toolchain, ...
         text = f"{type(error).__name__}: {error}\n"
