@@ -249,8 +249,8 @@ def _compile(name: str, folder: Path, library: Path) -> ModuleType:
     build.mkdir(exist_ok=True, mode=0o700)
     built = build / f"{name}.so"
     built.unlink(missing_ok=True)  # always relink (seconds): never import a library we did not just write
-    print(f"gatedrnn: compiling the fused C++ engine into {folder} (once per machine and version; takes a few "
-          f"minutes, later runs load it in milliseconds)", file=sys.stderr, flush=True)
+    print(f"gatedrnn: compiling the fused C++ engine into {folder}; this happens once per machine, torch and "
+          f"Python version (later runs load the compiled library)", file=sys.stderr, flush=True)
     log = folder / "build.log"
     try:
         module = cpp_extension.load(name=name, sources=[str(p) for p in _sources() if p.suffix == ".cpp"],
