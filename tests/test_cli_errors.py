@@ -193,6 +193,16 @@ def test_debug_prints_the_traceback(tmp_path: Path, capsys) -> None:
     assert code == 2 and "Traceback (most recent call last)" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--lr", "fast"], "argument --lr: invalid float value: 'fast'"),
+    (["train", "--colour", "red"], "unrecognized arguments: --colour red"),
+    (["fly"], "invalid choice: 'fly'"),
+])
+def test_argument_errors_are_one_line(argv: list, message: str, capsys) -> None:
+    code, _, err = run_cli(capsys, *argv)
+    one_line_error(code, err, message, "--help")
+
+
 def test_an_unexpected_exception_is_one_line(capsys, monkeypatch) -> None:
     from gatedrnn.cli import tasks
 

@@ -201,8 +201,9 @@ def test_gatedrnn_build_prints_where_and_how_long(built: Path, tmp_path: Path) -
 def test_gatedrnn_build_failure_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("GATEDRNN_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
-    monkeypatch.setattr(_build, "_module", _build._module)
-    monkeypatch.setattr(_build, "_attempted", _build._attempted)
+    monkeypatch.setattr(_build, "_module", None)  # restored afterwards
+    monkeypatch.setattr(_build, "_attempted", False)
+    monkeypatch.setattr(_build, "_error", None)
     assert main(["build"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gatedrnn: error: could not build the fused C++ engine: cannot create")

@@ -58,7 +58,7 @@ def summary(rnn_mse: float, rnn_vowels: float) -> dict:
             "baseline_mse": 0.17, "total_seconds": 50.0, "report": None,
             "rows": [{"cell": "rnn", "parameters": 1, "test_mse": rnn_mse, "accuracy": 0.1, "seconds": 1.0},
                      {"cell": "lstm", "parameters": 2, "test_mse": 0.002, "accuracy": 0.9, "seconds": 2.0}],
-            "vowels": {"steps": 300, "classes": 9, "published": "someone 0.99",
+            "vowels": {"steps": 300, "classes": 9, "channels": 12, "lengths": [7, 29], "published": "someone 0.99",
                        "rows": [{"cell": "rnn", "parameters": 1, "test_accuracy": rnn_vowels, "seconds": 1.0},
                                 {"cell": "lstm", "parameters": 2, "test_accuracy": 0.95, "seconds": 1.0}]}}
 

@@ -35,8 +35,15 @@ class CLIError(Exception):
     """A user mistake: printed as one line `gatedrnn: error: ...`, exit code 2, no traceback."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors (an unknown flag, a value of the wrong type) as one line too."""
+
+    def error(self, message: str):
+        self.exit(2, f"gatedrnn: error: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gatedrnn", description="LSTM and GRU for PyTorch, with every gate visible.")
+    parser = _Parser(prog="gatedrnn", description="LSTM and GRU for PyTorch, with every gate visible.")
     parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

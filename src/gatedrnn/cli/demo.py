@@ -108,7 +108,9 @@ def adding_readings(rows: list[dict], baseline: float) -> str:
 
 def vowels_lines(vowels: dict) -> list[str]:
     rows = vowels["rows"]
-    lines = ["", f"JapaneseVowels (real data: 12 LPC channels, 7-29 steps, 9 speakers): {vowels['steps']} steps per cell",
+    low, high = vowels["lengths"]
+    lines = ["", f"JapaneseVowels (real data: {vowels['channels']} LPC channels, {low}-{high} steps, {vowels['classes']} "
+                 f"speakers): {vowels['steps']} steps per cell",
              "", f"{'cell':<6} {'parameters':>10} {'test accuracy':>14} {'seconds':>8}", "-" * 42]
     for r in rows:
         lines.append(f"{r['cell'].upper():<6} {r['parameters']:>10,} {r['test_accuracy']:>14.3f} {r['seconds']:>8.1f}")
@@ -209,13 +211,13 @@ VOWELS = dict(hidden_size=32, batch_size=32, lr=0.01, steps=300)
 
 def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> dict:
     """Part two: the same cells on real, short sequences (JapaneseVowels, 9 speakers, lengths 7-29).
-    Returns {"steps", "classes", "published", "rows"}, or {} when the data cannot be read."""
+    Returns {"steps", "classes", "channels", "lengths", "published", "rows"}, or {} when the data cannot be read."""
     from gatedrnn.tasks import get_task
     from gatedrnn.train import TrainConfig, Trainer
 
     try:
         task = get_task("vowels")
-        task.splits(args.seed)
+        splits = task.splits(args.seed)
     except Exception as error:  # the data extra may be missing: the demo's first part still stands
         print(f"\n(skipping JapaneseVowels: {error})")
         return {}
@@ -229,7 +231,10 @@ def _vowels(cells: list[str], out_dir: Path, args: argparse.Namespace) -> dict:
                      "test_accuracy": result.test["accuracy"], "seconds": result.seconds})
     from gatedrnn.tasks.vowels import NUM_CLASSES
 
-    return {"steps": VOWELS["steps"], "classes": NUM_CLASSES, "published": task.info.baseline, "rows": rows}
+    series = [splits[name][i][0] for name in ("train", "val", "test") for i in range(len(splits[name]))]  # (T_i, C)
+    return {"steps": VOWELS["steps"], "classes": NUM_CLASSES, "channels": int(series[0].shape[1]),
+            "lengths": [min(len(x) for x in series), max(len(x) for x in series)], "published": task.info.baseline,
+            "rows": rows}
 
 
 def _constant_prediction(task, seed: int):

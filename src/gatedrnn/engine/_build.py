@@ -110,10 +110,11 @@ def library_path() -> Path:
 
 
 # ----- the cache folder: ours, private, writable -----
-def _check_private(path: Path) -> None:
-    """`path` must be a real directory owned by this user and not writable by group or others."""
+def _check_private(path: Path, *, follow: bool = False) -> None:
+    """`path` must be a directory owned by this user and not writable by group or others (with `follow`, a
+    link to such a directory is accepted: $GATEDRNN_CACHE_DIR may point to another disk)."""
     try:
-        info = os.lstat(path)
+        info = os.stat(path) if follow else os.lstat(path)
     except OSError as error:
         raise BuildError(f"cannot read the cache folder {str(path)!r} ({error.strerror})") from None
     if not stat.S_ISDIR(info.st_mode):
@@ -128,13 +129,13 @@ def _check_private(path: Path) -> None:
                          f"run `chmod go-w {path}` or set GATEDRNN_CACHE_DIR to a folder of your own")
 
 
-def _make_private(path: Path) -> None:
+def _make_private(path: Path, *, follow: bool = False) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as error:
         raise BuildError(f"cannot create the cache folder {str(path)!r} ({error.strerror}); "
                          f"set GATEDRNN_CACHE_DIR to a writable folder") from None
-    _check_private(path)
+    _check_private(path, follow=follow)
     if not os.access(path, os.W_OK):
         raise BuildError(f"the cache folder {str(path)!r} is not writable; set GATEDRNN_CACHE_DIR to a writable folder")
 
@@ -238,8 +239,8 @@ def _compile(name: str, folder: Path, library: Path) -> ModuleType:
     build.mkdir(exist_ok=True, mode=0o700)
     built = build / f"{name}.so"
     built.unlink(missing_ok=True)  # always relink (seconds): never import a library we did not just write
-    print(f"gatedrnn: compiling the fused C++ engine into {folder} (once per machine and version; takes a few "
-          f"minutes, later runs load it in milliseconds)", file=sys.stderr, flush=True)
+    print(f"gatedrnn: compiling the fused C++ engine into {folder}; this happens once per machine, torch and "
+          f"Python version (later runs load the compiled library)", file=sys.stderr, flush=True)
     log = folder / "build.log"
     try:
         module = cpp_extension.load(name=name, sources=[str(p) for p in _sources() if p.suffix == ".cpp"],
@@ -268,11 +269,11 @@ def _load_or_build() -> ModuleType:
     folder = root / f"fused-{key}"
     library = folder / f"{name}.so"
     if library.exists():  # the fast path, without the lock: the file is only ever replaced whole
-        _check_private(root)
+        _check_private(root, follow=True)
         _check_private(folder)
         if intact(library):
             return _import(name, library)
-    _make_private(root)
+    _make_private(root, follow=True)
     _make_private(folder)
     with _file_lock(root / f"fused-{key}.lock"):
         if intact(library):  # another process built it while we waited
