@@ -34,11 +34,12 @@ class CellSpec:
     gate_count: int
     gate_names: tuple[str, ...]
     state_names: tuple[str, ...]  # "h" always first; LSTM adds "c"
+    torch_mode: str  # torch.nn.RNNBase's mode: its aten op is torch._VF.<torch_mode.lower()>, its cell op <...>_cell
 
 
 CELL_SPECS: dict[str, CellSpec] = {
-    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), ("h", "c")),
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), ("h",)),
-    "rnn_tanh": CellSpec("rnn_tanh", 1, ("a",), ("h",)),
-    "rnn_relu": CellSpec("rnn_relu", 1, ("a",), ("h",)),
+    "lstm": CellSpec("lstm", 4, ("i", "f", "g", "o"), ("h", "c"), "LSTM"),
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), ("h",), "GRU"),
+    "rnn_tanh": CellSpec("rnn_tanh", 1, ("a",), ("h",), "RNN_TANH"),
+    "rnn_relu": CellSpec("rnn_relu", 1, ("a",), ("h",), "RNN_RELU"),
 }

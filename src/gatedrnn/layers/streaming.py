@@ -20,7 +20,7 @@ from torch import Tensor
 
 from gatedrnn import engine
 from gatedrnn.cells import LayerWeights
-from gatedrnn.layers._checks import check_floating
+from gatedrnn.layers._checks import ShapeError, check_floating
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -36,12 +36,12 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     weight = params["weight_ih_l0"]
     check_floating("x", x, weight.dtype, weight.device)
     if x.dim() not in (1, 2):
-        raise ValueError(
+        raise ShapeError(
             f"step() takes one time step: x should be 2-D (batch, {module.input_size}) or 1-D "
             f"({module.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
         )
     if x.shape[-1] != module.input_size:
-        raise ValueError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
+        raise ShapeError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
     batched = x.dim() == 2
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
     states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
