@@ -62,6 +62,40 @@ def test_jit_trace_save_load(name, options, tmp_path):
                 torch.testing.assert_close(got, want, atol=F32_TOL, rtol=0, msg=label)
 
 
+class _Step(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, h, c):
+        return self.rnn.step(x, (h, c))
+
+
+class _Packed(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        return self.rnn(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))[1]
+
+
+def test_jit_trace_of_a_streaming_step_and_of_packed_input():
+    """step() and PackedSequence input trace too (torch.nn has no step; its packed input traces the same way)."""
+    step = _Step(gatedrnn.LSTM(5, 6, num_layers=2, proj_size=3, batch_first=True))
+    packed = {label: _Packed(rnn) for label, rnn in (("gatedrnn", gatedrnn.GRU(5, 6)), ("torch.nn", nn.GRU(5, 6)))}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced_step = torch.jit.trace(step, (torch.randn(4, 5), torch.randn(2, 4, 3), torch.randn(2, 4, 6)))
+        x, h, c = torch.randn(2, 5), torch.randn(2, 2, 3), torch.randn(2, 2, 6)
+        for got, want in zip(_flat(traced_step(x, h, c)), _flat(step(x, h, c))):
+            torch.testing.assert_close(got, want, atol=F32_TOL, rtol=0)
+        for label, module in packed.items():
+            traced = torch.jit.trace(module, (torch.randn(7, 3, 5), torch.tensor([7, 5, 2])))
+            x, lengths = torch.randn(7, 3, 5), torch.tensor([3, 7, 4])
+            torch.testing.assert_close(traced(x, lengths), module(x, lengths), atol=F32_TOL, rtol=0, msg=label)
+
+
 def test_gate_traces_inside_jit_trace_raise_one_clear_error():
     layer = gatedrnn.LSTM(5, 6)
     with pytest.raises(RuntimeError, match="torch.jit.trace"):
