@@ -77,3 +77,16 @@ def test_export_mistakes_are_one_line_errors_that_write_nothing(argv, message, c
     code, _, err = run_cli(capsys, *[a.format(**paths) for a in argv])
     assert code == 2 and message in err and err.count("\n") == 1 and err.startswith("gatedrnn: error:")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_help_documents_every_option():
+    import argparse
+
+    from gatedrnn.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
+    text = sub.format_help()
+    for action in sub._actions:
+        assert all(option in text for option in action.option_strings)
+        assert isinstance(action, argparse._HelpAction) or (action.help and action.help != argparse.SUPPRESS)
