@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import gatedrnn
-from gatedrnn.models import CharLM, SequenceClassifier
+from gatedrnn.models import CharLM, SequenceClassifier, SequenceRegressor, SequenceTagger
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -215,9 +215,10 @@ def _round_trip(module):
 def test_torch_save_whole_model_loads_with_weights_only():
     with pytest.raises(pickle.UnpicklingError, match="nn.modules.rnn.LSTM"):
         _round_trip(nn.LSTM(5, 6))  # torch.nn itself is not on torch's allow-list (torch 2.13)
-    modules = [gatedrnn.LSTM(5, 6, proj_size=2, bidirectional=True), gatedrnn.GRU(5, 6), gatedrnn.RNN(5, 6, nonlinearity="relu"),
-               gatedrnn.LSTMCell(5, 6), gatedrnn.GRUCell(5, 6), gatedrnn.RNNCell(5, 6),
-               SequenceClassifier(5, 6, 3), CharLM(10, 6)]
+    modules = [gatedrnn.LSTM(5, 6, proj_size=2, bidirectional=True), gatedrnn.GRU(5, 6),
+               gatedrnn.RNN(5, 6, nonlinearity="relu"), gatedrnn.LSTMCell(5, 6), gatedrnn.GRUCell(5, 6),
+               gatedrnn.RNNCell(5, 6), SequenceClassifier(5, 6, 3), SequenceRegressor(5, 6, cell="rnn"),
+               SequenceTagger(5, 6, 4, cell="gru"), CharLM(10, 6)]
     for module in modules:
         loaded = _round_trip(module)
         assert type(loaded) is type(module)
