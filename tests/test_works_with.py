@@ -179,6 +179,17 @@ def test_onnx_export_of_a_projection_raises_one_clear_error(dynamo):
         _export(ours, x, dynamo=dynamo)
 
 
+def test_onnx_export_of_packed_input_raises_one_clear_error():
+    """torch.nn fails inside the exporter with an internal message; gatedrnn names the way out."""
+    x, lengths = torch.randn(7, 3, 5), torch.tensor([7, 5, 2])
+    with pytest.raises(RuntimeError, match="range_check"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Packed(nn.GRU(5, 6)), (x, lengths), io.BytesIO(), dynamo=False)
+    with pytest.raises(RuntimeError, match="PackedSequence input.*padded"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Packed(gatedrnn.GRU(5, 6)), (x, lengths), io.BytesIO(), dynamo=False)
+
+
 # ----- torch.jit.script -----
 class _Tagger(nn.Module):
     def __init__(self, rnn: nn.Module) -> None:

@@ -62,6 +62,13 @@ def forward(module, input, hx, *, any_dtype: bool):
     op = aten_op(module.mode)
     flat = module._flat_weights
     if isinstance(input, PackedSequence):
+        if torch.onnx.is_in_onnx_export():
+            raise RuntimeError(
+                f"cannot export {type(module).__name__} with PackedSequence input to ONNX: torch's exporters "
+                "cannot write packed sequences (torch.nn's layers fail the same way); export the model on a padded "
+                "(L, N, H_in) tensor (one sequence per call needs no padding), or use torch.jit.trace, which "
+                "records packed input"
+            )
         data, batch_sizes, sorted_indices, unsorted_indices = input
         module._check_packed_data(data, any_dtype=any_dtype)
         if hx is None:
