@@ -13,6 +13,7 @@ Shapes as in `gatedrnn.layers.recurrent` (torch.nn's symbols N, L, D, H_in, H_ce
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 import torch
@@ -22,11 +23,16 @@ from torch.nn.utils.rnn import PackedSequence
 from gatedrnn.cells import CELL_SPECS
 
 
+def in_onnx_export() -> bool:
+    """torch.onnx.is_in_onnx_export(), without importing torch.onnx (~60 ms) when no exporter can be running."""
+    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
 def reason(device_type: str = "cpu") -> Optional[str]:
     """Why a layer must run torch's own op now ("torch.jit.trace", "ONNX export", "autocast"), else None."""
     if torch.jit.is_tracing():
         return "torch.jit.trace"
-    if torch.onnx.is_in_onnx_export():
+    if in_onnx_export():
         return "ONNX export"
     if torch.is_autocast_enabled(device_type):
         return "autocast"
@@ -49,7 +55,7 @@ def forward(module, input, hx, *, any_dtype: bool):
     `any_dtype` (autocast) accepts floating inputs and states of any dtype, which autocast casts.
     Returns (output, h_n) or (output, (h_n, c_n)), like the module.
     """
-    if module.proj_size and torch.onnx.is_in_onnx_export():
+    if module.proj_size and in_onnx_export():
         raise RuntimeError(
             f"cannot export {type(module).__name__}(proj_size={module.proj_size}) to ONNX: ONNX's LSTM operator has "
             "no projection, and torch's exporters cannot write one for torch.nn.LSTM either (the TorchScript "
@@ -62,7 +68,7 @@ def forward(module, input, hx, *, any_dtype: bool):
     op = aten_op(module.mode)
     flat = module._flat_weights
     if isinstance(input, PackedSequence):
-        if torch.onnx.is_in_onnx_export():
+        if in_onnx_export():
             raise RuntimeError(
                 f"cannot export {type(module).__name__} with PackedSequence input to ONNX: torch's exporters "
                 "cannot write packed sequences (torch.nn's layers fail the same way); export the model on a padded "

@@ -184,7 +184,7 @@ class RecurrentBase(nn.Module):
 
     def _run(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
         """Returns (output, hidden, traces); traces[layer][direction] is the engine's trace (or None)."""
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() or aten.in_onnx_export():
             raise RuntimeError(
                 "gate traces come from gatedrnn's own engine, which torch.jit.trace and torch.onnx.export cannot "
                 "record; trace or export the module's forward (it runs torch's RNN op then), and read gate traces "
