@@ -7,10 +7,12 @@ by tripwires), that no parameter changed or received a gradient, and that the gi
 from __future__ import annotations
 
 import re
+import types
 import warnings
 
 import pytest
 import torch
+from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import gatedrnn
@@ -48,6 +50,37 @@ def rnn():
     return gatedrnn.RNN(3, 4, bidirectional=True)  # h_0: (2, N, 4)
 
 
+def gru_batch_first():
+    return gatedrnn.GRU(3, 4, batch_first=True)
+
+
+# each factory's torch.nn twin: the same bad input must raise an exception of torch.nn's type (or a subclass)
+TORCH_TWINS = {
+    lstm2: lambda: nn.LSTM(3, 4, num_layers=2), lstm_proj: lambda: nn.LSTM(3, 4, proj_size=2),
+    gru: lambda: nn.GRU(3, 4), rnn: lambda: nn.RNN(3, 4, bidirectional=True),
+    gru_batch_first: lambda: nn.GRU(3, 4, batch_first=True),
+}
+
+
+def _torch_error(call):
+    """The exception torch.nn raises for the same call, or None when it accepts it (or returns garbage)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            call()
+    except Exception as error:  # noqa: BLE001 - whatever torch.nn raises is the type to match
+        return error
+    return None
+
+
+def _assert_same_kind(ours: BaseException, theirs) -> None:
+    if theirs is not None:
+        assert isinstance(ours, type(theirs)), (
+            f"torch.nn raises {type(theirs).__name__} ({theirs}), gatedrnn {type(ours).__name__} "
+            f"(bases {[c.__name__ for c in type(ours).__mro__]})"
+        )
+
+
 # (id, module factory, call arguments (input, hx), error type, regex naming what was expected and what came)
 FORWARD_CASES = [
     # wrong input rank
@@ -71,7 +104,7 @@ FORWARD_CASES = [
      r"c_0 should have shape \(2, 2, 4\), got \(2, 2, 5\)"),
     ("h0-proj-size", lstm_proj, lambda: (x(5, 2, 3), (x(1, 2, 4), x(1, 2, 4))), ValueError,
      r"h_0 should have shape \(1, 2, 2\), got \(1, 2, 4\)"),
-    ("h0-batch-first", lambda: gatedrnn.GRU(3, 4, batch_first=True), lambda: (x(2, 5, 3), x(1, 5, 4)), ValueError,
+    ("h0-batch-first", gru_batch_first, lambda: (x(2, 5, 3), x(1, 5, 4)), ValueError,
      r"h_0 should have shape \(1, 2, 4\), got \(1, 5, 4\)"),
     ("h0-unbatched-3d", lstm2, lambda: (x(5, 3), (x(2, 1, 4), x(2, 1, 4))), ValueError,
      r"h_0 should be 2-D of shape \(2, 4\), got a 3-D tensor of shape \(2, 1, 4\)"),
@@ -160,6 +193,7 @@ def test_forward_rejects(case_id, factory, make_args, error, pattern, tripwires)
         module(input, hx)
     assert re.search(pattern, str(caught.value)), f"message {str(caught.value)!r} does not match {pattern!r}"
     _assert_untouched(module, before, given)
+    _assert_same_kind(caught.value, _torch_error(lambda: TORCH_TWINS[factory]()(*make_args())))
 
 
 CELL_CASES = [
@@ -196,29 +230,39 @@ def test_cell_rejects(case_id, cls, make_args, error, pattern, tripwires):
         module(input, hx)
     assert re.search(pattern, str(caught.value)), f"message {str(caught.value)!r} does not match {pattern!r}"
     _assert_untouched(module, before, given)
+    _assert_same_kind(caught.value, _torch_error(lambda: getattr(nn, cls.__name__)(3, 4)(*make_args())))
 
+
+_NAMES = ("LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell")
+OURS = types.SimpleNamespace(**{n: getattr(gatedrnn, n) for n in _NAMES}, RecurrentBase=gatedrnn.layers.RecurrentBase)
+TORCH = types.SimpleNamespace(**{n: getattr(nn, n) for n in _NAMES},
+                              RecurrentBase=lambda mode, *args, **kwargs: nn.RNNBase(mode.upper(), *args, **kwargs))
 
 CONSTRUCTOR_CASES = [
-    ("proj-equal-hidden", lambda: gatedrnn.LSTM(3, 4, proj_size=4), ValueError, r"proj_size < 4, got 4"),
-    ("proj-above-hidden", lambda: gatedrnn.LSTM(3, 4, proj_size=9), ValueError, r"proj_size < 4, got 9"),
-    ("proj-negative", lambda: gatedrnn.LSTM(3, 4, proj_size=-1), ValueError, r"proj_size should be >= 0, got -1"),
-    ("proj-on-gru", lambda: gatedrnn.layers.RecurrentBase("gru", 3, 4, proj_size=2),
+    ("proj-equal-hidden", lambda lib: lib.LSTM(3, 4, proj_size=4), ValueError, r"proj_size < 4, got 4"),
+    ("proj-above-hidden", lambda lib: lib.LSTM(3, 4, proj_size=9), ValueError, r"proj_size < 4, got 9"),
+    ("proj-negative", lambda lib: lib.LSTM(3, 4, proj_size=-1), ValueError, r"proj_size should be >= 0, got -1"),
+    ("proj-on-gru", lambda lib: lib.RecurrentBase("gru", 3, 4, proj_size=2),
      ValueError, r"only supported for LSTM"),
-    ("dropout-negative", lambda: gatedrnn.LSTM(3, 4, dropout=-0.1), ValueError, r"range \[0, 1\], got -0\.1"),
-    ("dropout-above-one", lambda: gatedrnn.GRU(3, 4, dropout=1.5), ValueError, r"range \[0, 1\], got 1\.5"),
-    ("dropout-string", lambda: gatedrnn.RNN(3, 4, dropout="0.1"), ValueError, r"range \[0, 1\], got '0\.1'"),
-    ("dropout-bool", lambda: gatedrnn.GRU(3, 4, dropout=True), ValueError, r"range \[0, 1\], got True"),
-    ("hidden-zero", lambda: gatedrnn.LSTM(3, 0), ValueError, r"hidden_size should be >= 1, got 0"),
-    ("hidden-negative", lambda: gatedrnn.GRU(3, -2), ValueError, r"hidden_size should be >= 1, got -2"),
-    ("input-negative", lambda: gatedrnn.RNN(-1, 4), ValueError, r"input_size should be >= 0, got -1"),
-    ("layers-zero", lambda: gatedrnn.LSTM(3, 4, num_layers=0), ValueError, r"num_layers should be >= 1, got 0"),
-    ("hidden-float", lambda: gatedrnn.LSTM(3, 4.0), TypeError, r"hidden_size should be an int, got float \(4\.0\)"),
-    ("layers-bool", lambda: gatedrnn.GRU(3, 4, num_layers=True), TypeError, r"num_layers should be an int, got bool"),
-    ("nonlinearity", lambda: gatedrnn.RNN(3, 4, nonlinearity="sigmoid"),
+    ("dropout-negative", lambda lib: lib.LSTM(3, 4, dropout=-0.1), ValueError, r"range \[0, 1\], got -0\.1"),
+    ("dropout-above-one", lambda lib: lib.GRU(3, 4, dropout=1.5), ValueError, r"range \[0, 1\], got 1\.5"),
+    ("dropout-string", lambda lib: lib.RNN(3, 4, dropout="0.1"), ValueError, r"range \[0, 1\], got '0\.1'"),
+    ("dropout-bool", lambda lib: lib.GRU(3, 4, dropout=True), ValueError, r"range \[0, 1\], got True"),
+    ("hidden-zero", lambda lib: lib.LSTM(3, 0), ValueError, r"hidden_size should be >= 1, got 0"),
+    ("hidden-negative", lambda lib: lib.GRU(3, -2), ValueError, r"hidden_size should be >= 1, got -2"),
+    ("input-negative", lambda lib: lib.RNN(-1, 4), ValueError, r"input_size should be >= 1, got -1"),
+    ("input-zero", lambda lib: lib.LSTM(0, 4), ValueError, r"input_size should be >= 1, got 0"),
+    ("input-float", lambda lib: lib.GRU(3.0, 4), TypeError, r"input_size should be an int, got float"),
+    ("layers-float", lambda lib: lib.GRU(3, 4, num_layers=2.0), TypeError, r"num_layers should be an int, got float"),
+    ("cell-hidden-negative", lambda lib: lib.RNNCell(3, -1), ValueError, r"hidden_size should be >= 1, got -1"),
+    ("layers-zero", lambda lib: lib.LSTM(3, 4, num_layers=0), ValueError, r"num_layers should be >= 1, got 0"),
+    ("hidden-float", lambda lib: lib.LSTM(3, 4.0), TypeError, r"hidden_size should be an int, got float \(4\.0\)"),
+    ("layers-bool", lambda lib: lib.GRU(3, 4, num_layers=True), TypeError, r"num_layers should be an int, got bool"),
+    ("nonlinearity", lambda lib: lib.RNN(3, 4, nonlinearity="sigmoid"),
      ValueError, r"'tanh' or 'relu', got 'sigmoid'"),
-    ("cell-hidden-zero", lambda: gatedrnn.GRUCell(3, 0), ValueError, r"hidden_size should be >= 1, got 0"),
-    ("cell-input-negative", lambda: gatedrnn.LSTMCell(-3, 4), ValueError, r"input_size should be >= 0, got -3"),
-    ("cell-nonlinearity", lambda: gatedrnn.RNNCell(3, 4, nonlinearity="gelu"),
+    ("cell-hidden-zero", lambda lib: lib.GRUCell(3, 0), ValueError, r"hidden_size should be >= 1, got 0"),
+    ("cell-input-negative", lambda lib: lib.LSTMCell(-3, 4), ValueError, r"input_size should be >= 0, got -3"),
+    ("cell-nonlinearity", lambda lib: lib.RNNCell(3, 4, nonlinearity="gelu"),
      ValueError, r"'tanh' or 'relu', got 'gelu'"),
 ]
 
@@ -226,8 +270,9 @@ CONSTRUCTOR_CASES = [
 @pytest.mark.parametrize("case_id,build,error,pattern", CONSTRUCTOR_CASES, ids=[c[0] for c in CONSTRUCTOR_CASES])
 def test_constructor_rejects(case_id, build, error, pattern):
     with pytest.raises(error) as caught:
-        build()
+        build(OURS)
     assert re.search(pattern, str(caught.value)), f"message {str(caught.value)!r} does not match {pattern!r}"
+    _assert_same_kind(caught.value, _torch_error(lambda: build(TORCH)))
 
 
 def test_dropout_with_one_layer_warns_like_torch():
@@ -239,11 +284,11 @@ def test_dropout_with_one_layer_warns_like_torch():
 
 
 def test_valid_edge_cases_are_accepted():
-    """Boundaries that torch.nn accepts must not be rejected: dropout 0 and 1, input_size 0, an empty batch,
-    lists for (h_0, c_0), a PackedSequence whose indices are consistent."""
+    """Boundaries that torch.nn accepts must not be rejected: dropout 0 and 1, a cell's input_size 0 (a layer's
+    is rejected, as torch.nn does), an empty batch, lists for (h_0, c_0), a PackedSequence whose indices are
+    consistent."""
     gatedrnn.GRU(3, 4, num_layers=2, dropout=0.0), gatedrnn.GRU(3, 4, num_layers=2, dropout=1.0)
-    out, _ = gatedrnn.GRU(0, 4)(torch.randn(5, 2, 0))
-    assert out.shape == (5, 2, 4)
+    assert gatedrnn.GRUCell(0, 4)(torch.randn(2, 0)).shape == (2, 4)
     out, (h, c) = gatedrnn.LSTM(3, 4)(torch.randn(5, 0, 3))
     assert out.shape == (5, 0, 4) and h.shape == (1, 0, 4)
     out, _ = gatedrnn.LSTM(3, 4)(torch.randn(5, 2, 3), [torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)])

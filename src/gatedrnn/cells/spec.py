@@ -45,6 +45,8 @@ class CellSpec:
     state_names: the state tuple: "h" first, then "c" for cells with a cell state.
     trace_type: the named tuple of a layer's trace: the traced gates, then the states in reverse ((c, h) or (h,)).
     traced_gates: the gate blocks a trace holds (the RNN's pre-activation is not traced).
+    torch_mode: torch.nn's name of the cell ("LSTM", "GRU", "RNN_TANH"), for torch's own RNN ops (tracing,
+        ONNX export, autocast), or "" for a cell torch.nn does not have.
     saved_extra: (H)-wide blocks the fused kernel saves per step besides the gates (GRU: W_hn h + b_hn).
     hold_gate: the gate whose value near 1 keeps the memory (LSTM f, GRU z), None without gates.
     write_gate: the gate that lets new content in (LSTM i; GRU z, read as 1 − z: write_gate_inverted).
@@ -60,6 +62,7 @@ class CellSpec:
     state_names: tuple[str, ...]
     trace_type: type
     traced_gates: tuple[str, ...]
+    torch_mode: str  # torch.nn.RNNBase's mode: its aten op is torch._VF.<torch_mode.lower()>, its cell op <...>_cell
     saved_extra: int = 0
     hold_gate: Optional[str] = None
     write_gate: Optional[str] = None

@@ -40,16 +40,17 @@ def _rnn_step(nonlinearity: str):
 
 def _rnn(name: str, display_name: str, nonlinearity: str, color: str) -> CellSpec:
     return CellSpec(name, display_name, rnn_step, _rnn_step(nonlinearity), 1, ("a",), ("h",), RNNTrace, (),
-                    color=color)
+                    torch_mode=name.upper(), color=color)
 
 
 CELL_SPECS: dict[str, CellSpec] = {
     spec.name: spec
     for spec in (
         CellSpec("lstm", "LSTM", lstm_step, _lstm_step, 4, ("i", "f", "g", "o"), ("h", "c"), LSTMTrace,
-                 ("i", "f", "g", "o"), hold_gate="f", write_gate="i", color="#1f77b4"),
+                 ("i", "f", "g", "o"), torch_mode="LSTM", hold_gate="f", write_gate="i", color="#1f77b4"),
         CellSpec("gru", "GRU", gru_step, _gru_step, 3, ("r", "z", "n"), ("h",), GRUTrace, ("r", "z", "n"),
-                 saved_extra=1, hold_gate="z", write_gate="z", write_gate_inverted=True, color="#2ca02c"),
+                 torch_mode="GRU", saved_extra=1, hold_gate="z", write_gate="z", write_gate_inverted=True,
+                 color="#2ca02c"),
         _rnn("rnn_tanh", "RNN", "tanh", "#d62728"),
         _rnn("rnn_relu", "RNN (relu)", "relu", "#ff7f0e"),
     )

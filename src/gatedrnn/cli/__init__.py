@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a checkpoint on a task's test split"),
     "predict": ("predict", "run a checkpoint on inputs (forecast, classify)"),
     "generate": ("generate", "sample text from a character-level language model checkpoint"),
+    "export": ("export", "write a checkpoint's model as ONNX and check it in onnxruntime against PyTorch"),
     "explain": ("explain", "write the HTML report that shows a model's gates and gradient flow"),
     "bench": ("bench", "benchmark gatedrnn against torch.nn and onnxruntime; writes benchmarks/results/*.json"),
     "build": ("build", "compile the fused C++ engine now (once per machine), e.g. while building a Docker image"),

@@ -1,5 +1,15 @@
 """nn.Module API: torch.nn-compatible recurrent layers and one-step cells."""
-from gatedrnn.layers.cell_modules import GRUCell, LSTMCell, RNNCell
-from gatedrnn.layers.recurrent import GRU, LSTM, RNN, RecurrentBase
+import torch
 
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentBase"]
+from gatedrnn.layers._checks import ArgumentTypeError, DeviceError, DtypeError, PackingError, ShapeError
+from gatedrnn.layers.cell_modules import GRUCell, LSTMCell, RNNCell
+from gatedrnn.layers.convert import from_torch, to_torch
+from gatedrnn.layers.recurrent import GRU, LSTM, RNN, RecurrentBase
+from gatedrnn.layers import quantization  # noqa: E402,F401 - registers the dynamic int8 quantization mapping
+
+# torch.save(layer) then torch.load(path) with torch's default weights_only=True: the unpickler accepts
+# these classes (a pickled layer holds only them, parameters, dicts, lists and strings).
+torch.serialization.add_safe_globals([GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell])
+
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentBase", "from_torch", "to_torch",
+           "ArgumentTypeError", "DeviceError", "DtypeError", "PackingError", "ShapeError"]

@@ -1,4 +1,12 @@
-"""Argument and input checks shared by the layer modules. Every message names what was expected and what came."""
+"""Argument and input checks shared by the layer modules. Every message names what was expected and what came.
+
+The exception types are torch.nn's. torch.nn raises different built-in types for one kind of mistake
+depending on which internal op trips first (a wrong h_0 shape is a RuntimeError, a wrong input rank a
+ValueError, an input of the wrong dtype a ValueError but a state of the wrong dtype a RuntimeError, a list
+in place of a tensor an AttributeError), so each kind of mistake here has one class deriving from every
+type torch.nn raises for it: `except RuntimeError` written against torch.nn catches ours, and so does
+`except ValueError` / `except TypeError` written against earlier gatedrnn versions.
+"""
 from __future__ import annotations
 
 import numbers
@@ -7,11 +15,32 @@ import torch
 from torch import Tensor
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A size, shape, rank or length that does not fit (torch.nn: RuntimeError or ValueError)."""
+
+
+class DtypeError(TypeError, ValueError, RuntimeError):
+    """A tensor of the wrong dtype (torch.nn: ValueError for the input, RuntimeError for a state)."""
+
+
+class DeviceError(ValueError, RuntimeError):
+    """A tensor on another device than the parameters (torch.nn: RuntimeError)."""
+
+
+class ArgumentTypeError(TypeError, RuntimeError, AttributeError):
+    """Something else than a tensor, or a state of the wrong structure (torch.nn: TypeError, RuntimeError or
+    AttributeError, from whichever of its internal calls meets it first)."""
+
+
+class PackingError(ValueError, RuntimeError, IndexError, TypeError):
+    """A malformed PackedSequence (torch.nn: RuntimeError, IndexError or TypeError, or a wrong result)."""
+
+
 def check_size(name: str, value, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} should be an int, got {type(value).__name__} ({value!r})")
     if value < minimum:
-        raise ValueError(f"{name} should be >= {minimum}, got {value}")
+        raise ShapeError(f"{name} should be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -21,24 +50,26 @@ def check_dropout(dropout) -> float:
     return float(dropout)
 
 
-def check_floating(name: str, tensor: Tensor, expected_dtype: torch.dtype, expected_device: torch.device) -> None:
-    """A floating-point tensor of the parameters' dtype, on their device."""
+def check_floating(name: str, tensor: Tensor, expected_dtype: torch.dtype, expected_device: torch.device,
+                   *, any_dtype: bool = False) -> None:
+    """A floating-point tensor of the parameters' dtype (any floating dtype with `any_dtype`, which autocast
+    casts), on their device."""
     if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name} should be a torch.Tensor, got {type(tensor).__name__}")
+        raise ArgumentTypeError(f"{name} should be a torch.Tensor, got {type(tensor).__name__}")
     if not tensor.is_floating_point():
-        raise TypeError(
+        raise DtypeError(
             f"{name} should be a floating-point tensor of dtype {expected_dtype} (the parameters' dtype), "
             f"got {tensor.dtype}"
         )
-    if tensor.dtype != expected_dtype:
-        raise TypeError(
+    if tensor.dtype != expected_dtype and not any_dtype:
+        raise DtypeError(
             f"{name} dtype ({tensor.dtype}) does not match the parameters' dtype ({expected_dtype}); "
             f"convert with .to({expected_dtype}) or the module with .to({tensor.dtype})"
         )
     if tensor.device != expected_device:
-        raise ValueError(f"{name} is on {tensor.device}, expected the parameters' device {expected_device}")
+        raise DeviceError(f"{name} is on {tensor.device}, expected the parameters' device {expected_device}")
 
 
 def check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(expected):
-        raise ValueError(f"{name} should have shape {tuple(expected)}, got {tuple(tensor.shape)}")
+        raise ShapeError(f"{name} should have shape {tuple(expected)}, got {tuple(tensor.shape)}")

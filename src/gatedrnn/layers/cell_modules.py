@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatedrnn.cells import CELL_SPECS, LSTMState, gru_step, lstm_step, rnn_step
-from gatedrnn.layers._checks import check_floating, check_shape, check_size
+from gatedrnn.layers import aten
+from gatedrnn.layers._checks import ArgumentTypeError, ShapeError, check_floating, check_shape, check_size
 
 
 class CellBase(nn.Module):
@@ -48,16 +49,24 @@ class CellBase(nn.Module):
             s += ", nonlinearity='relu'"
         return s
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script scripts the torch.nn cell holding these same parameters (`layers.convert.to_torch`)."""
+        from gatedrnn.layers.convert import to_torch
+
+        return to_torch(self)
+
     def _prepare(self, input: Tensor, states: Optional[tuple], names: tuple[str, ...]):
-        """Validate; return (x (N, H_in), states as (N, H) tensors, batched flag)."""
-        check_floating("input", input, self.weight_ih.dtype, self.weight_ih.device)
+        """Validate; return (x (N, H_in), states as (N, H) tensors, batched flag). Under autocast any floating
+        dtype is accepted: autocast casts it, as for torch.nn's cells."""
+        any_dtype = torch.is_autocast_enabled(self.weight_ih.device.type)
+        check_floating("input", input, self.weight_ih.dtype, self.weight_ih.device, any_dtype=any_dtype)
         if input.dim() not in (1, 2):
-            raise ValueError(
+            raise ShapeError(
                 f"{type(self).__name__}: expected input to be 1-D or 2-D, got a {input.dim()}-D tensor "
                 f"of shape {tuple(input.shape)}"
             )
         if input.shape[-1] != self.input_size:
-            raise ValueError(
+            raise ShapeError(
                 f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
             )
         batched = input.dim() == 2
@@ -66,7 +75,7 @@ class CellBase(nn.Module):
             return x, tuple(x.new_zeros(x.shape[0], self.hidden_size) for _ in names), batched
         prepared = []
         for name, state in zip(names, states):
-            check_floating(name, state, self.weight_ih.dtype, self.weight_ih.device)
+            check_floating(name, state, self.weight_ih.dtype, self.weight_ih.device, any_dtype=any_dtype)
             expected = (x.shape[0], self.hidden_size) if batched else (self.hidden_size,)
             check_shape(name, state, expected)
             prepared.append(state if batched else state.unsqueeze(0))
@@ -82,8 +91,11 @@ class LSTMCell(CellBase):
     def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor]:
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
-            raise TypeError(f"LSTMCell hx should be a tuple (h, c), got {got}")
+            raise ArgumentTypeError(f"LSTMCell hx should be a tuple (h, c), got {got}")
         x, (h, c), batched = self._prepare(input, hx, ("h", "c"))
+        if torch.is_autocast_enabled(x.device.type):  # torch.nn's op, which autocast casts
+            h_next, c_next = aten.cell_forward(self, x, (h, c))
+            return (h_next, c_next) if batched else (h_next.squeeze(0), c_next.squeeze(0))
         (h_next, c_next), _ = lstm_step(F.linear(x, self.weight_ih, self.bias_ih), LSTMState(h, c),
                                         self.weight_hh, self.bias_hh)
         return (h_next, c_next) if batched else (h_next.squeeze(0), c_next.squeeze(0))
@@ -97,6 +109,9 @@ class GRUCell(CellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h,), batched = self._prepare(input, None if hx is None else (hx,), ("h",))
+        if torch.is_autocast_enabled(x.device.type):  # torch.nn's op, which autocast casts
+            h_next = aten.cell_forward(self, x, (h,))
+            return h_next if batched else h_next.squeeze(0)
         h_next, _ = gru_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh)
         return h_next if batched else h_next.squeeze(0)
 
@@ -113,6 +128,9 @@ class RNNCell(CellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h,), batched = self._prepare(input, None if hx is None else (hx,), ("h",))
+        if torch.is_autocast_enabled(x.device.type):  # torch.nn's op, which autocast casts
+            h_next = aten.cell_forward(self, x, (h,))
+            return h_next if batched else h_next.squeeze(0)
         h_next, _ = rnn_step(F.linear(x, self.weight_ih, self.bias_ih), h, self.weight_hh, self.bias_hh,
                              self.nonlinearity)
         return h_next if batched else h_next.squeeze(0)

@@ -24,9 +24,11 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, LayerWeights
-from gatedrnn.layers._checks import check_dropout, check_floating, check_shape, check_size
+from gatedrnn.layers import aten, streaming
+from gatedrnn.layers._checks import (
+    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
+)
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
-from gatedrnn.layers import streaming
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -52,7 +54,7 @@ class RecurrentBase(nn.Module):
         if mode not in CELL_SPECS:
             raise ValueError(f"mode should be one of {sorted(CELL_SPECS)}, got {mode!r}")
         self.mode = mode
-        self.input_size = check_size("input_size", input_size, minimum=0)
+        self.input_size = check_size("input_size", input_size, minimum=1)
         self.hidden_size = check_size("hidden_size", hidden_size, minimum=1)
         self.num_layers = check_size("num_layers", num_layers, minimum=1)
         self.proj_size = check_size("proj_size", proj_size, minimum=0)
@@ -136,50 +138,72 @@ class RecurrentBase(nn.Module):
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
+        why = aten.reason(self.weight_ih_l0.device.type)
+        if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
+            return aten.forward(self, input, hx, any_dtype=why == "autocast")
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script(model) scripts the torch.nn module holding these same parameters (see
+        `gatedrnn.layers.convert.to_torch`): TorchScript cannot compile a call into the fused engine."""
+        from gatedrnn.layers.convert import to_torch
+
+        return to_torch(self)
 
     def step(self, x: Tensor, state: Optional[State] = None):
         """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None = zeros).
         Returns (y (N, H_out) or (H_out,), new_state). See `gatedrnn.layers.streaming`."""
         return streaming.step(self, x, state)
 
+    def _check_input(self, input: Tensor, *, any_dtype: bool = False) -> bool:
+        """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""
+        weight = self.weight_ih_l0
+        check_floating("input", input, weight.dtype, weight.device, any_dtype=any_dtype)
+        if input.dim() not in (2, 3):
+            raise ShapeError(
+                f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
+                f"of shape {tuple(input.shape)}"
+            )
+        if input.shape[-1] != self.input_size:
+            raise ShapeError(
+                f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
+            )
+        steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
+        if steps == 0:
+            raise ShapeError(f"input should have at least one time step, got shape {tuple(input.shape)}")
+        return input.dim() == 3
+
+    def _check_packed_data(self, data: Tensor, *, any_dtype: bool = False) -> None:
+        weight = self.weight_ih_l0
+        check_floating("input", data, weight.dtype, weight.device, any_dtype=any_dtype)
+        if data.dim() != 2 or data.shape[-1] != self.input_size:
+            raise ShapeError(
+                f"packed input data should have shape (sum of lengths, {self.input_size}), got {tuple(data.shape)}"
+            )
+
     def _run(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
         """Returns (output, hidden, traces); traces[layer][direction] is the engine's trace (or None)."""
-        weight = self.weight_ih_l0
+        if torch.jit.is_tracing() or aten.in_onnx_export():
+            raise RuntimeError(
+                "gate traces come from gatedrnn's own engine, which torch.jit.trace and torch.onnx.export cannot "
+                "record; trace or export the module's forward (it runs torch's RNN op then), and read gate traces "
+                "outside the tracer"
+            )
         is_lstm = self.mode == "lstm"
-        out_size = self.proj_size or self.hidden_size
-        state_count = self.num_layers * self.num_directions
         packed = isinstance(input, PackedSequence)
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
-            check_floating("input", input.data, weight.dtype, weight.device)
-            if input.data.dim() != 2 or input.data.shape[-1] != self.input_size:
-                raise ValueError(
-                    f"packed input data should have shape (sum of lengths, {self.input_size}), "
-                    f"got {tuple(input.data.shape)}"
-                )
+            self._check_packed_data(input.data)
             x, batch_sizes = packed_to_padded(input.data, input.batch_sizes)  # (T, B, I)
             check_indices(sorted_indices, unsorted_indices, x.shape[1])
             batched = True
         else:
-            check_floating("input", input, weight.dtype, weight.device)
-            if input.dim() not in (2, 3):
-                raise ValueError(
-                    f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
-                    f"of shape {tuple(input.shape)}"
-                )
-            if input.shape[-1] != self.input_size:
-                raise ValueError(
-                    f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
-                )
-            batched = input.dim() == 3
+            batched = self._check_input(input)
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
-        if x.shape[0] == 0:
-            raise ValueError(f"input should have at least one time step, got shape {tuple(x.shape)}")
         batch = x.shape[1]
 
         hidden_in = self._initial_state(hx, batch, batched, sorted_indices, x)
@@ -217,7 +241,8 @@ class RecurrentBase(nn.Module):
             output = layer_input.transpose(0, 1) if self.batch_first else layer_input
         return output, (hidden if is_lstm else hidden[0]), traces
 
-    def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> tuple[Tensor, ...]:
+    def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor, *,
+                       any_dtype: bool = False) -> tuple[Tensor, ...]:
         """Validate hx and return it as a tuple of (D*L, B, ·) tensors in the engine's row order."""
         out_size = self.proj_size or self.hidden_size
         count = self.num_layers * self.num_directions
@@ -227,21 +252,21 @@ class RecurrentBase(nn.Module):
         if self.mode == "lstm":
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
-                raise TypeError(f"LSTM hx should be a tuple (h_0, c_0), got {got}")
+                raise ArgumentTypeError(f"LSTM hx should be a tuple (h_0, c_0), got {got}")
             states = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
-                raise TypeError(f"{type(self).__name__} hx should be a Tensor h_0, got {type(hx).__name__}")
+                raise ArgumentTypeError(f"{type(self).__name__} hx should be a Tensor h_0, got {type(hx).__name__}")
             states = (hx,)
         weight = self.weight_ih_l0
         result = []
         for (name, size), state in zip(expected, states):
-            check_floating(name, state, weight.dtype, weight.device)
+            check_floating(name, state, weight.dtype, weight.device, any_dtype=any_dtype)
             if batched:
                 check_shape(name, state, (count, batch, size))
             else:
                 if state.dim() != 2:
-                    raise ValueError(
+                    raise ShapeError(
                         f"for unbatched 2-D input, {name} should be 2-D of shape {(count, size)}, "
                         f"got a {state.dim()}-D tensor of shape {tuple(state.shape)}"
                     )

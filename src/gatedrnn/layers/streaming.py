@@ -16,11 +16,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Optional, Union
 
+import torch
 from torch import Tensor
 
 from gatedrnn import engine
 from gatedrnn.cells import LayerWeights
-from gatedrnn.layers._checks import check_floating
+from gatedrnn.layers import aten
+from gatedrnn.layers._checks import ShapeError, check_floating
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -32,16 +34,18 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
             "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
             "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
         )
+    if torch._C._is_tracing():  # torch.jit.trace records torch's ops only: forward over one time step
+        return _step_as_forward(module, x, state)
     params = module._parameters  # direct dict reads: nn.Module.__getattr__ costs ~1 µs per weight
     weight = params["weight_ih_l0"]
     check_floating("x", x, weight.dtype, weight.device)
     if x.dim() not in (1, 2):
-        raise ValueError(
+        raise ShapeError(
             f"step() takes one time step: x should be 2-D (batch, {module.input_size}) or 1-D "
             f"({module.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
         )
     if x.shape[-1] != module.input_size:
-        raise ValueError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
+        raise ShapeError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
     batched = x.dim() == 2
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
     states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
@@ -56,6 +60,17 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
     return y, (new_states if module.mode == "lstm" else new_states[0])
+
+
+def _step_as_forward(module, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
+    """step() through `aten.forward` on a sequence of one step: what torch.jit.trace can record."""
+    weight = module._parameters["weight_ih_l0"]
+    check_floating("x", x, weight.dtype, weight.device)
+    if x.dim() not in (1, 2):
+        raise ShapeError(f"step() takes one time step: x should be 2-D or 1-D, got a {x.dim()}-D tensor")
+    time_dim = 1 if module.batch_first and x.dim() == 2 else 0
+    output, new_state = aten.forward(module, x.unsqueeze(time_dim), state, any_dtype=False)
+    return output.squeeze(time_dim), new_state
 
 
 def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Tensor, ...]]:

@@ -3,6 +3,9 @@
 Every model follows the convention in `gatedrnn.models.base` (`.rnn`, `.rnn_input`, `.readout`,
 `.config`), so checkpoints and the explain report work with any of them.
 """
+import torch
+from torch import nn
+
 from gatedrnn.models.base import SequenceModel
 from gatedrnn.models.cells import CELLS, build_rnn, register_cell
 from gatedrnn.models.charlm import CharLM
@@ -14,6 +17,10 @@ MODELS: dict[str, type[SequenceModel]] = {
     "SequenceTagger": SequenceTagger,
     "CharLM": CharLM,
 }
+
+# torch.save(model) then torch.load(path) with the default weights_only=True: the model classes and the
+# torch.nn modules they hold (their readout Linear, CharLM's Embedding) are allowed to the unpickler.
+torch.serialization.add_safe_globals([*MODELS.values(), nn.Embedding, nn.Linear])
 
 
 def build_model(kind: str, config: dict) -> SequenceModel:

@@ -1,0 +1,115 @@
+"""The layers on torch's own RNN ops, for the callers that only see those: tracers, exporters and autocast.
+
+The fused engine is a C++ call that torch.jit.trace and the TorchScript ONNX exporter cannot record (they
+would keep only the empty output buffers), and autocast does not cast into it. So while
+`torch.jit.is_tracing()`, while `torch.onnx.is_in_onnx_export()` (true in both the TorchScript exporter and
+the default dynamo exporter, which sets `torch.onnx._internal.exporter._flags._is_onnx_exporting` around
+its whole run) and while autocast is enabled for the input's device, `LSTM`, `GRU` and `RNN` run what
+torch.nn.LSTM.forward runs: `torch._VF.lstm / gru / rnn_tanh / rnn_relu` with the same parameters in
+torch.nn's flat-weight order. The graph then holds the standard op, which the exporters map to ONNX's
+LSTM / GRU / RNN nodes, and autocast gives torch.nn's dtypes and numbers.
+
+Shapes as in `gatedrnn.layers.recurrent` (torch.nn's symbols N, L, D, H_in, H_cell, H_out).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from gatedrnn.cells import CELL_SPECS
+
+
+def in_onnx_export() -> bool:
+    """torch.onnx.is_in_onnx_export(), without importing torch.onnx (~60 ms) when no exporter can be running."""
+    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
+def reason(device_type: str = "cpu") -> Optional[str]:
+    """Why a layer must run torch's own op now ("torch.jit.trace", "ONNX export", "autocast"), else None."""
+    if torch.jit.is_tracing():
+        return "torch.jit.trace"
+    if in_onnx_export():
+        return "ONNX export"
+    if torch.is_autocast_enabled(device_type):
+        return "autocast"
+    return None
+
+
+def aten_op(mode: str):
+    """torch's op for a cell kind: torch._VF.lstm, gru, rnn_tanh or rnn_relu."""
+    return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower())
+
+
+def aten_cell_op(mode: str):
+    """torch's one-step op for a cell kind: torch._VF.lstm_cell, gru_cell, rnn_tanh_cell or rnn_relu_cell."""
+    return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower() + "_cell")
+
+
+def forward(module, input, hx, *, any_dtype: bool):
+    """module(input, hx) through torch's op: torch.nn's forward, with gatedrnn's checks and messages.
+
+    `any_dtype` (autocast) accepts floating inputs and states of any dtype, which autocast casts.
+    Returns (output, h_n) or (output, (h_n, c_n)), like the module.
+    """
+    if module.proj_size and in_onnx_export():
+        raise RuntimeError(
+            f"cannot export {type(module).__name__}(proj_size={module.proj_size}) to ONNX: ONNX's LSTM operator has "
+            "no projection, and torch's exporters cannot write one for torch.nn.LSTM either (the TorchScript "
+            "exporter refuses, the dynamo exporter writes a model onnxruntime rejects); use proj_size=0, or "
+            "torch.jit.trace / torch.export instead of ONNX"
+        )
+    is_lstm = module.mode == "lstm"
+    count = module.num_layers * module.num_directions
+    sizes = [module.proj_size or module.hidden_size] + ([module.hidden_size] if is_lstm else [])  # H_out, H_cell
+    op = aten_op(module.mode)
+    flat = module._flat_weights
+    if isinstance(input, PackedSequence):
+        if in_onnx_export():
+            raise RuntimeError(
+                f"cannot export {type(module).__name__} with PackedSequence input to ONNX: torch's exporters "
+                "cannot write packed sequences (torch.nn's layers fail the same way); export the model on a padded "
+                "(L, N, H_in) tensor (one sequence per call needs no padding), or use torch.jit.trace, which "
+                "records packed input"
+            )
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        module._check_packed_data(data, any_dtype=any_dtype)
+        if hx is None:
+            states = tuple(torch.zeros(count, batch_sizes[0], size, dtype=data.dtype, device=data.device)
+                           for size in sizes)  # (D*L, N, ·)
+        else:
+            states = module._initial_state(hx, int(batch_sizes[0]), True, sorted_indices, data, any_dtype=any_dtype)
+        result = op(data, batch_sizes, states if is_lstm else states[0], flat, module.bias, module.num_layers,
+                    module.dropout, module.training, module.bidirectional)
+        output = PackedSequence(result[0], batch_sizes, sorted_indices, unsorted_indices)
+        hidden = tuple(result[1:])
+        if unsorted_indices is not None:
+            hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
+        return output, (hidden if is_lstm else hidden[0])
+
+    batched = module._check_input(input, any_dtype=any_dtype)
+    batch_dim = 0 if module.batch_first else 1
+    x = input if batched else input.unsqueeze(batch_dim)  # (L, N, H_in) or (N, L, H_in)
+    batch = x.size(batch_dim)
+    if hx is None:
+        states = tuple(torch.zeros(count, batch, size, dtype=x.dtype, device=x.device) for size in sizes)
+    else:
+        states = module._initial_state(hx, batch, batched, None, x, any_dtype=any_dtype)
+    result = op(x, states if is_lstm else states[0], flat, module.bias, module.num_layers, module.dropout,
+                module.training, module.bidirectional, module.batch_first)
+    output, hidden = result[0], tuple(result[1:])
+    if not batched:
+        output = output.squeeze(batch_dim)
+        hidden = tuple(h.squeeze(1) for h in hidden)
+    return output, (hidden if is_lstm else hidden[0])
+
+
+def cell_forward(module, x: Tensor, states: tuple[Tensor, ...]):
+    """One step of a cell module through torch's op: x (N, H_in), states each (N, H) -> new state(s)."""
+    op = aten_cell_op(module.mode)
+    if module.mode == "lstm":
+        return tuple(op(x, states, module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))
+    return op(x, states[0], module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)

@@ -1,0 +1,311 @@
+"""The "Works with" table of the README, one test per row: what torch.nn does, and that gatedrnn does the same.
+
+Each test states torch.nn's behaviour for its row (so a torch upgrade that changes it fails here and the
+README is updated) and checks gatedrnn against it. ONNX models run in onnxruntime at another batch size
+(and sequence length where the exporter keeps it dynamic) than the one exported.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gatedrnn
+from gatedrnn.models import CharLM, SequenceClassifier, SequenceRegressor, SequenceTagger
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+F32_TOL = 1e-5
+
+
+def _twins(name: str, **options):
+    """(gatedrnn module, torch.nn module with the same parameters), in eval mode."""
+    ours = getattr(gatedrnn, name)(5, 6, **options).eval()
+    return ours, gatedrnn.layers.to_torch(ours).eval()
+
+
+def _flat(result) -> list[torch.Tensor]:
+    """(output, h) or (output, (h, c)) -> [output, h(, c)]."""
+    output, hidden = result
+    return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def _input(module, batch: int, steps: int) -> torch.Tensor:
+    return torch.randn(batch, steps, 5) if module.batch_first else torch.randn(steps, batch, 5)
+
+
+# ----- torch.jit.trace -----
+@pytest.mark.parametrize("name,options", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, proj_size=3, batch_first=True)),
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("RNN", dict(nonlinearity="relu", batch_first=True)),
+])
+def test_jit_trace_save_load(name, options, tmp_path):
+    ours, theirs = _twins(name, **options)
+    x = _input(ours, 3, 7)
+    for module, label in ((theirs, "torch.nn"), (ours, "gatedrnn")):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, (x,))
+        assert f"aten::{name.lower()}" in str(traced.graph) or "aten::rnn_relu" in str(traced.graph), label
+        torch.jit.save(traced, tmp_path / f"{label}.pt")
+        loaded = torch.jit.load(tmp_path / f"{label}.pt")
+        other = _input(ours, 2, 9)  # another batch and length than traced
+        with torch.no_grad():
+            for got, want in zip(_flat(loaded(other)), _flat(ours(other))):
+                torch.testing.assert_close(got, want, atol=F32_TOL, rtol=0, msg=label)
+
+
+class _Step(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, h, c):
+        return self.rnn.step(x, (h, c))
+
+
+class _Packed(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        return self.rnn(nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False))[1]
+
+
+def test_jit_trace_of_a_streaming_step_and_of_packed_input():
+    """step() and PackedSequence input trace too (torch.nn has no step; its packed input traces the same way)."""
+    step = _Step(gatedrnn.LSTM(5, 6, num_layers=2, proj_size=3, batch_first=True))
+    packed = {label: _Packed(rnn) for label, rnn in (("gatedrnn", gatedrnn.GRU(5, 6)), ("torch.nn", nn.GRU(5, 6)))}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced_step = torch.jit.trace(step, (torch.randn(4, 5), torch.randn(2, 4, 3), torch.randn(2, 4, 6)))
+        x, h, c = torch.randn(2, 5), torch.randn(2, 2, 3), torch.randn(2, 2, 6)
+        for got, want in zip(_flat(traced_step(x, h, c)), _flat(step(x, h, c))):
+            torch.testing.assert_close(got, want, atol=F32_TOL, rtol=0)
+        for label, module in packed.items():
+            traced = torch.jit.trace(module, (torch.randn(7, 3, 5), torch.tensor([7, 5, 2])))
+            x, lengths = torch.randn(7, 3, 5), torch.tensor([3, 7, 4])
+            torch.testing.assert_close(traced(x, lengths), module(x, lengths), atol=F32_TOL, rtol=0, msg=label)
+
+
+def test_gate_traces_inside_jit_trace_raise_one_clear_error():
+    layer = gatedrnn.LSTM(5, 6)
+    with pytest.raises(RuntimeError, match="torch.jit.trace"):
+        torch.jit.trace(lambda x: layer._run(x, None, trace=True)[0], (torch.randn(4, 1, 5),))
+
+
+# ----- torch.onnx.export -----
+def _export(module, x, *, dynamo: bool) -> bytes:
+    names = ["y", "h_n", "c_n"] if isinstance(module, (nn.LSTM, gatedrnn.LSTM)) else ["y", "h_n"]
+    batch_dim = 0 if module.batch_first else 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            program = torch.onnx.export(module, (x,), dynamo=True, input_names=["x"], output_names=names,
+                                        dynamic_shapes=({batch_dim: torch.export.Dim("batch")},), verbose=False)
+            return program.model_proto.SerializeToString()
+        buffer = io.BytesIO()
+        axes = {batch_dim: "batch", 1 - batch_dim: "time"}
+        torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=["x"], output_names=names,
+                          dynamic_axes={"x": axes, "y": axes})
+        return buffer.getvalue()
+
+
+def _ort_max_diff(model: bytes, module, x: torch.Tensor) -> float:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        expected = _flat(module(x))
+    return max(float(np.abs(got - want.numpy()).max()) for got, want in zip(outputs, expected))
+
+
+def _rnn_nodes(model: bytes) -> list:
+    return [node for node in onnx.load_from_string(model).graph.node if node.op_type in ("LSTM", "GRU", "RNN")]
+
+
+@pytest.mark.parametrize("name,options", [
+    ("LSTM", dict(num_layers=2, bidirectional=True, batch_first=True)),
+    ("GRU", dict(num_layers=2, bidirectional=True)),
+    ("RNN", dict(nonlinearity="relu")),
+])
+def test_onnx_torchscript_exporter(name, options):
+    ours, theirs = _twins(name, **options)
+    x = _input(ours, 2, 7)
+    kinds = {}
+    for module, label in ((theirs, "torch.nn"), (ours, "gatedrnn")):
+        model = _export(module, x, dynamo=False)
+        nodes = _rnn_nodes(model)
+        assert [n.op_type for n in nodes] == [name] * options.get("num_layers", 1), label
+        kinds[label] = [(n.op_type, sorted((a.name, onnx.helper.get_attribute_value(a)) for a in n.attribute
+                                           if a.name in ("direction", "linear_before_reset", "activations")))
+                        for n in nodes]
+        assert _ort_max_diff(model, ours, _input(ours, 3, 9)) <= F32_TOL, label  # dynamic batch and length
+    assert kinds["gatedrnn"] == kinds["torch.nn"]
+    if name == "GRU":
+        assert all(("linear_before_reset", 1) in attributes for _, attributes in kinds["gatedrnn"])
+
+
+def test_onnx_dynamo_exporter():
+    """torch.nn's own dynamo export keeps the batch dynamic and fixes the sequence length (torch.export
+    specializes it inside aten.lstm); gatedrnn gives the same graph."""
+    theirs = nn.GRU(5, 6).eval()
+    model = _export(theirs, torch.randn(7, 2, 5), dynamo=True)
+    assert [n.op_type for n in _rnn_nodes(model)] == ["GRU"]
+    assert _ort_max_diff(model, theirs, torch.randn(7, 3, 5)) <= F32_TOL
+    ours = gatedrnn.LSTM(5, 6, num_layers=2, bidirectional=True, batch_first=True).eval()
+    model = _export(ours, torch.randn(2, 7, 5), dynamo=True)
+    assert [n.op_type for n in _rnn_nodes(model)] == ["LSTM", "LSTM"]
+    assert _ort_max_diff(model, ours, torch.randn(4, 7, 5)) <= F32_TOL
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_of_a_projection_raises_one_clear_error(dynamo):
+    """ONNX's LSTM has no projection: torch.nn refuses (TorchScript) or writes a model onnxruntime rejects
+    (dynamo); gatedrnn refuses in both, naming the way out."""
+    ours = gatedrnn.LSTM(5, 6, proj_size=3).eval()
+    x = torch.randn(7, 2, 5)
+    if not dynamo:
+        with pytest.raises(RuntimeError, match="projections"):
+            _export(gatedrnn.layers.to_torch(ours), x, dynamo=False)
+    with pytest.raises(Exception, match=r"proj_size=3.*torch\.jit\.trace"):
+        _export(ours, x, dynamo=dynamo)
+
+
+def test_onnx_export_of_packed_input_raises_one_clear_error():
+    """torch.nn fails inside the exporter with an internal message; gatedrnn names the way out."""
+    x, lengths = torch.randn(7, 3, 5), torch.tensor([7, 5, 2])
+    with pytest.raises(RuntimeError, match="range_check"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Packed(nn.GRU(5, 6)), (x, lengths), io.BytesIO(), dynamo=False)
+    with pytest.raises(RuntimeError, match="PackedSequence input.*padded"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Packed(gatedrnn.GRU(5, 6)), (x, lengths), io.BytesIO(), dynamo=False)
+
+
+# ----- torch.jit.script -----
+class _Tagger(nn.Module):
+    def __init__(self, rnn: nn.Module) -> None:
+        super().__init__()
+        self.rnn, self.head = rnn, nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output, _ = self.rnn(x)
+        return self.head(output)
+
+
+def test_jit_script():
+    torch.jit.script(_Tagger(nn.GRU(5, 6, bidirectional=True, batch_first=True)))  # torch.nn scripts
+    model = _Tagger(gatedrnn.GRU(5, 6, bidirectional=True, batch_first=True)).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 7, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=F32_TOL, rtol=0)
+        model.rnn.weight_hh_l0.add_(0.5)  # the scripted model holds the same parameters
+        torch.testing.assert_close(scripted(x), model(x), atol=F32_TOL, rtol=0)
+    cell = gatedrnn.LSTMCell(5, 6)
+    h, c = torch.jit.script(cell)(torch.randn(2, 5))
+    assert h.shape == c.shape == (2, 6)
+
+
+# ----- torch.save(model) / torch.load(path) -----
+def _round_trip(module):
+    buffer = io.BytesIO()
+    torch.save(module, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)  # torch's default: weights_only=True
+
+
+def test_torch_save_whole_model_loads_with_weights_only():
+    with pytest.raises(pickle.UnpicklingError, match="nn.modules.rnn.LSTM"):
+        _round_trip(nn.LSTM(5, 6))  # torch.nn itself is not on torch's allow-list (torch 2.13)
+    modules = [gatedrnn.LSTM(5, 6, proj_size=2, bidirectional=True), gatedrnn.GRU(5, 6),
+               gatedrnn.RNN(5, 6, nonlinearity="relu"), gatedrnn.LSTMCell(5, 6), gatedrnn.GRUCell(5, 6),
+               gatedrnn.RNNCell(5, 6), SequenceClassifier(5, 6, 3), SequenceRegressor(5, 6, cell="rnn"),
+               SequenceTagger(5, 6, 4, cell="gru"), CharLM(10, 6)]
+    for module in modules:
+        loaded = _round_trip(module)
+        assert type(loaded) is type(module)
+        assert loaded.state_dict().keys() == module.state_dict().keys()
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), module.state_dict().values()))
+    x = torch.randn(7, 2, 5)
+    torch.testing.assert_close(_round_trip(modules[0])(x), modules[0](x))
+
+
+# ----- dynamic int8 quantization -----
+def test_quantize_dynamic():
+    from torch.ao.nn.quantized import dynamic as nnqd
+    from torch.ao.quantization import quantize_dynamic
+
+    from gatedrnn.layers.quantization import qconfig_spec
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        assert type(quantize_dynamic(nn.Sequential(nn.LSTM(5, 6)), {nn.LSTM})[0]) is nnqd.LSTM
+        x = torch.randn(7, 2, 5)
+        for name, target in (("LSTM", nnqd.LSTM), ("GRU", nnqd.GRU)):
+            layer = getattr(gatedrnn, name)(5, 6, num_layers=2, bidirectional=True).eval()
+            model = nn.Sequential(layer)
+            converted = quantize_dynamic(model, {getattr(gatedrnn, name)})[0]
+            assert type(converted) is target and type(model[0]) is type(layer)  # a copy, model untouched
+            expected = layer(x)[0]
+            torch.testing.assert_close(converted(x)[0], expected, atol=0.05, rtol=0)  # int8 weights
+            assert not torch.equal(converted(x)[0], expected)
+            assert type(quantize_dynamic(model, qconfig_spec({nn.LSTM, nn.GRU}))[0]) is target
+        # torch matches modules by exact class: {nn.LSTM} alone leaves gatedrnn layers float (documented)
+        assert type(quantize_dynamic(nn.Sequential(gatedrnn.LSTM(5, 6)), {nn.LSTM})[0]) is gatedrnn.LSTM
+
+
+# ----- isinstance(layer, nn.LSTM) -----
+def test_not_an_nn_rnnbase_subclass_because_dynamo_refuses_those():
+    """torch._dynamo refuses any nn.RNN/GRU/LSTM instance (torch/_dynamo/variables/builder.py, wrap_module:
+    'Attempted to wrap RNN, GRU, or LSTM' unless torch._dynamo.config.allow_rnn), so subclassing would break
+    torch.compile(fullgraph=True). `to_torch` gives the nn.LSTM holding the same parameters instead."""
+    lstm = nn.LSTM(5, 6)
+    with pytest.raises(Exception, match="RNN, GRU, or LSTM"):
+        torch.compile(lambda x: lstm(x)[0], fullgraph=True, backend="eager")(torch.randn(3, 1, 5))
+    ours = gatedrnn.LSTM(5, 6)
+    assert not isinstance(ours, nn.RNNBase)
+    twin = gatedrnn.layers.to_torch(ours)
+    assert isinstance(twin, nn.LSTM) and twin.weight_ih_l0 is ours.weight_ih_l0
+
+
+# ----- autocast -----
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_autocast_bfloat16(name):
+    """torch.nn under CPU autocast (bfloat16) runs its RNN op in bfloat16: output and states are bfloat16."""
+    ours = getattr(gatedrnn, name)(5, 6).eval()
+    theirs = gatedrnn.layers.to_torch(ours).eval()
+    linear = nn.Linear(3, 5)
+    x = torch.randn(4, 2, 3) if "Cell" not in name else torch.randn(2, 3)
+    results = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for label, module in (("torch.nn", theirs), ("gatedrnn", ours)):
+            result = module(linear(x))
+            results[label] = [result] if isinstance(result, torch.Tensor) else _flat(result) if "Cell" not in name \
+                else list(result)
+    assert [t.dtype for t in results["torch.nn"]] == [torch.bfloat16] * len(results["torch.nn"])
+    assert [t.dtype for t in results["gatedrnn"]] == [t.dtype for t in results["torch.nn"]]
+    for got, want in zip(results["gatedrnn"], results["torch.nn"]):
+        torch.testing.assert_close(got, want)
+
+
+# ----- bad input: torch.nn's exception types (every case: tests/test_bad_input.py) -----
+@pytest.mark.parametrize("case", ["features", "h0-shape", "zero-steps", "h0-dtype", "input-float64"])
+def test_bad_input_raises_torch_nn_exception_types(case):
+    ours, theirs = _twins("LSTM")
+    x, h = torch.randn(7, 2, 5), torch.zeros(1, 2, 6)
+    args = {"features": (torch.randn(7, 2, 4),), "h0-shape": (x, (torch.zeros(2, 2, 6), h)),
+            "zero-steps": (torch.randn(0, 2, 5),), "h0-dtype": (x, (h.double(), h)),
+            "input-float64": (x.double(),)}[case]
+    with pytest.raises(Exception) as torch_error:
+        theirs(*args)
+    with pytest.raises(type(torch_error.value)):
+        ours(*args)
