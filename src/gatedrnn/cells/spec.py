@@ -47,6 +47,7 @@ class CellSpec:
     traced_gates: the gate blocks a trace holds (the RNN's pre-activation is not traced).
     torch_mode: torch.nn's name of the cell ("LSTM", "GRU", "RNN_TANH"), for torch's own RNN ops (tracing,
         ONNX export, autocast), or "" for a cell torch.nn does not have.
+    supports_projection: whether layers take proj_size (LSTMP's h = W_hr(o ⊙ tanh(c))).
     saved_extra: (H)-wide blocks the fused kernel saves per step besides the gates (GRU: W_hn h + b_hn).
     hold_gate: the gate whose value near 1 keeps the memory (LSTM f, GRU z), None without gates.
     write_gate: the gate that lets new content in (LSTM i; GRU z, read as 1 − z: write_gate_inverted).
@@ -63,6 +64,7 @@ class CellSpec:
     trace_type: type
     traced_gates: tuple[str, ...]
     torch_mode: str  # torch.nn.RNNBase's mode: its aten op is torch._VF.<torch_mode.lower()>, its cell op <...>_cell
+    supports_projection: bool = False
     saved_extra: int = 0
     hold_gate: Optional[str] = None
     write_gate: Optional[str] = None

@@ -47,7 +47,8 @@ CELL_SPECS: dict[str, CellSpec] = {
     spec.name: spec
     for spec in (
         CellSpec("lstm", "LSTM", lstm_step, _lstm_step, 4, ("i", "f", "g", "o"), ("h", "c"), LSTMTrace,
-                 ("i", "f", "g", "o"), torch_mode="LSTM", hold_gate="f", write_gate="i", color="#1f77b4"),
+                 ("i", "f", "g", "o"), torch_mode="LSTM", supports_projection=True,
+                 hold_gate="f", write_gate="i", color="#1f77b4"),
         CellSpec("gru", "GRU", gru_step, _gru_step, 3, ("r", "z", "n"), ("h",), GRUTrace, ("r", "z", "n"),
                  torch_mode="GRU", saved_extra=1, hold_gate="z", write_gate="z", write_gate_inverted=True,
                  color="#2ca02c"),

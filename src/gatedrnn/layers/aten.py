@@ -62,7 +62,7 @@ def forward(module, input, hx, *, any_dtype: bool):
             "exporter refuses, the dynamo exporter writes a model onnxruntime rejects); use proj_size=0, or "
             "torch.jit.trace / torch.export instead of ONNX"
         )
-    is_lstm = module.mode == "lstm"
+    is_lstm = CELL_SPECS[module.mode].has_cell_state
     count = module.num_layers * module.num_directions
     sizes = [module.proj_size or module.hidden_size] + ([module.hidden_size] if is_lstm else [])  # H_out, H_cell
     op = aten_op(module.mode)
@@ -110,6 +110,6 @@ def forward(module, input, hx, *, any_dtype: bool):
 def cell_forward(module, x: Tensor, states: tuple[Tensor, ...]):
     """One step of a cell module through torch's op: x (N, H_in), states each (N, H) -> new state(s)."""
     op = aten_cell_op(module.mode)
-    if module.mode == "lstm":
+    if CELL_SPECS[module.mode].has_cell_state:
         return tuple(op(x, states, module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))
     return op(x, states[0], module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)

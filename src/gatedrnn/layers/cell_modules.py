@@ -45,8 +45,8 @@ class CellBase(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        if self.mode == "rnn_relu":
-            s += ", nonlinearity='relu'"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
         return s
 
     def __prepare_scriptable__(self) -> nn.Module:

@@ -27,12 +27,12 @@ def to_torch(module: nn.Module) -> nn.Module:
     weight = module.weight_ih_l0 if hasattr(module, "weight_ih_l0") else module.weight_ih
     factory = {"device": "meta", "dtype": weight.dtype}  # no memory for parameters that are replaced below
     options = {"bias": module.bias}
-    if module.mode.startswith("rnn"):
+    if CELL_SPECS[module.mode].torch_mode.startswith("RNN_"):
         options["nonlinearity"] = module.nonlinearity
     if isinstance(module, CellBase):
         twin = cls(module.input_size, module.hidden_size, **options, **factory)
     else:
-        if module.mode == "lstm":
+        if CELL_SPECS[module.mode].supports_projection:
             options["proj_size"] = module.proj_size
         twin = cls(module.input_size, module.hidden_size, num_layers=module.num_layers,
                    batch_first=module.batch_first, dropout=module.dropout, bidirectional=module.bidirectional,

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn import engine
-from gatedrnn.cells import CELL_SPECS, LayerWeights
+from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
@@ -62,7 +62,7 @@ class RecurrentBase(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = check_dropout(dropout)
         self.bidirectional = bool(bidirectional)
-        if self.proj_size and mode != "lstm":
+        if self.proj_size and not self.spec.supports_projection:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if self.proj_size >= self.hidden_size:
             raise ValueError(
@@ -92,6 +92,11 @@ class RecurrentBase(nn.Module):
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name)
         self.reset_parameters()
+
+    @property
+    def spec(self) -> CellSpec:
+        """The cell's entry in `gatedrnn.cells.CELL_SPECS` (its math and facts)."""
+        return CELL_SPECS[self.mode]
 
     # ----- torch.nn compatibility -----
     @property
@@ -123,8 +128,8 @@ class RecurrentBase(nn.Module):
             s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        if self.mode == "rnn_relu":
-            s += ", nonlinearity='relu'"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity!r}"
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
@@ -190,7 +195,7 @@ class RecurrentBase(nn.Module):
                 "record; trace or export the module's forward (it runs torch's RNN op then), and read gate traces "
                 "outside the tracer"
             )
-        is_lstm = self.mode == "lstm"
+        is_lstm = self.spec.has_cell_state
         packed = isinstance(input, PackedSequence)
         if packed:
             sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
@@ -246,10 +251,10 @@ class RecurrentBase(nn.Module):
         """Validate hx and return it as a tuple of (D*L, B, ·) tensors in the engine's row order."""
         out_size = self.proj_size or self.hidden_size
         count = self.num_layers * self.num_directions
-        expected = [("h_0", out_size)] + ([("c_0", self.hidden_size)] if self.mode == "lstm" else [])
+        expected = [("h_0", out_size)] + ([("c_0", self.hidden_size)] if self.spec.has_cell_state else [])
         if hx is None:
             return tuple(x.new_zeros(count, batch, size) for _, size in expected)
-        if self.mode == "lstm":
+        if self.spec.has_cell_state:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
                 raise ArgumentTypeError(f"LSTM hx should be a tuple (h_0, c_0), got {got}")

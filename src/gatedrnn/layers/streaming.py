@@ -59,7 +59,7 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     if not batched:
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
-    return y, (new_states if module.mode == "lstm" else new_states[0])
+    return y, (new_states if module.spec.has_cell_state else new_states[0])
 
 
 def _step_as_forward(module, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:
@@ -78,7 +78,7 @@ def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Te
     back what the previous step returned), else None. Only accepts: every rejection is left to
     `_initial_state`, whose full checks cost more than the fused step itself at small sizes."""
     sizes = [(module.num_layers, batch, module.proj_size or module.hidden_size)]  # h (L, N, H_out)
-    if module.mode == "lstm":
+    if module.spec.has_cell_state:
         if type(state) is not tuple or len(state) != 2:
             return None
         sizes.append((module.num_layers, batch, module.hidden_size))  # c (L, N, H_cell)
