@@ -15,11 +15,13 @@ class GatedrnnOps(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.counts: Counter = Counter()
+        self.calls: list[tuple[str, tuple]] = []  # (name, args) of every gatedrnn operator call, in order
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         namespace, _, name = func._schema.name.partition("::")
         if namespace == "gatedrnn":
             self.counts[name] += 1
+            self.calls.append((name, args))
         return func(*args, **(kwargs or {}))
 
     @property

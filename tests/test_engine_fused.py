@@ -5,6 +5,7 @@ work and warn once; traces equal the reference's; bf16 runs on the reference pat
 from __future__ import annotations
 
 import random
+import re
 import warnings
 
 import pytest
@@ -13,14 +14,13 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
 from gatedrnn import engine
-from gatedrnn.cells import LayerWeights
+from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine import _build
 from gatedrnn.engine.ops import SCAN
 from op_counter import GatedrnnOps
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-9}
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -119,10 +119,10 @@ def test_fused_equals_reference_and_torch(config, monkeypatch):
             assert_close_scaled(a, b, tol, f"gradient {k} vs {name}")
 
 
-GRADCHECK_CASES = [
+GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not know fails here
     (cell, proj, sizes, reverse)
-    for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu")
-    for proj in ((False, True) if cell == "lstm" else (False,))
+    for cell in CELL_SPECS
+    for proj in ((False, True) if CELL_SPECS[cell].supports_projection else (False,))
     for sizes in (None, [3, 3, 2, 1])
     for reverse in (False, True)
 ]
@@ -133,7 +133,7 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
     torch.manual_seed(0)
     steps, batch, inputs, hidden = 4, 3, 2, 3
     p = 2 if proj else hidden
-    g = GATES[cell] * hidden
+    g = CELL_SPECS[cell].gate_count * hidden
     dd = dict(dtype=torch.float64, requires_grad=True)
     x = torch.randn(steps, batch, inputs, **dd)
     if batch_sizes is not None:  # padded rows of a packed batch are zero, as the layers hand them over
@@ -141,7 +141,7 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
             for t, n in enumerate(batch_sizes):
                 x[t, n:] = 0
     h0 = torch.randn(batch, p, **dd)
-    c0 = torch.randn(batch, hidden, **dd) if cell == "lstm" else None
+    c0 = torch.randn(batch, hidden, **dd) if CELL_SPECS[cell].has_cell_state else None
     w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
     b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
     w_hr = torch.randn(p, hidden, **dd) if proj else None
@@ -149,7 +149,7 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
 
     def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True)
-        return (y, h_n, c_n) if cell == "lstm" else (y, h_n)
+        return (y, h_n, c_n) if CELL_SPECS[cell].has_cell_state else (y, h_n)
 
     assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), eps=1e-6, atol=1e-7)
 
@@ -235,13 +235,18 @@ def test_trace_equals_reference(cell, packed, monkeypatch):
 
 
 def test_no_grad_keeps_no_workspace():
-    """Without autograd the run keeps nothing for backward: outputs do not hold a graph."""
+    """Without autograd the run keeps nothing for backward: scan runs with keep=False and outputs hold no graph;
+    with autograd it keeps the buffers (keep=True) and the backward is the fused BPTT."""
     module = gatedrnn.LSTM(3, 4)
-    with torch.no_grad():
+    with torch.no_grad(), GatedrnnOps() as ops:
         output, (h, c) = module(torch.randn(5, 2, 3))
     assert output.grad_fn is None and h.grad_fn is None
-    output, _ = module(torch.randn(5, 2, 3))
-    assert "gatedrnn" in type(output.grad_fn).__name__.lower() or "scan" in output.grad_fn.name().lower(), output.grad_fn
+    assert [(name, args[-1]) for name, args in ops.calls] == [("scan", False)]
+    with GatedrnnOps() as ops:
+        output, _ = module(torch.randn(5, 2, 3))
+        output.sum().backward()
+    assert [(name, args[-1] if name == "scan" else None) for name, args in ops.calls] == [
+        ("scan", True), ("scan_backward", None)]
 
 
 def test_run_layer_contract_zero_padded_rows():
@@ -292,3 +297,61 @@ def test_gradient_of_output_sum(cell, monkeypatch):
     expected = torch.autograd.grad(module(x)[0].sum(), [x, *module.parameters()])
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_operators_reject_bad_shapes_before_reading_memory():
+    """The operators are public (exported graphs hold them): wrong shapes raise, naming what was expected."""
+    x, h0, c0 = torch.randn(4, 2, 3), torch.randn(2, 5), torch.randn(2, 5)
+    w_ih, w_hh, b = torch.randn(20, 3), torch.randn(20, 5), torch.randn(20)
+    SCAN("lstm", x, h0, c0, w_ih, w_hh, b, b, None, [], False, False)  # the valid call runs
+    bad = {
+        "w_ih should have shape [20, 3]": ("lstm", x, h0, c0, torch.randn(20, 4), w_hh, b, b, None, [], False, False),
+        "h0 should have shape [2, 5]": ("lstm", x, torch.randn(3, 5), c0, w_ih, w_hh, b, b, None, [], False, False),
+        "needs c0": ("lstm", x, h0, None, w_ih, w_hh, b, b, None, [], False, False),
+        "batch_sizes should hold T = 4": ("lstm", x, h0, c0, w_ih, w_hh, b, b, None, [2, 1], False, False),
+        "non-increasing": ("lstm", x, h0, c0, w_ih, w_hh, b, b, None, [1, 2, 2, 1], False, False),
+        "b_hh should have shape [20]": ("lstm", x, h0, c0, w_ih, w_hh, b, b[:8], None, [], False, False),
+        "unknown cell kind": ("lstm2", x, h0, c0, w_ih, w_hh, b, b, None, [], False, False),
+        "should be Float like x": ("lstm", x, h0.double(), c0, w_ih, w_hh, b, b, None, [], False, False),
+    }
+    for message, args in bad.items():
+        with pytest.raises(RuntimeError, match=re.escape(message)):
+            SCAN(*args)
+    from gatedrnn.engine.ops import STEP
+    with pytest.raises(RuntimeError, match="5 weight slots per layer"):
+        STEP("gru", torch.randn(2, 3), torch.randn(1, 2, 4), None, [torch.randn(12, 3)])
+
+
+@pytest.mark.parametrize("cell", list(CELL_SPECS))
+def test_fake_kernels_match_the_real_shapes_and_strides(cell):
+    """What torch.compile/torch.export plan with (the fake kernels) is what the C++ kernels return, for a
+    non-contiguous x (a batch_first layer's transpose), with and without keep."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from gatedrnn.engine.ops import SCAN_BACKWARD
+
+    spec = CELL_SPECS[cell]
+    hidden, proj = 4, 3 if spec.supports_projection else 0
+    out = proj or hidden
+    g = spec.gate_count * hidden
+    real = dict(x=torch.randn(2, 5, 3).transpose(0, 1), h0=torch.randn(2, out),
+                c0=torch.randn(2, hidden) if spec.has_cell_state else None, w_ih=torch.randn(g, 3),
+                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None)
+
+    def run(t, keep):
+        outputs = SCAN(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b"], t["b"], t["w_hr"], [], False, keep)
+        y, h_n, c_n, gates, c_hist, extra = outputs
+        if not keep:
+            return outputs
+        none_if_empty = lambda v: None if v.dim() == 1 and v.numel() == 0 else v  # noqa: E731
+        grads = SCAN_BACKWARD(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["w_hr"], True, y,
+                              gates, none_if_empty(c_hist), none_if_empty(extra), torch.ones_like(y),
+                              torch.ones_like(h_n), c_n if spec.has_cell_state else None, [], False, True)
+        return outputs + grads
+
+    for keep in (False, True):
+        wanted = [(tuple(t.shape), t.stride()) for t in run(real, keep)]
+        with FakeTensorMode() as mode:
+            fake = {k: None if v is None else mode.from_tensor(v) for k, v in real.items()}
+            got = [(tuple(t.shape), t.stride()) for t in run(fake, keep)]
+        assert got == wanted, (cell, keep)

@@ -37,6 +37,17 @@ def test_flags_per_architecture(monkeypatch):
     assert compile_flags("x86_64")[0] == "-march=x86-64-v3"
 
 
+def test_a_level_this_cpu_cannot_run_is_refused(monkeypatch):
+    """A library built above the CPU's level would die with SIGILL at first use: refuse it, naming the flags."""
+    monkeypatch.setattr("gatedrnn.engine._flags.platform.machine", lambda: "x86_64")
+    monkeypatch.setattr("gatedrnn.engine._flags.cpu_features", lambda: "flags : fpu sse sse2 avx")
+    assert compile_flags("x86_64", "baseline")[0] == "-march=x86-64"
+    with pytest.raises(ISASettingError, match="needs avx2, fma"):
+        compile_flags("x86_64", "avx2")
+    with pytest.raises(ISASettingError, match="avx512f"):
+        compile_flags("x86_64", "avx512")
+
+
 def test_the_isa_level_is_part_of_the_cache_key(monkeypatch):
     monkeypatch.delenv("GATEDRNN_ISA", raising=False)
     native = _build.build_key()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -21,6 +23,7 @@ from torch.func import functional_call, grad, vmap
 
 import gatedrnn
 from gatedrnn.engine import _build
+from op_counter import GatedrnnOps
 from gatedrnn.models import CharLM, SequenceClassifier, SequenceRegressor, SequenceTagger
 
 onnx = pytest.importorskip("onnx")
@@ -344,6 +347,17 @@ class Regressor(torch.nn.Module):
         return self.readout(last)
 
 
+class Embedded(Regressor):
+    """A linear input layer in front, so the recurrent layer's input needs a gradient (its dx is computed)."""
+
+    def __init__(self, cls, options):
+        super().__init__(cls, options)
+        self.embed = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        return super().forward(self.embed(x))
+
+
 def graph_ops(graph_module: torch.fx.GraphModule) -> list[str]:
     return [str(node.target) for node in graph_module.graph.nodes if node.op == "call_function"]
 
@@ -386,18 +400,19 @@ def test_compile_fullgraph_no_break_no_recompile(cls, options):
 
 
 def test_compile_inductor_training_step_matches_eager():
-    """The default backend (inductor) around the operator: a few optimiser steps equal eager's."""
+    """The default backend (inductor) around the operator, with a batch_first layer behind an input that needs
+    a gradient (a non-contiguous x, and dx computed): optimiser steps equal eager's."""
     _engine_built()
     torch.manual_seed(1)
-    eager = Regressor(gatedrnn.LSTM, dict(num_layers=2))
-    compiled_model = Regressor(gatedrnn.LSTM, dict(num_layers=2))
+    eager = Embedded(gatedrnn.LSTM, dict(num_layers=2, batch_first=True))
+    compiled_model = Embedded(gatedrnn.LSTM, dict(num_layers=2, batch_first=True))
     compiled_model.load_state_dict(eager.state_dict())
     torch._dynamo.reset()
     counters.clear()
     compiled = torch.compile(compiled_model, fullgraph=True)
     optimisers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (eager, compiled_model)]
     for step in range(3):
-        x = torch.randn(9, 5, 6, generator=torch.Generator().manual_seed(step))
+        x = torch.randn(5, 9, 6, generator=torch.Generator().manual_seed(step))
         for model, optimiser in zip((eager, compiled), optimisers):
             optimiser.zero_grad()
             model(x).square().mean().backward()
@@ -439,8 +454,27 @@ def test_export_torch_nn_keeps_only_the_batch_dynamic():
     other = torch.randn(5, 7, 6)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(other)[0], twin(other)[0], rtol=1e-6, atol=1e-6)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="specialized it to be a constant"):
         torch.export.export(twin, (x,), dynamic_shapes=({0: Dim("steps", min=2, max=64), 1: Dim("batch")},))
+
+
+def test_exported_program_runs_in_a_fresh_process(tmp_path):
+    """A .pt2 holding gatedrnn::scan runs where only `import gatedrnn` happened: the operators' kernels load
+    the engine at their first call."""
+    _engine_built()
+    torch.manual_seed(6)
+    model = Regressor(gatedrnn.GRU, dict(num_layers=2, batch_first=True)).eval()
+    x, other = torch.randn(3, 5, 6), torch.randn(4, 9, 6)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: Dim("batch"), 1: Dim("steps")},))
+    torch.export.save(program, tmp_path / "model.pt2")
+    torch.save(other, tmp_path / "input.pt")
+    script = ("import sys, torch, gatedrnn; x = torch.load(sys.argv[2]); "
+              "torch.save(torch.export.load(sys.argv[1]).module()(x), sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pt2"), str(tmp_path / "input.pt"),
+                           str(tmp_path / "output.pt")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "output.pt"), model(other), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls", [gatedrnn.LSTM, gatedrnn.GRU])
@@ -456,7 +490,9 @@ def test_func_per_sample_gradients_equal_a_loop(cls):
         output, _ = functional_call(model, p, (x.unsqueeze(1),))  # (L, 1, H)
         return (output[-1, 0] - target).square().sum()
 
-    per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, targets)
+    with GatedrnnOps() as ops:
+        per_sample = vmap(grad(loss), in_dims=(None, 0, 0))(params, xs, targets)
+    assert ops.counts["scan"] and ops.counts["scan_backward"], "torch.func did not run the fused engine"
     for k in range(len(xs)):
         model.zero_grad()
         loss(dict(model.named_parameters()), xs[k], targets[k]).backward()

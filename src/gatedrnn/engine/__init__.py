@@ -12,7 +12,6 @@ choice of path is made once, at trace time (call `torch._dynamo.reset()` after c
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch

@@ -26,6 +26,12 @@ X86_LEVELS = {
     "avx2": ("-march=x86-64-v3", "-mtune=generic"),
     "baseline": ("-march=x86-64", "-mtune=generic"),
 }
+# What each level needs from the CPU (as /proc/cpuinfo names it): a library built for more dies with SIGILL.
+X86_REQUIRES = {
+    "avx512": ("avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "bmi2"),
+    "avx2": ("avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"),
+    "baseline": (),
+}
 X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
 ARM_MACHINES = ("aarch64", "arm64")
 
@@ -47,12 +53,28 @@ def compile_flags(machine: Optional[str] = None, isa: Optional[str] = None) -> t
         if isa not in X86_LEVELS:
             raise ISASettingError(f"GATEDRNN_ISA={isa!r} is not understood on {machine}; expected one of "
                                   f"{', '.join(X86_LEVELS)}")
+        if machine == platform.machine().lower():  # building for this CPU: it must run what is built
+            missing = [flag for flag in X86_REQUIRES.get(isa, ()) if flag not in cpu_features().split()]
+            if missing:
+                raise ISASettingError(f"GATEDRNN_ISA={isa!r} needs {', '.join(missing)}, which this CPU lacks "
+                                      f"({cpu_model()}); use a lower level or unset GATEDRNN_ISA")
         return X86_LEVELS[isa] + COMMON
     if isa != "native":
         raise ISASettingError(f"GATEDRNN_ISA={isa!r} applies to x86-64 only; on {machine} use native (or unset)")
     if machine in ARM_MACHINES:
         return ("-mcpu=native",) + COMMON  # NEON always; SVE where the CPU has it
     return COMMON  # another architecture: the compiler's defaults, still vectorised at -O3
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def cpu_features() -> str:

@@ -2,7 +2,7 @@
 
 Three operators in the ``gatedrnn`` namespace (`torch.library`), each with a CPU kernel (the C++ engine of
 ``csrc/``, built at first use, registers it), a fake kernel (shapes only, for FakeTensor tracing under compile/export)
-and a vmap rule:
+and, for scan and scan_backward, a vmap rule:
 
     gatedrnn::scan(cell, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_hr?, batch_sizes, reverse, keep)
         -> (y, h_n, c_n, gates, c_hist, extra)          one layer, one direction, the whole sequence
@@ -27,12 +27,13 @@ mapped slice (torch.func per-sample gradients).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS
+from gatedrnn.engine import _build
 
 __all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction"]
 
@@ -61,7 +62,26 @@ def _present(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 # The CPU kernels are the C++ engine's: csrc/engine.cpp registers them with the dispatcher when the library
-# built by `gatedrnn.engine._build.load()` is loaded; the engine calls these operators only after that.
+# built by `gatedrnn.engine._build.load()` is loaded. Until then a fallback kernel (a less specific dispatch
+# key, so the C++ CPU kernel wins once it exists) loads the library and calls the operator again: a graph
+# that holds these operators (torch.export.load in a new process) runs after `import gatedrnn` alone.
+def _loading_kernel(name: str, op):
+    def kernel(*args):
+        devices = {t.device.type for a in args for t in (a if isinstance(a, (list, tuple)) else [a])
+                   if isinstance(t, Tensor)}
+        if devices - {"cpu"}:
+            raise RuntimeError(f"gatedrnn::{name} has a CPU kernel only, got tensors on {sorted(devices)}; "
+                               "gatedrnn's layers run the reference path on other devices")
+        if _build.load() is None or not torch._C._dispatch_has_kernel_for_dispatch_key(f"gatedrnn::{name}", "CPU"):
+            raise RuntimeError(f"gatedrnn::{name} needs the fused C++ engine, which is not available "
+                               f"({_build.error()}); run `gatedrnn build` to see why")
+        return op(*args)
+
+    return kernel
+
+
+for _name, _op in (("scan", SCAN), ("scan_backward", SCAN_BACKWARD), ("step", STEP)):
+    _LIB.impl(_name, _loading_kernel(_name, _op), "CompositeExplicitAutograd")
 
 
 # ----- fake kernels: shapes only -----
@@ -85,8 +105,8 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
 @torch.library.register_fake("gatedrnn::scan_backward")
 def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
                         batch_sizes, reverse, need_dx):
-    def like(t: Optional[Tensor], present: bool = True) -> Tensor:
-        return torch.empty_like(t) if t is not None and present else x.new_empty(0)
+    def like(t: Optional[Tensor], present: bool = True) -> Tensor:  # the kernel's results are contiguous
+        return x.new_empty(t.shape) if t is not None and present else x.new_empty(0)
 
     return (like(x, need_dx), like(h0), like(c0), like(w_ih), like(w_hh),
             x.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
@@ -96,7 +116,8 @@ def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c
 
 @torch.library.register_fake("gatedrnn::step")
 def _step_fake(cell, x, h, c, weights):
-    return x.new_empty(h.shape[1], h.shape[2]), torch.empty_like(h), torch.empty_like(c) if c is not None else x.new_empty(0)
+    return (x.new_empty(h.shape[1], h.shape[2]), x.new_empty(h.shape),
+            x.new_empty(c.shape) if c is not None else x.new_empty(0))
 
 
 # ----- autograd: BPTT by gatedrnn::scan_backward -----

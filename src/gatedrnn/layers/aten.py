@@ -25,11 +25,37 @@ from gatedrnn.cells import CELL_SPECS
 
 def in_onnx_export() -> bool:
     """torch.onnx.is_in_onnx_export(), without importing torch.onnx (~60 ms) when no exporter can be running."""
+    if torch.compiler.is_compiling():
+        return _onnx_export_at_trace_time()
+    return _onnx_exporting()
+
+
+def _onnx_exporting() -> bool:
     return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+
+
+@torch.compiler.assume_constant_result
+def _onnx_export_at_trace_time() -> bool:
+    # Under dynamo (torch.compile, or the strict torch.export an ONNX exporter may fall back to) the flag is
+    # read by Python at trace time, not traced: dynamo would fold it to False.
+    return _onnx_exporting()
 
 
 def reason(device_type: str = "cpu") -> Optional[str]:
     """Why a layer must run torch's own op now ("torch.jit.trace", "ONNX export", "autocast"), else None."""
+    if torch.compiler.is_compiling():
+        return _reason_at_trace_time(device_type)
+    return _reason(device_type)
+
+
+@torch.compiler.assume_constant_result
+def _reason_at_trace_time(device_type: str) -> Optional[str]:
+    # As for _onnx_export_at_trace_time; autocast is part of dynamo's global-state guard, so a baked
+    # "autocast" recompiles when it changes.
+    return _reason(device_type)
+
+
+def _reason(device_type: str) -> Optional[str]:
     if torch.jit.is_tracing():
         return "torch.jit.trace"
     if in_onnx_export():

@@ -34,6 +34,53 @@ at::Tensor opt(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->c
 
 at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
 
+// The operators are public (they appear in exported graphs and can be called directly): every shape the
+// kernels index with is checked here, so a wrong one raises instead of reading out of bounds.
+std::string shape(at::IntArrayRef sizes) { return c10::str(sizes); }
+
+void check_shape(const char* op, const char* name, const at::Tensor& t, std::vector<int64_t> expected,
+                 const at::Tensor& like) {
+  TORCH_CHECK(t.sizes().vec() == expected, op, ": ", name, " should have shape ", shape(expected), ", got ",
+              shape(t.sizes()));
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " should be ", like.scalar_type(), " like x, got ",
+              t.scalar_type());
+}
+
+// Returns {H, P}.
+std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell, const at::Tensor& x,
+                                        const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+                                        const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                        const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes) {
+  const auto [gates, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::pair<int64_t, bool>(Cell::kGates, Cell::kHasC);
+  });
+  TORCH_CHECK(x.dim() == 3, op, ": x should be 3-D (T, B, I), got shape ", shape(x.sizes()));
+  const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
+  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) > 0 && w_hh.size(0) % gates == 0, op, ": w_hh should be (",
+              gates, "*H, P) for cell '", cell, "', got shape ", shape(w_hh.sizes()));
+  const int64_t GH = w_hh.size(0), H = GH / gates, P = w_hh.size(1);
+  check_shape(op, "w_ih", w_ih, {GH, I}, x);
+  check_shape(op, "w_hh", w_hh, {GH, P}, x);
+  check_shape(op, "h0", h0, {B, P}, x);
+  if (has_c) {
+    TORCH_CHECK(c0.has_value(), op, ": cell '", cell, "' needs c0");
+    check_shape(op, "c0", *c0, {B, H}, x);
+  }
+  if (w_hr.has_value()) {
+    check_shape(op, "w_hr", *w_hr, {P, H}, x);
+  } else {
+    TORCH_CHECK(P == H, op, ": without w_hr, w_hh should be (", GH, ", ", H, "), got shape ", shape(w_hh.sizes()));
+  }
+  if (!batch_sizes.empty()) {
+    TORCH_CHECK((int64_t)batch_sizes.size() == T_, op, ": batch_sizes should hold T = ", T_, " values, got ",
+                batch_sizes.size());
+    for (size_t t = 0; t < batch_sizes.size(); ++t)
+      TORCH_CHECK(batch_sizes[t] >= 1 && batch_sizes[t] <= B && (t == 0 || batch_sizes[t] <= batch_sizes[t - 1]), op,
+                  ": batch_sizes should be non-increasing values in [1, B = ", B, "], got ", shape(batch_sizes));
+  }
+  return {H, P};
+}
+
 using Six = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Eight = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using Three = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
@@ -44,6 +91,13 @@ Six scan_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h
                                 const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes_in,
                                 bool reverse, bool keep) {
   const std::string cell(cell_name);
+  check_layer("gatedrnn::scan", cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
+  const int64_t GH = w_hh.size(0);
+  TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gatedrnn::scan: b_ih and b_hh should both be given or both None");
+  if (b_ih.has_value()) {
+    check_shape("gatedrnn::scan", "b_ih", *b_ih, {GH}, x);
+    check_shape("gatedrnn::scan", "b_hh", *b_hh, {GH}, x);
+  }
   std::vector<int64_t> batch_sizes = batch_sizes_in.vec();
   const at::Tensor xc = x.contiguous(), h0c = h0.contiguous(), c0c = opt(c0), w_ihc = w_ih.contiguous(),
                    w_hhc = w_hh.contiguous(), b_ihc = opt(b_ih), b_hhc = opt(b_hh), w_hrc = opt(w_hr);
@@ -65,6 +119,28 @@ Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at
                                  const at::Tensor& dy, const at::Tensor& dh_n, const c10::optional<at::Tensor>& dc_n,
                                  at::IntArrayRef batch_sizes_in, bool reverse, bool need_dx) {
   const std::string cell(cell_name);
+  const char* op = "gatedrnn::scan_backward";
+  const auto [H, P] = check_layer(op, cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
+  const int64_t T_ = x.size(0), B = x.size(1), GH = w_hh.size(0);
+  check_shape(op, "y", y, {T_, B, P}, x);
+  check_shape(op, "dy", dy, {T_, B, P}, x);
+  check_shape(op, "dh_n", dh_n, {B, P}, x);
+  const auto [saves_gates, extra_blocks, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<bool, int64_t, bool>(Cell::kSavesGates, Cell::kExtra, Cell::kHasC);
+  });
+  if (saves_gates) {
+    TORCH_CHECK(gates.has_value(), op, ": cell '", cell, "' needs the gates saved by gatedrnn::scan(keep=True)");
+    check_shape(op, "gates", *gates, {T_, B, GH}, x);
+  }
+  if (has_c) {
+    TORCH_CHECK(c_hist.has_value() && dc_n.has_value(), op, ": cell '", cell, "' needs c_hist and dc_n");
+    check_shape(op, "c_hist", *c_hist, {T_, B, H}, x);
+    check_shape(op, "dc_n", *dc_n, {B, H}, x);
+  }
+  if (extra_blocks) {
+    TORCH_CHECK(extra.has_value(), op, ": cell '", cell, "' needs the extra buffer saved by gatedrnn::scan");
+    check_shape(op, "extra", *extra, {T_, B, extra_blocks * H}, x);
+  }
   std::vector<int64_t> batch_sizes = batch_sizes_in.vec();
   const at::Tensor xc = x.contiguous(), h0c = h0.contiguous(), c0c = opt(c0), w_ihc = w_ih.contiguous(),
                    w_hhc = w_hh.contiguous(), w_hrc = opt(w_hr), yc = y.contiguous(), dyc = dy,
@@ -83,9 +159,38 @@ Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at
 Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h, const c10::optional<at::Tensor>& c,
            const c10::List<c10::optional<at::Tensor>>& weight_list) {
   const std::string cell(cell_name);
+  const char* op = "gatedrnn::step";
   std::vector<c10::optional<at::Tensor>> weights;
   weights.reserve(weight_list.size());
   for (const c10::optional<at::Tensor>& w : weight_list) weights.push_back(w);
+  const auto [gates, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::pair<int64_t, bool>(Cell::kGates, Cell::kHasC);
+  });
+  TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.size(1) == x.size(0), op, ": x should be (B, I) and h (L, B, P), got ",
+              shape(x.sizes()), " and ", shape(h.sizes()));
+  const int64_t L = h.size(0), B = h.size(1), P = h.size(2);
+  TORCH_CHECK((int64_t)weights.size() == 5 * L, op, ": expected 5 weight slots per layer (w_ih, w_hh, b_ih, b_hh, "
+              "w_hr), ", 5 * L, " for L = ", L, ", got ", weights.size());
+  int64_t in_dim = x.size(1), H = P;
+  for (int64_t l = 0; l < L; ++l) {
+    TORCH_CHECK(weights[5 * l + 1].has_value() && weights[5 * l + 1]->dim() == 2 && weights[5 * l + 1]->size(0) % gates == 0,
+                op, ": layer ", l, " needs w_hh of shape (", gates, "*H, P)");
+    const int64_t GH = weights[5 * l + 1]->size(0);
+    H = GH / gates;
+    TORCH_CHECK(weights[5 * l].has_value(), op, ": layer ", l, " needs w_ih");
+    check_shape(op, "w_ih", *weights[5 * l], {GH, in_dim}, x);
+    check_shape(op, "w_hh", *weights[5 * l + 1], {GH, P}, x);
+    for (int k : {2, 3})
+      if (weights[5 * l + k].has_value()) check_shape(op, k == 2 ? "b_ih" : "b_hh", *weights[5 * l + k], {GH}, x);
+    if (weights[5 * l + 4].has_value()) check_shape(op, "w_hr", *weights[5 * l + 4], {P, H}, x);
+    else TORCH_CHECK(P == H, op, ": layer ", l, " without w_hr needs P = H, got P = ", P, ", H = ", H);
+    in_dim = P;
+  }
+  check_shape(op, "h", h, {L, B, P}, x);
+  if (has_c) {
+    TORCH_CHECK(c.has_value(), op, ": cell '", cell, "' needs c");
+    check_shape(op, "c", *c, {L, B, H}, x);
+  }
   std::vector<at::Tensor> out =
       dispatch(cell, x, [&]<typename Cell, typename T>() { return stack_step<Cell, T>(x, h, opt(c), weights); });
   return {out[0], out[1], or_empty(out[2], x)};
