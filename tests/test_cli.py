@@ -13,6 +13,7 @@ import pytest
 
 from gatedrnn.cli import build_parser, main
 from gatedrnn.train import TrainConfig
+from cli_runner import run_cli
 
 COMMON = ["--quiet", "--no-tensorboard", "--batch-size", "32", "--lr", "0.01", "--threads", "1"]
 # task -> (flags, check on the test metrics, what the check states). Small configurations, a few hundred
@@ -37,15 +38,6 @@ TASK_RUNS = {
                lambda m: m["bpc"] < 3.6, "test bpc < 3.6 (unigram about 4.3, uniform log2 V)"),
 }
 
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:  # argparse's own errors
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module", autouse=True)

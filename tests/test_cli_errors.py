@@ -16,6 +16,7 @@ import torch
 
 from gatedrnn.cli import main
 from gatedrnn.train import checkpoint as ckpt
+from cli_runner import run_cli
 
 SMALL = ["--task", "adding", "-o", "seq_len=6", "-o", "n_train=32", "-o", "n_val=16", "-o", "n_test=16",
          "--hidden-size", "4", "--batch-size", "16", "--epochs", "1", "--quiet", "--no-tensorboard", "--threads", "1"]
@@ -27,15 +28,6 @@ def keep_threads():
     yield
     torch.set_num_threads(threads)
 
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_line_error(code: int, err: str, *expected: str) -> str:

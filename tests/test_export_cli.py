@@ -10,18 +10,10 @@ import pytest
 import torch
 
 from gatedrnn.cli import main
+from cli_runner import run_cli
 
 ort = pytest.importorskip("onnxruntime")
 
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    try:
-        code = main(list(argv))
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

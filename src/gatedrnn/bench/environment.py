@@ -8,16 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from gatedrnn.engine._flags import cpu_model
 
 
 # The instruction-set extensions a kernel's speed depends on, as /proc/cpuinfo names them (x86 "flags",
