@@ -114,7 +114,8 @@ class Trainer:
             from gatedrnn.models import build_rnn
 
             try:
-                build_rnn(config.cell, 1, 1, init=self.layer_init)
+                with torch.random.fork_rng(devices=[]):  # a 1x1 trial layer; the global RNG is left as it was
+                    build_rnn(config.cell, 1, 1, init=self.layer_init)
             except (ValueError, TypeError) as error:
                 raise ConfigError(f"init {config.init!r} with cell {config.cell!r}: {error}") from None
         check_writable_dir(self.out_dir)
