@@ -243,3 +243,13 @@ def test_cli_bad_init_is_a_one_line_error(tmp_path, capsys, argv, expected):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gatedrnn: error: ") and expected in lines[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_with_init_rebuilds_from_its_config():
+    from gatedrnn.models import SequenceRegressor, build_model
+
+    model = SequenceRegressor(2, 4, cell="gru", init={"init": "chrono", "chrono_max": 30})
+    assert model.config["init"] == {"init": "chrono", "chrono_max": 30}
+    again = build_model("SequenceRegressor", model.config)
+    assert (again.rnn.init, again.rnn.chrono_max) == ("chrono", 30)
+    assert "init" not in SequenceRegressor(2, 4).config  # default models keep their old config
