@@ -14,7 +14,8 @@ from typing import Any, Optional
 from gatedrnn.cli import CLIError
 
 # flag -> TrainConfig field, for every field set from a plain flag (dest names equal field names)
-CONFIG_FLAGS = ("task", "cell", "hidden_size", "num_layers", "dropout", "batch_size", "epochs", "max_steps", "lr",
+CONFIG_FLAGS = ("task", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias", "chrono_max",
+                "batch_size", "epochs", "max_steps", "lr",
                 "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "patience",
                 "seed", "out_dir", "checkpoint_every")
 
@@ -50,6 +51,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--hidden-size", dest="hidden_size", type=int, help="hidden units per layer (default: 64)")
     group.add_argument("--num-layers", dest="num_layers", type=int, help="stacked recurrent layers (default: 1)")
     group.add_argument("--dropout", type=float, help="dropout between stacked layers, in [0, 1) (default: 0)")
+    group.add_argument("--init", help="gate-bias init of an lstm or gru: default (torch's), chrono (Tallec & Ollivier "
+                                      "2018) or forget-bias (Jozefowicz et al. 2015) (default: default)")
+    group.add_argument("--forget-bias", dest="forget_bias", type=float,
+                       help="--init forget-bias: the forget gate's (gru: update gate z's) bias (default: 1.0)")
+    group.add_argument("--chrono-max", dest="chrono_max", type=int,
+                       help="--init chrono: T_max, the longest dependency to expect, an integer >= 2 "
+                            "(default: the task's seq_len option)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

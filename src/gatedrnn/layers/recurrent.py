@@ -29,6 +29,7 @@ from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
+from gatedrnn.layers.init import apply_init_, check_init_options
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -49,6 +50,10 @@ class RecurrentBase(nn.Module):
         proj_size: int = 0,
         device=None,
         dtype=None,
+        *,
+        forget_bias: Optional[float] = None,
+        init: str = "default",
+        chrono_max: Optional[int] = None,
     ) -> None:
         super().__init__()
         if mode not in CELL_SPECS:
@@ -62,6 +67,14 @@ class RecurrentBase(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = check_dropout(dropout)
         self.bidirectional = bool(bidirectional)
+        check_init_options(init, forget_bias, chrono_max)
+        if (forget_bias is not None or init != "default") and self.spec.hold_gate is None:
+            raise ValueError(f"forget_bias and init='chrono' need a gated cell (LSTM or GRU), got {mode!r}")
+        if (forget_bias is not None or init != "default") and not self.bias:
+            raise ValueError("forget_bias and init='chrono' set gate biases: expected bias=True, got bias=False")
+        self.forget_bias = None if forget_bias is None else float(forget_bias)
+        self.init = init
+        self.chrono_max = chrono_max
         if self.proj_size and not self.spec.supports_projection:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if self.proj_size >= self.hidden_size:
@@ -117,10 +130,12 @@ class RecurrentBase(nn.Module):
         """No-op, kept for code written against torch.nn (cuDNN's flat buffer does not exist here)."""
 
     def reset_parameters(self) -> None:
-        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order."""
+        """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order; then
+        the gate-bias options (forget_bias, init="chrono"), formulas in `gatedrnn.layers.init`."""
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+        apply_init_(self)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -133,6 +148,10 @@ class RecurrentBase(nn.Module):
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
+        if getattr(self, "forget_bias", None) is not None:
+            s += f", forget_bias={self.forget_bias}"
+        if getattr(self, "init", "default") != "default":
+            s += f", init={self.init!r}, chrono_max={self.chrono_max}"
         return s
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
@@ -283,24 +302,40 @@ class RecurrentBase(nn.Module):
         return tuple(result)
 
 
+INIT_OPTIONS_DOC = """
+    Gate-bias options (keyword-only; the defaults give torch.nn's init exactly), applied by
+    `reset_parameters` after torch's init; formulas and papers in `gatedrnn.layers.init`:
+        forget_bias: the effective bias b_ih + b_hh of the hold gate ({gate}), all in b_ih (None: torch's init).
+        init: "default" or "chrono" (Tallec & Ollivier 2018: {chrono}, u ~ U(1, chrono_max - 1) per unit).
+        chrono_max: T_max for init="chrono", an integer >= 2 (the longest dependency to expect).
+"""
+
+
 class LSTM(RecurrentBase):
-    """torch.nn.LSTM's interface; equations in `gatedrnn.cells.lstm.lstm_step`. Returns output, (h_n, c_n)."""
+    __doc__ = ("""torch.nn.LSTM's interface; equations in `gatedrnn.cells.lstm.lstm_step`. Returns output, (h_n, c_n).
+""" + INIT_OPTIONS_DOC.format(gate="f", chrono="b_f = log(u), b_i = -b_f"))
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None) -> None:
+                 proj_size: int = 0, device=None, dtype=None, *, forget_bias: Optional[float] = None,
+                 init: str = "default", chrono_max: Optional[int] = None) -> None:
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device=device, dtype=dtype)
+                         bidirectional, proj_size, device=device, dtype=dtype, forget_bias=forget_bias,
+                         init=init, chrono_max=chrono_max)
 
 
 class GRU(RecurrentBase):
-    """torch.nn.GRU's interface; equations in `gatedrnn.cells.gru.gru_step`. Returns output, h_n."""
+    __doc__ = ("""torch.nn.GRU's interface; equations in `gatedrnn.cells.gru.gru_step`. Returns output, h_n.
+""" + INIT_OPTIONS_DOC.format(gate="z; h' = (1 - z) * n + z * h, so z near 1 keeps the state",
+                              chrono="b_z = +log(u), the paper's -log(u) on its write gate 1 - z"))
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 device=None, dtype=None) -> None:
+                 device=None, dtype=None, *, forget_bias: Optional[float] = None,
+                 init: str = "default", chrono_max: Optional[int] = None) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device=device, dtype=dtype)
+                         bidirectional, 0, device=device, dtype=dtype, forget_bias=forget_bias,
+                         init=init, chrono_max=chrono_max)
 
 
 class RNN(RecurrentBase):

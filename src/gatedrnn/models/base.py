@@ -28,7 +28,7 @@ class SequenceModel(nn.Module):
     """A recurrent layer followed by a readout; subclasses define `readout` and may define `rnn_input`."""
 
     def __init__(self, *, cell: str, rnn_input_size: int, hidden_size: int, num_layers: int, dropout: float,
-                 config: dict[str, Any]) -> None:
+                 config: dict[str, Any], init: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_size("hidden_size", hidden_size, minimum=1)
         check_size("num_layers", num_layers, minimum=1)
@@ -37,7 +37,7 @@ class SequenceModel(nn.Module):
         self.config: dict[str, Any] = dict(config)
         # torch.nn applies dropout only between stacked layers; with one layer it would only warn.
         self.rnn = build_rnn(cell, rnn_input_size, hidden_size, num_layers=num_layers,
-                             dropout=float(dropout) if num_layers > 1 else 0.0)
+                             dropout=float(dropout) if num_layers > 1 else 0.0, init=init)
 
     @property
     def cell(self) -> str:

@@ -20,13 +20,14 @@ class CharLM(SequenceModel):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, embedding_size: int = 32, *, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0) -> None:
+                 num_layers: int = 1, dropout: float = 0.0, init: dict | None = None) -> None:
         check_size("vocab_size", vocab_size, minimum=2)
         check_size("embedding_size", embedding_size, minimum=1)
         super().__init__(cell=cell, rnn_input_size=embedding_size, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout,
+                         dropout=dropout, init=init,
                          config=dict(vocab_size=vocab_size, hidden_size=hidden_size, embedding_size=embedding_size,
-                                     cell=cell, num_layers=num_layers, dropout=dropout))
+                                     cell=cell, num_layers=num_layers, dropout=dropout,
+                                     **({"init": dict(init)} if init else {})))
         self.embedding = nn.Embedding(vocab_size, embedding_size)
         self.head = nn.Linear(hidden_size, vocab_size)
 

@@ -40,13 +40,14 @@ class _LinearReadout(SequenceModel):
     """A recurrent layer and a linear head on its output; `out_name` is the head's size in `config`."""
 
     def __init__(self, input_size: int, hidden_size: int, out_name: str, out_features: int, *, cell: str,
-                 num_layers: int, dropout: float, min_out: int) -> None:
+                 num_layers: int, dropout: float, min_out: int, init: dict | None = None) -> None:
         check_size("input_size", input_size, minimum=1)
         check_size(out_name, out_features, minimum=min_out)
         super().__init__(cell=cell, rnn_input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-                         dropout=dropout,
+                         dropout=dropout, init=init,
                          config={"input_size": input_size, "hidden_size": hidden_size, out_name: out_features,
-                                 "cell": cell, "num_layers": num_layers, "dropout": dropout})
+                                 "cell": cell, "num_layers": num_layers, "dropout": dropout,
+                                 **({"init": dict(init)} if init else {})})
         self.head = nn.Linear(hidden_size, out_features)
 
 
@@ -58,9 +59,9 @@ class SequenceRegressor(_LinearReadout):
     """
 
     def __init__(self, input_size: int, hidden_size: int, output_size: int = 1, *, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0) -> None:
+                 num_layers: int = 1, dropout: float = 0.0, init: dict | None = None) -> None:
         super().__init__(input_size, hidden_size, "output_size", output_size, cell=cell, num_layers=num_layers,
-                         dropout=dropout, min_out=1)
+                         dropout=dropout, min_out=1, init=init)
 
     def readout(self, rnn_output: Inputs) -> Tensor:
         return self.head(last_steps(rnn_output))  # (B, O)
@@ -76,9 +77,9 @@ class SequenceClassifier(_LinearReadout):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0) -> None:
+                 num_layers: int = 1, dropout: float = 0.0, init: dict | None = None) -> None:
         super().__init__(input_size, hidden_size, "num_classes", num_classes, cell=cell, num_layers=num_layers,
-                         dropout=dropout, min_out=2)
+                         dropout=dropout, min_out=2, init=init)
 
     def readout(self, rnn_output: Inputs, lengths: Optional[Tensor] = None) -> Tensor:
         return self.head(last_steps(rnn_output, lengths))  # (B, C)
@@ -91,9 +92,9 @@ class SequenceTagger(_LinearReadout):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int, *, cell: str = "lstm",
-                 num_layers: int = 1, dropout: float = 0.0) -> None:
+                 num_layers: int = 1, dropout: float = 0.0, init: dict | None = None) -> None:
         super().__init__(input_size, hidden_size, "num_classes", num_classes, cell=cell, num_layers=num_layers,
-                         dropout=dropout, min_out=2)
+                         dropout=dropout, min_out=2, init=init)
 
     def readout(self, rnn_output: Tensor) -> Tensor:
         if not isinstance(rnn_output, Tensor) or rnn_output.dim() != 3:

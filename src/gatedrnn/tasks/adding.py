@@ -68,8 +68,9 @@ class AddingTask(GeneratedTask):
     def collate(self, items: Sequence[Any]) -> tuple[Tensor, Tensor]:
         return stack_pairs(items)  # (B, T, 2), (B, 1)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
-        return SequenceRegressor(2, hidden_size, 1, cell=cell, num_layers=num_layers, dropout=dropout)
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
+        return SequenceRegressor(2, hidden_size, 1, cell=cell, num_layers=num_layers, dropout=dropout, init=init)
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:
         check_pair(self.info.name, prediction, target, "(B, 1)", "(B, 1)", same_shape=True)

@@ -41,8 +41,10 @@ class Task(abc.ABC):
         """A list of dataset items -> (inputs, targets); inputs a (B, T, I) tensor or a PackedSequence."""
 
     @abc.abstractmethod
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
-        """A `gatedrnn.models` model for this task with the given recurrent cell ("lstm", "gru", "rnn")."""
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
+        """A `gatedrnn.models` model for this task with the given recurrent cell ("lstm", "gru", "rnn");
+        `init` the layer's gate-bias options (e.g. {"init": "chrono", "chrono_max": 100}), None for torch's init."""
 
     @abc.abstractmethod
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:

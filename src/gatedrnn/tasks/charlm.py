@@ -139,9 +139,10 @@ class CharLMTask(Task):
         windows = torch.stack(list(items))  # (B, T + 1)
         return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
         return CharLM(self.vocab_size, hidden_size, self.options["embedding_size"], cell=cell, num_layers=num_layers,
-                      dropout=dropout)
+                      dropout=dropout, init=init)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
         check_pair(self.info.name, prediction, target, "(B, T, V)", "(B, T)")

@@ -77,9 +77,10 @@ class CopyTask(GeneratedTask):
         ids, targets = (torch.stack(column) for column in zip(*items))  # (B, L) each
         return F.one_hot(ids, self.options["num_symbols"] + 2).float(), targets  # (B, L, S + 2), (B, L)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
         s = self.options["num_symbols"]
-        return SequenceTagger(s + 2, hidden_size, s + 1, cell=cell, num_layers=num_layers, dropout=dropout)
+        return SequenceTagger(s + 2, hidden_size, s + 1, cell=cell, num_layers=num_layers, dropout=dropout, init=init)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
         s, length = self.options["num_symbols"], self.length

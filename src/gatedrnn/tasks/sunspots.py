@@ -109,8 +109,9 @@ class SunspotsTask(Task):
     def collate(self, items: Sequence[Any]) -> tuple[Tensor, Tensor]:
         return stack_pairs(items)  # (B, window, 1), (B, 1)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
-        return SequenceRegressor(1, hidden_size, 1, cell=cell, num_layers=num_layers, dropout=dropout)
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
+        return SequenceRegressor(1, hidden_size, 1, cell=cell, num_layers=num_layers, dropout=dropout, init=init)
 
     # ----- loss and metrics -----
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:

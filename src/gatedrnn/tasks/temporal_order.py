@@ -77,9 +77,10 @@ class TemporalOrderTask(GeneratedTask):
         ids, classes = (torch.stack(column) for column in zip(*items))  # (B, L), (B,)
         return F.one_hot(ids, len(SYMBOLS)).float(), classes  # (B, L, 8), (B,)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
         return SequenceClassifier(len(SYMBOLS), hidden_size, NUM_CLASSES, cell=cell, num_layers=num_layers,
-                                  dropout=dropout)
+                                  dropout=dropout, init=init)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
         check_logits(self.info.name, prediction, target, NUM_CLASSES)

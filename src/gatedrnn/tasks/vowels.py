@@ -97,9 +97,10 @@ class VowelsTask(Task):
         series, classes = zip(*items)
         return pack_sequence(list(series), enforce_sorted=False), torch.stack(classes)  # packed (T_b, 12), (B,)
 
-    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0) -> nn.Module:
+    def build_model(self, cell: str, hidden_size: int, num_layers: int = 1, dropout: float = 0.0, *,
+                    init: dict | None = None) -> nn.Module:
         return SequenceClassifier(NUM_CHANNELS, hidden_size, NUM_CLASSES, cell=cell, num_layers=num_layers,
-                                  dropout=dropout)
+                                  dropout=dropout, init=init)
 
     def _check(self, prediction: Tensor, target: Tensor) -> None:
         check_logits(self.info.name, prediction, target, NUM_CLASSES)

@@ -295,7 +295,7 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best"):
     trained with, and the task (`gatedrnn.tasks.get_task(name, **options)`) it was trained on.
     """
     from gatedrnn.tasks import get_task
-    from gatedrnn.train.config import TrainConfig
+    from gatedrnn.train.config import TrainConfig, layer_init
 
     directory = resolve_checkpoint(path, prefer=prefer)
     meta = read_meta(directory)
@@ -303,7 +303,9 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best"):
     try:
         config = TrainConfig.from_dict(meta["config"])
         task = get_task(meta["task"].get("name"), **meta["task"].get("options", {}))
-        model = task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout)
+        init = layer_init(config, task.options)
+        model = task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout,
+                                 **({"init": init} if init else {}))
     except (ValueError, TypeError) as error:  # ConfigError is a ValueError
         raise CheckpointError(f"{str(directory / META_FILE)!r} describes a model this gatedrnn cannot build: "
                               f"{error}") from None

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 SCHEDULES = ("cosine", "step", "none")
+INITS = ("default", "chrono", "forget-bias")  # the recurrent layer's gate-bias init (gatedrnn.layers.init)
+DEFAULT_FORGET_BIAS = 1.0  # Jozefowicz et al. 2015
 
 
 class ConfigError(ValueError):
@@ -30,6 +32,9 @@ class TrainConfig:
     hidden_size: int = 64
     num_layers: int = 1
     dropout: float = 0.0
+    init: str = "default"  # "default" (torch's) | "chrono" | "forget-bias"; see gatedrnn.layers.init
+    forget_bias: Optional[float] = None  # init="forget-bias": the forget (GRU: z) gate's bias (None: 1.0)
+    chrono_max: Optional[int] = None  # init="chrono": T_max (None: the task's seq_len option)
     # the optimisation
     batch_size: int = 32  # the global batch: split evenly over the processes under torchrun
     epochs: int = 10
@@ -121,6 +126,21 @@ def _check_float(name: str, value: Any, minimum: float, maximum: float = float("
         raise ConfigError(f"{name} should be a number {low}{minimum}{high}, and finite, got {value!r}")
 
 
+def layer_init(config: TrainConfig, task_options: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """The recurrent layer's gate-bias keyword options for `config.init` (None for torch's init);
+    `task_options` are the task's resolved options, whose `seq_len` is chrono's default T_max."""
+    if config.init == "forget-bias":
+        return {"forget_bias": DEFAULT_FORGET_BIAS if config.forget_bias is None else float(config.forget_bias)}
+    if config.init == "chrono":
+        chrono_max = config.chrono_max if config.chrono_max is not None else task_options.get("seq_len")
+        if chrono_max is None:
+            raise ConfigError(f"init 'chrono' needs chrono_max (--chrono-max): task {config.task!r} has no seq_len "
+                              f"option to default to")
+        _check_int("chrono_max", chrono_max, 2)
+        return {"init": "chrono", "chrono_max": chrono_max}
+    return None
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Check every field's type and range (not the task name: the task registry does that)."""
     from gatedrnn.models import CELLS as registered_cells  # includes variants registered later
@@ -143,6 +163,18 @@ def validate(config: TrainConfig) -> TrainConfig:
     _check_float("step_gamma", config.step_gamma, 0.0, 1.0, open_low=True)
     if config.clip_norm is not None:
         _check_float("clip_norm", config.clip_norm, 0.0, open_low=True)
+    if config.init not in INITS:
+        raise ConfigError(f"unknown init {config.init!r}; expected one of {list(INITS)}")
+    if config.forget_bias is not None:
+        value = config.forget_bias
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"forget_bias should be a finite number, got {value!r}")
+        if config.init != "forget-bias":
+            raise ConfigError(f"forget_bias is only used with init 'forget-bias', got init {config.init!r}")
+    if config.chrono_max is not None:
+        _check_int("chrono_max", config.chrono_max, 2)
+        if config.init != "chrono":
+            raise ConfigError(f"chrono_max is only used with init 'chrono', got init {config.init!r}")
     if not isinstance(config.task_options, Mapping):
         raise ConfigError(f"task_options should be a mapping, got {type(config.task_options).__name__}")
     if not config.out_dir:

@@ -29,14 +29,15 @@ from torch.utils.data import DataLoader
 
 from gatedrnn.tasks.base import Task
 from gatedrnn.train import checkpoint as ckpt
-from gatedrnn.train.config import ConfigError, TrainConfig, validate
+from gatedrnn.train.config import ConfigError, TrainConfig, layer_init, validate
 from gatedrnn.train.evaluation import evaluate_split, forward
 from gatedrnn.train.recorders import NullRecorder, RunRecorder
 from gatedrnn.train.reproducibility import ResumableSampler, rng_state, seed_everything, set_rng_state
 from gatedrnn.train.schedule import build_scheduler
 
 # fields that define the run's trajectory: a resumed run must keep them to continue bit-exactly
-IDENTITY_FIELDS = ("task", "task_options", "cell", "hidden_size", "num_layers", "dropout", "batch_size", "lr",
+IDENTITY_FIELDS = ("task", "task_options", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias",
+                   "chrono_max", "batch_size", "lr",
                    "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "seed")
 KILL_AFTER_STEP_ENV = "GATEDRNN_TEST_KILL_AFTER_STEP"  # tests only: SIGKILL this process after that step
 
@@ -108,6 +109,15 @@ class Trainer:
             except ValueError as error:
                 raise ConfigError(str(error)) from None
         self.task = task
+        self.layer_init = layer_init(config, task.options)
+        if self.layer_init:  # a cell without gates (rnn) refuses gate-bias options: say so before any write
+            from gatedrnn.models import build_rnn
+
+            try:
+                with torch.random.fork_rng(devices=[]):  # a 1x1 trial layer; the global RNG is left as it was
+                    build_rnn(config.cell, 1, 1, init=self.layer_init)
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"init {config.init!r} with cell {config.cell!r}: {error}") from None
         check_writable_dir(self.out_dir)
         self.splits = task.splits(config.seed)  # reads real data now, so a missing package fails before any write
         self.resume_from: Optional[tuple[dict, dict, dict]] = None
@@ -139,7 +149,8 @@ class Trainer:
         config = self.config
         seed_everything(config.seed)
         self.train_set, self.val_set, self.test_set = self.splits["train"], self.splits["val"], self.splits["test"]
-        self.model = self.task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout)
+        init = {"init": self.layer_init} if self.layer_init else {}  # tasks written before `init` still work
+        self.model = self.task.build_model(config.cell, config.hidden_size, config.num_layers, config.dropout, **init)
         self.module = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
