@@ -72,8 +72,12 @@ def run_layer_fused(
     if _needs_grad(inputs):
         differentiable = SCAN if torch.compiler.is_compiling() else ScanFunction.apply  # see ScanFunction
         y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True)
-    else:
+    elif torch.compiler.is_compiling():
         y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace)
+    else:
+        # Nothing needs a gradient: skip the operator's autograd kernel (a Python function, ~8 us a call).
+        with torch._C._AutoDispatchBelowAutograd():
+            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace)
     state = (h_n, c_n) if has_c else (h_n,)
     if not trace:
         return ScanResult(y, state, None)

@@ -41,7 +41,11 @@ def step_layers(
     # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
     if fused and not dropout and not (torch.is_grad_enabled() and _needs_grad([x, *state, *flat])):
         has_c = len(state) == 2
-        y, h, c = STEP(cell, x, state[0], state[1] if has_c else None, flat)
+        if torch.compiler.is_compiling():
+            y, h, c = STEP(cell, x, state[0], state[1] if has_c else None, flat)
+        else:  # no gradient: below the operator's autograd kernel (see engine.fused)
+            with torch._C._AutoDispatchBelowAutograd():
+                y, h, c = STEP(cell, x, state[0], state[1] if has_c else None, flat)
         return y, ((h, c) if has_c else (h,))
     layer_input = x
     new_states: list[tuple[Tensor, ...]] = []
