@@ -355,3 +355,29 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell):
             fake = {k: None if v is None else mode.from_tensor(v) for k, v in real.items()}
             got = [(tuple(t.shape), t.stride()) for t in run(fake, keep)]
         assert got == wanted, (cell, keep)
+
+
+@pytest.mark.parametrize("cell", list(CELL_SPECS))
+@pytest.mark.parametrize("used", ["output", "h_n", "c_n"])
+def test_gradients_when_the_loss_uses_one_output(cell, used, monkeypatch):
+    """The backward fills in the gradients of outputs the loss does not use (they arrive as None, not as
+    zero buffers): each alone gives the reference path's gradients."""
+    if used == "c_n" and not CELL_SPECS[cell].has_cell_state:
+        pytest.skip("no cell state")
+    torch.manual_seed(7)
+    module, _ = make_pair(cell, 3, 4, dtype=torch.float64, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def grads():
+        output, hidden = module(x)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        chosen = {"output": output, "h_n": states[0], "c_n": states[-1]}[used]
+        return torch.autograd.grad((chosen * torch.linspace(-1, 1, chosen.numel()).view_as(chosen)).sum(),
+                                   [x, *module.parameters()])
+
+    with GatedrnnOps() as ops:
+        fused = grads()
+    assert ops.counts["scan_backward"] == 2
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    for a, b in zip(fused, grads()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

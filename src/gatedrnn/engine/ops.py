@@ -128,6 +128,9 @@ def _scan_setup_context(ctx, inputs, output) -> None:
     ctx.has_bias, ctx.has_c = b_ih is not None, c0 is not None
     ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra)
     ctx.mark_non_differentiable(gates, c_hist, extra)
+    # Not materialised: autograd would otherwise allocate zero gradients as large as the saved buffers
+    # (gates alone is (T, B, G*H)) for outputs no loss can reach; the backward fills in what it needs.
+    ctx.set_materialize_grads(False)
 
 
 def _no_double_backward(ctx, *grads):
@@ -159,6 +162,11 @@ def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_
     if not ctx.keep:
         raise RuntimeError("gatedrnn::scan was called with keep=False, so it saved nothing to differentiate")
     x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra = ctx.saved_tensors
+    if dy is None:  # a loss of the final state only: a stride-0 zero, which the kernel reads in place
+        dy = y.new_zeros(()).expand(y.shape)
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
+    if ctx.has_c and dc_n is None:
+        dc_n = torch.zeros_like(c0)
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = bptt(
         ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
         _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
