@@ -18,13 +18,16 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_RESULTS = Path("docs/results/demo.json")
 TASK_RESULTS = Path("docs/results/tasks")
-SPEED_RESULTS = Path("benchmarks/results/2026-11-25-2.json")  # the latest full run
-STREAM_RESULTS = Path("benchmarks/results/2026-11-25-3.json")  # the streaming cases, measured again
+# Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
+SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-11-30.json"), None),
+    (Path("benchmarks/results/2026-11-25-2.json"), Path("benchmarks/results/2026-11-25-3.json")),
+)
 TASK_ORDER = ("adding", "copy", "temporal_order", "sunspots", "vowels", "charlm")
 TASK_DATA = {  # what the data is (words only: every number in the table comes from the result files)
     "adding": "generated (H&S 1997)", "copy": "generated", "temporal_order": "generated (H&S 1997 exp. 6a)",
@@ -106,12 +109,20 @@ def _ratio(value: float | None) -> str:
 
 
 def render_speed(root: Path) -> str:
-    full = json.loads((root / SPEED_RESULTS).read_text())
-    stream = json.loads((root / STREAM_RESULTS).read_text())
+    """One table per full run in SPEED_RUNS (newest first), each naming its CPU, load and engine commit."""
+    return "\n\n".join(_speed_run(root, full, stream) for full, stream in SPEED_RUNS)
+
+
+def _speed_run(root: Path, full_path: Path, stream_path: Optional[Path]) -> str:
+    full = json.loads((root / full_path).read_text())
     cases = {c["name"]: c for c in full["cases"]}
     env = full["environment"]
-    lines = [f"`{SPEED_RESULTS}` ({full['date'][:10]}, {_machine(env)}, {env['threads']} threads, torch "
-             f"{env['torch_version']}, onnxruntime {env['onnxruntime_version']}); ratio = peer time / gatedrnn time:",
+    family = env.get("cpu", {}).get("family")
+    commit = (env.get("git") or {}).get("commit")
+    lines = [f"`{full_path}` ({full['date'][:10]}, {_machine(env)}{', ' + family if family else ''}, "
+             f"{env['threads']} threads, load {env['load_average'][0]:.2f}, torch {env['torch_version']}, onnxruntime "
+             f"{env['onnxruntime_version']}{', engine at ' + commit[:7] if commit else ''}); "
+             "ratio = peer time / gatedrnn time:",
              "", "| case | " + " | ".join(_size_label(s) for s in SIZES) + " | target |",
              "|---|" + "---|" * (len(SIZES) + 1)]
     for cell, label in (("lstm", "LSTM"), ("gru", "GRU")):
@@ -132,17 +143,16 @@ def render_speed(root: Path) -> str:
             notes.append(f"`{name}` {case['ratio']:.2f}x (target {case['target']['description'] if case['target'] else '—'})")
     for entry in full["memory"]:
         notes.append(f"`{entry['name']}` peak memory, nn.LSTM / gatedrnn: {entry['ratio']:.2f}x")
+    streams = [f"`{name}` {case['impls']['gatedrnn']['median_s'] * 1e6:.1f} µs per step, {case['ratio']:.2f}x "
+               "nn.LSTMCell" for name, case in cases.items() if "/stream/" in name]
     lines += ["", "Training with `proj_size` and on a PackedSequence, and the peak memory of one training step: "
-              + "; ".join(notes) + "."]
-    again = {c["name"]: c for c in stream["cases"]}
-    stream_notes = []
-    for name, case in again.items():
-        ours = case["impls"]["gatedrnn"]["median_s"] * 1e6
-        before = cases.get(name)
-        moved = f"; {before['ratio']:.2f}x in the full run" if before else ""
-        stream_notes.append(f"`{name}` {ours:.1f} µs per step, {case['ratio']:.2f}x nn.LSTMCell{moved}")
-    lines += ["", f"Streaming one step at B=1 under no_grad, measured again in `{STREAM_RESULTS}` "
-              f"({stream['date'][:10]}, {_machine(stream['environment'])}): " + "; ".join(stream_notes) + "."]
+              + "; ".join(notes) + ". Streaming one step at B=1 under no_grad: " + "; ".join(streams) + "."]
+    if stream_path is not None:
+        stream = json.loads((root / stream_path).read_text())
+        again = [f"`{c['name']}` {c['impls']['gatedrnn']['median_s'] * 1e6:.1f} µs per step, {c['ratio']:.2f}x "
+                 "nn.LSTMCell" for c in stream["cases"]]
+        lines += ["", f"Streaming measured again in `{stream_path}` ({stream['date'][:10]}, "
+                  f"{_machine(stream['environment'])}): " + "; ".join(again) + "."]
     return "\n".join(lines)
 
 
