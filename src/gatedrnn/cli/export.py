@@ -19,8 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sample_inputs(task, seed: int, split: str, *, limit: int = 8):
-    """Two padded model inputs from the task's split: a batch of up to `limit` examples and one example
-    alone (another batch size). A task that packs variable-length examples gives each example unpadded."""
+    """Model inputs from the task's split that exercise both dynamic axes: a batch of up to `limit` examples,
+    one example alone (another batch size) and the batch cut to half its steps (another length; the models
+    are batch_first, time is dim 1). A task that packs variable-length examples gives two examples, each
+    unpadded (their lengths differ where the data's do)."""
     import torch
     from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
@@ -37,7 +39,7 @@ def sample_inputs(task, seed: int, split: str, *, limit: int = 8):
     if not isinstance(batch, torch.Tensor):
         raise CLIError(f"task {task.info.name!r} feeds its model a {type(batch).__name__}, which ONNX export "
                        f"cannot take; export needs a tensor input")
-    return [batch, batch[:1]]
+    return [batch, batch[:1], batch[:, : max(1, batch.shape[1] // 2)]]
 
 
 def run(args: argparse.Namespace) -> int:
