@@ -48,6 +48,8 @@ def test_timings_state_their_cpu() -> None:
     assert demo["machine"].split(",")[0] in blocks["demo"]
     for path in sorted((ROOT / readme.TASK_RESULTS).glob("*.json")):
         assert json.loads(path.read_text())["environment"]["cpu_model"] in blocks["tasks"]
+    init = json.loads((ROOT / readme.INIT_RESULTS).read_text())
+    assert init["environment"]["cpu_model"] in blocks["init"]
     for path, _ in readme.SPEED_RUNS:
         environment = json.loads((ROOT / path).read_text())["environment"]
         assert str(path) in blocks["speed"] and environment["cpu_model"] in blocks["speed"]

@@ -6,6 +6,7 @@ Each generated block sits between `<!-- generated:NAME -->` and `<!-- /generated
             (a results.json the demo wrote)
     tasks   the task table, from docs/results/tasks/*.json (written by `python -m gatedrnn.bench.task_runs`)
     speed   the speed summary, from the benchmark JSON in benchmarks/results/ (written by `gatedrnn bench`)
+    init    the gate-bias init study, from docs/results/init_study.json (`python -m gatedrnn.bench.init_study`)
 
 Every block names its source files and the CPU the timings came from. Without --check the blocks are
 rewritten in place; with --check nothing is written and the exit code is 1 when a block differs from what
@@ -22,6 +23,7 @@ from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_RESULTS = Path("docs/results/demo.json")
+INIT_RESULTS = Path("docs/results/init_study.json")
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
@@ -156,7 +158,27 @@ def _speed_run(root: Path, full_path: Path, stream_path: Optional[Path]) -> str:
     return "\n".join(lines)
 
 
-BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render_tasks, "speed": render_speed}
+def render_init(root: Path) -> str:
+    """The gate-bias init study (docs/results/init_study.json, `python -m gatedrnn.bench.init_study`)."""
+    record = json.loads((root / INIT_RESULTS).read_text())
+    runs = record["runs"]
+    inits = list(dict.fromkeys(r["init"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    example = next(r for r in runs if r["init"] == inits[-1])["command"]
+    lines = [f"LSTM on `adding` at T = {record['seq_len']}, seeds {seeds[0]}–{seeds[-1]}, one run per seed and init "
+             f"(`{example}`, seed and init varied; `{INIT_RESULTS}`, {record['date']}, "
+             f"{_machine(record['environment'])}). Solved: test MSE below "
+             f"{record['solved_fraction']:g} × the mean predictor's ({runs[0]['baseline_mse']:.3f}).", "",
+             "| init | solved | test MSE per seed |", "|---|---|---|"]
+    for init in inits:
+        mine = sorted((r for r in runs if r["init"] == init), key=lambda r: r["seed"])
+        lines.append(f"| `--init {init}` | {sum(r['solved'] for r in mine)} of {len(mine)} | "
+                     + ", ".join(f"{r['test_mse']:.4f}" for r in mine) + " |")
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render_tasks, "speed": render_speed,
+                                            "init": render_init}
 
 
 def _pattern(name: str) -> re.Pattern:
