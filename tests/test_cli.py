@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gatedrnn.cli import build_parser, main
+from gatedrnn.cli import build_parser
 from gatedrnn.train import TrainConfig
 from cli_runner import run_cli
 

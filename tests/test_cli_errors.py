@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from gatedrnn.cli import main
 from gatedrnn.train import checkpoint as ckpt
 from cli_runner import run_cli
 

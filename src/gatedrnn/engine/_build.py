@@ -30,7 +30,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import platform
 import re
 import shutil
 import stat

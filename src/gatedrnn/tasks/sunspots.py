@@ -15,7 +15,6 @@ Shapes: inputs (B, window, 1), targets (B, 1) standardised, predictions (B, 1) s
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Mapping, Sequence
 
