@@ -25,7 +25,7 @@ class GRUTrace(NamedTuple):
 
 
 def gru_step(
-    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor]
+    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], recurrent_mask: Optional[Tensor] = None
 ) -> tuple[Tensor, GRUGates]:
     r"""One GRU step.
 
@@ -36,13 +36,15 @@ def gru_step(
         n      = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn))
         h_next = (1 − z) ⊙ n + z ⊙ h
 
+    With a recurrent_mask m (variational recurrent dropout) the W_h· products read h ⊙ m; z ⊙ h keeps h.
+
     Args:
         x_proj: (B, 3H) input projection of this step, bias b_ih included.
-        h: (B, H). w_hh: (3H, H). b_hh: (3H,) or None.
+        h: (B, H). w_hh: (3H, H). b_hh: (3H,) or None. recurrent_mask: (B, H) or None.
     Returns:
         (h_next (B, H), GRUGates(r, z, n) each (B, H)).
     """
-    h_proj = h @ w_hh.t()  # (B, 3H)
+    h_proj = (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()  # (B, 3H)
     if b_hh is not None:
         h_proj = h_proj + b_hh
     x_r, x_z, x_n = x_proj.chunk(3, dim=1)  # 3 x (B, H)

@@ -40,6 +40,7 @@ def lstm_step(
     w_hh: Tensor,
     b_hh: Optional[Tensor],
     w_hr: Optional[Tensor] = None,
+    recurrent_mask: Optional[Tensor] = None,
 ) -> tuple[LSTMState, LSTMGates]:
     r"""One LSTM step.
 
@@ -53,15 +54,17 @@ def lstm_step(
         h_next = o ⊙ tanh(c_next)                 (no projection)
         h_next = W_hr (o ⊙ tanh(c_next))          (with projection, LSTMP)
 
+    With a recurrent_mask m (variational recurrent dropout, Gal & Ghahramani 2016) W_h· reads h ⊙ m.
+
     Args:
         x_proj: (B, 4H) input projection of this step, bias b_ih included.
         state: LSTMState with h (B, P) and c (B, H).
-        w_hh: (4H, P). b_hh: (4H,) or None. w_hr: (P, H) or None.
+        w_hh: (4H, P). b_hh: (4H,) or None. w_hr: (P, H) or None. recurrent_mask: (B, P) or None.
     Returns:
         (LSTMState(h_next (B, P), c_next (B, H)), LSTMGates(i, f, g, o) each (B, H)).
     """
     h, c = state
-    pre = x_proj + h @ w_hh.t()  # (B, 4H)
+    pre = x_proj + (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()  # (B, 4H)
     if b_hh is not None:
         pre = pre + b_hh
     pre_i, pre_f, pre_g, pre_o = pre.chunk(4, dim=1)  # 4 x (B, H)

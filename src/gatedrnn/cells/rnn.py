@@ -20,7 +20,8 @@ class RNNTrace(NamedTuple):
 
 
 def rnn_step(
-    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], nonlinearity: str = "tanh"
+    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], nonlinearity: str = "tanh",
+    recurrent_mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, RNNGates]:
     r"""One Elman RNN step.
 
@@ -31,10 +32,11 @@ def rnn_step(
     Args:
         x_proj: (B, H) input projection of this step, bias b_ih included.
         h: (B, H). w_hh: (H, H). b_hh: (H,) or None.
+        recurrent_mask: (B, H) or None: W_hh reads h ⊙ recurrent_mask (variational recurrent dropout).
     Returns:
         (h_next (B, H), RNNGates(a) with a (B, H)).
     """
-    a = x_proj + h @ w_hh.t()  # (B, H)
+    a = x_proj + (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()  # (B, H)
     if b_hh is not None:
         a = a + b_hh
     h_next = torch.tanh(a) if nonlinearity == "tanh" else torch.relu(a)

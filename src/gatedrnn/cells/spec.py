@@ -17,6 +17,7 @@ class LayerWeights(NamedTuple):
 
     w_ih: (G*H, I); w_hh: (G*H, P); b_ih, b_hh: (G*H,) or None; w_hr: (P, H) or None (LSTM projection).
     Gate blocks are stacked in torch.nn's order: LSTM i,f,g,o; GRU r,z,n.
+    extra: the cell's extra parameters in `CellSpec.extra_params` order, each (blocks*H,) (peepholes, ...).
     """
 
     w_ih: Tensor
@@ -24,10 +25,22 @@ class LayerWeights(NamedTuple):
     b_ih: Optional[Tensor]
     b_hh: Optional[Tensor]
     w_hr: Optional[Tensor] = None
+    extra: tuple[Tensor, ...] = ()
+
+
+class ExtraParam(NamedTuple):
+    """A parameter a cell has besides torch.nn's, per layer and direction: `<name>_l<k>[_reverse]` of shape
+    (blocks*H,), initialised by `init` ("uniform": torch.nn's U(-1/sqrt(H), 1/sqrt(H)); "ones"; "zeros")."""
+
+    name: str
+    blocks: int
+    init: str = "uniform"
 
 
 # A cell's step in the engine's uniform form: (x_proj (B, G*H), state tuple) -> (state tuple, traced gates).
 StepFn = Callable[[Tensor, tuple[Tensor, ...]], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
+# make_step(weights, recurrent_mask (B, P) or None) -> StepFn; W_hh reads h ⊙ recurrent_mask.
+MakeStep = Callable[[LayerWeights, Optional[Tensor]], StepFn]
 
 
 @dataclass(frozen=True)
@@ -40,7 +53,7 @@ class CellSpec:
     name: the key ("lstm", "gru", "rnn_tanh", "rnn_relu"); the fused kernels know the cell by it.
     display_name: how people read it ("LSTM").
     step: the pure step function of `gatedrnn.cells` whose docstring states the equations.
-    make_step: LayerWeights -> the step in the uniform form `StepFn`.
+    make_step: (LayerWeights, recurrent_mask or None) -> the step in the uniform form `StepFn`.
     gate_count: G, the gate blocks stacked in W_ih / W_hh (rows = G*H); gate_names their order (torch.nn's).
     state_names: the state tuple: "h" first, then "c" for cells with a cell state.
     trace_type: the named tuple of a layer's trace: the traced gates, then the states in reverse ((c, h) or (h,)).
@@ -52,12 +65,15 @@ class CellSpec:
     hold_gate: the gate whose value near 1 keeps the memory (LSTM f, GRU z), None without gates.
     write_gate: the gate that lets new content in (LSTM i; GRU z, read as 1 − z: write_gate_inverted).
     color: the cell's colour in every plot.
+    extra_params: parameters besides torch.nn's (`ExtraParam`), passed to the kernels flattened as `aux`.
+    backward_reads_h: the fused backward reads the step's own h (the RNN's tanh'), so zoneout saves h̃.
+    variant: what distinguishes the cell within its family (e.g. `GreffVariant`), for the layers and docs.
     """
 
     name: str
     display_name: str
     step: Callable
-    make_step: Callable[[LayerWeights], StepFn]
+    make_step: MakeStep
     gate_count: int
     gate_names: tuple[str, ...]
     state_names: tuple[str, ...]
@@ -70,6 +86,14 @@ class CellSpec:
     write_gate: Optional[str] = None
     write_gate_inverted: bool = False
     color: str = "#7f7f7f"
+    extra_params: tuple[ExtraParam, ...] = ()
+    backward_reads_h: bool = False
+    variant: object = None
+
+    @property
+    def aux_blocks(self) -> int:
+        """A: the (H)-wide blocks of extra parameters the kernels take as `aux`."""
+        return sum(p.blocks for p in self.extra_params)
 
     @property
     def has_cell_state(self) -> bool:

@@ -5,32 +5,38 @@ struct in `engine/csrc/cells.h` (see the recipe in engine/csrc/README.md), and o
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
+from torch import Tensor
+
 from gatedrnn.cells.gru import GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
+from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step
 from gatedrnn.cells.rnn import RNNTrace, rnn_step
-from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
+from gatedrnn.cells.spec import CellSpec, ExtraParam, LayerWeights, StepFn
 
 
-def _lstm_step(weights: LayerWeights) -> StepFn:
+def _lstm_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
     def step(x_proj, state):
-        new_state, gates = lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_hh, weights.w_hr)
+        new_state, gates = lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_hh, weights.w_hr,
+                                     recurrent_mask)
         return tuple(new_state), tuple(gates)
 
     return step
 
 
-def _gru_step(weights: LayerWeights) -> StepFn:
+def _gru_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
     def step(x_proj, state):
-        h_next, gates = gru_step(x_proj, state[0], weights.w_hh, weights.b_hh)
+        h_next, gates = gru_step(x_proj, state[0], weights.w_hh, weights.b_hh, recurrent_mask)
         return (h_next,), tuple(gates)
 
     return step
 
 
 def _rnn_step(nonlinearity: str):
-    def make(weights: LayerWeights) -> StepFn:
+    def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
         def step(x_proj, state):
-            h_next, _ = rnn_step(x_proj, state[0], weights.w_hh, weights.b_hh, nonlinearity)
+            h_next, _ = rnn_step(x_proj, state[0], weights.w_hh, weights.b_hh, nonlinearity, recurrent_mask)
             return (h_next,), ()  # the RNN's trace is h alone
 
         return step
@@ -40,7 +46,51 @@ def _rnn_step(nonlinearity: str):
 
 def _rnn(name: str, display_name: str, nonlinearity: str, color: str) -> CellSpec:
     return CellSpec(name, display_name, rnn_step, _rnn_step(nonlinearity), 1, ("a",), ("h",), RNNTrace, (),
-                    torch_mode=name.upper(), color=color)
+                    torch_mode=name.upper(), color=color, backward_reads_h=True)
+
+
+def _greff_step(variant: GreffVariant):
+    def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+        peephole = weights.extra[0] if variant.peepholes else None
+
+        def step(x_proj, state):
+            new_state, gates = greff_lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_hh, peephole,
+                                               variant, recurrent_mask)
+            by_name = gates._asdict()
+            return tuple(new_state), tuple(by_name[name] for name in variant.gate_names)
+
+        return step
+
+    return make
+
+
+def _greff_trace_type(variant: GreffVariant) -> type:
+    """LSTMTrace's layout over the gates the variant has: its gates, then c and h, each (T, B, ·)."""
+    if variant.gate_names == LSTMTrace._fields[:4]:
+        return LSTMTrace
+    name = f"LSTM{variant.name.upper()}Trace"
+    trace = NamedTuple(name, [(gate, Tensor) for gate in variant.gate_names] + [("c", Tensor), ("h", Tensor)])
+    trace.__module__ = __name__
+    globals()[name] = trace  # importable by name, so pickled traces load
+    return trace
+
+
+def _greff(variant: GreffVariant, color: str) -> CellSpec:
+    label = "peephole" if variant.name == "peephole" else variant.name.upper()
+    return CellSpec(
+        f"lstm_{variant.name}", f"LSTM ({label})", greff_lstm_step, _greff_step(variant), len(variant.gate_names),
+        variant.gate_names, ("h", "c"), _greff_trace_type(variant), variant.gate_names,
+        torch_mode="LSTM" if not variant.peepholes else "",
+        hold_gate="f" if variant.forget_gate else None,
+        write_gate="i" if variant.input_gate else ("f" if variant.coupled else None),
+        write_gate_inverted=variant.coupled, color=color,
+        extra_params=(ExtraParam("weight_peephole", len(variant.peephole_names)),) if variant.peepholes else (),
+        variant=variant,
+    )
+
+
+_GREFF_COLORS = {"peephole": "#9467bd", "nig": "#8c564b", "nfg": "#e377c2", "nog": "#bcbd22", "niaf": "#17becf",
+                 "noaf": "#aec7e8", "np": "#ffbb78", "cifg": "#98df8a"}
 
 
 CELL_SPECS: dict[str, CellSpec] = {
@@ -54,6 +104,7 @@ CELL_SPECS: dict[str, CellSpec] = {
                  color="#2ca02c"),
         _rnn("rnn_tanh", "RNN", "tanh", "#d62728"),
         _rnn("rnn_relu", "RNN (relu)", "relu", "#ff7f0e"),
+        *(_greff(variant, _GREFF_COLORS[name]) for name, variant in GREFF_VARIANTS.items()),
     )
 }
 

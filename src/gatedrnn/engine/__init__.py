@@ -20,10 +20,11 @@ from torch import Tensor
 from gatedrnn.cells import LayerWeights
 from gatedrnn.engine import _build
 from gatedrnn.engine.fused import run_layer_fused
+from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.scan import ScanResult, scan_reference
 from gatedrnn.engine.step import step_layers
 
-__all__ = ["ScanResult", "backend_info", "run_layer", "runs_fused", "scan_reference", "step_layers"]
+__all__ = ["LayerNoise", "ScanResult", "backend_info", "run_layer", "runs_fused", "scan_reference", "step_layers"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 
@@ -81,8 +82,9 @@ def run_layer(
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
     trace: bool = False,
+    noise: Optional[LayerNoise] = None,
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps."""
     if runs_fused(x):
-        return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace)
-    return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace)
+        return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+    return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)

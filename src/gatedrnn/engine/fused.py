@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
+from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.ops import SCAN, ScanFunction
 from gatedrnn.engine.scan import ScanResult
 
@@ -63,21 +64,25 @@ def run_layer_fused(
     batch_sizes: Optional[Sequence[int]] = None,
     reverse: bool = False,
     trace: bool = False,
+    noise: Optional[LayerNoise] = None,
 ) -> ScanResult:
     """`scan_reference`'s contract on the fused kernels: x (T, B, I) -> ScanResult(y (T, B, P), state, trace)."""
     sizes = [] if batch_sizes is None else [int(b) for b in batch_sizes]
     has_c = CELL_SPECS[cell].has_cell_state
-    inputs = (x, state0[0], state0[1] if has_c else None, *weights)
+    # the cell's extra parameters as one flat operand; torch.cat's backward hands each its gradient
+    aux = (weights.extra[0] if len(weights.extra) == 1 else torch.cat(weights.extra)) if weights.extra else None
+    inputs = (x, state0[0], state0[1] if has_c else None, *weights[:5])
+    zoneout, mask = noise if noise is not None else (None, None)
     # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
-    if _needs_grad(inputs):
+    if _needs_grad(inputs + (aux,)):
         differentiable = SCAN if torch.compiler.is_compiling() else ScanFunction.apply  # see ScanFunction
-        y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True)
+        y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True, aux, zoneout, mask)
     elif torch.compiler.is_compiling():
-        y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace)
+        y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask)
     else:
         # Nothing needs a gradient: skip the operator's autograd kernel (a Python function, ~8 us a call).
         with torch._C._AutoDispatchBelowAutograd():
-            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace)
+            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask)
     state = (h_n, c_n) if has_c else (h_n,)
     if not trace:
         return ScanResult(y, state, None)

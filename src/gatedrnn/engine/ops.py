@@ -4,17 +4,22 @@ Three operators in the ``gatedrnn`` namespace (`torch.library`), each with a CPU
 ``csrc/``, built at first use, registers it), a fake kernel (shapes only, for FakeTensor tracing under compile/export)
 and, for scan and scan_backward, a vmap rule:
 
-    gatedrnn::scan(cell, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_hr?, batch_sizes, reverse, keep)
+    gatedrnn::scan(cell, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_hr?, batch_sizes, reverse, keep,
+                   aux?, zoneout?, rec_mask?)
         -> (y, h_n, c_n, gates, c_hist, extra)          one layer, one direction, the whole sequence
     gatedrnn::scan_backward(cell, x, h0, c0?, w_ih, w_hh, w_hr?, has_bias, y, gates?, c_hist?, extra?,
-                            dy, dh_n, dc_n?, batch_sizes, reverse, need_dx)
-        -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)   its hand-written BPTT
+                            dy, dh_n, dc_n?, batch_sizes, reverse, need_dx, aux?, zoneout?, rec_mask?)
+        -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux)   its hand-written BPTT
     gatedrnn::step(cell, x, h, c?, weights) -> (y, h, c)   one step through a stack of layers (streaming)
 
 Shapes: T steps, B batch, I input, H hidden, P size of h (proj_size or H), G gate count, E the cell's
-saved extra blocks (`CellSpec.saved_extra`), L layers.
+saved extra blocks (`CellSpec.saved_extra`), A the cell's extra-parameter blocks (`CellSpec.aux_blocks`),
+L layers.
+    aux (A*H,): the cell's extra parameters (peephole weights, ...), flattened in `CellSpec.extra_params` order.
+    zoneout (T, B, P [+ H]): the weight of the previous h [and c] per step and unit (0/1 in training, p at eval).
+    rec_mask (B, P): variational dropout's mask on the h that W_hh reads, one per sequence.
     scan:  y (T, B, P), h_n (B, P), c_n (B, H); with keep: gates (T, B, G*H), c_hist (T, B, H) for cells
-           with a c state, extra (T, B, E*H) for cells with E > 0. What a cell does not have is an empty
+           with a c state, extra (T, B, `saved_width`): the cell's E*H, then under zoneout c̃ (H) and h̃ (P). What a cell does not have is an empty
            tensor of shape (0,) (an operator's outputs are always tensors).
     step:  x (B, I), h (L, B, P), c (L, B, H) -> y (B, P), h (L, B, P), c (L, B, H) or (0,).
 
@@ -40,14 +45,14 @@ __all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction"]
 _LIB = torch.library.Library("gatedrnn", "DEF")
 _LIB.define(
     "scan(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-    "Tensor? w_hr, int[] batch_sizes, bool reverse, bool keep) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? w_hr, int[] batch_sizes, bool reverse, bool keep, Tensor? aux=None, Tensor? zoneout=None, "
+    "Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define(
     "scan_backward(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "bool has_bias, Tensor y, Tensor? gates, Tensor? c_hist, Tensor? extra, Tensor dy, Tensor dh_n, "
-    "Tensor? dc_n, int[] batch_sizes, bool reverse, bool need_dx) "
-    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? dc_n, int[] batch_sizes, bool reverse, bool need_dx, Tensor? aux=None, Tensor? zoneout=None, "
+    "Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define("step(str cell, Tensor x, Tensor h, Tensor? c, Tensor?[] weights) -> (Tensor, Tensor, Tensor)")
 
@@ -84,34 +89,46 @@ for _name, _op in (("scan", SCAN), ("scan_backward", SCAN_BACKWARD), ("step", ST
     _LIB.impl(_name, _loading_kernel(_name, _op), "CompositeExplicitAutograd")
 
 
+def saved_width(cell: str, hidden: int, out_size: int, zoneout: bool) -> int:
+    """Columns of scan's saved `extra` buffer: the cell's own blocks, then c̃ (H) and h̃ (P) under zoneout
+    (what the fused backward reads in place of the zoned-out state; csrc/scan_kernel.h)."""
+    spec = CELL_SPECS[cell]
+    width = spec.saved_extra * hidden
+    if zoneout:
+        width += (hidden if spec.has_cell_state else 0) + (out_size if spec.backward_reads_h else 0)
+    return width
+
+
 # ----- fake kernels: shapes only -----
 @torch.library.register_fake("gatedrnn::scan")
-def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep):
+def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
+               rec_mask=None):
     spec = CELL_SPECS[cell]
     steps, batch = x.shape[0], x.shape[1]
     gate_rows, out_size = w_hh.shape
     hidden = gate_rows // spec.gate_count
     has_c = spec.has_cell_state
+    extra = saved_width(cell, hidden, out_size, zoneout is not None)
     return (
         x.new_empty(steps, batch, out_size),
         x.new_empty(batch, out_size),
         x.new_empty(batch, hidden) if has_c else x.new_empty(0),
         x.new_empty(steps, batch, gate_rows) if keep else x.new_empty(0),
         x.new_empty(steps, batch, hidden) if keep and has_c else x.new_empty(0),
-        x.new_empty(steps, batch, spec.saved_extra * hidden) if keep and spec.saved_extra else x.new_empty(0),
+        x.new_empty(steps, batch, extra) if keep and extra else x.new_empty(0),
     )
 
 
 @torch.library.register_fake("gatedrnn::scan_backward")
 def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
-                        batch_sizes, reverse, need_dx):
+                        batch_sizes, reverse, need_dx, aux=None, zoneout=None, rec_mask=None):
     def like(t: Optional[Tensor], present: bool = True) -> Tensor:  # the kernel's results are contiguous
         return x.new_empty(t.shape) if t is not None and present else x.new_empty(0)
 
     return (like(x, need_dx), like(h0), like(c0), like(w_ih), like(w_hh),
             x.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
             x.new_empty(w_hh.shape[0]) if has_bias else x.new_empty(0),
-            like(w_hr))
+            like(w_hr), like(aux))
 
 
 @torch.library.register_fake("gatedrnn::step")
@@ -122,11 +139,12 @@ def _step_fake(cell, x, h, c, weights):
 
 # ----- autograd: BPTT by gatedrnn::scan_backward -----
 def _scan_setup_context(ctx, inputs, output) -> None:
-    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep = inputs
+    cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, *noise = inputs
+    aux, zoneout, rec_mask = (list(noise) + [None] * 3)[:3]
     y, _, _, gates, c_hist, extra = output
     ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.keep = cell, list(batch_sizes), reverse, keep
     ctx.has_bias, ctx.has_c = b_ih is not None, c0 is not None
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask)
     ctx.mark_non_differentiable(gates, c_hist, extra)
     # Not materialised: autograd would otherwise allocate zero gradients as large as the saved buffers
     # (gates alone is (T, B, G*H)) for outputs no loss can reach; the backward fills in what it needs.
@@ -161,20 +179,22 @@ class _ScanBackwardFunction(torch.autograd.Function):
 def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_BACKWARD):
     if not ctx.keep:
         raise RuntimeError("gatedrnn::scan was called with keep=False, so it saved nothing to differentiate")
-    x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask = ctx.saved_tensors
     if dy is None:  # a loss of the final state only: a stride-0 zero, which the kernel reads in place
         dy = y.new_zeros(()).expand(y.shape)
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     if ctx.has_c and dc_n is None:
         dc_n = torch.zeros_like(c0)
-    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = bptt(
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux = bptt(
         ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
         _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
-        ctx.needs_input_grad[1],
+        ctx.needs_input_grad[1], aux, zoneout, rec_mask,
     )
-    return (None, dx if ctx.needs_input_grad[1] else None, dh0, dc0 if ctx.has_c else None, dw_ih, dw_hh,
-            db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
-            dw_hr if w_hr is not None else None, None, None, None)
+    grads = (None, dx if ctx.needs_input_grad[1] else None, dh0, dc0 if ctx.has_c else None, dw_ih, dw_hh,
+             db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
+             dw_hr if w_hr is not None else None, None, None, None)
+    # the noise is drawn data, not a parameter: no gradient
+    return grads + (daux if aux is not None else None, None, None)[: len(ctx.needs_input_grad) - len(grads)]
 
 
 torch.library.register_autograd("gatedrnn::scan", _scan_backward_formula, setup_context=_scan_setup_context)
@@ -192,8 +212,10 @@ class ScanFunction(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep):
-        return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep)
+    def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
+                rec_mask=None):
+        return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout,
+                    rec_mask)
 
     setup_context = staticmethod(_scan_setup_context)
 
@@ -216,4 +238,4 @@ def _vmap_by_slices(op, output_count: int):
 
 
 torch.library.register_vmap("gatedrnn::scan", _vmap_by_slices(SCAN, 6))
-torch.library.register_vmap("gatedrnn::scan_backward", _vmap_by_slices(SCAN_BACKWARD, 8))
+torch.library.register_vmap("gatedrnn::scan_backward", _vmap_by_slices(SCAN_BACKWARD, 9))

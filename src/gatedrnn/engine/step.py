@@ -5,16 +5,16 @@ Shapes: L layers, B batch, I input, H hidden, P size of h (proj_size or H).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gatedrnn.cells import LayerWeights
+from gatedrnn.cells import LayerWeights, cell_spec
 from gatedrnn.engine.fused import _needs_grad
 from gatedrnn.engine.ops import STEP
-from gatedrnn.engine.scan import make_step
+from gatedrnn.engine.scan import make_step, zone_out
 
 
 def step_layers(
@@ -25,6 +25,7 @@ def step_layers(
     *,
     fused: bool,
     dropout: float = 0.0,
+    zoneout: Optional[Sequence[Tensor]] = None,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:
     """Advance every layer by one step.
 
@@ -34,11 +35,14 @@ def step_layers(
         fused: the caller's dispatch decision (`engine.run_layer`'s rule); the fused kernel is still
             skipped when a gradient is needed or dropout applies, because it has no backward.
         dropout: probability applied to each layer's output except the last (training only).
+        zoneout: per layer, this step's zoneout weights (B, P [+ H]) (`gatedrnn.engine.noise`), or None.
     Returns:
         (y (B, P), new state tuple in the same layout).
     """
     flat = [t for layer in weights for t in layer]
     # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
+    # the single-step kernel takes neither extra parameters nor zoneout: those step on the cell functions
+    fused = fused and zoneout is None and not cell_spec(cell).extra_params
     if fused and not dropout and not (torch.is_grad_enabled() and _needs_grad([x, *state, *flat])):
         has_c = len(state) == 2
         if torch.compiler.is_compiling():
@@ -51,7 +55,10 @@ def step_layers(
     new_states: list[tuple[Tensor, ...]] = []
     for k, layer in enumerate(weights):
         x_proj = F.linear(layer_input, layer.w_ih, layer.b_ih)  # (B, G*H)
-        new_state, _ = make_step(cell, layer)(x_proj, tuple(s[k] for s in state))
+        old_state = tuple(s[k] for s in state)
+        new_state, _ = make_step(cell, layer)(x_proj, old_state)
+        if zoneout is not None:
+            new_state = zone_out(old_state, new_state, zoneout[k])
         new_states.append(new_state)
         layer_input = new_state[0]
         if dropout and k < len(weights) - 1:

@@ -44,9 +44,14 @@ def check_size(name: str, value, *, minimum: int) -> int:
     return int(value)
 
 
-def check_dropout(dropout) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout <= 1:
-        raise ValueError(f"dropout should be a number in range [0, 1], got {dropout!r}")
+def check_dropout(dropout, name: str = "dropout") -> float:
+    """torch.nn's check of `dropout` (a number in [0, 1]); gatedrnn's own rates (zoneout, recurrent_dropout,
+    weight_drop) must stay below 1: a unit always dropped or always held is a mistake, and 1 / (1 − p) diverges."""
+    upper_ok = (lambda p: p <= 1) if name == "dropout" else (lambda p: p < 1)
+    if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Number) or not 0 <= dropout
+            or not upper_ok(dropout)):
+        interval = "[0, 1]" if name == "dropout" else "[0, 1)"
+        raise ValueError(f"{name} should be a number in range {interval}, got {dropout!r}")
     return float(dropout)
 
 

@@ -24,6 +24,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
+from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
+from gatedrnn.engine.noise import LayerNoise, draw_recurrent_mask, draw_zoneout
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
@@ -54,6 +56,9 @@ class RecurrentBase(nn.Module):
         forget_bias: Optional[float] = None,
         init: str = "default",
         chrono_max: Optional[int] = None,
+        zoneout: Union[float, tuple[float, float]] = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if mode not in CELL_SPECS:
@@ -72,6 +77,9 @@ class RecurrentBase(nn.Module):
             raise ValueError(f"forget_bias and init='chrono' need a gated cell (LSTM or GRU), got {mode!r}")
         if (forget_bias is not None or init != "default") and not self.bias:
             raise ValueError("forget_bias and init='chrono' set gate biases: expected bias=True, got bias=False")
+        self.zoneout = _check_zoneout(zoneout, self.spec.has_cell_state)
+        self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
+        self.weight_drop = check_dropout(weight_drop, "weight_drop")
         self.forget_bias = None if forget_bias is None else float(forget_bias)
         self.init = init
         self.chrono_max = chrono_max
@@ -104,6 +112,9 @@ class RecurrentBase(nn.Module):
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                     self._flat_weights_names.append(name)
+                for extra in self.spec.extra_params:  # after torch.nn's, in the cell's order
+                    self.register_parameter(f"{extra.name}{suffix}",
+                                            nn.Parameter(torch.empty(extra.blocks * self.hidden_size, **factory)))
         self.reset_parameters()
 
     @property
@@ -135,6 +146,11 @@ class RecurrentBase(nn.Module):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+        for extra in self.spec.extra_params:
+            if extra.init != "uniform":
+                for name, weight in self.named_parameters():
+                    if name.startswith(extra.name + "_l"):
+                        nn.init.constant_(weight, 1.0 if extra.init == "ones" else 0.0)
         apply_init_(self)
 
     def extra_repr(self) -> str:
@@ -152,18 +168,58 @@ class RecurrentBase(nn.Module):
             s += f", forget_bias={self.forget_bias}"
         if getattr(self, "init", "default") != "default":
             s += f", init={self.init!r}, chrono_max={self.chrono_max}"
+        for name in ("zoneout", "recurrent_dropout", "weight_drop"):
+            if getattr(self, name, 0.0) not in (0.0, (0.0, 0.0)):
+                s += f", {name}={getattr(self, name)}"
         return s
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The parameters of one layer and direction, as the engine takes them."""
         suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
         get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
-        return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"))
+        extra = tuple(get(p.name) for p in self.spec.extra_params)
+        return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"),
+                            extra)
+
+    def _noisy_weights(self, layer: int, direction: int) -> LayerWeights:
+        """`layer_weights`, with W_hh under weight drop while training: DropConnect, one mask per forward
+        shared by the batch and every step (Merity et al. 2018, AWD-LSTM), W_hh ⊙ M / (1 − p)."""
+        weights = self.layer_weights(layer, direction)
+        if self.weight_drop and self.training:
+            weights = weights._replace(w_hh=F.dropout(weights.w_hh, self.weight_drop, training=True))
+        return weights
+
+    def _noise(self, x: Tensor) -> Optional[LayerNoise]:
+        """This forward's zoneout weights and recurrent dropout mask for one layer and direction (x (T, B, ·)),
+        or None without either (`gatedrnn.engine.noise`)."""
+        p_h, p_c = self.zoneout
+        steps, batch = x.shape[0], x.shape[1]
+        out_size = self.proj_size or self.hidden_size
+        zoneout = draw_zoneout(steps, batch, out_size, self.hidden_size if self.spec.has_cell_state else None,
+                               p_h, p_c, self.training, x)
+        mask = draw_recurrent_mask(batch, out_size, self.recurrent_dropout, x) if self.training else None
+        return None if zoneout is None and mask is None else LayerNoise(zoneout, mask)
+
+    def _torch_op_differs(self) -> Optional[str]:
+        """What of this layer torch's own RNN op (tracing, ONNX export, autocast) cannot run, or None."""
+        if not self.spec.torch_mode:
+            return f"the {self.spec.display_name} cell"
+        if self.zoneout != (0.0, 0.0):
+            return "zoneout"
+        if self.training and (self.recurrent_dropout or self.weight_drop):
+            return "recurrent_dropout / weight_drop in training mode"
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
         why = aten.reason(self.weight_ih_l0.device.type)
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
+            missing = self._torch_op_differs()
+            if missing is not None:
+                raise RuntimeError(
+                    f"{why} runs torch's own RNN op, which has no {missing}; torch.export and torch.compile "
+                    "record gatedrnn's own operator instead (gatedrnn.engine.ops), and outside autocast the "
+                    "layer runs in its parameters' dtype"
+                )
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
@@ -240,8 +296,8 @@ class RecurrentBase(nn.Module):
                 k = layer * self.num_directions + direction
                 state0 = tuple(s[k] for s in hidden_in)
                 result = engine.run_layer(
-                    self.mode, layer_input, state0, self.layer_weights(layer, direction),
-                    batch_sizes=batch_sizes, reverse=direction == 1, trace=trace,
+                    self.mode, layer_input, state0, self._noisy_weights(layer, direction),
+                    batch_sizes=batch_sizes, reverse=direction == 1, trace=trace, noise=self._noise(layer_input),
                 )
                 outputs.append(result.y)
                 finals.append(result.state)
@@ -302,26 +358,58 @@ class RecurrentBase(nn.Module):
         return tuple(result)
 
 
+def _check_zoneout(zoneout, has_cell_state: bool) -> tuple[float, float]:
+    """zoneout as (p_h, p_c): a float for both, or a pair (h's, c's); each in [0, 1)."""
+    pair = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout, zoneout)
+    if len(pair) != 2:
+        raise ValueError(f"zoneout should be a float or a pair (p_h, p_c), got {zoneout!r}")
+    p_h, p_c = (check_dropout(p, "zoneout") for p in pair)
+    if not has_cell_state:
+        p_c = 0.0  # no cell state: only h zones out
+    return (p_h, p_c)
+
+
 INIT_OPTIONS_DOC = """
     Gate-bias options (keyword-only; the defaults give torch.nn's init exactly), applied by
     `reset_parameters` after torch's init; formulas and papers in `gatedrnn.layers.init`:
         forget_bias: the effective bias b_ih + b_hh of the hold gate ({gate}), all in b_ih (None: torch's init).
         init: "default" or "chrono" (Tallec & Ollivier 2018: {chrono}, u ~ U(1, chrono_max - 1) per unit).
         chrono_max: T_max for init="chrono", an integer >= 2 (the longest dependency to expect).
-"""
 
+    Regularisers (keyword-only, 0 = off; every mask is drawn with torch's generator, so torch.manual_seed
+    reproduces it; semantics in `gatedrnn.engine.noise`):
+        zoneout: p, or (p_h, p_c): each unit of h (and c) keeps its previous value with probability p at each
+            step while training, and mixes p ⊙ previous + (1 - p) ⊙ new at eval (Krueger et al. 2017).
+        recurrent_dropout: variational dropout on the h that W_hh reads, one mask per sequence, scaled by
+            1 / (1 - p), training only (Gal & Ghahramani 2016; Keras's recurrent_dropout).
+        weight_drop: DropConnect on W_hh, one mask per forward, training only (Merity et al. 2018, AWD-LSTM).
+"""
 
 class LSTM(RecurrentBase):
     __doc__ = ("""torch.nn.LSTM's interface; equations in `gatedrnn.cells.lstm.lstm_step`. Returns output, (h_n, c_n).
+
+    variant (keyword-only): None for torch.nn's LSTM, or one of Greff et al. 2017's: "peephole" (their vanilla
+    LSTM, with peephole weights `weight_peephole_l<k>`), "nig", "nfg", "nog", "niaf", "noaf", "np" (torch.nn's
+    cell under Greff's name), "cifg"; equations in `gatedrnn.cells.lstm_variants`.
 """ + INIT_OPTIONS_DOC.format(gate="f", chrono="b_f = log(u), b_i = -b_f"))
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0, device=None, dtype=None, *, forget_bias: Optional[float] = None,
-                 init: str = "default", chrono_max: Optional[int] = None) -> None:
-        super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device=device, dtype=dtype, forget_bias=forget_bias,
-                         init=init, chrono_max=chrono_max)
+                 proj_size: int = 0, device=None, dtype=None, *, variant: Optional[str] = None,
+                 forget_bias: Optional[float] = None, init: str = "default", chrono_max: Optional[int] = None,
+                 zoneout: Union[float, tuple[float, float]] = 0.0, recurrent_dropout: float = 0.0,
+                 weight_drop: float = 0.0) -> None:
+        if variant is not None and variant not in GREFF_VARIANTS:
+            raise ValueError(f"variant should be None (torch.nn's LSTM) or one of {list(GREFF_VARIANTS)}, "
+                             f"got {variant!r}")
+        if variant is not None and proj_size:
+            raise ValueError(f"proj_size is supported by torch.nn's LSTM only, got variant={variant!r} with "
+                             f"proj_size={proj_size}")
+        self.variant = variant
+        super().__init__("lstm" if variant is None else f"lstm_{variant}", input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, proj_size, device=device, dtype=dtype,
+                         forget_bias=forget_bias, init=init, chrono_max=chrono_max, zoneout=zoneout,
+                         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
 
 
 class GRU(RecurrentBase):
@@ -332,20 +420,25 @@ class GRU(RecurrentBase):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, forget_bias: Optional[float] = None,
-                 init: str = "default", chrono_max: Optional[int] = None) -> None:
+                 init: str = "default", chrono_max: Optional[int] = None,
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device=device, dtype=dtype, forget_bias=forget_bias,
-                         init=init, chrono_max=chrono_max)
+                         init=init, chrono_max=chrono_max, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                         weight_drop=weight_drop)
 
 
 class RNN(RecurrentBase):
-    """torch.nn.RNN's interface (Elman, tanh or relu); equations in `gatedrnn.cells.rnn.rnn_step`."""
+    """torch.nn.RNN's interface (Elman, tanh or relu); equations in `gatedrnn.cells.rnn.rnn_step`.
+    zoneout, recurrent_dropout, weight_drop: as for `LSTM`."""
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
-                 bidirectional: bool = False, device=None, dtype=None) -> None:
+                 bidirectional: bool = False, device=None, dtype=None, *, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity should be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, device=device, dtype=dtype)
+                         dropout, bidirectional, 0, device=device, dtype=dtype, zoneout=zoneout,
+                         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from gatedrnn import engine
 from gatedrnn.cells import LayerWeights
+from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import ShapeError, check_floating
 
@@ -51,15 +52,35 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
     if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
         states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
-    weights = [LayerWeights(*[params.get(name) for name in names]) for names in _weight_names(module.num_layers)]
+    extra_names = tuple(p.name for p in module.spec.extra_params)
+    weights = [LayerWeights(*[params.get(name) for name in names], tuple(params[f"{e}_l{k}"] for e in extra_names))
+               for k, names in enumerate(_weight_names(module.num_layers))]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
-        module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout
+        module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout,
+        zoneout=_zoneout_weights(module, x2),
     )
     if not batched:
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
     return y, (new_states if module.spec.has_cell_state else new_states[0])
+
+
+def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:
+    """Per layer, this step's zoneout weights (N, H_out [+ H_cell]), or None without zoneout. Refuses the
+    masks that are drawn once per sequence (recurrent_dropout, weight_drop while training): a step does not
+    know where a sequence starts."""
+    if module.training and (module.recurrent_dropout or module.weight_drop):
+        raise ValueError(
+            "step() cannot apply recurrent_dropout or weight_drop while training: their masks are drawn once per "
+            "sequence (per forward call); train with forward() over whole sequences, or call module.eval()"
+        )
+    p_h, p_c = module.zoneout
+    hidden = module.hidden_size if module.spec.has_cell_state else None
+    out_size = module.proj_size or module.hidden_size
+    draws = [draw_zoneout(1, x.shape[0], out_size, hidden, p_h, p_c, module.training, x)
+             for _ in range(module.num_layers)]
+    return None if draws[0] is None else [d[0] for d in draws]
 
 
 def _step_as_forward(module, x: Tensor, state: Optional[State]) -> tuple[Tensor, State]:

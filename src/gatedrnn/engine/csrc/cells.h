@@ -10,6 +10,10 @@
 //   kRecBias      b_hh gate blocks that must stay on the recurrent side (not folded into x_proj): GRU's n
 //   kSavesGates   backward reads the gate activations (the RNN needs only h)
 //   kDirectDh     backward writes a part of dL/dh_prev that bypasses W_hh (GRU's z ⊙ dh)
+//   kAux          (H)-wide blocks of extra parameters (peephole weights, ...): `aux` in forward and backward;
+//                 backward accumulates their gradient into `daux` (one accumulator per batch row, summed
+//                 over rows by the time loop)
+//   kReadsHNext   backward reads h_next (the RNN's tanh derivative); with zoneout the loop passes h̃ there
 //   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
 //                                   offset (streaming splits units over threads), H is the gate-block stride
 //   backward(H, RowBackward&)       all H units of one row
@@ -31,6 +35,7 @@ struct RowForward {
   T* h_next;         // out: h (P), or o ⊙ tanh(c) (H) for a projected LSTM
   T* extra;          // out: kExtra * H saved values, or nullptr
   bool save;         // write the gate activations back (for backward or a trace)
+  const T* aux;      // the cell's extra parameters (kAux * H), or nullptr without any
 };
 
 template <typename T>
@@ -47,12 +52,14 @@ struct RowBackward {
   T* dgate_h;        // out: dL/d(recurrent pre-activation) (G*H); == dgate_x unless kSplitGrad
   T* dh_prev;        // out: the part of dL/dh_prev that does not go through W_hh (GRU's z ⊙ dh), if any
   T* m;              // out: o ⊙ tanh(c_next) (projected LSTM, for dW_hr), or nullptr
+  const T* aux;      // the cell's extra parameters (kAux * H), or nullptr
+  T* daux;           // in/out: this row's accumulated dL/daux (kAux * H), or nullptr
 };
 
 template <typename T>
 struct LSTMCell {
-  static constexpr int kGates = 4, kExtra = 0, kRecBias = 0;
-  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false;
+  static constexpr int kGates = 4, kExtra = 0, kRecBias = 0, kAux = 0;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
@@ -100,8 +107,8 @@ struct LSTMCell {
 
 template <typename T>
 struct GRUCell {
-  static constexpr int kGates = 3, kExtra = 1, kRecBias = 1;
-  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true;
+  static constexpr int kGates = 3, kExtra = 1, kRecBias = 1, kAux = 0;
+  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true, kReadsHNext = false;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
@@ -148,8 +155,8 @@ struct GRUCell {
 
 template <typename T, bool kRelu>
 struct RNNCell {
-  static constexpr int kGates = 1, kExtra = 0, kRecBias = 0;
-  static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false;
+  static constexpr int kGates = 1, kExtra = 0, kRecBias = 0, kAux = 0;
+  static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false, kReadsHNext = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     const T* __restrict__ pre = a.gates;
@@ -169,6 +176,81 @@ struct RNNCell {
     T* __restrict__ dG = a.dgate_x;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) dG[j] = kRelu ? (h[j] > T(0) ? dh[j] : T(0)) : dh[j] * (T(1) - h[j] * h[j]);
+  }
+};
+
+// The LSTM of Greff et al. 2017 ("LSTM: A Search Space Odyssey"): peepholes, and the variants that each remove
+// or change one part (equations: gatedrnn/cells/lstm_variants.py). NP (no peepholes) is LSTMCell; FGR runs on
+// the reference path. Gate blocks present, in this order: i (not NIG, CIFG), f (not NFG), g, o (not NOG);
+// peephole weights p_i, p_f, p_o for the gates present (aux blocks, same order).
+enum class Greff { kVanilla, kNIG, kNFG, kNOG, kNIAF, kNOAF, kCIFG };
+
+template <typename T, Greff V>
+struct PeepholeLSTMCell {
+  static constexpr bool kI = V != Greff::kNIG && V != Greff::kCIFG, kF = V != Greff::kNFG, kO = V != Greff::kNOG;
+  static constexpr int kGates = 1 + kI + kF + kO, kExtra = 0, kRecBias = 0, kAux = kI + kF + kO;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
+  static constexpr int kBi = 0, kBf = kI, kBg = kI + kF, kBo = kI + kF + 1;  // gate block offsets (in H)
+  static constexpr int kPi = 0, kPf = kI, kPo = kI + kF;                     // peephole block offsets
+
+  static void forward(int H, int units, const RowForward<T>& a) {
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
+    const T* __restrict__ p = a.aux;
+    T* __restrict__ c = a.c;
+    T* __restrict__ h = a.h_next;
+    auto z = [&](int block, int j) { return pre[block * H + j] + rec[block * H + j] + bias[block * H + j]; };
+#pragma GCC ivdep
+    for (int j = 0; j < units; ++j) {
+      const T c_prev = c[j];
+      const T f = kF ? sigmoid(z(kBf, j) + p[kPf * H + j] * c_prev) : T(1);
+      const T i = kI ? sigmoid(z(kBi, j) + p[kPi * H + j] * c_prev) : (V == Greff::kCIFG ? T(1) - f : T(1));
+      const T g = V == Greff::kNIAF ? z(kBg, j) : tanh_(z(kBg, j));
+      const T c_next = f * c_prev + i * g;
+      const T o = kO ? sigmoid(z(kBo, j) + p[kPo * H + j] * c_next) : T(1);
+      if (a.save) {
+        if (kI) pre[kBi * H + j] = i;
+        if (kF) pre[kBf * H + j] = f;
+        pre[kBg * H + j] = g;
+        if (kO) pre[kBo * H + j] = o;
+      }
+      c[j] = c_next;
+      h[j] = o * (V == Greff::kNOAF ? c_next : tanh_(c_next));
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ c = a.c;
+    const T* __restrict__ c_prev = a.c_prev;
+    const T* __restrict__ dh = a.dh;
+    const T* __restrict__ p = a.aux;
+    T* __restrict__ dp = a.daux;
+    T* __restrict__ dc_io = a.dc;
+    T* __restrict__ dG = a.dgate_x;
+    T* __restrict__ m = a.m;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T f = kF ? gate[kBf * H + j] : T(1);
+      const T i = kI ? gate[kBi * H + j] : (V == Greff::kCIFG ? T(1) - f : T(1));
+      const T g = gate[kBg * H + j], o = kO ? gate[kBo * H + j] : T(1);
+      const T act_c = V == Greff::kNOAF ? c[j] : tanh_(c[j]);                  // h = o ⊙ act(c_next)
+      if (m) m[j] = o * act_c;
+      const T do_pre = kO ? dh[j] * act_c * o * (T(1) - o) : T(0);
+      T dc = dc_io[j] + dh[j] * o * (V == Greff::kNOAF ? T(1) : T(1) - act_c * act_c);
+      if (kO) dc += do_pre * p[kPo * H + j];                                   // o peeks at c_next
+      const T di = dc * g, dg = dc * i;                                        // c_next = f ⊙ c + i ⊙ g
+      const T df = dc * c_prev[j] - (V == Greff::kCIFG ? di : T(0));          // CIFG: i = 1 − f
+      const T di_pre = kI ? di * i * (T(1) - i) : T(0);
+      const T df_pre = kF ? df * f * (T(1) - f) : T(0);
+      T dc_prev = dc * f;
+      if (kI) dG[kBi * H + j] = di_pre, dc_prev += di_pre * p[kPi * H + j], dp[kPi * H + j] += di_pre * c_prev[j];
+      if (kF) dG[kBf * H + j] = df_pre, dc_prev += df_pre * p[kPf * H + j], dp[kPf * H + j] += df_pre * c_prev[j];
+      dG[kBg * H + j] = V == Greff::kNIAF ? dg : dg * (T(1) - g * g);
+      if (kO) dG[kBo * H + j] = do_pre, dp[kPo * H + j] += do_pre * c[j];
+      dc_io[j] = dc_prev;
+    }
   }
 };
 

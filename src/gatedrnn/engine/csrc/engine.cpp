@@ -22,6 +22,14 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
     if (cell == "gru") return fn.template operator()<GRUCell<T>, T>();
     if (cell == "rnn_tanh") return fn.template operator()<RNNCell<T, false>, T>();
     if (cell == "rnn_relu") return fn.template operator()<RNNCell<T, true>, T>();
+    if (cell == "lstm_peephole") return fn.template operator()<PeepholeLSTMCell<T, Greff::kVanilla>, T>();
+    if (cell == "lstm_np") return fn.template operator()<LSTMCell<T>, T>();
+    if (cell == "lstm_nig") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNIG>, T>();
+    if (cell == "lstm_nfg") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNFG>, T>();
+    if (cell == "lstm_nog") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNOG>, T>();
+    if (cell == "lstm_niaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNIAF>, T>();
+    if (cell == "lstm_noaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNOAF>, T>();
+    if (cell == "lstm_cifg") return fn.template operator()<PeepholeLSTMCell<T, Greff::kCIFG>, T>();
     TORCH_CHECK(false, "gatedrnn fused engine: unknown cell kind '", cell, "'");
   };
   if (like.scalar_type() == at::kFloat) return by_cell(std::type_identity<float>{});
@@ -82,16 +90,42 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
 }
 
 using Six = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-using Eight = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Nine = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                        at::Tensor>;
+
+// The noise and extra-parameter operands of scan and scan_backward (see scan_kernel.h), checked.
+struct Extras {
+  at::Tensor aux, zoneout, rec_mask;
+};
+
+Extras check_extras(const char* op, const std::string& cell, const at::Tensor& x, int64_t H, int64_t P,
+                    const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
+                    const c10::optional<at::Tensor>& rec_mask) {
+  const auto [aux_blocks, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::pair<int64_t, bool>(Cell::kAux, Cell::kHasC);
+  });
+  const int64_t T_ = x.size(0), B = x.size(1);
+  if (aux_blocks) {
+    TORCH_CHECK(aux.has_value(), op, ": cell '", cell, "' needs aux, its extra parameters (", aux_blocks, "*H,)");
+    check_shape(op, "aux", *aux, {aux_blocks * H}, x);
+  } else {
+    TORCH_CHECK(!aux.has_value(), op, ": cell '", cell, "' has no extra parameters, got aux");
+  }
+  if (zoneout.has_value()) check_shape(op, "zoneout", *zoneout, {T_, B, P + (has_c ? H : 0)}, x);
+  if (rec_mask.has_value()) check_shape(op, "rec_mask", *rec_mask, {B, P}, x);
+  return {opt(aux), opt(zoneout), opt(rec_mask)};
+}
 using Three = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 Six scan_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h0,
                                 const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
                                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                 const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes_in,
-                                bool reverse, bool keep) {
+                                bool reverse, bool keep, const c10::optional<at::Tensor>& aux,
+                                const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& rec_mask) {
   const std::string cell(cell_name);
-  check_layer("gatedrnn::scan", cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
+  const auto [H, P] = check_layer("gatedrnn::scan", cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
+  const Extras ex = check_extras("gatedrnn::scan", cell, x, H, P, aux, zoneout, rec_mask);
   const int64_t GH = w_hh.size(0);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gatedrnn::scan: b_ih and b_hh should both be given or both None");
   if (b_ih.has_value()) {
@@ -105,19 +139,22 @@ Six scan_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h
       batch_sizes[batch_sizes.size() - 1] == xc.size(1))
     batch_sizes.clear();  // every row active at every step: the dense path
   ScanForwardOut out = dispatch(cell, xc, [&]<typename Cell, typename T>() {
-    return scan_forward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, b_ihc, b_hhc, w_hrc, batch_sizes, reverse, keep);
+    return scan_forward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, b_ihc, b_hhc, w_hrc, batch_sizes, reverse, keep, ex.aux,
+                                 ex.zoneout, ex.rec_mask);
   });
   return {out.y, out.h_n, or_empty(out.c_n, xc), or_empty(out.gates, xc), or_empty(out.c, xc),
           or_empty(out.extra, xc)};
 }
 
-Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h0,
+Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h0,
                                  const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih,
                                  const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, bool has_bias,
                                  const at::Tensor& y, const c10::optional<at::Tensor>& gates,
                                  const c10::optional<at::Tensor>& c_hist, const c10::optional<at::Tensor>& extra,
                                  const at::Tensor& dy, const at::Tensor& dh_n, const c10::optional<at::Tensor>& dc_n,
-                                 at::IntArrayRef batch_sizes_in, bool reverse, bool need_dx) {
+                                 at::IntArrayRef batch_sizes_in, bool reverse, bool need_dx,
+                                 const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
+                                 const c10::optional<at::Tensor>& rec_mask) {
   const std::string cell(cell_name);
   const char* op = "gatedrnn::scan_backward";
   const auto [H, P] = check_layer(op, cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
@@ -125,8 +162,10 @@ Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at
   check_shape(op, "y", y, {T_, B, P}, x);
   check_shape(op, "dy", dy, {T_, B, P}, x);
   check_shape(op, "dh_n", dh_n, {B, P}, x);
-  const auto [saves_gates, extra_blocks, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::tuple<bool, int64_t, bool>(Cell::kSavesGates, Cell::kExtra, Cell::kHasC);
+  const Extras ex = check_extras(op, cell, x, H, P, aux, zoneout, rec_mask);
+  const auto [saves_gates, extra_width, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<bool, int64_t, bool>(Cell::kSavesGates, gatedrnn::extra_width<Cell>(H, P, ex.zoneout.defined()),
+                                           Cell::kHasC);
   });
   if (saves_gates) {
     TORCH_CHECK(gates.has_value(), op, ": cell '", cell, "' needs the gates saved by gatedrnn::scan(keep=True)");
@@ -137,9 +176,9 @@ Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at
     check_shape(op, "c_hist", *c_hist, {T_, B, H}, x);
     check_shape(op, "dc_n", *dc_n, {B, H}, x);
   }
-  if (extra_blocks) {
+  if (extra_width) {
     TORCH_CHECK(extra.has_value(), op, ": cell '", cell, "' needs the extra buffer saved by gatedrnn::scan");
-    check_shape(op, "extra", *extra, {T_, B, extra_blocks * H}, x);
+    check_shape(op, "extra", *extra, {T_, B, extra_width}, x);
   }
   std::vector<int64_t> batch_sizes = batch_sizes_in.vec();
   const at::Tensor xc = x.contiguous(), h0c = h0.contiguous(), c0c = opt(c0), w_ihc = w_ih.contiguous(),
@@ -150,10 +189,11 @@ Eight scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at
     batch_sizes.clear();
   ScanBackwardOut g = dispatch(cell, xc, [&]<typename Cell, typename T>() {
     return scan_backward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, w_hrc, has_bias, yc, opt(gates), opt(c_hist),
-                                  opt(extra), dyc, dh_nc, dc_nc, batch_sizes, reverse, need_dx);
+                                  opt(extra), dyc, dh_nc, dc_nc, batch_sizes, reverse, need_dx, ex.aux, ex.zoneout,
+                                  ex.rec_mask);
   });
   return {or_empty(g.dx, xc), g.dh0, or_empty(g.dc0, xc), g.dw_ih, g.dw_hh, or_empty(g.db_ih, xc),
-          or_empty(g.db_hh, xc), or_empty(g.dw_hr, xc)};
+          or_empty(g.db_hh, xc), or_empty(g.dw_hr, xc), or_empty(g.daux, xc)};
 }
 
 Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h, const c10::optional<at::Tensor>& c,
@@ -163,9 +203,11 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
   std::vector<c10::optional<at::Tensor>> weights;
   weights.reserve(weight_list.size());
   for (const c10::optional<at::Tensor>& w : weight_list) weights.push_back(w);
-  const auto [gates, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::pair<int64_t, bool>(Cell::kGates, Cell::kHasC);
+  const auto [gates, has_c, aux_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, int64_t>(Cell::kGates, Cell::kHasC, Cell::kAux);
   });
+  TORCH_CHECK(aux_blocks == 0, op, ": cell '", cell, "' has extra parameters, which the streaming step kernel does "
+              "not take; gatedrnn's layers step it on the reference path");
   TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.size(1) == x.size(0), op, ": x should be (B, I) and h (L, B, P), got ",
               shape(x.sizes()), " and ", shape(h.sizes()));
   const int64_t L = h.size(0), B = h.size(1), P = h.size(2);

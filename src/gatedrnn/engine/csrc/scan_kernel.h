@@ -7,6 +7,14 @@
 // the biases and dx as single GEMMs over all steps.
 // Packing (batch_sizes): at step t rows [0, n_t) are active; the others keep their state, output 0 and
 // get zero gradients. In reverse a row starts from state0 at its own last step.
+// Noise (drawn in Python, so torch.manual_seed reproduces it; gatedrnn/engine/noise.py):
+//   zoneout (T, B, P [+ H]): per step and unit, the weight d of the previous state (Krueger et al. 2017):
+//     h_t = d_h ⊙ h_{t−1} + (1 − d_h) ⊙ h̃_t, c_t = d_c ⊙ c_{t−1} + (1 − d_c) ⊙ c̃_t (0/1 training, p at eval);
+//     h̃ (cells that read h_next in backward) and c̃ are saved after the cell's extra blocks.
+//   rec_mask (B, P): one mask per sequence on the h that W_hh reads (variational dropout, Gal & Ghahramani
+//     2016): rec = (h ⊙ m) W_hhᵀ, so dh_prev = (dG W_hh) ⊙ m and dW_hh = Σ dGᵀ (h_prev ⊙ m).
+// Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
+// batch row and summed over rows at the end.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -26,8 +34,14 @@ struct ScanForwardOut {
 };
 
 struct ScanBackwardOut {
-  at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr;
+  at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux;
 };
+
+// Width of a row of the saved `extra` buffer: the cell's blocks, then c̃ (H) and h̃ (P) under zoneout.
+template <typename Cell>
+inline int64_t extra_width(int64_t H, int64_t P, bool zoneout) {
+  return Cell::kExtra * H + (zoneout ? (Cell::kHasC ? H : 0) + (Cell::kReadsHNext ? P : 0) : 0);
+}
 
 // Runs body(b0, b1) over the active rows [0, n) of one step, split over threads when the step has enough
 // work (row_work: multiply-adds per row); inside a split, BLAS calls run single-threaded on their block.
@@ -45,7 +59,7 @@ template <typename Cell, typename T>
 ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
                             const at::Tensor& w_hr, const std::vector<int64_t>& batch_sizes, bool reverse,
-                            bool keep) {
+                            bool keep, const at::Tensor& aux, const at::Tensor& zoneout, const at::Tensor& rec_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
@@ -69,8 +83,18 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   at::Tensor c = Cell::kHasC ? c0.clone() : at::Tensor();
   at::Tensor c_hist, extra;
   if (keep && Cell::kHasC) c_hist = packed ? at::zeros({T_, B, H}, opts) : at::empty({T_, B, H}, opts);
-  if (keep && Cell::kExtra) extra = at::empty({T_, B, Cell::kExtra * H}, opts);
+  const bool zo = zoneout.defined();
+  const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
+  if (keep && EW) extra = at::empty({T_, B, EW}, opts);
   at::Tensor rec = at::empty({B, GH}, opts);
+  // scratch: h ⊙ rec_mask (B, P), and c_{t-1} under zoneout (B, H)
+  at::Tensor h_masked = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
+  at::Tensor c_prev = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
+  const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
+  const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
+  const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
+  T* hm_p = rec_mask.defined() ? h_masked.data_ptr<T>() : nullptr;
+  T* cprev_p = c_prev.defined() ? c_prev.data_ptr<T>() : nullptr;
   at::Tensor m = proj ? at::empty({B, H}, opts) : at::Tensor();
 
   T* gates_p = gates.data_ptr<T>();
@@ -114,21 +138,44 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     // Everything in a step is row-local: rows [b0, b1) need only their own h, c and x_proj.
     auto rows = [&](int64_t b0, int64_t b1) {
       const int r = static_cast<int>(b1 - b0);
-      w_hh_step.compute(r, h_p + b0 * P, P, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+      const T* h_rec = h_p;
+      if (rm_p) {
+        for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
+        h_rec = hm_p;
+      }
+      w_hh_step.compute(r, h_rec + b0 * P, P, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+      if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
       for (int64_t b = b0; b < b1; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
-                          extra_p ? extra_p + (t * B + b) * EH : nullptr, keep};
+                          extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p};
         Cell::forward(H, H, row);
       }
       if (proj) w_hr_step.compute(r, m_p + b0 * H, H, T(0), y_t + b0 * P, P);  // (r, P) = m W_hrᵀ
+      if (zo_p) {  // zoneout: mix the new state with the previous one, unit by unit
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* d = zo_p + (t * B + b) * ZW;
+          T* saved = extra_p ? extra_p + (t * B + b) * EW + EH : nullptr;  // c̃ (H), then h̃ (P)
+          T* y_row = y_t + b * P;
+          const T* h_row = h_p + b * P;
+          if constexpr (Cell::kHasC) {
+            T* c_row = c_p + b * H;
+            const T* cp_row = cprev_p + b * H;
+            const T* dc = d + P;
+            if (saved) std::memcpy(saved, c_row, sizeof(T) * H), saved += H;
+            for (int64_t j = 0; j < H; ++j) c_row[j] = dc[j] * cp_row[j] + (T(1) - dc[j]) * c_row[j];
+          }
+          if (saved && Cell::kReadsHNext) std::memcpy(saved, y_row, sizeof(T) * P);
+          for (int64_t j = 0; j < P; ++j) y_row[j] = d[j] * h_row[j] + (T(1) - d[j]) * y_row[j];
+        }
+      }
       std::memcpy(h_p + b0 * P, y_t + b0 * P, sizeof(T) * r * P);
       if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * H, c_p + b0 * H, sizeof(T) * r * H);
     };
     for_row_blocks(n, GH * (P + 8), rows);
     if (keep && n < B) {  // padded rows read as zeros in the trace
       std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
-      if (extra_p) std::memset(extra_p + (t * B + n) * EH, 0, sizeof(T) * (B - n) * EH);
+      if (extra_p) std::memset(extra_p + (t * B + n) * EW, 0, sizeof(T) * (B - n) * EW);
     }
   }
   ScanForwardOut out;
@@ -149,7 +196,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
                               const at::Tensor& y, const at::Tensor& gates, const at::Tensor& c_hist,
                               const at::Tensor& extra, const at::Tensor& dy, const at::Tensor& dh_n,
                               const at::Tensor& dc_n, const std::vector<int64_t>& batch_sizes, bool reverse,
-                              bool need_dx) {
+                              bool need_dx, const at::Tensor& aux, const at::Tensor& zoneout,
+                              const at::Tensor& rec_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
@@ -164,9 +212,21 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor dh_hist = proj ? buffer({T_, B, P}) : at::empty({B, P}, opts);  // dL/dh per step (proj) or scratch
   at::Tensor m_hist = proj ? buffer({T_, B, H}) : at::Tensor();
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
-
-  const T* x_unused = nullptr;
-  (void)x_unused;
+  const bool zo = zoneout.defined();
+  const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
+  // per-row accumulators of dL/daux (B, kAux*H), summed over rows at the end
+  at::Tensor daux_rows = Cell::kAux ? at::zeros({B, Cell::kAux * H}, opts) : at::Tensor();
+  // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
+  at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
+  at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor dh_rec = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
+  const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
+  T* daux_p = Cell::kAux ? daux_rows.data_ptr<T>() : nullptr;
+  const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
+  const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
+  T* dh_skip_p = zo ? dh_skip.data_ptr<T>() : nullptr;
+  T* dc_skip_p = dc_skip.defined() ? dc_skip.data_ptr<T>() : nullptr;
+  T* dh_rec_p = dh_rec.defined() ? dh_rec.data_ptr<T>() : nullptr;
   const T* h0_p = h0.data_ptr<T>();
   const T* c0_p = Cell::kHasC ? c0.data_ptr<T>() : nullptr;
   const T* y_p = y.data_ptr<T>();
@@ -186,7 +246,6 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   T* dh_hist_p = dh_hist.data_ptr<T>();
   T* m_hist_p = proj ? m_hist.data_ptr<T>() : nullptr;
   T* dm_p = proj ? dm.data_ptr<T>() : nullptr;
-  const int64_t EH = Cell::kExtra * H;
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = reverse ? s : T_ - 1 - s;
@@ -210,28 +269,60 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
         for (int64_t b = b0; b < b1; ++b)
           for (int64_t j = 0; j < P; ++j) dh_total[b * P + j] = dy_t[b * dy_s1 + j * dy_s2] + dh_p[b * P + j];
       }
+      if (zo_p) {  // zoneout: d ⊙ dL/dstate skips the cell to the previous state, (1 − d) ⊙ it enters the cell
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* d = zo_p + (t * B + b) * ZW;
+          for (int64_t j = 0; j < P; ++j) {
+            const T g = dh_total[b * P + j];
+            dh_skip_p[b * P + j] = d[j] * g, dh_total[b * P + j] = (T(1) - d[j]) * g;
+          }
+          if constexpr (Cell::kHasC) {
+            for (int64_t j = 0; j < H; ++j) {
+              const T g = dc_p[b * H + j];
+              dc_skip_p[b * H + j] = d[P + j] * g, dc_p[b * H + j] = (T(1) - d[P + j]) * g;
+            }
+          }
+        }
+      }
       if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
       for (int64_t b = b0; b < b1; ++b) {
         const bool from_prev = b < n_prev;
+        const T* saved = extra_p ? extra_p + (t * B + b) * EW : nullptr;
+        // under zoneout the cell's own c_next and h_next are the saved c̃ and h̃
+        const T* c_cell = zo && Cell::kHasC ? saved + Cell::kExtra * H : (c_hist_p ? c_hist_p + (t * B + b) * H : nullptr);
+        const T* h_cell = zo && Cell::kReadsHNext ? saved + Cell::kExtra * H + (Cell::kHasC ? H : 0)
+                                                  : y_p + (t * B + b) * P;
         RowBackward<T> row{
             gates_p ? gates_p + (t * B + b) * GH : nullptr,
-            extra_p ? extra_p + (t * B + b) * EH : nullptr,
-            c_hist_p ? c_hist_p + (t * B + b) * H : nullptr,
+            saved,
+            c_cell,
             c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * H : c0_p + b * H) : nullptr,
             from_prev ? y_p + (p * B + b) * P : h0_p + b * P,
-            y_p + (t * B + b) * P,
+            h_cell,
             dh_cell + b * dh_ld,
             dc_p ? dc_p + b * H : nullptr,
             dgx_t + b * GH,
             dgh_t + b * GH,
             dh_p + b * P,
-            m_hist_p ? m_hist_p + (t * B + b) * H : nullptr};
+            m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
+            aux_p,
+            daux_p ? daux_p + b * Cell::kAux * H : nullptr};
         Cell::backward(H, row);
       }
+      if (dc_skip_p)
+        for (int64_t k = b0 * H; k < b1 * H; ++k) dc_p[k] += dc_skip_p[k];
       const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
       if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
-      // dh_prev = dG_h W_hh (+ the direct part the cell wrote into dh)
-      w_hh_step.compute(r, dgh_t + b0 * GH, GH, Cell::kDirectDh ? T(1) : T(0), dh_p + b0 * P, P);
+      // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip)
+      if (rm_p) {
+        w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * P, P);
+        for (int64_t k = b0 * P; k < b1 * P; ++k)
+          dh_p[k] = (Cell::kDirectDh ? dh_p[k] : T(0)) + dh_rec_p[k] * rm_p[k];
+      } else {
+        w_hh_step.compute(r, dgh_t + b0 * GH, GH, Cell::kDirectDh ? T(1) : T(0), dh_p + b0 * P, P);
+      }
+      if (dh_skip_p)
+        for (int64_t k = b0 * P; k < b1 * P; ++k) dh_p[k] += dh_skip_p[k];
     };
     for_row_blocks(n, GH * (P + 8), rows);
   }
@@ -242,13 +333,16 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   out.dw_ih = at::mm(dgx2.t(), x.reshape({T_ * B, I}));
   // dW_hh = Σ_t dG_h,tᵀ h_{t−1}: h_{t−1} is y of the previous step, or h0 at a row's first step.
   const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
-  const at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
-  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
+  at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
+  at::Tensor h0_rec = h0;
+  if (rec_mask.defined()) y_prev = y_prev * rec_mask, h0_rec = h0 * rec_mask;  // W_hh read h ⊙ m
+  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0_rec), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
   if (has_bias) {
     out.db_ih = dgx2.sum(0);
     out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
   }
   if (proj) out.dw_hr = at::mm(dh_hist.view({T_ * B, P}).t(), m_hist.view({T_ * B, H}));
+  if (Cell::kAux) out.daux = daux_rows.sum(0);
   out.dh0 = dh;
   out.dc0 = dc;
   return out;

@@ -1,0 +1,127 @@
+r"""The LSTM with peepholes and the eight variants of Greff et al. 2017, "LSTM: A Search Space Odyssey"
+(IEEE TNNLS 28(10)), each of which removes or changes one part of the peephole ("vanilla") LSTM.
+
+Vanilla (V), peepholes after Gers & Schmidhuber 2000, with ``x_proj = W_ih x + b_ih`` and the recurrent
+input ``r = W_hh h + b_hh`` split into the gate blocks present (i, f, g, o, in that order):
+
+    i      = σ(x_i + r_i + p_i ⊙ c)
+    f      = σ(x_f + r_f + p_f ⊙ c)
+    g      = tanh(x_g + r_g)
+    c_next = f ⊙ c + i ⊙ g
+    o      = σ(x_o + r_o + p_o ⊙ c_next)          (o peeks at the new cell)
+    h_next = o ⊙ tanh(c_next)
+
+The variants (Greff et al., section III):
+    NIG   no input gate:                  i = 1                (blocks f, g, o; peepholes p_f, p_o)
+    NFG   no forget gate:                 f = 1                (blocks i, g, o; peepholes p_i, p_o)
+    NOG   no output gate:                 o = 1                (blocks i, f, g; peepholes p_i, p_f)
+    NIAF  no input activation function:   g = x_g + r_g
+    NOAF  no output activation function:  h_next = o ⊙ c_next
+    NP    no peepholes:                   p_i = p_f = p_o = 0  (torch.nn.LSTM's cell, `gatedrnn.cells.lstm`)
+    CIFG  coupled input and forget gate:  i = 1 − f            (blocks f, g, o; peepholes p_f, p_o; GRU-like)
+    FGR   full gate recurrence: i, f, o also read the previous step's i, f, o through nine more matrices.
+          FGR needs the previous gates in the state; it is not implemented (see the project notes).
+
+Peephole weights are diagonal (one weight per unit), stored as one vector ``peephole`` = [p_i | p_f | p_o]
+over the gates present, each (H,).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from gatedrnn.cells.lstm import LSTMState
+
+
+@dataclass(frozen=True)
+class GreffVariant:
+    """Which parts of the peephole LSTM a variant keeps (Greff et al. 2017's names)."""
+
+    name: str                     # "peephole" (their V), "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg"
+    input_gate: bool = True       # False: NIG (i = 1) and CIFG (i = 1 − f)
+    forget_gate: bool = True      # False: NFG (f = 1)
+    output_gate: bool = True      # False: NOG (o = 1)
+    coupled: bool = False         # CIFG: i = 1 − f
+    input_activation: bool = True   # False: NIAF (g = its pre-activation)
+    output_activation: bool = True  # False: NOAF (h = o ⊙ c)
+    peepholes: bool = True        # False: NP
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """The gate blocks stacked in W_ih / W_hh, in order."""
+        return (("i",) if self.input_gate else ()) + (("f",) if self.forget_gate else ()) + ("g",) + (
+            ("o",) if self.output_gate else ())
+
+    @property
+    def peephole_names(self) -> tuple[str, ...]:
+        """The peephole blocks in `peephole`, in order (one per sigmoid gate present)."""
+        return tuple(name for name in self.gate_names if name != "g") if self.peepholes else ()
+
+
+GREFF_VARIANTS: dict[str, GreffVariant] = {
+    v.name: v
+    for v in (
+        GreffVariant("peephole"),
+        GreffVariant("nig", input_gate=False),
+        GreffVariant("nfg", forget_gate=False),
+        GreffVariant("nog", output_gate=False),
+        GreffVariant("niaf", input_activation=False),
+        GreffVariant("noaf", output_activation=False),
+        GreffVariant("np", peepholes=False),
+        GreffVariant("cifg", input_gate=False, coupled=True),
+    )
+}
+
+
+class PeepholeGates(NamedTuple):
+    """The gate activations of one step, each (B, H); a gate a variant removes holds its constant value
+    (1, or 1 − f for CIFG's input gate)."""
+
+    i: Tensor
+    f: Tensor
+    g: Tensor
+    o: Tensor
+
+
+def greff_lstm_step(
+    x_proj: Tensor,
+    state: LSTMState,
+    w_hh: Tensor,
+    b_hh: Optional[Tensor],
+    peephole: Optional[Tensor],
+    variant: GreffVariant,
+    recurrent_mask: Optional[Tensor] = None,
+) -> tuple[LSTMState, PeepholeGates]:
+    """One step of the peephole LSTM or one of Greff et al.'s variants (equations in the module docstring).
+
+    Args:
+        x_proj: (B, G*H) input projection, b_ih included, blocks `variant.gate_names`.
+        state: LSTMState(h (B, H), c (B, H)).
+        w_hh: (G*H, H). b_hh: (G*H,) or None. peephole: (K*H,) [p_i | p_f | p_o] for the K gates in
+            `variant.peephole_names`, or None for NP.
+        recurrent_mask: (B, H) or None: W_hh reads h ⊙ recurrent_mask (variational recurrent dropout).
+    Returns:
+        (LSTMState(h_next, c_next), PeepholeGates(i, f, g, o)), each (B, H).
+    """
+    h, c = state
+    h_rec = h if recurrent_mask is None else h * recurrent_mask
+    pre = x_proj + h_rec @ w_hh.t()
+    if b_hh is not None:
+        pre = pre + b_hh
+    blocks = dict(zip(variant.gate_names, pre.chunk(len(variant.gate_names), dim=1)))  # name -> (B, H)
+    peep = dict(zip(variant.peephole_names, peephole.chunk(len(variant.peephole_names)))) if variant.peepholes else {}
+
+    def gate(name: str, cell: Tensor) -> Tensor:
+        return torch.sigmoid(blocks[name] + peep[name] * cell if name in peep else blocks[name])
+
+    one = torch.ones_like(c)
+    f = gate("f", c) if variant.forget_gate else one
+    i = gate("i", c) if variant.input_gate else (1 - f if variant.coupled else one)
+    g = torch.tanh(blocks["g"]) if variant.input_activation else blocks["g"]
+    c_next = f * c + i * g
+    o = gate("o", c_next) if variant.output_gate else one
+    h_next = o * (torch.tanh(c_next) if variant.output_activation else c_next)
+    return LSTMState(h_next, c_next), PeepholeGates(i, f, g, o)
