@@ -29,6 +29,13 @@ def built_engine():
     assert _build.load() is not None, f"the fused engine did not build: {_build.error()}"
 
 
+def make_module(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
+    """The gatedrnn layer of any cell in the table (LSTM variants included)."""
+    if cell.startswith("lstm_"):
+        return gatedrnn.LSTM(input_size, hidden_size, dtype=dtype, variant=cell[5:], **options)
+    return make_pair(cell, input_size, hidden_size, dtype=dtype, **options)[0]
+
+
 def make_pair(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
     """A torch.nn module and the gatedrnn module with the same weights."""
     if cell == "lstm":
@@ -120,16 +127,19 @@ def test_fused_equals_reference_and_torch(config, monkeypatch):
 
 
 GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not know fails here
-    (cell, proj, sizes, reverse)
+    (cell, proj, sizes, reverse, noise)
     for cell in CELL_SPECS
     for proj in ((False, True) if CELL_SPECS[cell].supports_projection else (False,))
     for sizes in (None, [3, 3, 2, 1])
     for reverse in (False, True)
+    for noise in ((False, True) if not reverse else (False,))
 ]
 
 
-@pytest.mark.parametrize("cell,proj,batch_sizes,reverse", GRADCHECK_CASES)
-def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
+@pytest.mark.parametrize("cell,proj,batch_sizes,reverse,noise", GRADCHECK_CASES)
+def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
+    """The hand-written BPTT against finite differences, for every input with a gradient: the cell's extra
+    parameters (aux) included; with noise, zoneout weights in (0, 1) and a recurrent dropout mask."""
     torch.manual_seed(0)
     steps, batch, inputs, hidden = 4, 3, 2, 3
     p = 2 if proj else hidden
@@ -145,13 +155,20 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
     w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
     b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
     w_hr = torch.randn(p, hidden, **dd) if proj else None
+    spec = CELL_SPECS[cell]
+    aux = torch.randn(spec.aux_blocks * hidden, **dd) if spec.aux_blocks else None
     sizes = [] if batch_sizes is None else batch_sizes
+    zoneout = mask = None
+    if noise:
+        zoneout = torch.rand(steps, batch, p + (hidden if spec.has_cell_state else 0), dtype=torch.float64)
+        mask = torch.bernoulli(torch.full((batch, p), 0.7, dtype=torch.float64)) / 0.7
 
-    def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True)
-        return (y, h_n, c_n) if CELL_SPECS[cell].has_cell_state else (y, h_n)
+    def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux):
+        y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True, aux, zoneout,
+                               mask)
+        return (y, h_n, c_n) if spec.has_cell_state else (y, h_n)
 
-    assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux), eps=1e-6, atol=1e-7)
 
 
 def test_layers_dispatch_to_fused_and_backend_info():
@@ -322,8 +339,8 @@ def test_operators_reject_bad_shapes_before_reading_memory():
         STEP("gru", torch.randn(2, 3), torch.randn(1, 2, 4), None, [torch.randn(12, 3)])
 
 
-@pytest.mark.parametrize("cell", list(CELL_SPECS))
-def test_fake_kernels_match_the_real_shapes_and_strides(cell):
+@pytest.mark.parametrize("cell,zoneout", [(cell, zoneout) for cell in CELL_SPECS for zoneout in (False, True)])
+def test_fake_kernels_match_the_real_shapes_and_strides(cell, zoneout):
     """What torch.compile/torch.export plan with (the fake kernels) is what the C++ kernels return, for a
     non-contiguous x (a batch_first layer's transpose), with and without keep."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -336,17 +353,21 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell):
     g = spec.gate_count * hidden
     real = dict(x=torch.randn(2, 5, 3).transpose(0, 1), h0=torch.randn(2, out),
                 c0=torch.randn(2, hidden) if spec.has_cell_state else None, w_ih=torch.randn(g, 3),
-                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None)
+                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None,
+                aux=torch.randn(spec.aux_blocks * hidden) if spec.aux_blocks else None,
+                zoneout=torch.rand(5, 2, out + (hidden if spec.has_cell_state else 0)) if zoneout else None)
 
     def run(t, keep):
-        outputs = SCAN(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b"], t["b"], t["w_hr"], [], False, keep)
+        outputs = SCAN(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b"], t["b"], t["w_hr"], [], False, keep,
+                       t["aux"], t["zoneout"])
         y, h_n, c_n, gates, c_hist, extra = outputs
         if not keep:
             return outputs
         none_if_empty = lambda v: None if v.dim() == 1 and v.numel() == 0 else v  # noqa: E731
         grads = SCAN_BACKWARD(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["w_hr"], True, y,
                               gates, none_if_empty(c_hist), none_if_empty(extra), torch.ones_like(y),
-                              torch.ones_like(h_n), c_n if spec.has_cell_state else None, [], False, True)
+                              torch.ones_like(h_n), c_n if spec.has_cell_state else None, [], False, True,
+                              t["aux"], t["zoneout"])
         return outputs + grads
 
     for keep in (False, True):
@@ -354,7 +375,7 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell):
         with FakeTensorMode() as mode:
             fake = {k: None if v is None else mode.from_tensor(v) for k, v in real.items()}
             got = [(tuple(t.shape), t.stride()) for t in run(fake, keep)]
-        assert got == wanted, (cell, keep)
+        assert got == wanted, (cell, keep, zoneout)
 
 
 @pytest.mark.parametrize("cell,used", [(cell, used) for cell, spec in CELL_SPECS.items()
@@ -363,7 +384,7 @@ def test_gradients_when_the_loss_uses_one_output(cell, used, monkeypatch):
     """The backward fills in the gradients of outputs the loss does not use (they arrive as None, not as
     zero buffers): each alone gives the reference path's gradients."""
     torch.manual_seed(7)
-    module, _ = make_pair(cell, 3, 4, dtype=torch.float64, num_layers=2)
+    module = make_module(cell, 3, 4, dtype=torch.float64, num_layers=2)
     x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
 
     def grads():
