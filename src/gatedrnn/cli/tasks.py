@@ -51,4 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if entry["options"]:
             options = ", ".join(f"{k}={v['default']!r}" for k, v in entry["options"].items())
             print(f"    options (-o NAME=VALUE): {options}")
+    if args.name is None:
+        from gatedrnn.models import CELLS
+
+        print(f"cells (gatedrnn train --cell NAME): {', '.join(CELLS)}")
     return 0

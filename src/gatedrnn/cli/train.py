@@ -15,6 +15,7 @@ from gatedrnn.cli import CLIError
 
 # flag -> TrainConfig field, for every field set from a plain flag (dest names equal field names)
 CONFIG_FLAGS = ("task", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias", "chrono_max",
+                "zoneout", "recurrent_dropout", "weight_drop",
                 "batch_size", "epochs", "max_steps", "lr",
                 "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "patience",
                 "seed", "out_dir", "checkpoint_every")
@@ -47,7 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", help="task name, see `gatedrnn tasks` (default: adding)")
     group.add_argument("-o", "--option", dest="task_option", action="append", type=parse_option, default=[],
                        metavar="NAME=VALUE", help="a task option, repeatable, e.g. -o seq_len=200 (see `gatedrnn tasks`)")
-    group.add_argument("--cell", help="recurrent cell: lstm, gru or rnn (default: lstm)")
+    group.add_argument("--cell", help="recurrent cell: lstm, gru, rnn or a variant (lstm_peephole, lstm_cifg, ...; "
+                                      "`gatedrnn tasks` lists them) (default: lstm)")
     group.add_argument("--hidden-size", dest="hidden_size", type=int, help="hidden units per layer (default: 64)")
     group.add_argument("--num-layers", dest="num_layers", type=int, help="stacked recurrent layers (default: 1)")
     group.add_argument("--dropout", type=float, help="dropout between stacked layers, in [0, 1) (default: 0)")
@@ -58,6 +60,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chrono-max", dest="chrono_max", type=int,
                        help="--init chrono: T_max, the longest dependency to expect, an integer >= 2 "
                             "(default: the task's seq_len option)")
+    group.add_argument("--zoneout", type=float, help="zoneout rate on h and c (Krueger et al. 2017), in [0, 1) "
+                                                     "(default: 0)")
+    group.add_argument("--recurrent-dropout", dest="recurrent_dropout", type=float,
+                       help="variational dropout on the recurrent input, one mask per sequence (Gal & Ghahramani "
+                            "2016), in [0, 1) (default: 0)")
+    group.add_argument("--weight-drop", dest="weight_drop", type=float,
+                       help="DropConnect on W_hh, one mask per forward (AWD-LSTM), in [0, 1) (default: 0)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

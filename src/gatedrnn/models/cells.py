@@ -9,11 +9,13 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
+from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
 from gatedrnn.layers import GRU, LSTM, RNN
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
-# `init` (the layer's gate-bias keyword options, e.g. {"init": "chrono", "chrono_max": 100}) is passed only
-# when a model asks for a non-default init, so factories that do not take it keep working.
+# `init` (the layer's keyword options: gate-bias init, e.g. {"init": "chrono", "chrono_max": 100}, and the
+# regularisers zoneout / recurrent_dropout / weight_drop) is passed only when a model asks for any, so
+# factories that do not take it keep working.
 CellFactory = Callable[..., nn.Module]
 
 CELLS: dict[str, CellFactory] = {}
@@ -51,13 +53,29 @@ def _gru(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
     return GRU(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True, **(init or {}))
 
 
+GATE_BIAS_OPTIONS = ("forget_bias", "init", "chrono_max")
+
+
 def _rnn(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
          init: Optional[Mapping[str, Any]] = None) -> nn.Module:
-    if init:
-        raise ValueError(f"cell 'rnn' has no gates, so no gate-bias init: expected no init options, got {dict(init)}")
-    return RNN(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+    gate_bias = sorted(set(init or {}) & set(GATE_BIAS_OPTIONS))
+    if gate_bias:
+        raise ValueError(f"cell 'rnn' has no gates, so no gate-bias init: expected no init options, got "
+                         f"{ {k: init[k] for k in gate_bias} }")
+    return RNN(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True, **(init or {}))
+
+
+def _lstm_variant(variant: str) -> CellFactory:
+    def factory(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+        return LSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
+                    variant=variant, **(init or {}))
+
+    return factory
 
 
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
+for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg
+    register_cell(f"lstm_{_variant}", _lstm_variant(_variant))

@@ -35,6 +35,9 @@ class TrainConfig:
     init: str = "default"  # "default" (torch's) | "chrono" | "forget-bias"; see gatedrnn.layers.init
     forget_bias: Optional[float] = None  # init="forget-bias": the forget (GRU: z) gate's bias (None: 1.0)
     chrono_max: Optional[int] = None  # init="chrono": T_max (None: the task's seq_len option)
+    zoneout: float = 0.0  # the layer's regularisers (gatedrnn.engine.noise): zoneout on h (and c)
+    recurrent_dropout: float = 0.0  # variational dropout on the h that W_hh reads, one mask per sequence
+    weight_drop: float = 0.0  # DropConnect on W_hh, one mask per forward (AWD-LSTM)
     # the optimisation
     batch_size: int = 32  # the global batch: split evenly over the processes under torchrun
     epochs: int = 10
@@ -127,18 +130,26 @@ def _check_float(name: str, value: Any, minimum: float, maximum: float = float("
 
 
 def layer_init(config: TrainConfig, task_options: Mapping[str, Any]) -> Optional[dict[str, Any]]:
-    """The recurrent layer's gate-bias keyword options for `config.init` (None for torch's init);
-    `task_options` are the task's resolved options, whose `seq_len` is chrono's default T_max."""
+    """The recurrent layer's keyword options: the gate-bias ones for `config.init` and the regularisers that are
+    on (None when all are torch's defaults); `task_options` are the task's resolved options, whose `seq_len` is
+    chrono's default T_max."""
+    options: dict[str, Any] = {}
     if config.init == "forget-bias":
-        return {"forget_bias": DEFAULT_FORGET_BIAS if config.forget_bias is None else float(config.forget_bias)}
-    if config.init == "chrono":
+        options["forget_bias"] = DEFAULT_FORGET_BIAS if config.forget_bias is None else float(config.forget_bias)
+    elif config.init == "chrono":
         chrono_max = config.chrono_max if config.chrono_max is not None else task_options.get("seq_len")
         if chrono_max is None:
             raise ConfigError(f"init 'chrono' needs chrono_max (--chrono-max): task {config.task!r} has no seq_len "
                               f"option to default to")
         _check_int("chrono_max", chrono_max, 2)
-        return {"init": "chrono", "chrono_max": chrono_max}
-    return None
+        options.update(init="chrono", chrono_max=chrono_max)
+    for name in REGULARISERS:
+        if getattr(config, name):
+            options[name] = float(getattr(config, name))
+    return options or None
+
+
+REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -160,6 +171,8 @@ def validate(config: TrainConfig) -> TrainConfig:
     _check_float("lr", config.lr, 0.0, open_low=True)
     _check_float("weight_decay", config.weight_decay, 0.0)
     _check_float("dropout", config.dropout, 0.0, 1.0, open_high=True)
+    for name in REGULARISERS:
+        _check_float(name, getattr(config, name), 0.0, 1.0, open_high=True)
     _check_float("step_gamma", config.step_gamma, 0.0, 1.0, open_low=True)
     if config.clip_norm is not None:
         _check_float("clip_norm", config.clip_norm, 0.0, open_low=True)

@@ -37,7 +37,7 @@ from gatedrnn.train.schedule import build_scheduler
 
 # fields that define the run's trajectory: a resumed run must keep them to continue bit-exactly
 IDENTITY_FIELDS = ("task", "task_options", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias",
-                   "chrono_max", "batch_size", "lr",
+                   "chrono_max", "zoneout", "recurrent_dropout", "weight_drop", "batch_size", "lr",
                    "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "seed")
 KILL_AFTER_STEP_ENV = "GATEDRNN_TEST_KILL_AFTER_STEP"  # tests only: SIGKILL this process after that step
 
@@ -117,7 +117,7 @@ class Trainer:
                 with torch.random.fork_rng(devices=[]):  # a 1x1 trial layer; the global RNG is left as it was
                     build_rnn(config.cell, 1, 1, init=self.layer_init)
             except (ValueError, TypeError) as error:
-                raise ConfigError(f"init {config.init!r} with cell {config.cell!r}: {error}") from None
+                raise ConfigError(f"layer options {self.layer_init} with cell {config.cell!r}: {error}") from None
         check_writable_dir(self.out_dir)
         self.splits = task.splits(config.seed)  # reads real data now, so a missing package fails before any write
         self.resume_from: Optional[tuple[dict, dict, dict]] = None
