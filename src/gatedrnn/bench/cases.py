@@ -16,6 +16,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import gatedrnn
 
 OURS, TORCH, ORT = "gatedrnn", "torch.nn", "onnxruntime"
+PLAIN = "gatedrnn plain"  # our own plain cell at the same size: the peer of a variant or a regulariser
 BEST_PEER = "best peer"
 GATE_COUNT = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -54,10 +55,22 @@ class Target:
         return f">= {self.value:g}x vs {self.against}"
 
 
+# Variants timed against our plain cell (`PLAIN`) and torch.nn: the layer options each one sets.
+LAYER_VARIANTS: dict[str, dict] = {
+    "zoneout": {"zoneout": 0.1},
+    "recurrent_dropout": {"recurrent_dropout": 0.25},
+    "weight_drop": {"weight_drop": 0.5},
+    "peephole": {"variant": "peephole"},
+    "cifg": {"variant": "cifg"},
+}
+# The issue's target for a regulariser: <= 1.15x the plain cell's time, i.e. plain / ours >= 1 / 1.15.
+REGULARISER_TARGET = Target("ratio_min", 1 / 1.15, PLAIN)
+
+
 @dataclass(frozen=True)
 class Case:
     """kind: "train" (forward + backward of a scalar loss), "infer" (forward under no_grad) or
-    "stream" (one `step` call, B=1). variant: "" | "proj" | "packed"."""
+    "stream" (one `step` call, B=1). variant: "" | "proj" | "packed" | a key of LAYER_VARIANTS."""
 
     cell: str
     kind: str
@@ -101,6 +114,13 @@ def make_cases(*, quick: bool) -> list[Case]:
     for H in stream_sizes:
         target = Target("max_us_per_step", 3.0) if H == 256 else None
         cases.append(Case("lstm", "stream", Shape(1, 1, H, H), target=target))
+    variant_shapes = [Shape(*QUICK_SIZES[0])] if quick else [Shape(16, 100, 64, 128), Shape(64, 100, 256, 256)]
+    for shape in variant_shapes:
+        for variant, options in LAYER_VARIANTS.items():
+            regulariser = "variant" not in options
+            cells = ("lstm", "gru") if regulariser else ("lstm",)
+            cases += [Case(cell, "train", shape, variant, REGULARISER_TARGET if regulariser else None)
+                      for cell in cells]
     return cases
 
 
@@ -131,7 +151,8 @@ def flop_count(case: Case) -> int:
     if case.kind == "stream":
         rows = s.B
     out = s.P or s.H
-    forward = 2 * rows * GATE_COUNT[case.cell] * s.H * (s.I + out) + (2 * rows * s.H * s.P if s.P else 0)
+    gates = 3 if LAYER_VARIANTS.get(case.variant, {}).get("variant") == "cifg" else GATE_COUNT[case.cell]
+    forward = 2 * rows * gates * s.H * (s.I + out) + (2 * rows * s.H * s.P if s.P else 0)
     return 3 * forward if case.kind == "train" else forward
 
 
@@ -167,6 +188,20 @@ def _module_pair(cell: str, shape: Shape) -> tuple[nn.Module, nn.Module]:
     return ours, peer
 
 
+def _build_layer_variant(case: Case) -> BuiltCase:
+    """A variant or regulariser (LAYER_VARIANTS) in training: ours with the option, our plain cell and
+    torch.nn's at the same size. Outputs differ by design (masks, peepholes), so no max_abs_diff."""
+    s = case.shape
+    plain, peer = _module_pair(case.cell, s)
+    torch.manual_seed(0)
+    layer = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}[case.cell]
+    ours = layer(s.I, s.H, **LAYER_VARIANTS[case.variant])
+    x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)
+    impls = {OURS: _train_step(ours.train(), x), PLAIN: _train_step(plain.train(), x),
+             TORCH: _train_step(peer.train(), x)}
+    return BuiltCase(impls, {}, {})
+
+
 def _output_data(output) -> Tensor:
     return output.data if isinstance(output, PackedSequence) else output
 
@@ -194,6 +229,8 @@ def _infer_step(module: nn.Module, x) -> Callable[[], None]:
 def build_case(case: Case, *, threads: int) -> BuiltCase:
     if case.kind == "stream":
         return _build_stream(case)
+    if case.variant in LAYER_VARIANTS:
+        return _build_layer_variant(case)
     s = case.shape
     ours, peer = _module_pair(case.cell, s)
     x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)
