@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from gatedrnn.layers import GRU, LSTM, RNN
+from gatedrnn.layers import GRU, LSTM, RNN, SLSTM
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
 # `init` (the layer's gate-bias keyword options, e.g. {"init": "chrono", "chrono_max": 100}) is passed only
@@ -58,6 +58,17 @@ def _rnn(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
     return RNN(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
 
 
+def _slstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+           init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    if init:
+        raise ValueError(
+            "cell 'slstm' has its own gate-bias init (the official xLSTM forget-bias init, see gatedrnn.layers.slstm): "
+            f"expected no init options, got {dict(init)}"
+        )
+    return SLSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+
+
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
+register_cell("slstm", _slstm)
