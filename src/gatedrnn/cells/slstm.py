@@ -110,7 +110,9 @@ def slstm_step(
     on it; it only keeps exp() finite. "m_next = i_tilde where n = 0" is the official kernel's rule (the
     CUDA kernel tests n == 0 per unit; the vanilla step for the whole batch): from the zero state the
     initial m = 0 is arbitrary, and max(log_f + 0, i_tilde) could make i underflow to 0 and h = 0/0.
-    The max takes i_tilde on ties (the subgradient the NumPy reference uses too).
+    The max takes i_tilde on ties (the subgradient the NumPy reference uses too). So i ≤ 1 always and
+    f ≤ 1 except at a step from n = 0, where f multiplies c = n = 0 (from the zero state) and may exceed 1;
+    the official CUDA kernel clamps i, f and o with min(1, ·), which only acts there; no clamp here.
 
     Gradients: by default autograd differentiates through m (the true derivative of every returned
     tensor). Since h does not depend on m, losses of h get the same gradient with m held constant, which
