@@ -4,10 +4,13 @@ Every step function takes the input projection of one step (``x_proj = W_ih x + 
 all steps at once by the caller) and the previous state, and returns ``(new_state, gates)``.
 Layers, the fused engine and the docs point here instead of restating the equations; `CELL_SPECS`
 (cells/table.py) is the one table that maps a cell's name to its step function and facts.
+The sLSTM (`cells.slstm`) is not in that table yet: it has four states, one bias and a block-diagonal
+recurrence, which `CellSpec`/`LayerWeights` do not describe; its own layer is `gatedrnn.SLSTM`.
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
+from gatedrnn.cells.slstm import SLSTMGates, SLSTMState, SLSTMTrace, slstm_step
 from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
 from gatedrnn.cells.table import CELL_SPECS, cell_spec
 
@@ -16,4 +19,5 @@ __all__ = [
     "LSTMGates", "LSTMState", "LSTMTrace", "lstm_step",
     "GRUGates", "GRUTrace", "gru_step",
     "RNNGates", "RNNTrace", "rnn_step",
+    "SLSTMGates", "SLSTMState", "SLSTMTrace", "slstm_step",
 ]

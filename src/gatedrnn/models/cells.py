@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
-from gatedrnn.layers import GRU, LSTM, RNN
+from gatedrnn.layers import GRU, LSTM, RNN, SLSTM
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
 # `init` (the layer's keyword options: gate-bias init, e.g. {"init": "chrono", "chrono_max": 100}, and the
@@ -74,8 +74,19 @@ def _lstm_variant(variant: str) -> CellFactory:
     return factory
 
 
+def _slstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+           init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    if init:
+        raise ValueError(
+            "cell 'slstm' has its own gate-bias init (the official xLSTM forget-bias init, see gatedrnn.layers.slstm): "
+            f"expected no init options, got {dict(init)}"
+        )
+    return SLSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+
+
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
 for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg
     register_cell(f"lstm_{_variant}", _lstm_variant(_variant))
+register_cell("slstm", _slstm)

@@ -1,4 +1,4 @@
-"""From scratch: one LSTM, GRU or RNN layer in NumPy, forward and hand-derived backward (BPTT).
+"""From scratch: one LSTM, GRU, RNN or sLSTM layer in NumPy, forward and hand-derived backward (BPTT).
 
 No torch here: this is the version to read next to the equations. Each ``*_forward`` docstring states
 the equations with the names used in its body; each ``*_backward`` walks the same lines in reverse,
@@ -13,9 +13,11 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
 from gatedrnn.reference.gru import GRUCache, GRUGrads, GRUParams, gru_backward, gru_forward
 from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backward, lstm_forward
 from gatedrnn.reference.rnn import RNNCache, RNNGrads, RNNParams, rnn_backward, rnn_forward
+from gatedrnn.reference.slstm import SLSTMCache, SLSTMGrads, SLSTMParams, slstm_backward, slstm_forward
 
 __all__ = [
     "LSTMParams", "LSTMCache", "LSTMGrads", "lstm_forward", "lstm_backward",
     "GRUParams", "GRUCache", "GRUGrads", "gru_forward", "gru_backward",
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
+    "SLSTMParams", "SLSTMCache", "SLSTMGrads", "slstm_forward", "slstm_backward",
 ]
