@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 class TaskInfo:
     name: str
     description: str
-    kind: str  # "regression" | "classification" | "forecast" | "language_model"
+    kind: str  # "regression" | "classification" | "forecast" | "language_model" | "sequence_model"
     metric: str  # the headline metric returned by Task.evaluate, e.g. "accuracy", "bpc", "mse"
     higher_is_better: bool
     baseline: str  # the literature or naive baseline to compare with, with its source
