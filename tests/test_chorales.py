@@ -252,3 +252,38 @@ def test_train_chorales_from_the_cli(tmp_path, cache_dir, capsys):
         assert code != 0 and "option 'frame' of task 'chorales' should be one of ['quarter', 'eighth']" in err
     finally:
         torch.set_num_threads(torch_threads)
+
+
+# ----- the study runner -----
+def test_greff_study_records_every_run(tmp_path, monkeypatch, capsys):
+    from gatedrnn.bench import greff_study
+
+    with pytest.raises(greff_study.StudyError, match=r"unknown cell\(s\) \['lstm_nig'\]: .* now \['gru', 'lstm'"):
+        greff_study.resolve_cells(["lstm", "gru"], ["lstm_nig"])
+    assert greff_study.resolve_cells(["lstm", "gru", "rnn"], ["gru", "lstm"]) == ["lstm", "gru", "rnn"]
+    assert main_exit(greff_study, ["lstm_nig", "--seeds", "1"]) == 2  # refused before any run
+    assert "unknown cell(s) ['lstm_nig']" in capsys.readouterr().err
+
+    def fake_run(cell, seed, epochs, hidden_size):  # the run itself is `gatedrnn train`, tested above
+        return {"cell": cell, "seed": seed, "test_nll": {"lstm": 8.0, "gru": 9.0}[cell] + seed, "val_nll": 0.0,
+                "best_epoch": epochs, "steps": 31 * epochs, "seconds": 1.0,
+                "command": " ".join(greff_study.command(cell, seed, epochs, hidden_size))}
+
+    monkeypatch.setattr(greff_study, "run_one", fake_run)
+    monkeypatch.setattr(greff_study, "data_record", lambda: {"pieces": 405})
+    out = tmp_path / "study.json"
+    assert greff_study.main(["--cells", "lstm", "gru", "--seeds", "3", "--epochs", "2", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert [(r["cell"], r["seed"]) for r in record["runs"]] == [(c, s) for s in range(3) for c in ("lstm", "gru")]
+    assert record["summary"]["lstm"] == {"runs": 3, "mean_test_nll": 9.0, "std_test_nll": 1.0, "min_test_nll": 8.0,
+                                         "max_test_nll": 10.0}
+    assert record["runs"][0]["command"] == ("train --task chorales --batch-size 8 --lr 0.01 --cell lstm "
+                                            "--hidden-size 100 --epochs 2 --seed 0")
+    assert record["environment"]["cpu"]["model"] and record["data"] == {"pieces": 405}
+
+
+def main_exit(module, argv) -> int:
+    try:
+        return module.main(argv)
+    except SystemExit as exit_:
+        return exit_.code
