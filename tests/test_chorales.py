@@ -287,3 +287,21 @@ def main_exit(module, argv) -> int:
         return module.main(argv)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_the_task_s_train_defaults_sit_below_file_and_flags(tmp_path):
+    from gatedrnn.cli import build_parser
+    from gatedrnn.cli.train import build_config
+
+    def config(*argv):
+        return build_config(build_parser().parse_args(["train", *argv]))
+
+    chosen = config("--task", "chorales")
+    assert (chosen.hidden_size, chosen.batch_size, chosen.lr, chosen.epochs) == (100, 8, 0.01, 20)
+    assert config("--task", "chorales", "--hidden-size", "7", "--lr", "0.5").hidden_size == 7
+    file = tmp_path / "run.toml"
+    file.write_text('task = "chorales"\nbatch_size = 4\n')
+    from_file = config("--config", str(file))
+    assert (from_file.batch_size, from_file.hidden_size) == (4, 100)
+    plain = config("--task", "adding")
+    assert (plain.hidden_size, plain.batch_size, plain.lr) == (64, 32, 0.001)  # TrainConfig's own defaults

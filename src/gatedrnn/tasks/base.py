@@ -28,6 +28,8 @@ class Task(abc.ABC):
     stored in `self.options` so a checkpoint can rebuild the same task."""
 
     info: TaskInfo
+    # TrainConfig fields this task trains well with, used by `gatedrnn train` below a config file and flags
+    train_defaults: Mapping[str, Any] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
