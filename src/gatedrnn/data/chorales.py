@@ -12,13 +12,13 @@ Which pieces: every score file directly in `corpus/bach` (the `choraleAnalyses` 
 numeral analyses, not scores), sorted by file name. A score with more than four parts (instruments
 doubling the chorale: horns, oboes, trumpets, timpani) keeps the four named Soprano, Alto, Tenor and
 Bass. A piece is skipped, with its reason recorded, when it fails to parse, has neither four parts nor
-those four voices, has a pitch outside the 88 keys, or has the same
-piano roll as a piece read before it (music21 ships a few chorales twice, e.g. a harmonisation with
-an instrumental variant). Measured with music21 10.5.1 at quarter-note frames: 413 score files, 405
-pieces kept (median 48 frames, 24..272), 8 skipped (3 duplicates, 1 keyboard piece, 4 with two soprano
-parts or unnamed voices); split 242/81/82. `python -m gatedrnn.data.chorales` prints the counts.
+those four voices, has a pitch outside the 88 keys, or has the same piano roll as a piece read before
+it (music21 ships a few chorales twice, e.g. with and without its instrumental parts). Measured with
+music21 10.5.1 at quarter-note frames: 413 score files, 405 pieces kept (median 48 frames, 24..272),
+8 skipped (3 duplicates, 1 keyboard piece, 2 with two soprano parts, 2 whose voice parts are named
+after the instruments doubling them); split 242/81/82. `python -m gatedrnn.data.chorales` prints them.
 
-Parsing ~400 scores takes minutes, so the rolls are cached once per user:
+Parsing the ~400 scores takes about 45 s on one core (music21 10.5.1), so the rolls are cached per user:
     <cache>/data/chorales-v<FORMAT>-<key>.bin
 <cache> is the engine's cache folder ($GATEDRNN_CACHE_DIR, else $XDG_CACHE_HOME/gatedrnn, else
 ~/.cache/gatedrnn); <key> is a sha256 of the cache format, the frame length, music21's version and the
