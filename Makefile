@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 # torch is pinned first: the local CPU build. A looser spec on an empty venv pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= viz,train,data,bench,test
+EXTRAS ?= viz,train,data,music,bench,test
 VENV := .venv
 PY := $(VENV)/bin/python
 # The venv's bin on PATH: the C++ engine's build calls ninja from there.

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 # ----- registry and options -----
 def test_registry_and_option_errors():
-    assert set(TASKS) == {"adding", "copy", "temporal_order", "sunspots", "vowels", "charlm"}
+    assert set(TASKS) == {"adding", "copy", "temporal_order", "sunspots", "vowels", "charlm", "chorales"}
     with pytest.raises(ValueError, match=r"unknown task 'nope': expected one of \['adding', 'charlm'"):
         get_task("nope")
     with pytest.raises(ValueError, match="unknown option 'seqlen' for task 'adding'"):

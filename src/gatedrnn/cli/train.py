@@ -110,8 +110,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
 
 
+def task_train_defaults(task: Any) -> dict[str, Any]:
+    """The task's own defaults for the TrainConfig fields (`Task.train_defaults`), below a file and flags."""
+    from gatedrnn.tasks import TASKS
+
+    task_class = TASKS.get(task) if isinstance(task, str) else None
+    return dict(getattr(task_class, "train_defaults", {}))
+
+
 def build_config(args: argparse.Namespace):
-    """The TrainConfig for these arguments (defaults < file < flags; the saved run's config when resuming)."""
+    """The TrainConfig for these arguments (defaults < the task's train_defaults < file < flags; the saved
+    run's config when resuming)."""
     from pathlib import Path
 
     from gatedrnn.train import ConfigError, TrainConfig, load_config_file, merge_config, validate
@@ -127,7 +136,8 @@ def build_config(args: argparse.Namespace):
             flags["tensorboard"] = False
         if getattr(args, "quiet", False):
             flags["progress"] = False
-        config = merge_config(TrainConfig(), file_values)
+        config = merge_config(TrainConfig(), task_train_defaults(flags.get("task") or file_values.get("task")))
+        config = merge_config(config, file_values)
         config = merge_config(config, flags)
         if not (flags.get("out_dir") or file_values.get("out_dir")):
             config = merge_config(config, {"out_dir": f"runs/{config.task}-{config.cell}"})

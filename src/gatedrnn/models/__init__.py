@@ -9,13 +9,14 @@ from torch import nn
 from gatedrnn.models.base import SequenceModel
 from gatedrnn.models.cells import CELLS, build_rnn, register_cell
 from gatedrnn.models.charlm import CharLM
-from gatedrnn.models.sequence import SequenceClassifier, SequenceRegressor, SequenceTagger, last_steps
+from gatedrnn.models.sequence import FrameTagger, SequenceClassifier, SequenceRegressor, SequenceTagger, last_steps
 
 MODELS: dict[str, type[SequenceModel]] = {
     "SequenceRegressor": SequenceRegressor,
     "SequenceClassifier": SequenceClassifier,
     "SequenceTagger": SequenceTagger,
     "CharLM": CharLM,
+    "FrameTagger": FrameTagger,
 }
 
 # torch.save(model) then torch.load(path) with the default weights_only=True: the model classes and the
@@ -30,5 +31,5 @@ def build_model(kind: str, config: dict) -> SequenceModel:
     return MODELS[kind](**config)
 
 
-__all__ = ["CELLS", "MODELS", "CharLM", "SequenceClassifier", "SequenceModel", "SequenceRegressor", "SequenceTagger",
-           "build_model", "build_rnn", "last_steps", "register_cell"]
+__all__ = ["CELLS", "MODELS", "CharLM", "FrameTagger", "SequenceClassifier", "SequenceModel", "SequenceRegressor",
+           "SequenceTagger", "build_model", "build_rnn", "last_steps", "register_cell"]

@@ -100,3 +100,26 @@ class SequenceTagger(_LinearReadout):
         if not isinstance(rnn_output, Tensor) or rnn_output.dim() != 3:
             raise ValueError("SequenceTagger.readout expects a (B, T, H) tensor")
         return self.head(rnn_output)  # (B, T, C)
+
+
+class FrameTagger(_LinearReadout):
+    """Sequence -> independent logits per step for O outputs (multi-label: e.g. the 88 keys of a piano roll,
+    each sounding or not), for a sigmoid per output and binary cross-entropy.
+
+    readout: a (B, T, H) tensor -> linear at every step, (B, T, O); a PackedSequence output (what the layer
+    returns for packed input) -> the logits of its real steps only, (N, O) with N the total length, in the
+    packed order (time-major over the rows sorted by length, `PackedSequence.data`'s order). So padding
+    never reaches the logits or a loss computed on them.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, output_size: int, *, cell: str = "lstm",
+                 num_layers: int = 1, dropout: float = 0.0, init: dict | None = None) -> None:
+        super().__init__(input_size, hidden_size, "output_size", output_size, cell=cell, num_layers=num_layers,
+                         dropout=dropout, min_out=1, init=init)
+
+    def readout(self, rnn_output: Inputs) -> Tensor:
+        if isinstance(rnn_output, PackedSequence):
+            return self.head(rnn_output.data)  # (N, O)
+        if not isinstance(rnn_output, Tensor) or rnn_output.dim() != 3:
+            raise ValueError("FrameTagger.readout expects a (B, T, H) tensor or a PackedSequence")
+        return self.head(rnn_output)  # (B, T, O)

@@ -8,6 +8,7 @@ from typing import Any
 
 from gatedrnn.tasks.adding import AddingTask
 from gatedrnn.tasks.charlm import CharLMTask
+from gatedrnn.tasks.chorales import ChoralesTask
 from gatedrnn.tasks.copy import CopyTask
 from gatedrnn.tasks.sunspots import SunspotsTask
 from gatedrnn.tasks.temporal_order import TemporalOrderTask
@@ -21,6 +22,7 @@ TASKS: dict[str, type[Task]] = {
     "sunspots": SunspotsTask,
     "vowels": VowelsTask,
     "charlm": CharLMTask,
+    "chorales": ChoralesTask,
 }
 
 

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 class TaskInfo:
     name: str
     description: str
-    kind: str  # "regression" | "classification" | "forecast" | "language_model"
+    kind: str  # "regression" | "classification" | "forecast" | "language_model" | "sequence_model"
     metric: str  # the headline metric returned by Task.evaluate, e.g. "accuracy", "bpc", "mse"
     higher_is_better: bool
     baseline: str  # the literature or naive baseline to compare with, with its source
@@ -28,6 +28,8 @@ class Task(abc.ABC):
     stored in `self.options` so a checkpoint can rebuild the same task."""
 
     info: TaskInfo
+    # TrainConfig fields this task trains well with, used by `gatedrnn train` below a config file and flags
+    train_defaults: Mapping[str, Any] = {}
 
     def __init__(self, **options: Any) -> None:
         self.options: dict[str, Any] = dict(options)
