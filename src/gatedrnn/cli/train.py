@@ -48,12 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", help="task name, see `gatedrnn tasks` (default: adding)")
     group.add_argument("-o", "--option", dest="task_option", action="append", type=parse_option, default=[],
                        metavar="NAME=VALUE", help="a task option, repeatable, e.g. -o seq_len=200 (see `gatedrnn tasks`)")
-<<<<<<< HEAD
-    group.add_argument("--cell", help="recurrent cell: lstm, gru, rnn or a variant (lstm_peephole, lstm_cifg, ...; "
-                                      "`gatedrnn tasks` lists them) (default: lstm)")
-=======
-    group.add_argument("--cell", help="recurrent cell: lstm, gru, rnn or slstm (default: lstm)")
->>>>>>> slstm
+    group.add_argument("--cell", help="recurrent cell: lstm, gru, rnn, slstm or an LSTM variant (lstm_peephole, "
+                                      "lstm_cifg, ...; `gatedrnn tasks` lists them) (default: lstm)")
     group.add_argument("--hidden-size", dest="hidden_size", type=int, help="hidden units per layer (default: 64)")
     group.add_argument("--num-layers", dest="num_layers", type=int, help="stacked recurrent layers (default: 1)")
     group.add_argument("--dropout", type=float, help="dropout between stacked layers, in [0, 1) (default: 0)")
