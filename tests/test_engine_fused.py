@@ -30,7 +30,12 @@ def built_engine():
 
 
 def make_pair(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
-    """A torch.nn module and the gatedrnn module with the same weights."""
+    """A torch.nn module and the gatedrnn module with the same weights (for a cell torch.nn lacks, such as
+    Greff's variants "lstm_<variant>", the gatedrnn module and None)."""
+    spec = CELL_SPECS[cell]
+    if spec.variant is not None:
+        options.pop("proj_size", None)
+        return gatedrnn.LSTM(input_size, hidden_size, dtype=dtype, variant=spec.variant.name, **options), None
     if cell == "lstm":
         ours, theirs = gatedrnn.LSTM, torch.nn.LSTM
     elif cell == "gru":
@@ -145,13 +150,15 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse):
     w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
     b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
     w_hr = torch.randn(p, hidden, **dd) if proj else None
+    aux_blocks = CELL_SPECS[cell].aux_blocks  # the cell's extra parameters (peepholes), flattened
+    aux = torch.randn(aux_blocks * hidden, **dd) if aux_blocks else None
     sizes = [] if batch_sizes is None else batch_sizes
 
-    def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
-        y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True)
+    def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux):
+        y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True, aux)
         return (y, h_n, c_n) if CELL_SPECS[cell].has_cell_state else (y, h_n)
 
-    assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), eps=1e-6, atol=1e-7)
+    assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux), eps=1e-6, atol=1e-7)
 
 
 def test_layers_dispatch_to_fused_and_backend_info():
@@ -336,17 +343,19 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell):
     g = spec.gate_count * hidden
     real = dict(x=torch.randn(2, 5, 3).transpose(0, 1), h0=torch.randn(2, out),
                 c0=torch.randn(2, hidden) if spec.has_cell_state else None, w_ih=torch.randn(g, 3),
-                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None)
+                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None,
+                aux=torch.randn(spec.aux_blocks * hidden) if spec.aux_blocks else None)
 
     def run(t, keep):
-        outputs = SCAN(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b"], t["b"], t["w_hr"], [], False, keep)
+        outputs = SCAN(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["b"], t["b"], t["w_hr"], [], False, keep,
+                       t["aux"])
         y, h_n, c_n, gates, c_hist, extra = outputs
         if not keep:
             return outputs
         none_if_empty = lambda v: None if v.dim() == 1 and v.numel() == 0 else v  # noqa: E731
         grads = SCAN_BACKWARD(cell, t["x"], t["h0"], t["c0"], t["w_ih"], t["w_hh"], t["w_hr"], True, y,
                               gates, none_if_empty(c_hist), none_if_empty(extra), torch.ones_like(y),
-                              torch.ones_like(h_n), c_n if spec.has_cell_state else None, [], False, True)
+                              torch.ones_like(h_n), c_n if spec.has_cell_state else None, [], False, True, t["aux"])
         return outputs + grads
 
     for keep in (False, True):
