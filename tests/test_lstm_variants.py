@@ -272,9 +272,9 @@ def _onnx_blocks(module, name: str, suffix: str):
     peep = dict(zip(spec.peephole_gates, np.split(sd[f"weight_peephole{suffix}"], len(spec.peephole_gates)))) \
         if spec.peepholes else {}
     zeros_w, zeros_r, zeros_b = np.zeros((H, I), np.float32), np.zeros((H, H), np.float32), np.zeros(H, np.float32)
-    if spec.coupled:  # ONNX input_forget=1 computes f = 1 − i: feed its input gate our −(forget pre-activation)
-        w["i"], r["i"], bw["i"], br["i"] = -w["f"], -r["f"], -bw["f"], -br["f"]
-        peep["i"] = -peep["f"]
+    if spec.coupled:  # ONNX input_forget=1 computes f = 1 − i: its input gate gets our −(forget pre-activation),
+        # σ(−z) = 1 − σ(z); its forget block is left empty (ignored under input_forget, so the attribute matters)
+        w["i"], r["i"], bw["i"], br["i"], peep["i"] = (-d.pop("f") for d in (w, r, bw, br, peep))
     W, R, Bw, Br, P = [], [], [], [], []
     for gate in ONNX_ORDER:
         present = gate in w
