@@ -160,7 +160,8 @@ def test_layer_equals_numpy_reference(name, dtype, noisy):
         y, (h_n, c_n) = module(x, (h0, c0))
         loss = (wy * y).sum() + (wh * h_n).sum() + (wc * c_n).sum()
         leaves = [x, h0, c0, *module.parameters()]
-        grads = dict(zip(["x", "h0", "c0", *(n for n, _ in module.named_parameters())], torch.autograd.grad(loss, leaves)))
+        names = ["x", "h0", "c0", *(n for n, _ in module.named_parameters())]
+        grads = dict(zip(names, torch.autograd.grad(loss, leaves)))
     assert ops.counts["scan"] == 2 and ops.counts["scan_backward"] == 2
     torch.manual_seed(7)
     noise = _draw_layer_noise(x.detach(), 2, zoneout, rdrop)
@@ -228,8 +229,9 @@ def _form_run(module, form: str, x: torch.Tensor, lengths: torch.Tensor):
 def test_fused_equals_reference_path_for_every_input_form(name, form, monkeypatch):
     torch.manual_seed(NAMES.index(name))
     layers = 2 if form.startswith("two") else 1
-    module = gatedrnn.LSTM(I, H, num_layers=layers, bidirectional=form != "unbatched", batch_first=form == "batch_first",
-                           variant=name, dtype=torch.float64, zoneout=ZONEOUT, recurrent_dropout=RECURRENT_DROPOUT)
+    module = gatedrnn.LSTM(I, H, num_layers=layers, bidirectional=form != "unbatched",
+                           batch_first=form == "batch_first", variant=name, dtype=torch.float64, zoneout=ZONEOUT,
+                           recurrent_dropout=RECURRENT_DROPOUT)
     x = torch.randn(5, 4, I, dtype=torch.float64, requires_grad=True)
     lengths = torch.tensor([3, 5, 1, 4])
     results = []

@@ -227,8 +227,8 @@ def _layer_weights(cell: str, inputs: int, hidden: int) -> LayerWeights:
     spec = CELL_SPECS[cell]
     g = spec.gate_count * hidden
     extra = tuple(torch.randn(p.blocks * hidden, dtype=F64, requires_grad=True) for p in spec.extra_params)
-    return LayerWeights(*(torch.randn(*s, dtype=F64, requires_grad=True) for s in ((g, inputs), (g, hidden), (g,), (g,))),
-                        None, extra)
+    shapes = ((g, inputs), (g, hidden), (g,), (g,))  # w_ih, w_hh, b_ih, b_hh
+    return LayerWeights(*(torch.randn(*s, dtype=F64, requires_grad=True) for s in shapes), None, extra)
 
 
 def _leaves(weights: LayerWeights) -> list:
@@ -318,7 +318,8 @@ def test_weight_drop_is_dropconnect_on_w_hh(kind, backend, monkeypatch):
     y2, hidden2 = dropped(x)
     states2 = hidden2 if isinstance(hidden2, tuple) else (hidden2,)
     torch.testing.assert_close(y, y2, rtol=1e-12, atol=1e-12)
-    expected = dict(zip(["x", *(n for n, _ in dropped.named_parameters())], _grads(_weighted(y2, *states2), dropped, x)))
+    names = ["x", *(n for n, _ in dropped.named_parameters())]
+    expected = dict(zip(names, _grads(_weighted(y2, *states2), dropped, x)))
     for name, g in got.items():
         want = expected[name] * masks[name] if name in masks else expected[name]  # d(W ⊙ M)/dW = M
         torch.testing.assert_close(g, want, rtol=1e-11, atol=1e-11, msg=lambda m: f"{name}: {m}")
