@@ -1,6 +1,7 @@
 """From scratch: one LSTM, GRU, RNN or sLSTM layer in NumPy, forward and hand-derived backward (BPTT).
 
-No torch here: this is the version to read next to the equations. Each ``*_forward`` docstring states
+No torch here: this is the version to read next to the equations. `lstm_variants` holds the peephole LSTM
+and Greff et al.'s variants, with zoneout and a recurrent dropout mask. Each ``*_forward`` docstring states
 the equations with the names used in its body; each ``*_backward`` walks the same lines in reverse,
 naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
 ``LSTMParams.from_state_dict(torch.nn.LSTM(...).state_dict())`` reproduces torch's numbers
@@ -12,6 +13,9 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
 """
 from gatedrnn.reference.gru import GRUCache, GRUGrads, GRUParams, gru_backward, gru_forward
 from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backward, lstm_forward
+from gatedrnn.reference.lstm_variants import (
+    VARIANTS, VariantCache, VariantGrads, VariantParams, variant_backward, variant_forward,
+)
 from gatedrnn.reference.rnn import RNNCache, RNNGrads, RNNParams, rnn_backward, rnn_forward
 from gatedrnn.reference.slstm import SLSTMCache, SLSTMGrads, SLSTMParams, slstm_backward, slstm_forward
 
@@ -20,4 +24,5 @@ __all__ = [
     "GRUParams", "GRUCache", "GRUGrads", "gru_forward", "gru_backward",
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
     "SLSTMParams", "SLSTMCache", "SLSTMGrads", "slstm_forward", "slstm_backward",
+    "VARIANTS", "VariantParams", "VariantCache", "VariantGrads", "variant_forward", "variant_backward",
 ]
