@@ -7,8 +7,9 @@ Shapes: T steps, B batch, H hidden, P size of h.
             h_t = d_h ⊙ h_{t−1} + (1 − d_h) ⊙ h̃_t,   c_t = d_c ⊙ c_{t−1} + (1 − d_c) ⊙ c̃_t
         where h̃, c̃ are the cell's own new state. Training: d ~ Bernoulli(p) per step and unit; eval: d = p
         (the expectation, as the paper does). Columns [0, P) weight h, [P, P + H) weight c.
-    recurrent_mask (B, P): variational recurrent dropout (Gal & Ghahramani 2016; Keras's `recurrent_dropout`):
-        one mask per sequence, m ~ Bernoulli(1 − p) / (1 − p), and W_hh reads h ⊙ m at every step.
+    recurrent_mask (B, P): variational recurrent dropout (Gal & Ghahramani 2016): one mask per sequence,
+        m ~ Bernoulli(1 − p) / (1 − p), shared by the gates, and W_hh reads h ⊙ m at every step. Keras's
+        `recurrent_dropout` is the same with one mask per gate block (Keras 3 draws 4 for an LSTM, 3 for a GRU).
 """
 from __future__ import annotations
 

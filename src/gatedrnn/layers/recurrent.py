@@ -380,8 +380,8 @@ INIT_OPTIONS_DOC = """
     reproduces it; semantics in `gatedrnn.engine.noise`):
         zoneout: p, or (p_h, p_c): each unit of h (and c) keeps its previous value with probability p at each
             step while training, and mixes p ⊙ previous + (1 - p) ⊙ new at eval (Krueger et al. 2017).
-        recurrent_dropout: variational dropout on the h that W_hh reads, one mask per sequence, scaled by
-            1 / (1 - p), training only (Gal & Ghahramani 2016; Keras's recurrent_dropout).
+        recurrent_dropout: variational dropout on the h that W_hh reads, one mask per sequence shared by the
+            gates, scaled by 1 / (1 - p), training only (Gal & Ghahramani 2016; Keras draws one per gate).
         weight_drop: DropConnect on W_hh, one mask per forward, training only (Merity et al. 2018, AWD-LSTM).
 """
 
