@@ -139,7 +139,8 @@ GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not kno
 @pytest.mark.parametrize("cell,proj,batch_sizes,reverse,noise", GRADCHECK_CASES)
 def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
     """The hand-written BPTT against finite differences, for every input with a gradient: the cell's extra
-    parameters (aux) included; with noise, zoneout weights in (0, 1) and a recurrent dropout mask."""
+    parameters (aux) included; with noise, zoneout weights in (0, 1), a recurrent dropout mask and, for cells
+    with a candidate, a candidate dropout mask."""
     torch.manual_seed(0)
     steps, batch, inputs, hidden = 4, 3, 2, 3
     p = 2 if proj else hidden
@@ -158,14 +159,16 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
     spec = CELL_SPECS[cell]
     aux = torch.randn(spec.aux_blocks * hidden, **dd) if spec.aux_blocks else None
     sizes = [] if batch_sizes is None else batch_sizes
-    zoneout = mask = None
+    zoneout = mask = candidate = None
     if noise:
         zoneout = torch.rand(steps, batch, p + (hidden if spec.has_cell_state else 0), dtype=torch.float64)
         mask = torch.bernoulli(torch.full((batch, p), 0.7, dtype=torch.float64)) / 0.7
+        if spec.candidate_gate is not None:
+            candidate = torch.bernoulli(torch.full((steps, batch, hidden), 0.6, dtype=torch.float64)) / 0.6
 
     def function(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux):
         y, h_n, c_n, *_ = SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, sizes, reverse, True, aux, zoneout,
-                               mask)
+                               mask, candidate)
         return (y, h_n, c_n) if spec.has_cell_state else (y, h_n)
 
     assert torch.autograd.gradcheck(function, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux), eps=1e-6, atol=1e-7)

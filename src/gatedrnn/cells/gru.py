@@ -25,7 +25,8 @@ class GRUTrace(NamedTuple):
 
 
 def gru_step(
-    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], recurrent_mask: Optional[Tensor] = None
+    x_proj: Tensor, h: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], recurrent_mask: Optional[Tensor] = None,
+    candidate_mask: Optional[Tensor] = None,
 ) -> tuple[Tensor, GRUGates]:
     r"""One GRU step.
 
@@ -37,10 +38,11 @@ def gru_step(
         h_next = (1 − z) ⊙ n + z ⊙ h
 
     With a recurrent_mask m (variational recurrent dropout) the W_h· products read h ⊙ m; z ⊙ h keeps h.
+    With a candidate_mask d (Semeniuta et al. 2016) h_next = (1 − z) ⊙ (n ⊙ d) + z ⊙ h.
 
     Args:
         x_proj: (B, 3H) input projection of this step, bias b_ih included.
-        h: (B, H). w_hh: (3H, H). b_hh: (3H,) or None. recurrent_mask: (B, H) or None.
+        h: (B, H). w_hh: (3H, H). b_hh: (3H,) or None. recurrent_mask, candidate_mask: (B, H) or None.
     Returns:
         (h_next (B, H), GRUGates(r, z, n) each (B, H)).
     """
@@ -52,5 +54,5 @@ def gru_step(
     r = torch.sigmoid(x_r + h_r)
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
-    h_next = (1 - z) * n + z * h
+    h_next = (1 - z) * (n if candidate_mask is None else n * candidate_mask) + z * h
     return h_next, GRUGates(r, z, n)

@@ -41,6 +41,7 @@ def lstm_step(
     b_hh: Optional[Tensor],
     w_hr: Optional[Tensor] = None,
     recurrent_mask: Optional[Tensor] = None,
+    candidate_mask: Optional[Tensor] = None,
 ) -> tuple[LSTMState, LSTMGates]:
     r"""One LSTM step.
 
@@ -54,12 +55,14 @@ def lstm_step(
         h_next = o ⊙ tanh(c_next)                 (no projection)
         h_next = W_hr (o ⊙ tanh(c_next))          (with projection, LSTMP)
 
-    With a recurrent_mask m (variational recurrent dropout, Gal & Ghahramani 2016) W_h· reads h ⊙ m.
+    With a recurrent_mask m (variational recurrent dropout, Gal & Ghahramani 2016) W_h· reads h ⊙ m; with a
+    candidate_mask d (Semeniuta et al. 2016) c_next = f ⊙ c + i ⊙ (g ⊙ d).
 
     Args:
         x_proj: (B, 4H) input projection of this step, bias b_ih included.
         state: LSTMState with h (B, P) and c (B, H).
         w_hh: (4H, P). b_hh: (4H,) or None. w_hr: (P, H) or None. recurrent_mask: (B, P) or None.
+        candidate_mask: (B, H) or None.
     Returns:
         (LSTMState(h_next (B, P), c_next (B, H)), LSTMGates(i, f, g, o) each (B, H)).
     """
@@ -72,7 +75,7 @@ def lstm_step(
     f = torch.sigmoid(pre_f)
     g = torch.tanh(pre_g)
     o = torch.sigmoid(pre_o)
-    c_next = f * c + i * g
+    c_next = f * c + i * (g if candidate_mask is None else g * candidate_mask)
     h_next = o * torch.tanh(c_next)
     if w_hr is not None:
         h_next = h_next @ w_hr.t()  # (B, P)

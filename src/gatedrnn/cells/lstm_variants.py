@@ -94,6 +94,7 @@ def greff_lstm_step(
     peephole: Optional[Tensor],
     variant: GreffVariant,
     recurrent_mask: Optional[Tensor] = None,
+    candidate_mask: Optional[Tensor] = None,
 ) -> tuple[LSTMState, PeepholeGates]:
     """One step of the peephole LSTM or one of Greff et al.'s variants (equations in the module docstring).
 
@@ -103,6 +104,7 @@ def greff_lstm_step(
         w_hh: (G*H, H). b_hh: (G*H,) or None. peephole: (K*H,) [p_i | p_f | p_o] for the K gates in
             `variant.peephole_names`, or None for NP.
         recurrent_mask: (B, H) or None: W_hh reads h ⊙ recurrent_mask (variational recurrent dropout).
+        candidate_mask: (B, H) or None: c_next = f ⊙ c + i ⊙ (g ⊙ candidate_mask) (Semeniuta et al. 2016).
     Returns:
         (LSTMState(h_next, c_next), PeepholeGates(i, f, g, o)), each (B, H).
     """
@@ -121,7 +123,7 @@ def greff_lstm_step(
     f = gate("f", c) if variant.forget_gate else one
     i = gate("i", c) if variant.input_gate else (1 - f if variant.coupled else one)
     g = torch.tanh(blocks["g"]) if variant.input_activation else blocks["g"]
-    c_next = f * c + i * g
+    c_next = f * c + i * (g if candidate_mask is None else g * candidate_mask)
     o = gate("o", c_next) if variant.output_gate else one
     h_next = o * (torch.tanh(c_next) if variant.output_activation else c_next)
     return LSTMState(h_next, c_next), PeepholeGates(i, f, g, o)

@@ -37,7 +37,8 @@ class ExtraParam(NamedTuple):
     init: str = "uniform"
 
 
-# A cell's step in the engine's uniform form: (x_proj (B, G*H), state tuple) -> (state tuple, traced gates).
+# A cell's step in the engine's uniform form: (x_proj (B, G*H), state tuple[, candidate_mask (B, H)]) ->
+# (state tuple, traced gates).
 StepFn = Callable[[Tensor, tuple[Tensor, ...]], tuple[tuple[Tensor, ...], tuple[Tensor, ...]]]
 # make_step(weights, recurrent_mask (B, P) or None) -> StepFn; W_hh reads h ⊙ recurrent_mask.
 MakeStep = Callable[[LayerWeights, Optional[Tensor]], StepFn]
@@ -68,6 +69,7 @@ class CellSpec:
     extra_params: parameters besides torch.nn's (`ExtraParam`), passed to the kernels flattened as `aux`.
     backward_reads_h: the fused backward reads the step's own h (the RNN's tanh'), so zoneout saves h̃.
     variant: what distinguishes the cell within its family (e.g. `GreffVariant`), for the layers and docs.
+    candidate_gate: the gate whose value candidate dropout masks (LSTM g, GRU n), None if the cell has none.
     """
 
     name: str
@@ -89,6 +91,7 @@ class CellSpec:
     extra_params: tuple[ExtraParam, ...] = ()
     backward_reads_h: bool = False
     variant: object = None
+    candidate_gate: Optional[str] = None
 
     @property
     def aux_blocks(self) -> int:

@@ -17,17 +17,17 @@ from gatedrnn.cells.spec import CellSpec, ExtraParam, LayerWeights, StepFn
 
 
 def _lstm_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
-    def step(x_proj, state):
+    def step(x_proj, state, candidate_mask=None):
         new_state, gates = lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_hh, weights.w_hr,
-                                     recurrent_mask)
+                                     recurrent_mask, candidate_mask)
         return tuple(new_state), tuple(gates)
 
     return step
 
 
 def _gru_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
-    def step(x_proj, state):
-        h_next, gates = gru_step(x_proj, state[0], weights.w_hh, weights.b_hh, recurrent_mask)
+    def step(x_proj, state, candidate_mask=None):
+        h_next, gates = gru_step(x_proj, state[0], weights.w_hh, weights.b_hh, recurrent_mask, candidate_mask)
         return (h_next,), tuple(gates)
 
     return step
@@ -35,7 +35,7 @@ def _gru_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
 
 def _rnn_step(nonlinearity: str):
     def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
-        def step(x_proj, state):
+        def step(x_proj, state, candidate_mask=None):  # no candidate: layers refuse candidate_dropout
             h_next, _ = rnn_step(x_proj, state[0], weights.w_hh, weights.b_hh, nonlinearity, recurrent_mask)
             return (h_next,), ()  # the RNN's trace is h alone
 
@@ -53,9 +53,9 @@ def _greff_step(variant: GreffVariant):
     def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
         peephole = weights.extra[0] if variant.peepholes else None
 
-        def step(x_proj, state):
+        def step(x_proj, state, candidate_mask=None):
             new_state, gates = greff_lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_hh, peephole,
-                                               variant, recurrent_mask)
+                                               variant, recurrent_mask, candidate_mask)
             by_name = gates._asdict()
             return tuple(new_state), tuple(by_name[name] for name in variant.gate_names)
 
@@ -85,7 +85,7 @@ def _greff(variant: GreffVariant, color: str) -> CellSpec:
         write_gate="i" if variant.input_gate else ("f" if variant.coupled else None),
         write_gate_inverted=variant.coupled, color=color,
         extra_params=(ExtraParam("weight_peephole", len(variant.peephole_names)),) if variant.peepholes else (),
-        variant=variant,
+        variant=variant, candidate_gate="g",
     )
 
 
@@ -97,10 +97,10 @@ CELL_SPECS: dict[str, CellSpec] = {
     spec.name: spec
     for spec in (
         CellSpec("lstm", "LSTM", lstm_step, _lstm_step, 4, ("i", "f", "g", "o"), ("h", "c"), LSTMTrace,
-                 ("i", "f", "g", "o"), torch_mode="LSTM", supports_projection=True,
+                 ("i", "f", "g", "o"), torch_mode="LSTM", supports_projection=True, candidate_gate="g",
                  hold_gate="f", write_gate="i", color="#1f77b4"),
         CellSpec("gru", "GRU", gru_step, _gru_step, 3, ("r", "z", "n"), ("h",), GRUTrace, ("r", "z", "n"),
-                 torch_mode="GRU", saved_extra=1, hold_gate="z", write_gate="z", write_gate_inverted=True,
+                 torch_mode="GRU", saved_extra=1, candidate_gate="n", hold_gate="z", write_gate="z", write_gate_inverted=True,
                  color="#2ca02c"),
         _rnn("rnn_tanh", "RNN", "tanh", "#d62728"),
         _rnn("rnn_relu", "RNN (relu)", "relu", "#ff7f0e"),

@@ -15,7 +15,7 @@ from gatedrnn.cli import CLIError
 
 # flag -> TrainConfig field, for every field set from a plain flag (dest names equal field names)
 CONFIG_FLAGS = ("task", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias", "chrono_max",
-                "zoneout", "recurrent_dropout", "weight_drop",
+                "zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout",
                 "batch_size", "epochs", "max_steps", "lr",
                 "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "patience",
                 "seed", "out_dir", "checkpoint_every")
@@ -67,6 +67,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "2016), in [0, 1) (default: 0)")
     group.add_argument("--weight-drop", dest="weight_drop", type=float,
                        help="DropConnect on W_hh, one mask per forward (AWD-LSTM), in [0, 1) (default: 0)")
+    group.add_argument("--candidate-dropout", dest="candidate_dropout", type=float,
+                       help="dropout on the candidate (lstm g, gru n) per step (Semeniuta et al. 2016), in [0, 1) "
+                            "(default: 0)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

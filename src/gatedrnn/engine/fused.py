@@ -72,17 +72,19 @@ def run_layer_fused(
     # the cell's extra parameters as one flat operand; torch.cat's backward hands each its gradient
     aux = (weights.extra[0] if len(weights.extra) == 1 else torch.cat(weights.extra)) if weights.extra else None
     inputs = (x, state0[0], state0[1] if has_c else None, *weights[:5])
-    zoneout, mask = noise if noise is not None else (None, None)
+    zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
     if _needs_grad(inputs + (aux,)):
         differentiable = SCAN if torch.compiler.is_compiling() else ScanFunction.apply  # see ScanFunction
-        y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True, aux, zoneout, mask)
+        y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True, aux, zoneout, mask,
+                                                       candidate)
     elif torch.compiler.is_compiling():
-        y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask)
+        y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask, candidate)
     else:
         # Nothing needs a gradient: skip the operator's autograd kernel (a Python function, ~8 us a call).
         with torch._C._AutoDispatchBelowAutograd():
-            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask)
+            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask,
+                                                 candidate)
     state = (h_n, c_n) if has_c else (h_n,)
     if not trace:
         return ScanResult(y, state, None)

@@ -10,6 +10,10 @@ Shapes: T steps, B batch, H hidden, P size of h.
     recurrent_mask (B, P): variational recurrent dropout (Gal & Ghahramani 2016): one mask per sequence,
         m ~ Bernoulli(1 − p) / (1 − p), shared by the gates, and W_hh reads h ⊙ m at every step. Keras's
         `recurrent_dropout` is the same with one mask per gate block (Keras 3 draws 4 for an LSTM, 3 for a GRU).
+    candidate_mask (T, B, H): candidate dropout (Semeniuta, Severyn & Barth 2016, "Recurrent Dropout without
+        Memory Loss"): per step, the candidate (LSTM g, GRU n) is multiplied by m ~ Bernoulli(1 − p) / (1 − p)
+        where it enters the state (c = f ⊙ c + i ⊙ (g ⊙ m); h = (1 − z) ⊙ (n ⊙ m) + z ⊙ h); the memory itself is
+        never dropped.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class LayerNoise(NamedTuple):
 
     zoneout: Optional[Tensor] = None         # (T, B, P [+ H])
     recurrent_mask: Optional[Tensor] = None  # (B, P)
+    candidate_mask: Optional[Tensor] = None  # (T, B, H)
 
 
 def draw_zoneout(steps: int, batch: int, out_size: int, hidden: Optional[int], p_h: float, p_c: float,
@@ -39,6 +44,13 @@ def draw_zoneout(steps: int, batch: int, out_size: int, hidden: Optional[int], p
         else:
             columns.append(like.new_full((steps, batch, width), p))
     return torch.cat(columns, dim=2)
+
+
+def draw_candidate_mask(steps: int, batch: int, hidden: int, p: float, like: Tensor) -> Optional[Tensor]:
+    """Candidate dropout's masks (T, B, H), scaled by 1 / (1 − p), or None when p is 0."""
+    if p == 0:
+        return None
+    return torch.bernoulli(like.new_full((steps, batch, hidden), 1 - p)) / (1 - p)
 
 
 def draw_recurrent_mask(batch: int, out_size: int, p: float, like: Tensor) -> Optional[Tensor]:

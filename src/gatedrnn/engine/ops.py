@@ -5,10 +5,11 @@ Three operators in the ``gatedrnn`` namespace (`torch.library`), each with a CPU
 and, for scan and scan_backward, a vmap rule:
 
     gatedrnn::scan(cell, x, h0, c0?, w_ih, w_hh, b_ih?, b_hh?, w_hr?, batch_sizes, reverse, keep,
-                   aux?, zoneout?, rec_mask?)
+                   aux?, zoneout?, rec_mask?, cand_mask?)
         -> (y, h_n, c_n, gates, c_hist, extra)          one layer, one direction, the whole sequence
     gatedrnn::scan_backward(cell, x, h0, c0?, w_ih, w_hh, w_hr?, has_bias, y, gates?, c_hist?, extra?,
-                            dy, dh_n, dc_n?, batch_sizes, reverse, need_dx, aux?, zoneout?, rec_mask?)
+                            dy, dh_n, dc_n?, batch_sizes, reverse, need_dx, aux?, zoneout?, rec_mask?,
+                            cand_mask?)
         -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux)   its hand-written BPTT
     gatedrnn::step(cell, x, h, c?, weights) -> (y, h, c)   one step through a stack of layers (streaming)
 
@@ -18,6 +19,7 @@ L layers.
     aux (A*H,): the cell's extra parameters (peephole weights, ...), flattened in `CellSpec.extra_params` order.
     zoneout (T, B, P [+ H]): the weight of the previous h [and c] per step and unit (0/1 in training, p at eval).
     rec_mask (B, P): variational dropout's mask on the h that W_hh reads, one per sequence.
+    cand_mask (T, B, H): candidate dropout's mask per step (cells with a candidate: LSTM g, GRU n).
     scan:  y (T, B, P), h_n (B, P), c_n (B, H); with keep: gates (T, B, G*H), c_hist (T, B, H) for cells
            with a c state, extra (T, B, `saved_width`): the cell's E*H, then under zoneout c̃ (H) and h̃ (P). What a cell does not have is an empty
            tensor of shape (0,) (an operator's outputs are always tensors).
@@ -46,13 +48,14 @@ _LIB = torch.library.Library("gatedrnn", "DEF")
 _LIB.define(
     "scan(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
     "Tensor? w_hr, int[] batch_sizes, bool reverse, bool keep, Tensor? aux=None, Tensor? zoneout=None, "
-    "Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? rec_mask=None, Tensor? cand_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define(
     "scan_backward(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "bool has_bias, Tensor y, Tensor? gates, Tensor? c_hist, Tensor? extra, Tensor dy, Tensor dh_n, "
     "Tensor? dc_n, int[] batch_sizes, bool reverse, bool need_dx, Tensor? aux=None, Tensor? zoneout=None, "
-    "Tensor? rec_mask=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? rec_mask=None, Tensor? cand_mask=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define("step(str cell, Tensor x, Tensor h, Tensor? c, Tensor?[] weights) -> (Tensor, Tensor, Tensor)")
 
@@ -102,7 +105,7 @@ def saved_width(cell: str, hidden: int, out_size: int, zoneout: bool) -> int:
 # ----- fake kernels: shapes only -----
 @torch.library.register_fake("gatedrnn::scan")
 def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
-               rec_mask=None):
+               rec_mask=None, cand_mask=None):
     spec = CELL_SPECS[cell]
     steps, batch = x.shape[0], x.shape[1]
     gate_rows, out_size = w_hh.shape
@@ -121,7 +124,7 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
 
 @torch.library.register_fake("gatedrnn::scan_backward")
 def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
-                        batch_sizes, reverse, need_dx, aux=None, zoneout=None, rec_mask=None):
+                        batch_sizes, reverse, need_dx, aux=None, zoneout=None, rec_mask=None, cand_mask=None):
     def like(t: Optional[Tensor], present: bool = True) -> Tensor:  # the kernel's results are contiguous
         return x.new_empty(t.shape) if t is not None and present else x.new_empty(0)
 
@@ -140,11 +143,11 @@ def _step_fake(cell, x, h, c, weights):
 # ----- autograd: BPTT by gatedrnn::scan_backward -----
 def _scan_setup_context(ctx, inputs, output) -> None:
     cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, *noise = inputs
-    aux, zoneout, rec_mask = (list(noise) + [None] * 3)[:3]
+    aux, zoneout, rec_mask, cand_mask = (list(noise) + [None] * 4)[:4]
     y, _, _, gates, c_hist, extra = output
     ctx.cell, ctx.batch_sizes, ctx.reverse, ctx.keep = cell, list(batch_sizes), reverse, keep
     ctx.has_bias, ctx.has_c = b_ih is not None, c0 is not None
-    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask)
+    ctx.save_for_backward(x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask, cand_mask)
     ctx.mark_non_differentiable(gates, c_hist, extra)
     # Not materialised: autograd would otherwise allocate zero gradients as large as the saved buffers
     # (gates alone is (T, B, G*H)) for outputs no loss can reach; the backward fills in what it needs.
@@ -179,7 +182,7 @@ class _ScanBackwardFunction(torch.autograd.Function):
 def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_BACKWARD):
     if not ctx.keep:
         raise RuntimeError("gatedrnn::scan was called with keep=False, so it saved nothing to differentiate")
-    x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask = ctx.saved_tensors
+    x, h0, c0, w_ih, w_hh, w_hr, y, gates, c_hist, extra, aux, zoneout, rec_mask, cand_mask = ctx.saved_tensors
     if dy is None:  # a loss of the final state only: a stride-0 zero, which the kernel reads in place
         dy = y.new_zeros(()).expand(y.shape)
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
@@ -188,13 +191,13 @@ def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux = bptt(
         ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
         _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
-        ctx.needs_input_grad[1], aux, zoneout, rec_mask,
+        ctx.needs_input_grad[1], aux, zoneout, rec_mask, cand_mask,
     )
     grads = (None, dx if ctx.needs_input_grad[1] else None, dh0, dc0 if ctx.has_c else None, dw_ih, dw_hh,
              db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
              dw_hr if w_hr is not None else None, None, None, None)
     # the noise is drawn data, not a parameter: no gradient
-    return grads + (daux if aux is not None else None, None, None)[: len(ctx.needs_input_grad) - len(grads)]
+    return grads + (daux if aux is not None else None, None, None, None)[: len(ctx.needs_input_grad) - len(grads)]
 
 
 torch.library.register_autograd("gatedrnn::scan", _scan_backward_formula, setup_context=_scan_setup_context)
@@ -213,9 +216,9 @@ class ScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
-                rec_mask=None):
+                rec_mask=None, cand_mask=None):
         return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout,
-                    rec_mask)
+                    rec_mask, cand_mask)
 
     setup_context = staticmethod(_scan_setup_context)
 

@@ -72,7 +72,7 @@ def scan_reference(
         ScanResult(y (T, B, P), final state, trace or None).
     """
     T, B = x.shape[0], x.shape[1]
-    zoneout, mask = noise if noise is not None else (None, None)
+    zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     step = make_step(cell, weights, mask)
     x_proj = F.linear(x, weights.w_ih, weights.b_ih)  # (T, B, G*H): all steps in one GEMM
     state = state0
@@ -81,13 +81,14 @@ def scan_reference(
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         active = B if batch_sizes is None else int(batch_sizes[t])
         if active == B:
-            new_state, gates = step(x_proj[t], state)
+            new_state, gates = step(x_proj[t], state, None if candidate is None else candidate[t])
             state = new_state if zoneout is None else zone_out(state, new_state, zoneout[t])
             outputs[t] = state[0]
         else:
             rows_step = step if mask is None else make_step(cell, weights, mask[:active])
             old_rows = tuple(s[:active] for s in state)
-            new_rows, gates = rows_step(x_proj[t, :active], old_rows)
+            new_rows, gates = rows_step(x_proj[t, :active], old_rows,
+                                        None if candidate is None else candidate[t, :active])
             if zoneout is not None:
                 new_rows = zone_out(old_rows, new_rows, zoneout[t, :active])
             state = tuple(torch.cat([n, s[active:]], dim=0) for n, s in zip(new_rows, state))

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
-from gatedrnn.engine.noise import LayerNoise, draw_recurrent_mask, draw_zoneout
+from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
@@ -59,6 +59,7 @@ class RecurrentBase(nn.Module):
         zoneout: Union[float, tuple[float, float]] = 0.0,
         recurrent_dropout: float = 0.0,
         weight_drop: float = 0.0,
+        candidate_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if mode not in CELL_SPECS:
@@ -80,6 +81,10 @@ class RecurrentBase(nn.Module):
         self.zoneout = _check_zoneout(zoneout, self.spec.has_cell_state)
         self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
         self.weight_drop = check_dropout(weight_drop, "weight_drop")
+        self.candidate_dropout = check_dropout(candidate_dropout, "candidate_dropout")
+        if self.candidate_dropout and self.spec.candidate_gate is None:
+            raise ValueError(f"candidate_dropout needs a cell with a candidate (LSTM g, GRU n), got "
+                             f"{self.spec.display_name}")
         self.forget_bias = None if forget_bias is None else float(forget_bias)
         self.init = init
         self.chrono_max = chrono_max
@@ -168,7 +173,7 @@ class RecurrentBase(nn.Module):
             s += f", forget_bias={self.forget_bias}"
         if getattr(self, "init", "default") != "default":
             s += f", init={self.init!r}, chrono_max={self.chrono_max}"
-        for name in ("zoneout", "recurrent_dropout", "weight_drop"):
+        for name in ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout"):
             if getattr(self, name, 0.0) not in (0.0, (0.0, 0.0)):
                 s += f", {name}={getattr(self, name)}"
         return s
@@ -198,7 +203,11 @@ class RecurrentBase(nn.Module):
         zoneout = draw_zoneout(steps, batch, out_size, self.hidden_size if self.spec.has_cell_state else None,
                                p_h, p_c, self.training, x)
         mask = draw_recurrent_mask(batch, out_size, self.recurrent_dropout, x) if self.training else None
-        return None if zoneout is None and mask is None else LayerNoise(zoneout, mask)
+        candidate = (draw_candidate_mask(steps, batch, self.hidden_size, self.candidate_dropout, x)
+                     if self.training else None)
+        if zoneout is None and mask is None and candidate is None:
+            return None
+        return LayerNoise(zoneout, mask, candidate)
 
     def _torch_op_differs(self) -> Optional[str]:
         """What of this layer torch's own RNN op (tracing, ONNX export, autocast) cannot run, or None."""
@@ -206,8 +215,8 @@ class RecurrentBase(nn.Module):
             return f"the {self.spec.display_name} cell"
         if self.zoneout != (0.0, 0.0):
             return "zoneout"
-        if self.training and (self.recurrent_dropout or self.weight_drop):
-            return "recurrent_dropout / weight_drop in training mode"
+        if self.training and (self.recurrent_dropout or self.weight_drop or self.candidate_dropout):
+            return "recurrent_dropout / weight_drop / candidate_dropout in training mode"
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
@@ -383,6 +392,8 @@ INIT_OPTIONS_DOC = """
         recurrent_dropout: variational dropout on the h that W_hh reads, one mask per sequence shared by the
             gates, scaled by 1 / (1 - p), training only (Gal & Ghahramani 2016; Keras draws one per gate).
         weight_drop: DropConnect on W_hh, one mask per forward, training only (Merity et al. 2018, AWD-LSTM).
+        candidate_dropout: dropout on the candidate where it enters the state (LSTM g, GRU n), a mask per step,
+            training only (Semeniuta et al. 2016, "Recurrent Dropout without Memory Loss").
 """
 
 class LSTM(RecurrentBase):
@@ -398,7 +409,7 @@ class LSTM(RecurrentBase):
                  proj_size: int = 0, device=None, dtype=None, *, variant: Optional[str] = None,
                  forget_bias: Optional[float] = None, init: str = "default", chrono_max: Optional[int] = None,
                  zoneout: Union[float, tuple[float, float]] = 0.0, recurrent_dropout: float = 0.0,
-                 weight_drop: float = 0.0) -> None:
+                 weight_drop: float = 0.0, candidate_dropout: float = 0.0) -> None:
         if variant is not None and variant not in GREFF_VARIANTS:
             raise ValueError(f"variant should be None (torch.nn's LSTM) or one of {list(GREFF_VARIANTS)}, "
                              f"got {variant!r}")
@@ -409,7 +420,8 @@ class LSTM(RecurrentBase):
         super().__init__("lstm" if variant is None else f"lstm_{variant}", input_size, hidden_size, num_layers,
                          bias, batch_first, dropout, bidirectional, proj_size, device=device, dtype=dtype,
                          forget_bias=forget_bias, init=init, chrono_max=chrono_max, zoneout=zoneout,
-                         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
+                         recurrent_dropout=recurrent_dropout, weight_drop=weight_drop,
+                         candidate_dropout=candidate_dropout)
 
 
 class GRU(RecurrentBase):
@@ -421,11 +433,12 @@ class GRU(RecurrentBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, forget_bias: Optional[float] = None,
                  init: str = "default", chrono_max: Optional[int] = None,
-                 zoneout: float = 0.0, recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0, weight_drop: float = 0.0,
+                 candidate_dropout: float = 0.0) -> None:
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device=device, dtype=dtype, forget_bias=forget_bias,
                          init=init, chrono_max=chrono_max, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
-                         weight_drop=weight_drop)
+                         weight_drop=weight_drop, candidate_dropout=candidate_dropout)
 
 
 class RNN(RecurrentBase):

@@ -70,10 +70,10 @@ def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:
     """Per layer, this step's zoneout weights (N, H_out [+ H_cell]), or None without zoneout. Refuses the
     masks that are drawn once per sequence (recurrent_dropout, weight_drop while training): a step does not
     know where a sequence starts."""
-    if module.training and (module.recurrent_dropout or module.weight_drop):
+    if module.training and (module.recurrent_dropout or module.weight_drop or module.candidate_dropout):
         raise ValueError(
-            "step() cannot apply recurrent_dropout or weight_drop while training: their masks are drawn once per "
-            "sequence (per forward call); train with forward() over whole sequences, or call module.eval()"
+            "step() cannot apply recurrent_dropout, weight_drop or candidate_dropout while training: their masks "
+            "are drawn per forward call; train with forward() over whole sequences, or call module.eval()"
         )
     p_h, p_c = module.zoneout
     hidden = module.hidden_size if module.spec.has_cell_state else None

@@ -59,6 +59,8 @@ GATE_BIAS_OPTIONS = ("forget_bias", "init", "chrono_max")
 def _rnn(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
          init: Optional[Mapping[str, Any]] = None) -> nn.Module:
     gate_bias = sorted(set(init or {}) & set(GATE_BIAS_OPTIONS))
+    if (init or {}).get("candidate_dropout"):
+        raise ValueError("cell 'rnn' has no candidate (h = tanh(W x + R h + b)), so no candidate_dropout")
     if gate_bias:
         raise ValueError(f"cell 'rnn' has no gates, so no gate-bias init: expected no init options, got "
                          f"{ {k: init[k] for k in gate_bias} }")

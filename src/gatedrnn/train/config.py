@@ -38,6 +38,7 @@ class TrainConfig:
     zoneout: float = 0.0  # the layer's regularisers (gatedrnn.engine.noise): zoneout on h (and c)
     recurrent_dropout: float = 0.0  # variational dropout on the h that W_hh reads, one mask per sequence
     weight_drop: float = 0.0  # DropConnect on W_hh, one mask per forward (AWD-LSTM)
+    candidate_dropout: float = 0.0  # dropout on the candidate (LSTM g, GRU n), per step (Semeniuta et al. 2016)
     # the optimisation
     batch_size: int = 32  # the global batch: split evenly over the processes under torchrun
     epochs: int = 10
@@ -149,7 +150,7 @@ def layer_init(config: TrainConfig, task_options: Mapping[str, Any]) -> Optional
     return options or None
 
 
-REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop")
+REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout")
 
 
 def validate(config: TrainConfig) -> TrainConfig:

@@ -37,7 +37,8 @@ from gatedrnn.train.schedule import build_scheduler
 
 # fields that define the run's trajectory: a resumed run must keep them to continue bit-exactly
 IDENTITY_FIELDS = ("task", "task_options", "cell", "hidden_size", "num_layers", "dropout", "init", "forget_bias",
-                   "chrono_max", "zoneout", "recurrent_dropout", "weight_drop", "batch_size", "lr",
+                   "chrono_max", "zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout", "batch_size",
+                   "lr",
                    "weight_decay", "clip_norm", "schedule", "warmup_steps", "step_every", "step_gamma", "seed")
 KILL_AFTER_STEP_ENV = "GATEDRNN_TEST_KILL_AFTER_STEP"  # tests only: SIGKILL this process after that step
 

@@ -14,6 +14,8 @@
 //                 backward accumulates their gradient into `daux` (one accumulator per batch row, summed
 //                 over rows by the time loop)
 //   kReadsHNext   backward reads h_next (the RNN's tanh derivative); with zoneout the loop passes h̃ there
+//   kCandidate    takes a candidate dropout mask `cand` (H) (Semeniuta et al. 2016): the candidate (LSTM g,
+//                 GRU n) is multiplied by it where it enters the state; the saved activation stays unmasked
 //   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
 //                                   offset (streaming splits units over threads), H is the gate-block stride
 //   backward(H, RowBackward&)       all H units of one row
@@ -36,6 +38,7 @@ struct RowForward {
   T* extra;          // out: kExtra * H saved values, or nullptr
   bool save;         // write the gate activations back (for backward or a trace)
   const T* aux;      // the cell's extra parameters (kAux * H), or nullptr without any
+  const T* cand;     // candidate dropout mask of this step and row (H), or nullptr
 };
 
 template <typename T>
@@ -54,17 +57,20 @@ struct RowBackward {
   T* m;              // out: o ⊙ tanh(c_next) (projected LSTM, for dW_hr), or nullptr
   const T* aux;      // the cell's extra parameters (kAux * H), or nullptr
   T* daux;           // in/out: this row's accumulated dL/daux (kAux * H), or nullptr
+  const T* cand;     // candidate dropout mask of this step and row (H), or nullptr
 };
 
 template <typename T>
 struct LSTMCell {
   static constexpr int kGates = 4, kExtra = 0, kRecBias = 0, kAux = 0;
   static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
+  static constexpr bool kCandidate = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
+    const T* __restrict__ cand = a.cand;
     T* __restrict__ c = a.c;
     T* __restrict__ h = a.h_next;
 #pragma GCC ivdep
@@ -73,7 +79,7 @@ struct LSTMCell {
       const T f = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
       const T g = tanh_(pre[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);
       const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j] + bias[3 * H + j]);
-      const T c_next = f * c[j] + i * g;
+      const T c_next = f * c[j] + i * (cand ? g * cand[j] : g);
       if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
       c[j] = c_next;
       h[j] = o * tanh_(c_next);
@@ -88,14 +94,16 @@ struct LSTMCell {
     T* __restrict__ dc_io = a.dc;
     T* __restrict__ dG = a.dgate_x;
     T* __restrict__ m = a.m;
+    const T* __restrict__ cand = a.cand;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
       const T i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j];
+      const T keep = cand ? cand[j] : T(1);
       const T tanh_c = tanh_(c[j]);
       if (m) m[j] = o * tanh_c;                                 // h_next = o ⊙ tanh(c_next)
       const T do_ = dh[j] * tanh_c;
       const T dc = dc_io[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
-      const T di = dc * g, dg = dc * i, df = dc * c_prev[j];     // c_next = f ⊙ c + i ⊙ g
+      const T di = dc * g * keep, dg = dc * i * keep, df = dc * c_prev[j];  // c_next = f ⊙ c + i ⊙ (g ⊙ keep)
       dc_io[j] = dc * f;
       dG[j] = di * i * (T(1) - i);                               // i = σ(·), f = σ(·), g = tanh(·), o = σ(·)
       dG[H + j] = df * f * (T(1) - f);
@@ -109,11 +117,13 @@ template <typename T>
 struct GRUCell {
   static constexpr int kGates = 3, kExtra = 1, kRecBias = 1, kAux = 0;
   static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true, kReadsHNext = false;
+  static constexpr bool kCandidate = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
+    const T* __restrict__ cand = a.cand;
     const T* __restrict__ b_hn = a.rec_bias;
     const T* __restrict__ h = a.h_prev;
     T* __restrict__ h_next = a.h_next;
@@ -126,7 +136,7 @@ struct GRUCell {
       const T n = tanh_(pre[2 * H + j] + bias[2 * H + j] + r * hn);
       if (a.save) pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
       if (hn_out) hn_out[j] = hn;
-      h_next[j] = (T(1) - z) * n + z * h[j];
+      h_next[j] = (T(1) - z) * (cand ? n * cand[j] : n) + z * h[j];
     }
   }
 
@@ -138,11 +148,13 @@ struct GRUCell {
     T* __restrict__ dGx = a.dgate_x;
     T* __restrict__ dGh = a.dgate_h;
     T* __restrict__ dh_prev = a.dh_prev;
+    const T* __restrict__ cand = a.cand;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
       const T r = gate[j], z = gate[H + j], n = gate[2 * H + j];
-      const T dz = dh[j] * (h[j] - n);                           // h_next = (1 − z) ⊙ n + z ⊙ h
-      const T dn = dh[j] * (T(1) - z);
+      const T keep = cand ? cand[j] : T(1);
+      const T dz = dh[j] * (h[j] - n * keep);                    // h_next = (1 − z) ⊙ (n ⊙ keep) + z ⊙ h
+      const T dn = dh[j] * (T(1) - z) * keep;
       dh_prev[j] = dh[j] * z;
       const T dn_pre = dn * (T(1) - n * n);                      // n = tanh(x_n + r ⊙ hn)
       const T dr_pre = dn_pre * hn[j] * r * (T(1) - r);
@@ -157,6 +169,7 @@ template <typename T, bool kRelu>
 struct RNNCell {
   static constexpr int kGates = 1, kExtra = 0, kRecBias = 0, kAux = 0;
   static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false, kReadsHNext = true;
+  static constexpr bool kCandidate = false;
 
   static void forward(int H, int units, const RowForward<T>& a) {
     const T* __restrict__ pre = a.gates;
@@ -190,6 +203,7 @@ struct PeepholeLSTMCell {
   static constexpr bool kI = V != Greff::kNIG && V != Greff::kCIFG, kF = V != Greff::kNFG, kO = V != Greff::kNOG;
   static constexpr int kGates = 1 + kI + kF + kO, kExtra = 0, kRecBias = 0, kAux = kI + kF + kO;
   static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
+  static constexpr bool kCandidate = true;
   static constexpr int kBi = 0, kBf = kI, kBg = kI + kF, kBo = kI + kF + 1;  // gate block offsets (in H)
   static constexpr int kPi = 0, kPf = kI, kPo = kI + kF;                     // peephole block offsets
 
@@ -198,6 +212,7 @@ struct PeepholeLSTMCell {
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
     const T* __restrict__ p = a.aux;
+    const T* __restrict__ cand = a.cand;
     T* __restrict__ c = a.c;
     T* __restrict__ h = a.h_next;
     auto z = [&](int block, int j) { return pre[block * H + j] + rec[block * H + j] + bias[block * H + j]; };
@@ -207,7 +222,7 @@ struct PeepholeLSTMCell {
       const T f = kF ? sigmoid(z(kBf, j) + p[kPf * H + j] * c_prev) : T(1);
       const T i = kI ? sigmoid(z(kBi, j) + p[kPi * H + j] * c_prev) : (V == Greff::kCIFG ? T(1) - f : T(1));
       const T g = V == Greff::kNIAF ? z(kBg, j) : tanh_(z(kBg, j));
-      const T c_next = f * c_prev + i * g;
+      const T c_next = f * c_prev + i * (cand ? g * cand[j] : g);
       const T o = kO ? sigmoid(z(kBo, j) + p[kPo * H + j] * c_next) : T(1);
       if (a.save) {
         if (kI) pre[kBi * H + j] = i;
@@ -230,8 +245,10 @@ struct PeepholeLSTMCell {
     T* __restrict__ dc_io = a.dc;
     T* __restrict__ dG = a.dgate_x;
     T* __restrict__ m = a.m;
+    const T* __restrict__ cand = a.cand;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
+      const T keep = cand ? cand[j] : T(1);
       const T f = kF ? gate[kBf * H + j] : T(1);
       const T i = kI ? gate[kBi * H + j] : (V == Greff::kCIFG ? T(1) - f : T(1));
       const T g = gate[kBg * H + j], o = kO ? gate[kBo * H + j] : T(1);
@@ -240,7 +257,7 @@ struct PeepholeLSTMCell {
       const T do_pre = kO ? dh[j] * act_c * o * (T(1) - o) : T(0);
       T dc = dc_io[j] + dh[j] * o * (V == Greff::kNOAF ? T(1) : T(1) - act_c * act_c);
       if (kO) dc += do_pre * p[kPo * H + j];                                   // o peeks at c_next
-      const T di = dc * g, dg = dc * i;                                        // c_next = f ⊙ c + i ⊙ g
+      const T di = dc * g * keep, dg = dc * i * keep;                          // c_next = f ⊙ c + i ⊙ (g ⊙ keep)
       const T df = dc * c_prev[j] - (V == Greff::kCIFG ? di : T(0));          // CIFG: i = 1 − f
       const T di_pre = kI ? di * i * (T(1) - i) : T(0);
       const T df_pre = kF ? df * f * (T(1) - f) : T(0);

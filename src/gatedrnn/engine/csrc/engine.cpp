@@ -95,14 +95,14 @@ using Nine = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tens
 
 // The noise and extra-parameter operands of scan and scan_backward (see scan_kernel.h), checked.
 struct Extras {
-  at::Tensor aux, zoneout, rec_mask;
+  at::Tensor aux, zoneout, rec_mask, cand_mask;
 };
 
 Extras check_extras(const char* op, const std::string& cell, const at::Tensor& x, int64_t H, int64_t P,
                     const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
-                    const c10::optional<at::Tensor>& rec_mask) {
-  const auto [aux_blocks, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::pair<int64_t, bool>(Cell::kAux, Cell::kHasC);
+                    const c10::optional<at::Tensor>& rec_mask, const c10::optional<at::Tensor>& cand_mask) {
+  const auto [aux_blocks, has_c, takes_cand] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, bool>(Cell::kAux, Cell::kHasC, Cell::kCandidate);
   });
   const int64_t T_ = x.size(0), B = x.size(1);
   if (aux_blocks) {
@@ -113,7 +113,11 @@ Extras check_extras(const char* op, const std::string& cell, const at::Tensor& x
   }
   if (zoneout.has_value()) check_shape(op, "zoneout", *zoneout, {T_, B, P + (has_c ? H : 0)}, x);
   if (rec_mask.has_value()) check_shape(op, "rec_mask", *rec_mask, {B, P}, x);
-  return {opt(aux), opt(zoneout), opt(rec_mask)};
+  if (cand_mask.has_value()) {
+    TORCH_CHECK(takes_cand, op, ": cell '", cell, "' has no candidate to drop out, got cand_mask");
+    check_shape(op, "cand_mask", *cand_mask, {T_, B, H}, x);
+  }
+  return {opt(aux), opt(zoneout), opt(rec_mask), opt(cand_mask)};
 }
 using Three = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
@@ -122,10 +126,11 @@ Six scan_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h
                                 const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
                                 const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes_in,
                                 bool reverse, bool keep, const c10::optional<at::Tensor>& aux,
-                                const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& rec_mask) {
+                                const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& rec_mask,
+                                const c10::optional<at::Tensor>& cand_mask) {
   const std::string cell(cell_name);
   const auto [H, P] = check_layer("gatedrnn::scan", cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
-  const Extras ex = check_extras("gatedrnn::scan", cell, x, H, P, aux, zoneout, rec_mask);
+  const Extras ex = check_extras("gatedrnn::scan", cell, x, H, P, aux, zoneout, rec_mask, cand_mask);
   const int64_t GH = w_hh.size(0);
   TORCH_CHECK(b_ih.has_value() == b_hh.has_value(), "gatedrnn::scan: b_ih and b_hh should both be given or both None");
   if (b_ih.has_value()) {
@@ -140,7 +145,7 @@ Six scan_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor& h
     batch_sizes.clear();  // every row active at every step: the dense path
   ScanForwardOut out = dispatch(cell, xc, [&]<typename Cell, typename T>() {
     return scan_forward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, b_ihc, b_hhc, w_hrc, batch_sizes, reverse, keep, ex.aux,
-                                 ex.zoneout, ex.rec_mask);
+                                 ex.zoneout, ex.rec_mask, ex.cand_mask);
   });
   return {out.y, out.h_n, or_empty(out.c_n, xc), or_empty(out.gates, xc), or_empty(out.c, xc),
           or_empty(out.extra, xc)};
@@ -154,7 +159,8 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
                                  const at::Tensor& dy, const at::Tensor& dh_n, const c10::optional<at::Tensor>& dc_n,
                                  at::IntArrayRef batch_sizes_in, bool reverse, bool need_dx,
                                  const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
-                                 const c10::optional<at::Tensor>& rec_mask) {
+                                 const c10::optional<at::Tensor>& rec_mask,
+                                 const c10::optional<at::Tensor>& cand_mask) {
   const std::string cell(cell_name);
   const char* op = "gatedrnn::scan_backward";
   const auto [H, P] = check_layer(op, cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
@@ -162,7 +168,7 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
   check_shape(op, "y", y, {T_, B, P}, x);
   check_shape(op, "dy", dy, {T_, B, P}, x);
   check_shape(op, "dh_n", dh_n, {B, P}, x);
-  const Extras ex = check_extras(op, cell, x, H, P, aux, zoneout, rec_mask);
+  const Extras ex = check_extras(op, cell, x, H, P, aux, zoneout, rec_mask, cand_mask);
   const auto [saves_gates, extra_width, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
     return std::tuple<bool, int64_t, bool>(Cell::kSavesGates, gatedrnn::extra_width<Cell>(H, P, ex.zoneout.defined()),
                                            Cell::kHasC);
@@ -190,7 +196,7 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
   ScanBackwardOut g = dispatch(cell, xc, [&]<typename Cell, typename T>() {
     return scan_backward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, w_hrc, has_bias, yc, opt(gates), opt(c_hist),
                                   opt(extra), dyc, dh_nc, dc_nc, batch_sizes, reverse, need_dx, ex.aux, ex.zoneout,
-                                  ex.rec_mask);
+                                  ex.rec_mask, ex.cand_mask);
   });
   return {or_empty(g.dx, xc), g.dh0, or_empty(g.dc0, xc), g.dw_ih, g.dw_hh, or_empty(g.db_ih, xc),
           or_empty(g.db_hh, xc), or_empty(g.dw_hr, xc), or_empty(g.daux, xc)};

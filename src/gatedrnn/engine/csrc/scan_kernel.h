@@ -11,6 +11,7 @@
 //   zoneout (T, B, P [+ H]): per step and unit, the weight d of the previous state (Krueger et al. 2017):
 //     h_t = d_h ⊙ h_{t−1} + (1 − d_h) ⊙ h̃_t, c_t = d_c ⊙ c_{t−1} + (1 − d_c) ⊙ c̃_t (0/1 training, p at eval);
 //     h̃ (cells that read h_next in backward) and c̃ are saved after the cell's extra blocks.
+//   cand_mask (T, B, H): candidate dropout (Semeniuta et al. 2016), per step, passed to the cell (kCandidate).
 //   rec_mask (B, P): one mask per sequence on the h that W_hh reads (variational dropout, Gal & Ghahramani
 //     2016): rec = (h ⊙ m) W_hhᵀ, so dh_prev = (dG W_hh) ⊙ m and dW_hh = Σ dGᵀ (h_prev ⊙ m).
 // Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
@@ -59,7 +60,8 @@ template <typename Cell, typename T>
 ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
                             const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
                             const at::Tensor& w_hr, const std::vector<int64_t>& batch_sizes, bool reverse,
-                            bool keep, const at::Tensor& aux, const at::Tensor& zoneout, const at::Tensor& rec_mask) {
+                            bool keep, const at::Tensor& aux, const at::Tensor& zoneout, const at::Tensor& rec_mask,
+                            const at::Tensor& cand_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
@@ -93,6 +95,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
   const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
   const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
+  const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* hm_p = rec_mask.defined() ? h_masked.data_ptr<T>() : nullptr;
   T* cprev_p = c_prev.defined() ? c_prev.data_ptr<T>() : nullptr;
   at::Tensor m = proj ? at::empty({B, H}, opts) : at::Tensor();
@@ -148,7 +151,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       for (int64_t b = b0; b < b1; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                           c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
-                          extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p};
+                          extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p,
+                          cand_p ? cand_p + (t * B + b) * H : nullptr};
         Cell::forward(H, H, row);
       }
       if (proj) w_hr_step.compute(r, m_p + b0 * H, H, T(0), y_t + b0 * P, P);  // (r, P) = m W_hrᵀ
@@ -197,7 +201,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
                               const at::Tensor& extra, const at::Tensor& dy, const at::Tensor& dh_n,
                               const at::Tensor& dc_n, const std::vector<int64_t>& batch_sizes, bool reverse,
                               bool need_dx, const at::Tensor& aux, const at::Tensor& zoneout,
-                              const at::Tensor& rec_mask) {
+                              const at::Tensor& rec_mask, const at::Tensor& cand_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
@@ -221,6 +225,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor dh_rec = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
+  const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* daux_p = Cell::kAux ? daux_rows.data_ptr<T>() : nullptr;
   const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
   const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
@@ -306,7 +311,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
             dh_p + b * P,
             m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
             aux_p,
-            daux_p ? daux_p + b * Cell::kAux * H : nullptr};
+            daux_p ? daux_p + b * Cell::kAux * H : nullptr,
+            cand_p ? cand_p + (t * B + b) * H : nullptr};
         Cell::backward(H, row);
       }
       if (dc_skip_p)
