@@ -7,6 +7,9 @@ Layers, the fused engine and the docs point here instead of restating the equati
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
+from gatedrnn.cells.minimal import (
+    MinGRUGates, MinGRUTrace, MinLSTMGates, MinLSTMTrace, mingru_step, minlstm_step,
+)
 from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
 from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
 from gatedrnn.cells.table import CELL_SPECS, cell_spec
@@ -16,4 +19,5 @@ __all__ = [
     "LSTMGates", "LSTMState", "LSTMTrace", "lstm_step",
     "GRUGates", "GRUTrace", "gru_step",
     "RNNGates", "RNNTrace", "rnn_step",
+    "MinGRUGates", "MinGRUTrace", "mingru_step", "MinLSTMGates", "MinLSTMTrace", "minlstm_step",
 ]
