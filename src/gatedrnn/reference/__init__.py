@@ -12,10 +12,15 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
 """
 from gatedrnn.reference.gru import GRUCache, GRUGrads, GRUParams, gru_backward, gru_forward
 from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backward, lstm_forward
+from gatedrnn.reference.minimal import (
+    MinimalCache, MinimalGrads, MinimalParams, mingru_backward, mingru_forward, minlstm_backward, minlstm_forward,
+)
 from gatedrnn.reference.rnn import RNNCache, RNNGrads, RNNParams, rnn_backward, rnn_forward
 
 __all__ = [
     "LSTMParams", "LSTMCache", "LSTMGrads", "lstm_forward", "lstm_backward",
     "GRUParams", "GRUCache", "GRUGrads", "gru_forward", "gru_backward",
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
+    "MinimalParams", "MinimalCache", "MinimalGrads", "mingru_forward", "mingru_backward",
+    "minlstm_forward", "minlstm_backward",
 ]
