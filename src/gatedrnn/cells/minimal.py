@@ -23,9 +23,10 @@ needed: there is no sign restriction and no fallback path.
 
 Two scans compute the same h (tests check both against the step loop):
     "log":    the paper's: cumsum + logcumsumexp in log space (`parallel_scan_log`).
-    "linear": a blocked scan in linear space with a hand-written backward (`gatedrnn.cells.linear_scan`);
-              same result, no exp/log round trip (more accurate in float32 over long sequences), and several
-              times faster on the CPU, where torch's logcumsumexp is a serial loop.
+    "linear": the recurrence in linear space, one fused multiply-add per step over the whole batch, gate math
+              and backward hand-written in one autograd function (`gatedrnn.cells.minimal_fused`); same
+              result, no exp/log round trip (more accurate in float32 over long sequences), and several
+              times faster on the CPU, where torch's logcumsumexp is a serial per-element loop.
 """
 from __future__ import annotations
 
@@ -35,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gatedrnn.cells.linear_scan import linear_scan
+from gatedrnn.cells.minimal_fused import MinGRUScan, MinLSTMScan
 
-SCANS = ("log", "linear")  # the paper's log-space scan; the blocked linear-space scan (gatedrnn.cells.linear_scan)
+SCANS = ("log", "linear")  # the paper's log-space scan; the linear-space recurrence (gatedrnn.cells.minimal_fused)
 
 
 class MinGRUGates(NamedTuple):
@@ -210,8 +211,7 @@ def minlstm_scan_log(x_proj: Tensor, h0: Optional[Tensor] = None,
 def mingru_scan(x_proj: Tensor, h0: Optional[Tensor] = None, *, scan: str = "linear",
                 trace: bool = False) -> tuple[Tensor, Optional[MinGRUTrace]]:
     r"""Every step of `mingru_step` at once: scan="log" is `mingru_scan_log`; scan="linear" runs
-
-        z = σ(k_z),   h_t = scan(a = 1 − z, b = z ⊙ g(k_h), h_0)    via `gatedrnn.cells.linear_scan`
+    `mingru_step`'s equations over all steps with the linear-space recurrence (`MinGRUScan`).
 
     Args:
         x_proj: (T, B, 2H). h0: (B, H) or None (zeros). trace: also return the per-step gates.
@@ -221,18 +221,17 @@ def mingru_scan(x_proj: Tensor, h0: Optional[Tensor] = None, *, scan: str = "lin
     if scan == "log":
         return mingru_scan_log(x_proj, h0, trace)
     _check_scan(scan)
+    h = MinGRUScan.apply(x_proj, _zeros_if_none(h0, x_proj, 2))  # (T, B, H)
+    if not trace:
+        return h, None
     k_z, k_h = x_proj.chunk(2, dim=-1)  # 2 x (T, B, H)
-    z = torch.sigmoid(k_z)
-    h_tilde = g(k_h)
-    h = linear_scan(torch.sigmoid(-k_z), z * h_tilde, h0)  # σ(−k) is 1 − z without cancellation
-    return h, (MinGRUTrace(z, h_tilde, h) if trace else None)
+    return h, MinGRUTrace(torch.sigmoid(k_z), g(k_h), h)
 
 
 def minlstm_scan(x_proj: Tensor, h0: Optional[Tensor] = None, *, scan: str = "linear",
                  trace: bool = False) -> tuple[Tensor, Optional[MinLSTMTrace]]:
     r"""Every step of `minlstm_step` at once: scan="log" is `minlstm_scan_log`; scan="linear" runs
-
-        f_prime, i_prime as in `minlstm_step`,   h_t = scan(a = f_prime, b = i_prime ⊙ g(k_h), h_0)
+    `minlstm_step`'s equations over all steps with the linear-space recurrence (`MinLSTMScan`).
 
     Args:
         x_proj: (T, B, 3H). h0: (B, H) or None (zeros). trace: also return the per-step gates.
@@ -242,14 +241,20 @@ def minlstm_scan(x_proj: Tensor, h0: Optional[Tensor] = None, *, scan: str = "li
     if scan == "log":
         return minlstm_scan_log(x_proj, h0, trace)
     _check_scan(scan)
+    h = MinLSTMScan.apply(x_proj, _zeros_if_none(h0, x_proj, 3))  # (T, B, H)
+    if not trace:
+        return h, None
     k_f, k_i, k_h = x_proj.chunk(3, dim=-1)  # 3 x (T, B, H)
     f = torch.sigmoid(k_f)
     i = torch.sigmoid(k_i)
-    f_prime = f / (f + i)
-    i_prime = i / (f + i)
-    h_tilde = g(k_h)
-    h = linear_scan(f_prime, i_prime * h_tilde, h0)
-    return h, (MinLSTMTrace(f_prime, i_prime, h_tilde, h) if trace else None)
+    return h, MinLSTMTrace(f / (f + i), i / (f + i), g(k_h), h)
+
+
+def _zeros_if_none(h0: Optional[Tensor], x_proj: Tensor, gate_count: int) -> Tensor:
+    """h0, or zeros (B, H) for x_proj (T, B, G·H)."""
+    if h0 is not None:
+        return h0
+    return x_proj.new_zeros(x_proj.shape[1], x_proj.shape[2] // gate_count)
 
 
 def _check_scan(scan: str) -> None:
