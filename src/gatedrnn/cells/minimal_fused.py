@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from gatedrnn.cells.linear_scan import scan_backward, scan_forward
+from gatedrnn.cells.linear_scan import lerp_scan_forward, scan_backward, scan_forward
 
 
 def _g(k: Tensor) -> Tensor:
@@ -47,17 +47,17 @@ class MinGRUScan(torch.autograd.Function):
         k_z, k_h = x_proj.chunk(2, dim=-1)  # 2 x (T, B, H), strided views
         z = torch.sigmoid(k_z)
         h_tilde = _g(k_h)
-        one_minus_z = 1 - z
-        # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde
-        h = scan_forward(one_minus_z, z * h_tilde, h0)
-        ctx.save_for_backward(x_proj, h0, z, one_minus_z, h_tilde, h)
+        # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde, as one lerp per step
+        h = lerp_scan_forward(z, h_tilde, h0)
+        ctx.save_for_backward(x_proj, h0, z, h_tilde, h)
         return h
 
     @staticmethod
     @once_differentiable  # the backward is hand-written: no second derivative
     def backward(ctx, dh_out: Tensor):
-        x_proj, h0, z, one_minus_z, h_tilde, h = ctx.saved_tensors
+        x_proj, h0, z, h_tilde, h = ctx.saved_tensors
         hidden = z.shape[-1]
+        one_minus_z = 1 - z
         dh = scan_backward(one_minus_z, dh_out)  # (T, B, H): dL/dh_t through every later step
         dh0 = one_minus_z[0] * dh[0]  # h_1 = (1 − z_1) ⊙ h_0 + …
         dx_proj = z.new_empty(z.shape[:-1] + (2 * hidden,))  # (T, B, 2H)
