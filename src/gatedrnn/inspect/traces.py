@@ -95,7 +95,7 @@ def trace(layer: RecurrentBase, input: Union[Tensor, PackedSequence], hx=None) -
     """
     if not isinstance(layer, (RecurrentBase, MinimalRNNBase)):
         raise TypeError(
-            f"trace expects a gatedrnn LSTM, GRU, RNN, MinGRU or MinLSTM layer, got {type(layer).__name__}; "
+            f"trace expects a gatedrnn LSTM, GRU or RNN layer (or MinGRU, MinLSTM), got {type(layer).__name__}; "
             "for a model with an `.rnn` attribute pass model.rnn"
         )
     output, hidden, raw = layer._run(input, hx, trace=True)
