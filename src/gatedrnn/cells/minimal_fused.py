@@ -31,11 +31,11 @@ def _dg(k: Tensor, h_tilde: Tensor) -> Tensor:
     return torch.maximum(torch.addcmul(h_tilde, h_tilde, h_tilde, value=-1), linear, out=linear)
 
 
-def _minus_previous(h_tilde: Tensor, h: Tensor, h0: Tensor) -> Tensor:
-    """h_tilde_t − h_{t-1} for every t, (T, B, H), without materialising h_{t-1}."""
-    diff = torch.empty_like(h_tilde)
-    torch.sub(h_tilde[0], h0, out=diff[0])
-    torch.sub(h_tilde[1:], h[:-1], out=diff[1:])
+def _minus_previous(v: Tensor, h: Tensor, h0: Tensor) -> Tensor:
+    """v_t − h_{t-1} for every t, (T, B, H), without materialising h_{t-1} (h0 for t = 1)."""
+    diff = torch.empty_like(v)
+    torch.sub(v[0], h0, out=diff[0])
+    torch.sub(v[1:], h[:-1], out=diff[1:])
     return diff
 
 
@@ -62,10 +62,12 @@ class MinGRUScan(torch.autograd.Function):
         dh0 = one_minus_z[0] * dh[0]  # h_1 = (1 − z_1) ⊙ h_0 + …
         dx_proj = z.new_empty(z.shape[:-1] + (2 * hidden,))  # (T, B, 2H)
         # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde: dz = dh ⊙ (h_tilde − h_{t-1}), dh_tilde = dh ⊙ z
+        # (not dh ⊙ (h_t − h_{t-1}) / z: that difference of rounded states loses dk_z where z is tiny)
         dz = _minus_previous(h_tilde, h, h0).mul_(dh)
-        dh_tilde = dh.mul_(z)  # dh is not needed after this
-        # z = σ(k_z): dk_z = dz ⊙ z ⊙ (1 − z); h_tilde = g(k_h): dk_h = dh_tilde ⊙ g'(k_h)
+        # z = σ(k_z): dk_z = dz ⊙ z ⊙ (1 − z)
         torch.mul(dz.mul_(z), one_minus_z, out=dx_proj[..., :hidden])
+        # h_tilde = g(k_h): dk_h = dh_tilde ⊙ g'(k_h)
+        dh_tilde = dh.mul_(z)  # dh is not needed after this
         torch.mul(dh_tilde, _dg(x_proj[..., hidden:], h_tilde), out=dx_proj[..., hidden:])
         return dx_proj, dh0
 
