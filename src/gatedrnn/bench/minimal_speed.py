@@ -4,6 +4,11 @@ One training step (forward + backward of a sum over the outputs) at T = 1024, B 
 default, for `gatedrnn.MinGRU` (its default scan on the device) and `torch.nn.GRU`, interleaved (one run of
 each per round, so load changes hit both), after a warm-up; the median of the rounds and the ratio
 GRU / MinGRU are printed (and written as JSON with --json). The issue's target is a ratio >= 5.
+
+Run it on an otherwise idle machine: torch.nn.GRU's per-step small GEMMs synchronise the thread pool 2T
+times, so on cores shared with other work its time (and the ratio) inflates far more than MinGRU's;
+`--threads 1` is the measurement least sensitive to that. MinGRU does a third of GRU's matmul FLOPs, so its
+GEMMs alone bound the ratio near 6x at one thread.
 """
 from __future__ import annotations
 
