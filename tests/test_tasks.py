@@ -60,12 +60,13 @@ def _model_inputs():
     ]
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "slstm"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn", "slstm", "mingru", "minlstm"])
 def test_models_keep_the_convention(cell):
     for model, x in _model_inputs():
         model = type(model)(**{**model.config, "cell": cell})
         assert model.rnn.batch_first and model.cell == cell
-        assert type(model.rnn).__name__ == {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "slstm": "SLSTM"}[cell]
+        assert type(model.rnn).__name__ == {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN", "slstm": "SLSTM",
+                                         "mingru": "MinGRU", "minlstm": "MinLSTM"}[cell]
         out = model(x)
         torch.testing.assert_close(out, model.readout(model.rnn(model.rnn_input(x))[0]), rtol=0, atol=0)
         rebuilt = build_model(type(model).__name__, model.config)
@@ -74,7 +75,7 @@ def test_models_keep_the_convention(cell):
 
 
 def test_cell_registry():
-    with pytest.raises(ValueError, match=r"unknown cell 'lstmx': expected one of \['gru', 'lstm', 'rnn', 'slstm'\]"):
+    with pytest.raises(ValueError, match=r"unknown cell 'lstmx': expected one of \[.*'lstm', .*'mingru'.*\]"):
         SequenceRegressor(2, 4, cell="lstmx")
     from gatedrnn import RNN
     register_cell("rnn_relu_test", lambda i, h, *, num_layers, dropout: RNN(

@@ -9,6 +9,9 @@ recurrence, which `CellSpec`/`LayerWeights` do not describe; its own layer is `g
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
+from gatedrnn.cells.minimal import (
+    MinGRUGates, MinGRUTrace, MinLSTMGates, MinLSTMTrace, mingru_step, minlstm_step,
+)
 from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
 from gatedrnn.cells.slstm import SLSTMGates, SLSTMState, SLSTMTrace, slstm_step
 from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
@@ -20,4 +23,5 @@ __all__ = [
     "GRUGates", "GRUTrace", "gru_step",
     "RNNGates", "RNNTrace", "rnn_step",
     "SLSTMGates", "SLSTMState", "SLSTMTrace", "slstm_step",
+    "MinGRUGates", "MinGRUTrace", "mingru_step", "MinLSTMGates", "MinLSTMTrace", "minlstm_step",
 ]

@@ -14,16 +14,16 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from gatedrnn.layers import SLSTM, RecurrentBase
+from gatedrnn.layers import SLSTM, MinimalRNNBase, RecurrentBase
 
 
 class LayerTraces(NamedTuple):
     """What `trace` returns.
 
-    cell: the layer's mode: "lstm", "gru", "rnn_tanh", "rnn_relu" or "slstm".
+    cell: the layer's mode: "lstm", "gru", "rnn_tanh", "rnn_relu", "slstm", "mingru" or "minlstm".
     layers: layers[layer][direction] is the cell's trace named tuple (`gatedrnn.cells.LSTMTrace` (i, f, g, o, c, h),
-        `GRUTrace` (r, z, n, h), `RNNTrace` (h,) or
-        `SLSTMTrace` (i, f, z, o, m, n, c, h)) with every field laid out like the layer's output:
+        `GRUTrace` (r, z, n, h), `RNNTrace` (h,), `SLSTMTrace` (i, f, z, o, m, n, c, h), `MinGRUTrace`
+        (z, h_tilde, h) or `MinLSTMTrace` (f, i, h_tilde, h)) with every field laid out like the layer's output:
             (B, T, ·) if the layer is batch_first, else (T, B, ·); (T, ·) for unbatched input.
         The last dimension is H for gates and c, P for h. Direction 1 (reverse) is indexed by real time too.
         Packed input gives padded tensors (zeros after each sequence's end) in the original batch order.
@@ -93,9 +93,9 @@ def trace(layer: RecurrentBase, input: Union[Tensor, PackedSequence], hx=None) -
     differentiate through a gate, run with GATEDRNN_BACKEND=reference (the reference scan's traces are part of
     the autograd graph). Wrap the call in `torch.no_grad()` to only look.
     """
-    if not isinstance(layer, (RecurrentBase, SLSTM)):  # SLSTM: its own `_run`, same contract
+    if not isinstance(layer, (RecurrentBase, SLSTM, MinimalRNNBase)):  # SLSTM, MinGRU/MinLSTM: own `_run`
         raise TypeError(
-            f"trace expects a gatedrnn LSTM, GRU or RNN layer or an SLSTM, got {type(layer).__name__}; "
+            f"trace expects a gatedrnn LSTM, GRU or RNN layer (or SLSTM, MinGRU, MinLSTM), got {type(layer).__name__}; "
             "for a model with an `.rnn` attribute pass model.rnn"
         )
     output, hidden, raw = layer._run(input, hx, trace=True)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
-from gatedrnn.layers import GRU, LSTM, RNN, SLSTM
+from gatedrnn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
 # `init` (the layer's keyword options: gate-bias init, e.g. {"init": "chrono", "chrono_max": 100}, and the
@@ -86,9 +86,26 @@ def _slstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float
     return SLSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
 
 
+def _minimal(layer_class: type) -> CellFactory:
+    """A factory for MinGRU / MinLSTM. Their gates read only x_t, so torch's gate-bias options (forget_bias,
+    chrono, defined through the hidden-to-hidden recurrence of LSTM/GRU) are rejected, not silently changed."""
+    name = layer_class.__name__.lower()
+
+    def factory(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+        if init:
+            raise ValueError(f"cell {name!r} supports only the default init (torch's uniform); got init options "
+                             f"{dict(init)}: forget-bias and chrono are defined for lstm and gru")
+        return layer_class(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
+
+    return factory
+
+
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
 for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg
     register_cell(f"lstm_{_variant}", _lstm_variant(_variant))
 register_cell("slstm", _slstm)
+register_cell("mingru", _minimal(MinGRU))
+register_cell("minlstm", _minimal(MinLSTM))

@@ -16,6 +16,9 @@ from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backw
 from gatedrnn.reference.lstm_variants import (
     VARIANTS, VariantCache, VariantGrads, VariantParams, variant_backward, variant_forward,
 )
+from gatedrnn.reference.minimal import (
+    MinimalCache, MinimalGrads, MinimalParams, mingru_backward, mingru_forward, minlstm_backward, minlstm_forward,
+)
 from gatedrnn.reference.rnn import RNNCache, RNNGrads, RNNParams, rnn_backward, rnn_forward
 from gatedrnn.reference.slstm import SLSTMCache, SLSTMGrads, SLSTMParams, slstm_backward, slstm_forward
 
@@ -25,4 +28,6 @@ __all__ = [
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
     "SLSTMParams", "SLSTMCache", "SLSTMGrads", "slstm_forward", "slstm_backward",
     "VARIANTS", "VariantParams", "VariantCache", "VariantGrads", "variant_forward", "variant_backward",
+    "MinimalParams", "MinimalCache", "MinimalGrads", "mingru_forward", "mingru_backward",
+    "minlstm_forward", "minlstm_backward",
 ]
