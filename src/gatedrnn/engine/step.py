@@ -39,7 +39,7 @@ def step_layers(
     Returns:
         (y (B, P), new state tuple in the same layout).
     """
-    flat = [t for layer in weights for t in layer]
+    flat = [t for layer in weights for t in layer[:5]]  # torch.nn's five slots per layer (extra: Python path)
     # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
     # the single-step kernel takes neither extra parameters nor zoneout: those step on the cell functions
     fused = fused and zoneout is None and not cell_spec(cell).extra_params
