@@ -1,4 +1,5 @@
-"""How far back the loss reaches: the norm of dL/dh_t (and dL/dc_t for the LSTM) for every step t.
+"""How far back the loss reaches: the norm of dL/dh_t (and dL/dc_t for cells with a cell state: the LSTMs and
+the sLSTM) for every step t.
 
 Method: the layer is re-run by a tapped loop built from `gatedrnn.engine.scan.make_step` (the same cell step
 functions every backend is checked against) that keeps each step's new state tensors h_t, c_t; autograd then
@@ -19,20 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gatedrnn.cells import LayerWeights
+from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine.scan import make_step
-from gatedrnn.layers import RecurrentBase
+from gatedrnn.layers import SLSTM, RecurrentBase
 from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
 
 
 class GradientFlow(NamedTuple):
     """What `gradient_flow` returns.
 
-    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    cell: the layer's mode, a key of `gatedrnn.cells.CELL_SPECS` ("lstm", "gru", "rnn_tanh", "lstm_cifg", "slstm", ...).
     h: h[layer][direction] is a (T,) float64 array: for each step t (index 0 is t = 1, the first step, in real
         time for both directions), the MEAN OVER THE BATCH OF THE PER-SAMPLE L2 NORM of dL/dh_t over units.
         Padded steps of packed input count as 0.
-    c: the same for dL/dc_t (LSTM only), else None.
+    c: the same for dL/dc_t (cells with a cell state c: the LSTMs and the sLSTM), else None.
     loss: the loss value.
     """
 
@@ -53,8 +54,8 @@ def _tapped_scan(
 ) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """`scan_reference`'s loop, keeping every step's new state.
 
-    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = (h_t (b_t, P),) or (h_t, c_t (b_t, H)), the graph nodes
-    step t produced for its b_t active rows.
+    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = the new state tuple step t produced for its b_t active
+    rows ((h_t (b_t, P),), (h_t, c_t (b_t, H)), or the sLSTM's (h_t, c_t, n_t, m_t)), as graph nodes.
     """
     T, B = x.shape[0], x.shape[1]
     step = make_step(cell, weights)
@@ -90,7 +91,7 @@ def gradient_flow(
     """dL/dh_t norms for every layer, direction and step.
 
     Args:
-        model_or_layer: a gatedrnn LSTM/GRU/RNN layer, or a model with attributes `.rnn` (such a layer),
+        model_or_layer: a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with attributes `.rnn` (such a layer),
             `.readout` (rnn output -> prediction) and optionally `.rnn_input` (model input -> layer input), as
             in `gatedrnn.models`.
         input: the model's input, or what the layer's forward takes (batched, unbatched or packed).
@@ -101,9 +102,10 @@ def gradient_flow(
     Returns:
         GradientFlow; the parameters' .grad are left untouched.
     """
-    if isinstance(model_or_layer, RecurrentBase):
+    layers = (RecurrentBase, SLSTM)
+    if isinstance(model_or_layer, layers):
         layer = model_or_layer
-    elif isinstance(getattr(model_or_layer, "rnn", None), RecurrentBase) and callable(
+    elif isinstance(getattr(model_or_layer, "rnn", None), layers) and callable(
         getattr(model_or_layer, "readout", None)
     ):
         layer = model_or_layer.rnn
@@ -112,7 +114,7 @@ def gradient_flow(
             input = model_or_layer.rnn_input(input)  # e.g. embeddings for token models
     else:
         raise TypeError(
-            "gradient_flow expects a gatedrnn LSTM/GRU/RNN layer, or a model with a gatedrnn layer as `.rnn` and "
+            "gradient_flow expects a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with such a layer as `.rnn` and "
             f"a `.readout` method; got {type(model_or_layer).__name__}"
         )
     with torch.no_grad():
@@ -130,6 +132,8 @@ def gradient_flow(
         batch_sizes, sorted_indices = None, None
     T, B = x.shape[0], x.shape[1]
     state0_all = layer._initial_state(hx, B, batched, sorted_indices, x)  # each (D*L, B, ·)
+    # the engine's form of one layer's parameters (the sLSTM's own `layer_weights` are its scan's)
+    weights_of = layer.cell_weights if isinstance(layer, SLSTM) else layer.layer_weights
 
     with torch.enable_grad():
         layer_input = x
@@ -139,7 +143,7 @@ def gradient_flow(
             for direction in range(layer.num_directions):
                 k = index * layer.num_directions + direction
                 y, taps = _tapped_scan(
-                    layer.mode, layer_input, tuple(s[k] for s in state0_all), layer.layer_weights(index, direction),
+                    layer.mode, layer_input, tuple(s[k] for s in state0_all), weights_of(index, direction),
                     batch_sizes, direction == 1,
                 )
                 outputs.append(y)
@@ -164,18 +168,20 @@ def gradient_flow(
         grads = torch.autograd.grad(loss, nodes, allow_unused=True)
     grads = [g if g is not None else n.new_zeros(n.shape) for g, n in zip(grads, nodes)]
 
-    per = len(state0_all)  # 1, or 2 for the LSTM (h, c)
+    per = len(state0_all)  # states per step: 1 (h), 2 (h, c), 4 (the sLSTM's h, c, n, m)
+    names = CELL_SPECS[layer.mode].state_names
+    c_index = names.index("c") if "c" in names else None
     h_curves, c_curves, position = [], [], 0
     for layer_taps in all_taps:
         h_row, c_row = [], []
         for taps in layer_taps:
             step_grads = [grads[position + t * per: position + (t + 1) * per] for t in range(T)]
             h_row.append(_norms([g[0] for g in step_grads], B))
-            if per == 2:
-                c_row.append(_norms([g[1] for g in step_grads], B))
+            if c_index is not None:
+                c_row.append(_norms([g[c_index] for g in step_grads], B))
             position += T * per
         h_curves.append(tuple(h_row))
         c_curves.append(tuple(c_row))
     return GradientFlow(
-        layer.mode, tuple(h_curves), tuple(c_curves) if per == 2 else None, float(loss.detach())
+        layer.mode, tuple(h_curves), tuple(c_curves) if c_index is not None else None, float(loss.detach())
     )
