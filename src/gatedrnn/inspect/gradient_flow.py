@@ -6,7 +6,9 @@ functions every backend is checked against) that keeps each step's new state ten
 gives dL/dh_t and dL/dc_t with respect to those graph nodes: the TOTAL derivative, through every use of the
 node (for h_t: the output at t and every later step; for c_t: h_t = o_t ⊙ tanh(c_t) and every later step).
 A zero additive probe after the step (h_t + p_t) gives the same dL/dh_t, but for c_t it would miss the path
-through h_t, so the graph nodes themselves are tapped. Inter-layer dropout is not applied (eval-mode values).
+through h_t, so the graph nodes themselves are tapped. Eval-mode values: inter-layer dropout, recurrent dropout
+and weight drop are not applied, and zoneout mixes as at eval (p ⊙ previous + (1 − p) ⊙ new; the tapped state
+is the mixed one, which the next step and the output read).
 
 Shape symbols: T time steps, B batch, H hidden_size, P size of h (proj_size or H).
 """
@@ -21,7 +23,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
-from gatedrnn.engine.scan import make_step
+from gatedrnn.engine.noise import draw_zoneout
+from gatedrnn.engine.scan import make_step, zone_out
 from gatedrnn.layers import SLSTM, RecurrentBase
 from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
 
@@ -50,11 +53,11 @@ class GradientFlow(NamedTuple):
 
 def _tapped_scan(
     cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights,
-    batch_sizes: Optional[Sequence[int]], reverse: bool,
+    batch_sizes: Optional[Sequence[int]], reverse: bool, zoneout: Optional[Tensor] = None,
 ) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """`scan_reference`'s loop, keeping every step's new state.
 
-    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = the new state tuple step t produced for its b_t active
+    x: (T, B, I). zoneout: eval-time zoneout weights (T, B, P [+ H]) (`gatedrnn.engine.noise`) or None. Returns y (T, B, P) and taps: taps[t] = the new state tuple step t produced for its b_t active
     rows ((h_t (b_t, P),), (h_t, c_t (b_t, H)), or the sLSTM's (h_t, c_t, n_t, m_t)), as graph nodes.
     """
     T, B = x.shape[0], x.shape[1]
@@ -65,12 +68,23 @@ def _tapped_scan(
     taps: list = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         active = B if batch_sizes is None else int(batch_sizes[t])
-        new_rows, _ = step(x_proj[t, :active], tuple(s[:active] for s in state))
+        old_rows = tuple(s[:active] for s in state)
+        new_rows, _ = step(x_proj[t, :active], old_rows)
+        if zoneout is not None:
+            new_rows = zone_out(old_rows, new_rows, zoneout[t, :active])
         taps[t] = new_rows
         state = tuple(torch.cat([n, s[active:]], dim=0) if active < B else n for n, s in zip(new_rows, state))
         y_t = new_rows[0]
         outputs[t] = y_t if active == B else torch.cat([y_t, y_t.new_zeros((B - active, y_t.shape[1]))])
     return torch.stack(outputs), taps  # (T, B, P)
+
+
+def _eval_zoneout(layer: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """The layer's zoneout weights at eval (T, B, P [+ H]) for its input x (T, B, ·), or None without zoneout."""
+    p_h, p_c = getattr(layer, "zoneout", (0.0, 0.0))
+    out_size = getattr(layer, "proj_size", 0) or layer.hidden_size
+    hidden = layer.hidden_size if CELL_SPECS[layer.mode].has_cell_state else None
+    return draw_zoneout(x.shape[0], x.shape[1], out_size, hidden, p_h, p_c, False, x)
 
 
 def _norms(grads: Sequence[Tensor], batch: int) -> np.ndarray:
@@ -144,7 +158,7 @@ def gradient_flow(
                 k = index * layer.num_directions + direction
                 y, taps = _tapped_scan(
                     layer.mode, layer_input, tuple(s[k] for s in state0_all), weights_of(index, direction),
-                    batch_sizes, direction == 1,
+                    batch_sizes, direction == 1, _eval_zoneout(layer, layer_input),
                 )
                 outputs.append(y)
                 layer_taps.append(taps)
