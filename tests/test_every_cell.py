@@ -160,3 +160,26 @@ def test_slstm_refuses_the_regularisers_by_name(tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--task", "adding", "--cell", "slstm", "--max-steps", "1", "-o",
                            "seq_len=4", "--zoneout", "0.1", "--out-dir", str(tmp_path / "s"), "--quiet")
     assert code != 0 and "no zoneout, recurrent_dropout or weight_drop" in err and "'zoneout': 0.1" in err
+
+
+@pytest.mark.parametrize("forget_gate", ["sigmoid", "exp"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_engine_runs_the_slstm_table_entry_as_the_layers_own_scan(forget_gate, reverse):
+    """`engine.run_layer` on the table's sLSTM entry (no kernel: the reference scan) equals the layer's own loop:
+    output, final state and every trace field, packed rows included."""
+    from gatedrnn import SLSTM
+    from gatedrnn.cells.slstm import SLSTMState
+    from gatedrnn.engine import run_layer
+    from gatedrnn.layers._slstm_scan import scan_slstm
+
+    torch.manual_seed(3)
+    layer = SLSTM(3, 4, num_heads=2, forget_gate=forget_gate, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    state0 = tuple(torch.rand(2, 4, dtype=torch.float64) for _ in range(4))
+    sizes = [2, 2, 2, 1, 1]
+    own = scan_slstm(x, SLSTMState(*state0), layer.layer_weights(0), forget_gate=forget_gate, batch_sizes=sizes,
+                     reverse=reverse, trace=True)
+    table = run_layer(layer.mode, x, state0, layer.cell_weights(0), batch_sizes=sizes, reverse=reverse, trace=True)
+    assert type(table.trace) is type(own.trace)
+    for got, wanted in zip((table.y, *table.state, *table.trace), (own.y, *own.state, *own.trace)):
+        torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
