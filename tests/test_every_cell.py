@@ -183,3 +183,35 @@ def test_engine_runs_the_slstm_table_entry_as_the_layers_own_scan(forget_gate, r
     assert type(table.trace) is type(own.trace)
     for got, wanted in zip((table.y, *table.state, *table.trace), (own.y, *own.state, *own.trace)):
         torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
+
+
+def test_report_takes_frame_targets_of_packed_pieces(tmp_path, monkeypatch):
+    """A frame tagger (the chorales task's model): targets hold one row per frame in the packed order; the report
+    keeps the first pieces' frames, row for row, and explains the model."""
+    from torch.nn.utils.rnn import pack_sequence
+
+    from gatedrnn.models.sequence import FrameTagger
+    from gatedrnn.report import explain
+    from gatedrnn.tasks.chorales import frame_nll
+
+    torch.manual_seed(5)
+    lengths = [4, 7, 3, 6]
+    pieces = [torch.rand(n, 5) for n in lengths]
+    labels = [torch.rand(n, 5).round() for n in lengths]
+    inputs = pack_sequence(pieces, enforce_sorted=False)
+    targets = pack_sequence(labels, enforce_sorted=False).data  # (sum of lengths, 5), the packed order
+    kept_inputs, kept_targets = explain._first_samples(inputs, targets, 2)
+    torch.testing.assert_close(kept_inputs.data, pack_sequence(pieces[:2], enforce_sorted=False).data)
+    torch.testing.assert_close(kept_targets, pack_sequence(labels[:2], enforce_sorted=False).data)
+
+    model = FrameTagger(5, 4, 5, cell="lstm_cifg")
+    monkeypatch.setattr(explain, "MAX_SAMPLES", 2)
+    path = explain.write_explain_report({"CIFG": model}, inputs, targets, tmp_path / "r.html", task_name="frames",
+                                        loss_fn=frame_nll)
+    text = _text(path.read_text())
+    with torch.no_grad():
+        loss = frame_nll(model(kept_inputs), kept_targets).item()  # the first 2 pieces' frames
+    assert f"{loss:.4g}" in text and "every frame has a target" in text
+    with pytest.raises(ValueError, match=r"4 rows \(one per input\) or 20 rows \(one per frame"):
+        explain.write_explain_report({"CIFG": model}, inputs, targets[:5], tmp_path / "s.html", task_name="frames",
+                                     loss_fn=frame_nll)
