@@ -4,8 +4,9 @@ Every step function takes the input projection of one step (``x_proj = W_ih x + 
 all steps at once by the caller) and the previous state, and returns ``(new_state, gates)``.
 Layers, the fused engine and the docs point here instead of restating the equations; `CELL_SPECS`
 (cells/table.py) is the one table that maps a cell's name to its step function and facts.
-The sLSTM (`cells.slstm`) is not in that table yet: it has four states, one bias and a block-diagonal
-recurrence, which `CellSpec`/`LayerWeights` do not describe; its own layer is `gatedrnn.SLSTM`.
+The sLSTM (`cells.slstm`) is in the table as "slstm" (and "slstm_exp" for its exponential forget gate) with
+four states (h, c, n, m), its per-head recurrent weights as `LayerWeights.w_hh` and its one bias as b_ih; it
+has no fused kernel (`CellSpec.fused`), and its layer `gatedrnn.SLSTM` runs its own loop (`layers._slstm_scan`).
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step

@@ -27,6 +27,7 @@ over the gates present, each (H,).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -127,3 +128,50 @@ def greff_lstm_step(
     o = gate("o", c_next) if variant.output_gate else one
     h_next = o * (torch.tanh(c_next) if variant.output_activation else c_next)
     return LSTMState(h_next, c_next), PeepholeGates(i, f, g, o)
+
+
+_VARIANT_LINE = re.compile(r"^\s+([A-Z]+)\s+(.+?):\s+(.+)$")
+
+
+def _vanilla_lines() -> dict[str, str]:
+    """The vanilla equations of the module docstring, lhs -> the whole line (one source for every variant)."""
+    block = __doc__.split("Vanilla (V)", 1)[1].split("\n\n")[1]  # the indented block after the first paragraph
+    return {line.split("=", 1)[0].strip(): line.strip() for line in block.splitlines() if " = " in line}
+
+
+def _variant_heading(variant: GreffVariant) -> str:
+    """The variant's line of the module docstring's list ("CIFG   coupled input and forget gate: i = 1 − f ...")."""
+    if variant.name == "peephole":
+        return "Greff et al.'s vanilla LSTM (V): peepholes after Gers & Schmidhuber 2000."
+    for line in __doc__.splitlines():
+        match = _VARIANT_LINE.match(line)
+        if match and match.group(1).lower() == variant.name:
+            return re.sub(r"\s+", " ", f"Greff et al.'s {match.group(1)}: {match.group(2)}: {match.group(3)}.")
+    raise ValueError(f"no line for variant {variant.name!r} in the module docstring")
+
+
+def variant_equations(variant: GreffVariant) -> str:
+    """The equations of one variant, derived from the vanilla lines of the module docstring by the variant's
+    own change (a removed gate reads `= 1`, CIFG's i = 1 − f, NIAF's g without tanh, ...), in the step
+    docstrings' format: a prose paragraph, then the indented equation lines."""
+    lines = _vanilla_lines()
+    if not variant.peepholes:  # NP: σ(x_i + r_i + p_i ⊙ c) -> σ(x_i + r_i)
+        lines = {lhs: re.sub(r"\s+\(o peeks at the new cell\)$", "",
+                             re.sub(r" \+ p_[ifo] ⊙ c(_next)?", "", line)) for lhs, line in lines.items()}
+    if not variant.forget_gate:
+        lines["f"] = "f      = 1                                  (no forget gate)"
+    if not variant.input_gate:
+        lines["i"] = ("i      = 1 − f                              (coupled to the forget gate)" if variant.coupled
+                      else "i      = 1                                  (no input gate)")
+    if not variant.output_gate:
+        lines["o"] = "o      = 1                                  (no output gate)"
+    if not variant.input_activation:
+        lines["g"] = "g      = x_g + r_g                          (no input activation)"
+    if not variant.output_activation:
+        lines["h_next"] = "h_next = o ⊙ c_next                         (no output activation)"
+    order = ["f", "i"] if variant.coupled else ["i", "f"]  # CIFG's i reads f
+    order += ["g", "c_next", "o", "h_next"]
+    blocks = ", ".join(variant.gate_names)
+    prose = (f"{_variant_heading(variant)} With x_proj = W_ih x + b_ih and the recurrent input r = W_hh h + b_hh "
+             f"split into the gate blocks present ({blocks}):")
+    return prose + "\n\n" + "\n".join("    " + lines[lhs] for lhs in order)

@@ -56,8 +56,10 @@ class CellSpec:
     step: the pure step function of `gatedrnn.cells` whose docstring states the equations.
     make_step: (LayerWeights, recurrent_mask or None) -> the step in the uniform form `StepFn`.
     gate_count: G, the gate blocks stacked in W_ih / W_hh (rows = G*H); gate_names their order (torch.nn's).
-    state_names: the state tuple: "h" first, then "c" for cells with a cell state.
-    trace_type: the named tuple of a layer's trace: the traced gates, then the states in reverse ((c, h) or (h,)).
+    state_names: the state tuple: "h" first, then "c" for cells with a cell state, then any others (the
+        sLSTM's normaliser n and stabiliser m).
+    trace_type: the named tuple of a layer's trace: the traced gates, then the states in reverse ((c, h), (h,),
+        or the sLSTM's (m, n, c, h)).
     traced_gates: the gate blocks a trace holds (the RNN's pre-activation is not traced).
     torch_mode: torch.nn's name of the cell ("LSTM", "GRU", "RNN_TANH"), for torch's own RNN ops (tracing,
         ONNX export, autocast), or "" for a cell torch.nn does not have.
@@ -70,6 +72,12 @@ class CellSpec:
     backward_reads_h: the fused backward reads the step's own h (the RNN's tanh'), so zoneout saves h̃.
     variant: what distinguishes the cell within its family (e.g. `GreffVariant`), for the layers and docs.
     candidate_gate: the gate whose value candidate dropout masks (LSTM g, GRU n), None if the cell has none.
+    fused: whether the fused C++ engine has a kernel for the cell; False: `engine.run_layer` runs the
+        reference scan (`engine.scan.scan_reference`) on every device and dtype (the sLSTM).
+    trace_labels: (field, label) pairs naming trace fields in plots where they differ from the LSTM's and
+        GRU's names ("input gate i", "candidate n", ...), e.g. the sLSTM's ("n", "normaliser n").
+    equations: () -> the cell's own equations, as text in the step docstrings' format, for a step function
+        that serves several cells (Greff et al.'s variants); None: the step function's docstring.
     """
 
     name: str
@@ -92,6 +100,9 @@ class CellSpec:
     backward_reads_h: bool = False
     variant: object = None
     candidate_gate: Optional[str] = None
+    fused: bool = True
+    trace_labels: tuple[tuple[str, str], ...] = ()
+    equations: Optional[Callable[[], str]] = None
 
     @property
     def aux_blocks(self) -> int:

@@ -11,8 +11,9 @@ from torch import Tensor
 
 from gatedrnn.cells.gru import GRUTrace, gru_step
 from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
-from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step
+from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step, variant_equations
 from gatedrnn.cells.rnn import RNNTrace, rnn_step
+from gatedrnn.cells.slstm import SLSTMState, SLSTMTrace, slstm_step
 from gatedrnn.cells.spec import CellSpec, ExtraParam, LayerWeights, StepFn
 
 
@@ -85,8 +86,41 @@ def _greff(variant: GreffVariant, color: str) -> CellSpec:
         write_gate="i" if variant.input_gate else ("f" if variant.coupled else None),
         write_gate_inverted=variant.coupled, color=color,
         extra_params=(ExtraParam("weight_peephole", len(variant.peephole_names)),) if variant.peepholes else (),
-        variant=variant, candidate_gate="g",
+        variant=variant, candidate_gate="g", equations=lambda: variant_equations(variant),
+        trace_labels=() if variant.input_activation else (("g", "input g (no activation)"),),
     )
+
+
+def _slstm_step(forget_gate: str):
+    """The sLSTM in the engine's form: LayerWeights(w_ih (4H, I), w_hh = r_blocks (K, 4D, D), b_ih = its one
+    bias (4H,), b_hh None); x_proj already holds the bias (scan_reference adds b_ih), so the step adds none.
+    With a recurrent_mask (B, H), R reads h ⊙ mask: h enters the step only through R h."""
+
+    def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+        def step(x_proj, state):
+            h, c, n, m = state
+            h_rec = h if recurrent_mask is None else h * recurrent_mask
+            new_state, gates = slstm_step(x_proj, SLSTMState(h_rec, c, n, m), weights.w_hh, weights.b_hh,
+                                          forget_gate=forget_gate)
+            return tuple(new_state), tuple(gates)
+
+        return step
+
+    return make
+
+
+_SLSTM_LABELS = (("i", "input gate i (stabilised i′)"), ("f", "forget gate f (stabilised f′)"),
+                 ("z", "candidate z"), ("n", "normaliser n"), ("m", "stabiliser m"))
+
+
+def _slstm(forget_gate: str, color: str) -> CellSpec:
+    """xLSTM's sLSTM (`gatedrnn.cells.slstm`); no fused kernel: the layer `gatedrnn.SLSTM` runs its own loop,
+    and `engine.scan.scan_reference` runs this entry (the same step function) for the tools."""
+    name = "slstm" if forget_gate == "sigmoid" else f"slstm_{forget_gate}"
+    display = "sLSTM" if forget_gate == "sigmoid" else f"sLSTM ({forget_gate} forget gate)"
+    return CellSpec(name, display, slstm_step, _slstm_step(forget_gate), 4, ("i", "f", "z", "o"),
+                    ("h", "c", "n", "m"), SLSTMTrace, ("i", "f", "z", "o"), torch_mode="", hold_gate="f",
+                    write_gate="i", color=color, variant=forget_gate, fused=False, trace_labels=_SLSTM_LABELS)
 
 
 _GREFF_COLORS = {"peephole": "#9467bd", "nig": "#8c564b", "nfg": "#e377c2", "nog": "#bcbd22", "niaf": "#17becf",
@@ -105,6 +139,8 @@ CELL_SPECS: dict[str, CellSpec] = {
         _rnn("rnn_tanh", "RNN", "tanh", "#d62728"),
         _rnn("rnn_relu", "RNN (relu)", "relu", "#ff7f0e"),
         *(_greff(variant, _GREFF_COLORS[name]) for name, variant in GREFF_VARIANTS.items()),
+        _slstm("sigmoid", "#393b79"),
+        _slstm("exp", "#5254a3"),
     )
 }
 

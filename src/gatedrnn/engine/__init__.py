@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from gatedrnn.cells import LayerWeights
+from gatedrnn.cells import LayerWeights, cell_spec
 from gatedrnn.engine import _build
 from gatedrnn.engine.fused import run_layer_fused
 from gatedrnn.engine.noise import LayerNoise
@@ -85,6 +85,6 @@ def run_layer(
     noise: Optional[LayerNoise] = None,
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps."""
-    if runs_fused(x):
+    if cell_spec(cell).fused and runs_fused(x):  # a cell without a kernel (CellSpec.fused) runs the reference scan
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)

@@ -1,11 +1,14 @@
-"""How far back the loss reaches: the norm of dL/dh_t (and dL/dc_t for the LSTM) for every step t.
+"""How far back the loss reaches: the norm of dL/dh_t (and dL/dc_t for cells with a cell state: the LSTMs and
+the sLSTM) for every step t.
 
 Method: the layer is re-run by a tapped loop built from `gatedrnn.engine.scan.make_step` (the same cell step
 functions every backend is checked against) that keeps each step's new state tensors h_t, c_t; autograd then
 gives dL/dh_t and dL/dc_t with respect to those graph nodes: the TOTAL derivative, through every use of the
 node (for h_t: the output at t and every later step; for c_t: h_t = o_t ⊙ tanh(c_t) and every later step).
 A zero additive probe after the step (h_t + p_t) gives the same dL/dh_t, but for c_t it would miss the path
-through h_t, so the graph nodes themselves are tapped. Inter-layer dropout is not applied (eval-mode values).
+through h_t, so the graph nodes themselves are tapped. Eval-mode values: inter-layer dropout, recurrent dropout
+and weight drop are not applied, and zoneout mixes as at eval (p ⊙ previous + (1 − p) ⊙ new; the tapped state
+is the mixed one, which the next step and the output read).
 
 Shape symbols: T time steps, B batch, H hidden_size, P size of h (proj_size or H).
 """
@@ -19,20 +22,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gatedrnn.cells import LayerWeights
-from gatedrnn.engine.scan import make_step
-from gatedrnn.layers import RecurrentBase
+from gatedrnn.cells import CELL_SPECS, LayerWeights
+from gatedrnn.engine.noise import draw_zoneout
+from gatedrnn.engine.scan import make_step, zone_out
+from gatedrnn.layers import SLSTM, RecurrentBase
 from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
 
 
 class GradientFlow(NamedTuple):
     """What `gradient_flow` returns.
 
-    cell: "lstm", "gru", "rnn_tanh" or "rnn_relu".
+    cell: the layer's mode, a key of `gatedrnn.cells.CELL_SPECS` ("lstm", "gru", "rnn_tanh", "lstm_cifg", "slstm", ...).
     h: h[layer][direction] is a (T,) float64 array: for each step t (index 0 is t = 1, the first step, in real
         time for both directions), the MEAN OVER THE BATCH OF THE PER-SAMPLE L2 NORM of dL/dh_t over units.
         Padded steps of packed input count as 0.
-    c: the same for dL/dc_t (LSTM only), else None.
+    c: the same for dL/dc_t (cells with a cell state c: the LSTMs and the sLSTM), else None.
     loss: the loss value.
     """
 
@@ -49,12 +53,12 @@ class GradientFlow(NamedTuple):
 
 def _tapped_scan(
     cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights,
-    batch_sizes: Optional[Sequence[int]], reverse: bool,
+    batch_sizes: Optional[Sequence[int]], reverse: bool, zoneout: Optional[Tensor] = None,
 ) -> tuple[Tensor, list[tuple[Tensor, ...]]]:
     """`scan_reference`'s loop, keeping every step's new state.
 
-    x: (T, B, I). Returns y (T, B, P) and taps: taps[t] = (h_t (b_t, P),) or (h_t, c_t (b_t, H)), the graph nodes
-    step t produced for its b_t active rows.
+    x: (T, B, I). zoneout: eval-time zoneout weights (T, B, P [+ H]) (`gatedrnn.engine.noise`) or None. Returns y (T, B, P) and taps: taps[t] = the new state tuple step t produced for its b_t active
+    rows ((h_t (b_t, P),), (h_t, c_t (b_t, H)), or the sLSTM's (h_t, c_t, n_t, m_t)), as graph nodes.
     """
     T, B = x.shape[0], x.shape[1]
     step = make_step(cell, weights)
@@ -64,12 +68,23 @@ def _tapped_scan(
     taps: list = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         active = B if batch_sizes is None else int(batch_sizes[t])
-        new_rows, _ = step(x_proj[t, :active], tuple(s[:active] for s in state))
+        old_rows = tuple(s[:active] for s in state)
+        new_rows, _ = step(x_proj[t, :active], old_rows)
+        if zoneout is not None:
+            new_rows = zone_out(old_rows, new_rows, zoneout[t, :active])
         taps[t] = new_rows
         state = tuple(torch.cat([n, s[active:]], dim=0) if active < B else n for n, s in zip(new_rows, state))
         y_t = new_rows[0]
         outputs[t] = y_t if active == B else torch.cat([y_t, y_t.new_zeros((B - active, y_t.shape[1]))])
     return torch.stack(outputs), taps  # (T, B, P)
+
+
+def _eval_zoneout(layer: nn.Module, x: Tensor) -> Optional[Tensor]:
+    """The layer's zoneout weights at eval (T, B, P [+ H]) for its input x (T, B, ·), or None without zoneout."""
+    p_h, p_c = getattr(layer, "zoneout", (0.0, 0.0))
+    out_size = getattr(layer, "proj_size", 0) or layer.hidden_size
+    hidden = layer.hidden_size if CELL_SPECS[layer.mode].has_cell_state else None
+    return draw_zoneout(x.shape[0], x.shape[1], out_size, hidden, p_h, p_c, False, x)
 
 
 def _norms(grads: Sequence[Tensor], batch: int) -> np.ndarray:
@@ -90,7 +105,7 @@ def gradient_flow(
     """dL/dh_t norms for every layer, direction and step.
 
     Args:
-        model_or_layer: a gatedrnn LSTM/GRU/RNN layer, or a model with attributes `.rnn` (such a layer),
+        model_or_layer: a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with attributes `.rnn` (such a layer),
             `.readout` (rnn output -> prediction) and optionally `.rnn_input` (model input -> layer input), as
             in `gatedrnn.models`.
         input: the model's input, or what the layer's forward takes (batched, unbatched or packed).
@@ -101,9 +116,10 @@ def gradient_flow(
     Returns:
         GradientFlow; the parameters' .grad are left untouched.
     """
-    if isinstance(model_or_layer, RecurrentBase):
+    layers = (RecurrentBase, SLSTM)
+    if isinstance(model_or_layer, layers):
         layer = model_or_layer
-    elif isinstance(getattr(model_or_layer, "rnn", None), RecurrentBase) and callable(
+    elif isinstance(getattr(model_or_layer, "rnn", None), layers) and callable(
         getattr(model_or_layer, "readout", None)
     ):
         layer = model_or_layer.rnn
@@ -112,7 +128,7 @@ def gradient_flow(
             input = model_or_layer.rnn_input(input)  # e.g. embeddings for token models
     else:
         raise TypeError(
-            "gradient_flow expects a gatedrnn LSTM/GRU/RNN layer, or a model with a gatedrnn layer as `.rnn` and "
+            "gradient_flow expects a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with such a layer as `.rnn` and "
             f"a `.readout` method; got {type(model_or_layer).__name__}"
         )
     with torch.no_grad():
@@ -130,6 +146,8 @@ def gradient_flow(
         batch_sizes, sorted_indices = None, None
     T, B = x.shape[0], x.shape[1]
     state0_all = layer._initial_state(hx, B, batched, sorted_indices, x)  # each (D*L, B, ·)
+    # the engine's form of one layer's parameters (the sLSTM's own `layer_weights` are its scan's)
+    weights_of = layer.cell_weights if isinstance(layer, SLSTM) else layer.layer_weights
 
     with torch.enable_grad():
         layer_input = x
@@ -139,8 +157,8 @@ def gradient_flow(
             for direction in range(layer.num_directions):
                 k = index * layer.num_directions + direction
                 y, taps = _tapped_scan(
-                    layer.mode, layer_input, tuple(s[k] for s in state0_all), layer.layer_weights(index, direction),
-                    batch_sizes, direction == 1,
+                    layer.mode, layer_input, tuple(s[k] for s in state0_all), weights_of(index, direction),
+                    batch_sizes, direction == 1, _eval_zoneout(layer, layer_input),
                 )
                 outputs.append(y)
                 layer_taps.append(taps)
@@ -164,18 +182,20 @@ def gradient_flow(
         grads = torch.autograd.grad(loss, nodes, allow_unused=True)
     grads = [g if g is not None else n.new_zeros(n.shape) for g, n in zip(grads, nodes)]
 
-    per = len(state0_all)  # 1, or 2 for the LSTM (h, c)
+    per = len(state0_all)  # states per step: 1 (h), 2 (h, c), 4 (the sLSTM's h, c, n, m)
+    names = CELL_SPECS[layer.mode].state_names
+    c_index = names.index("c") if "c" in names else None
     h_curves, c_curves, position = [], [], 0
     for layer_taps in all_taps:
         h_row, c_row = [], []
         for taps in layer_taps:
             step_grads = [grads[position + t * per: position + (t + 1) * per] for t in range(T)]
             h_row.append(_norms([g[0] for g in step_grads], B))
-            if per == 2:
-                c_row.append(_norms([g[1] for g in step_grads], B))
+            if c_index is not None:
+                c_row.append(_norms([g[c_index] for g in step_grads], B))
             position += T * per
         h_curves.append(tuple(h_row))
         c_curves.append(tuple(c_row))
     return GradientFlow(
-        layer.mode, tuple(h_curves), tuple(c_curves) if per == 2 else None, float(loss.detach())
+        layer.mode, tuple(h_curves), tuple(c_curves) if c_index is not None else None, float(loss.detach())
     )

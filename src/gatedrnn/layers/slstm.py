@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.slstm import FORGET_GATES, SLSTMState, slstm_step
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
@@ -53,7 +54,15 @@ class SLSTM(nn.Module):
     or "exp" (f = exp(f̃), the paper's other choice).
     """
 
-    mode = "slstm"
+    @property
+    def mode(self) -> str:
+        """The cell's key in `gatedrnn.cells.CELL_SPECS`: "slstm", or "slstm_exp" with forget_gate="exp"."""
+        return "slstm" if self.forget_gate == "sigmoid" else f"slstm_{self.forget_gate}"
+
+    @property
+    def spec(self) -> CellSpec:
+        """The cell's entry in `gatedrnn.cells.CELL_SPECS` (its math and facts)."""
+        return CELL_SPECS[self.mode]
 
     def __init__(self, input_size: int, hidden_size: int, num_heads: int = 1, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
@@ -141,6 +150,12 @@ class SLSTM(nn.Module):
         suffix = self._suffix(layer, direction)
         return SLSTMWeights(getattr(self, f"weight_ih{suffix}"), getattr(self, f"weight_hh{suffix}"),
                             getattr(self, f"bias{suffix}", None))
+
+    def cell_weights(self, layer: int, direction: int = 0) -> LayerWeights:
+        """The same parameters as the engine takes them (`gatedrnn.cells.table`'s sLSTM entry): w_ih, the
+        per-head R as w_hh, the one bias as b_ih, no b_hh; `engine.scan.scan_reference` runs on them."""
+        weights = self.layer_weights(layer, direction)
+        return LayerWeights(weights.w_ih, weights.r_blocks, weights.b, None)
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, ...]] = None):

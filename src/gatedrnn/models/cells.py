@@ -78,6 +78,12 @@ def _lstm_variant(variant: str) -> CellFactory:
 
 def _slstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
            init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    regularisers = sorted(set(init or {}) - set(GATE_BIAS_OPTIONS))
+    if regularisers:
+        raise ValueError(
+            "cell 'slstm' has no zoneout, recurrent_dropout or weight_drop (gatedrnn.SLSTM takes none of them): "
+            f"expected none, got { {k: init[k] for k in regularisers} }"
+        )
     if init:
         raise ValueError(
             "cell 'slstm' has its own gate-bias init (the official xLSTM forget-bias init, see gatedrnn.layers.slstm): "

@@ -12,10 +12,14 @@ _SUBSCRIPT = re.compile(r"\b([A-Za-z])_([A-Za-z0-9]+)\b")
 
 
 def equation_text(cell: str) -> str:
-    """The docstring of the cell's step function up to its Args section (plain text, as written in cells/)."""
+    """The docstring of the cell's step function up to its Args section (plain text, as written in cells/), or
+    the cell's own equations where one step function serves several cells (`CellSpec.equations`)."""
     if cell not in CELL_SPECS:
         raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELL_SPECS)}")
-    doc = inspect.getdoc(CELL_SPECS[cell].step) or ""
+    spec = CELL_SPECS[cell]
+    if spec.equations is not None:
+        return spec.equations().strip()
+    doc = inspect.getdoc(spec.step) or ""
     return doc.split("\nArgs:")[0].strip()
 
 
@@ -48,5 +52,10 @@ def equations_html(cell: str) -> str:
         else:
             parts.append(f"<p>{_typeset(' '.join(line.strip() for line in lines))}</p>")
     source = CELL_SPECS[cell].step
-    parts.append(f'<p class="source">from the docstring of <code>{source.__module__}.{source.__name__}</code></p>')
+    where = f"{source.__module__}.{source.__name__}"
+    if CELL_SPECS[cell].equations is not None:  # derived from the step module's docstring for this cell
+        where = f"{source.__module__} (the equations of {CELL_SPECS[cell].display_name}, as {source.__name__} runs them)"
+        parts.append(f'<p class="source">from the docstring of <code>{html.escape(where)}</code></p>')
+    else:
+        parts.append(f'<p class="source">from the docstring of <code>{where}</code></p>')
     return "\n".join(parts)

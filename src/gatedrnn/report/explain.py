@@ -3,7 +3,8 @@
 For every model: its cell's equations (from `gatedrnn.cells`), the gradient flow (`gatedrnn.inspect.gradient_flow`),
 gate heatmaps and state trajectories of one sample, gate saturation, training curves, each with a reading
 computed from the data. Shapes: inputs (B, T, I), a PackedSequence of B sequences, or whatever the models'
-`rnn_input` takes (e.g. (B, T) token ids); targets (B, …).
+`rnn_input` takes (e.g. (B, T) token ids); targets (B, …) one per sequence, or, for a PackedSequence of N frames
+in all, (N, …) one per frame in the packed order (frame tagging: the chorales task).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import gatedrnn
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import backend_info
 from gatedrnn.inspect import GradientFlow, LayerTraces, gradient_flow, trace
-from gatedrnn.layers import RecurrentBase
+from gatedrnn.layers import SLSTM, RecurrentBase
 from gatedrnn.report import readings
 from gatedrnn.report.equations import equations_html
 from gatedrnn.report.page import Figure, escape, figure_html, page_html, table_html
@@ -29,6 +30,7 @@ from gatedrnn.viz import (
     training_curves,
 )
 from gatedrnn.viz.figures import CELL_NAMES
+from gatedrnn.viz.gates import field_style, heatmap_fields
 
 Inputs = Union[Tensor, PackedSequence]
 MAX_SAMPLES = 256  # traces and gradient flow use the first MAX_SAMPLES samples: plenty for the statistics
@@ -43,11 +45,11 @@ def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, hist
         if not isinstance(label, str) or not label:
             raise ValueError(f"model labels should be non-empty strings, got {label!r}")
         rnn = getattr(model, "rnn", None)
-        if not isinstance(model, nn.Module) or not isinstance(rnn, RecurrentBase) or not callable(
+        if not isinstance(model, nn.Module) or not isinstance(rnn, (RecurrentBase, SLSTM)) or not callable(
             getattr(model, "readout", None)
         ):
             raise ValueError(
-                f"model {label!r} should be an nn.Module with a gatedrnn LSTM/GRU/RNN as `.rnn` and a `.readout` "
+                f"model {label!r} should be an nn.Module with a gatedrnn LSTM/GRU/RNN/SLSTM as `.rnn` and a `.readout` "
                 f"method (the gatedrnn.models convention), got {type(model).__name__}"
             )
         if not rnn.batch_first:
@@ -64,9 +66,11 @@ def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, hist
         batch, steps = inputs.shape[0], inputs.shape[1]
     if batch < 1 or steps < 2:
         raise ValueError(f"inputs should hold at least 1 sample of at least 2 steps, got {batch} of {steps}")
-    if not isinstance(targets, Tensor) or targets.dim() < 1 or targets.shape[0] != batch:
+    frames = int(inputs.data.shape[0]) if isinstance(inputs, PackedSequence) else None
+    if not isinstance(targets, Tensor) or targets.dim() < 1 or targets.shape[0] not in (batch, frames):
         shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
-        raise ValueError(f"targets should be a tensor with {batch} rows (one per input), got {shape}")
+        per_frame = f" or {frames} rows (one per frame of the packed inputs, in the packed order)" if frames else ""
+        raise ValueError(f"targets should be a tensor with {batch} rows (one per input){per_frame}, got {shape}")
     if not isinstance(task_name, str) or not task_name:
         raise ValueError(f"task_name should be a non-empty string, got {task_name!r}")
     if not callable(loss_fn):
@@ -100,15 +104,28 @@ def _layer_input(model: nn.Module, inputs: Inputs) -> Inputs:
     return x
 
 
+def per_frame_targets(inputs: Inputs, targets: Tensor) -> bool:
+    """Whether `targets` hold one row per frame of packed `inputs` (N, …) rather than one per sequence (B, …)."""
+    return isinstance(inputs, PackedSequence) and targets.shape[0] == inputs.data.shape[0] \
+        and targets.shape[0] != int(inputs.batch_sizes[0])
+
+
 def _first_samples(inputs: Inputs, targets: Tensor, count: int) -> tuple[Inputs, Tensor]:
-    """The first `count` samples of the inputs (packed stays packed) and targets."""
+    """The first `count` samples of the inputs (packed stays packed) and targets (per sequence or per frame)."""
     if not isinstance(inputs, PackedSequence):
         return inputs[:count], targets[:count]
     if int(inputs.batch_sizes[0]) <= count:
         return inputs, targets
     padded, lengths = pad_packed_sequence(inputs, batch_first=True)  # (B, T, I), (B,) in the caller's order
-    return pack_padded_sequence(padded[:count], lengths[:count], batch_first=True, enforce_sorted=False), \
-        targets[:count]
+    kept = pack_padded_sequence(padded[:count], lengths[:count], batch_first=True, enforce_sorted=False)
+    if not per_frame_targets(inputs, targets):
+        return kept, targets[:count]
+    # frame targets follow the packed order: unpack them as the inputs, keep the same pieces, repack alike
+    frame_targets = PackedSequence(targets.reshape(targets.shape[0], -1), inputs.batch_sizes,
+                                   inputs.sorted_indices, inputs.unsorted_indices)
+    padded_targets, _ = pad_packed_sequence(frame_targets, batch_first=True)  # (B, T, F)
+    repacked = pack_padded_sequence(padded_targets[:count], lengths[:count], batch_first=True, enforce_sorted=False)
+    return kept, repacked.data.reshape((-1,) + tuple(targets.shape[1:]))
 
 
 def _write_atomically(path: pathlib.Path, text: str) -> None:
@@ -132,7 +149,7 @@ def _write_atomically(path: pathlib.Path, text: str) -> None:
 def _backend(models) -> str:
     """The engine path the models' traces took ("fused" or "reference"; both if they differ)."""
     paths = {backend_info(dtype=m.rnn.weight_ih_l0.dtype, device=m.rnn.weight_ih_l0.device)["backend"]
-             for m in models.values()}
+             if CELL_SPECS[m.rnn.mode].fused else "reference" for m in models.values()}  # no kernel: reference
     return " and ".join(sorted(paths))
 
 
@@ -140,6 +157,12 @@ def _heatmap_title(label: str, cell: str) -> str:
     if not CELL_SPECS[cell].gated:
         return f"{label}: no gates, only the hidden state, of sample {SAMPLE}"
     return f"{label}: every gate and state of sample {SAMPLE}"
+
+
+def _heatmap_alt(label: str, layer_traces: LayerTraces) -> str:
+    """The heatmap's alt text: its panels by name, the cell's own gates and states only."""
+    panels = ", ".join(field_style(layer_traces.cell, name)[0] for name in heatmap_fields(layer_traces))
+    return f"{label} gate heatmaps, units by time; panels: {panels}"
 
 
 def _model_section(label: str, cell: str, layer_traces: LayerTraces, markers: list[int]) -> str:
@@ -151,7 +174,7 @@ def _model_section(label: str, cell: str, layer_traces: LayerTraces, markers: li
     trajectories = state_trajectories(layer_traces, sample=SAMPLE, markers=markers, title=moving)
     return "".join((
         f'<h2 id="inside-{anchor}">Inside {escape(readings.named(label, cell))}</h2>',
-        figure_html(Figure(f"gates-{anchor}", figure_to_data_uri(heatmaps), f"{label} gate heatmaps, units by time",
+        figure_html(Figure(f"gates-{anchor}", figure_to_data_uri(heatmaps), _heatmap_alt(label, layer_traces),
                            readings.read_gates(label, layer_traces, sample=SAMPLE, markers=markers))),
         figure_html(Figure(f"states-{anchor}", figure_to_data_uri(trajectories), f"{label} state trajectories",
                            readings.read_trajectories(label, layer_traces, sample=SAMPLE, markers=markers))),
@@ -207,7 +230,8 @@ def write_explain_report(
             with torch.no_grad():
                 traces[label] = trace(model.rnn, _layer_input(model, inputs))
             flows[label] = gradient_flow(model, inputs, lambda prediction: loss_fn(prediction, targets))
-        html_text = _render(models, inputs, traces, flows, task_name=task_name, history=history, notes=notes)
+        html_text = _render(models, inputs, traces, flows, task_name=task_name, history=history, notes=notes,
+                            per_frame=per_frame_targets(inputs, targets))
     finally:
         for label, model in models.items():
             model.train(was_training[label])
@@ -215,7 +239,7 @@ def write_explain_report(
     return path
 
 
-def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
+def _render(models, inputs, traces, flows, *, task_name, history, notes, per_frame=False) -> str:
     packed = isinstance(inputs, PackedSequence)
     marker_channel = None if packed else readings.find_marker_channel(inputs)
     markers = readings.marker_steps(inputs, marker_channel, SAMPLE)
@@ -237,7 +261,10 @@ def _render(models, inputs, traces, flows, *, task_name, history, notes) -> str:
 
     body.append('<h2 id="gradient-flow">Gradient flow</h2><p>For each step t, how strongly the loss responds to the '
                 'state h<sub>t</sub>: ‖∂L/∂h<sub>t</sub>‖, averaged over the samples. Where it is tiny, training '
-                'cannot learn what happened at step t.</p>')
+                'cannot learn what happened at step t.'
+                + (' Here every frame has a target and the loss sums over all of them, so ∂L/∂h<sub>t</sub> '
+                   'holds frame t\'s own prediction error as well as what reaches back from later frames; padded '
+                   'steps past a sequence\'s end count 0 in the average.' if per_frame else '') + '</p>')
     body.append(figure_html(Figure(
         "gradient-flow-plot", figure_to_data_uri(gradient_flow_curves(flows)),
         "gradient norm per time step, log scale, one line per model", readings.read_gradient_flow(flows))))

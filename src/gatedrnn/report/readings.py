@@ -82,6 +82,9 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
     start = markers[0] if markers else 0
     where = f"from the first marker (step {start}) to the last step ({steps - 1})" if markers else "over the whole sequence"
     gate = HOLD_GATE.get(traces.cell)
+    spec = CELL_SPECS[traces.cell]
+    if gate is None and spec.gated:  # gates, but none that decays the state (Greff et al.'s NFG: f = 1)
+        return _read_without_hold_gate(label, traces, sample=sample, markers=markers)
     if gate is None:
         h = _numpy(traces.series("h", sample=sample))  # (T, H)
         saturated = float((np.abs(h) > 0.95).mean())
@@ -107,16 +110,39 @@ def read_gates(label: str, traces: LayerTraces, *, sample: int, markers: Sequenc
         text = (f"In {named(label, traces.cell)} no unit's {gate_name} averages above {HOLD_THRESHOLD} {where}; the most "
                 f"holding one is unit {unit} (mean {values[:, unit].mean():.2f}), and the product of its gate over "
                 f"those steps is {kept:.1e}: that is the share of its state at step {start} still there at the end.")
-    if markers:
-        spec = CELL_SPECS[traces.cell]
-        writes = _numpy(traces.series(spec.write_gate, sample=sample))[markers[0]]  # (H,) the write gate at the marker
-        if spec.write_gate_inverted:  # GRU: 1 - z is how much of the candidate n is let in
-            writes = 1 - writes
-            shown = f"1 − {spec.write_gate}"
-        else:
-            shown = spec.write_gate
+    if markers and spec.write_gate is not None:  # NIG writes everything (i = 1): no write gate to read
+        writes, shown = _write_values(traces, sample)  # GRU, CIFG: 1 − z, 1 − f is what is let in
+        writes = writes[markers[0]]  # (H,) the write gate at the marker
         unit = int(writes.argmax())
         text += f" At the first marker unit {unit} lets the most new content in ({shown} = {writes[unit]:.2f}): it writes there."
+    return text
+
+
+def _write_values(traces: LayerTraces, sample: int) -> tuple[np.ndarray, str]:
+    """The write gate of one sample, (T, H), as the share of new content let in (1 − z for the GRU), and its name."""
+    spec = CELL_SPECS[traces.cell]
+    writes = _numpy(traces.series(spec.write_gate, sample=sample))
+    if spec.write_gate_inverted:
+        return 1 - writes, f"1 − {spec.write_gate}"
+    return writes, spec.write_gate
+
+
+def _read_without_hold_gate(label: str, traces: LayerTraces, *, sample: int, markers: Sequence[int]) -> str:
+    """A gated cell with nothing that decays its state: its memory only grows by what the write gate lets in."""
+    spec = CELL_SPECS[traces.cell]
+    name = named(label, traces.cell)
+    memory = "cell state c" if spec.memory_state == "c" else "hidden state h"
+    text = (f"{name} has no gate that decays its {memory} (the equations above): what is written "
+            "stays until later writes outweigh it.")
+    if spec.write_gate is None:
+        return text
+    writes, shown = _write_values(traces, sample)  # (T, H)
+    text += (f" Its write gate {shown} averages {writes.mean():.2f} over this sample's steps and units; "
+             f"{float((writes > HOLD_THRESHOLD).mean()):.0%} of its values are above {HOLD_THRESHOLD}.")
+    if markers and markers[0] < writes.shape[0]:
+        unit = int(writes[markers[0]].argmax())
+        text += (f" At the first marker unit {unit} lets the most new content in ({shown} = "
+                 f"{writes[markers[0], unit]:.2f}): it writes there.")
     return text
 
 

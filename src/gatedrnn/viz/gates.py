@@ -27,26 +27,46 @@ FIELD_STYLE = {
 }
 # The gate whose value near 1 means "keep the state": LSTM c' = f c + …, GRU h' = … + z h.
 HOLD_GATE = {name: spec.hold_gate for name, spec in CELL_SPECS.items() if spec.hold_gate}
+# A field a cell names its own way (`CellSpec.trace_labels`) is styled by what it is: a gate in (0, 1), a
+# candidate or h in (-1, 1), anything else (a state, a normaliser, a log-scale) symmetric around 0.
+_GATE_STYLE, _BOUNDED_STYLE, _FREE_STYLE = ("viridis", (0.0, 1.0)), ("RdBu_r", (-1.0, 1.0)), ("RdBu_r", None)
+
+
+def field_style(cell: str, name: str) -> tuple[str, str, tuple[float, float] | None]:
+    """(panel title, colour map, value range or None) of one trace field of `cell`."""
+    own = dict(CELL_SPECS[cell].trace_labels).get(name)
+    if own is None:
+        return FIELD_STYLE[name]
+    kind = _GATE_STYLE if " gate " in f" {own} " else _BOUNDED_STYLE if own.startswith("candidate") else _FREE_STYLE
+    return (own, *kind)
+
+
+def heatmap_fields(traces: LayerTraces, *, layer: int = -1, direction: int = 0) -> tuple[str, ...]:
+    """The trace fields `gate_heatmaps` draws, one panel each: the cell's own gates and states (a gate the cell
+    does not have is not in its trace), without h where a cell state is drawn (h is read from c there)."""
+    fields = traces.get(layer, direction)._fields
+    if CELL_SPECS[traces.cell].has_cell_state:
+        fields = tuple(name for name in fields if name != "h")  # LSTM h = o ⊙ tanh(c): shown by o and c
+    return fields
 
 
 def gate_heatmaps(
     traces: LayerTraces, *, sample: int = 0, layer: int = -1, direction: int = 0,
     max_units: int = 32, markers: Sequence[int] = (), title: str = "",
 ) -> Figure:
-    """One panel per trace field (LSTM i, f, g, o, c; GRU r, z, n, h; RNN h), units on y, time on x.
+    """One panel per trace field (`heatmap_fields`: LSTM i, f, g, o, c; CIFG f, g, o, c; GRU r, z, n, h; RNN h;
+    sLSTM i, f, z, o, m, n, c), units on y, time on x.
 
     markers: steps (0-based) to draw as dashed vertical lines, e.g. where the input marks a value.
     Shows at most `max_units` units (the first ones).
     """
-    fields = traces.get(layer, direction)._fields
-    if CELL_SPECS[traces.cell].has_cell_state:
-        fields = tuple(name for name in fields if name != "h")  # LSTM h = o ⊙ tanh(c): shown by o and c
+    fields = heatmap_fields(traces, layer=layer, direction=direction)
     figure = new_figure(9.0, 0.9 + 1.3 * len(fields))
     axes = figure.subplots(len(fields), 1, sharex=True, squeeze=False)[:, 0]
     for axis, name in zip(axes, fields):
         values = traces.series(name, sample=sample, layer=layer, direction=direction)[:, :max_units]
         values = values.detach().cpu().double().numpy().T  # (units, T)
-        label, cmap, value_range = FIELD_STYLE[name]
+        label, cmap, value_range = field_style(traces.cell, name)
         if value_range is None:  # symmetric, robust: one runaway unit should not wash out the rest
             bound = float(np.percentile(np.abs(values), 98)) or float(np.abs(values).max()) or 1.0
             value_range = (-bound, bound)
@@ -89,7 +109,7 @@ def gate_saturation_histograms(
         for edge in (low, high):
             axis.axvline(edge, **MARKER_STYLE)
         below, above = float((values < low).mean()), float((values > high).mean())
-        axis.set_title(f"{label}: {FIELD_STYLE[gate][0]}\n{below:.0%} below {low}, {above:.0%} above {high}",
+        axis.set_title(f"{label}: {field_style(traces.cell, gate)[0]}\n{below:.0%} below {low}, {above:.0%} above {high}",
                        fontsize=10)
         axis.set_xlabel("gate value")
         axis.set_ylabel("% of (sample, step, unit)")
