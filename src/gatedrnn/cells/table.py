@@ -97,7 +97,7 @@ def _slstm_step(forget_gate: str):
     With a recurrent_mask (B, H), R reads h ⊙ mask: h enters the step only through R h."""
 
     def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
-        def step(x_proj, state):
+        def step(x_proj, state, candidate_mask=None):  # the sLSTM layer takes no candidate dropout
             h, c, n, m = state
             h_rec = h if recurrent_mask is None else h * recurrent_mask
             new_state, gates = slstm_step(x_proj, SLSTMState(h_rec, c, n, m), weights.w_hh, weights.b_hh,
