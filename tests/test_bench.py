@@ -114,6 +114,8 @@ def test_ratios_come_from_the_medians(quick_run):
         assert case["best_peer"] == min(peers, key=peers.get)
         if case["kind"] == "infer":  # inference is judged against the faster of torch.nn and onnxruntime
             assert case["ratio"] == pytest.approx(min(peers.values()) / medians[OURS])
+        elif case["target"] is not None and case["target"]["against"] == bench_cases.PLAIN:  # a regulariser
+            assert case["ratio"] == pytest.approx(medians[bench_cases.PLAIN] / medians[OURS])
         else:
             assert case["ratio"] == pytest.approx(medians[TORCH] / medians[OURS])
         target = case["target"]
@@ -134,7 +136,10 @@ def test_targets_are_the_issues(quick_run):
     full = {c.name: c.target for c in bench_cases.make_cases(quick=False)}
     assert full["lstm/stream/H256"] == Target("max_us_per_step", 3.0)
     assert full["lstm-packed/train/B64-T100-I64-H128"] == Target("ratio_min", 2.0, TORCH)
-    assert len(full) == 4 * 6 + 2 + 1 + 2
+    # regularisers: <= 1.15x our plain cell's time, LSTM and GRU, at the issue's two sizes
+    assert full["gru-zoneout/train/B16-T100-I64-H128"] == Target("ratio_min", 1 / 1.15, bench_cases.PLAIN)
+    assert full["lstm-weight_drop/train/B64-T100-I256-H256"] == Target("ratio_min", 1 / 1.15, bench_cases.PLAIN)
+    assert len(full) == 4 * 6 + 2 + 1 + 2 + 2 * (3 * 2 + 2)
 
 
 def test_peak_memory_is_measured_for_both(quick_run):

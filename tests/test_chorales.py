@@ -258,11 +258,11 @@ def test_train_chorales_from_the_cli(tmp_path, cache_dir, capsys):
 def test_greff_study_records_every_run(tmp_path, monkeypatch, capsys):
     from gatedrnn.bench import greff_study
 
-    with pytest.raises(greff_study.StudyError, match=r"unknown cell\(s\) \['lstm_nig'\]: .* now \['gru', 'lstm'"):
-        greff_study.resolve_cells(["lstm", "gru"], ["lstm_nig"])
+    with pytest.raises(greff_study.StudyError, match=r"unknown cell\(s\) \['lstm_xyz'\]: .* now \['gru', 'lstm'"):
+        greff_study.resolve_cells(["lstm", "gru"], ["lstm_xyz"])
     assert greff_study.resolve_cells(["lstm", "gru", "rnn"], ["gru", "lstm"]) == ["lstm", "gru", "rnn"]
-    assert main_exit(greff_study, ["lstm_nig", "--seeds", "1"]) == 2  # refused before any run
-    assert "unknown cell(s) ['lstm_nig']" in capsys.readouterr().err
+    assert main_exit(greff_study, ["lstm_xyz", "--seeds", "1"]) == 2  # refused before any run
+    assert "unknown cell(s) ['lstm_xyz']" in capsys.readouterr().err
 
     def fake_run(cell, seed, epochs, hidden_size):  # the run itself is `gatedrnn train`, tested above
         return {"cell": cell, "seed": seed, "test_nll": {"lstm": 8.0, "gru": 9.0}[cell] + seed, "val_nll": 0.0,

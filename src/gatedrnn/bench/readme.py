@@ -7,6 +7,10 @@ Each generated block sits between `<!-- generated:NAME -->` and `<!-- /generated
     tasks   the task table, from docs/results/tasks/*.json (written by `python -m gatedrnn.bench.task_runs`)
     speed   the speed summary, from the benchmark JSON in benchmarks/results/ (written by `gatedrnn bench`)
     init    the gate-bias init study, from docs/results/init_study.json (`python -m gatedrnn.bench.init_study`)
+    variants  the variants' and regularisers' training time vs our plain cell and torch.nn (VARIANT_RUN)
+    regularisers  the char-LM regulariser study, docs/results/regulariser_study.json
+            (`python -m gatedrnn.bench.regulariser_study`)
+    greff   the Greff-style study on the chorales, docs/results/greff_study.json (`python -m gatedrnn.bench.greff_study`)
 
 Every block names its source files and the CPU the timings came from. Without --check the blocks are
 rewritten in place; with --check nothing is written and the exit code is 1 when a block differs from what
@@ -24,6 +28,10 @@ from typing import Callable, Optional
 ROOT = Path(__file__).resolve().parents[3]
 DEMO_RESULTS = Path("docs/results/demo.json")
 INIT_RESULTS = Path("docs/results/init_study.json")
+REGULARISER_RESULTS = Path("docs/results/regulariser_study.json")
+GREFF_RESULTS = Path("docs/results/greff_study.json")
+# The run whose variant cases (`gatedrnn.bench.cases.LAYER_VARIANTS`) the variants block shows.
+VARIANT_RUN = Path("benchmarks/results/2026-11-30-2.json")
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
@@ -177,8 +185,64 @@ def render_init(root: Path) -> str:
     return "\n".join(lines)
 
 
+def render_variants(root: Path) -> str:
+    """Training time of each variant and regulariser vs our plain cell and torch.nn, from VARIANT_RUN."""
+    result = json.loads((root / VARIANT_RUN).read_text())
+    cases = [c for c in result["cases"] if c["variant"] and c["variant"] not in ("proj", "packed")]
+    lines = [f"Training step (forward + backward), `{VARIANT_RUN}` ({result['date'][:10]}, "
+             f"{_machine(result['environment'])}, {result['config']['threads']} threads, median of "
+             f"{result['config']['repeats']}; `gatedrnn bench --only <case>`). Ratios are times: variant / our plain "
+             "cell (the issue's bound for regularisers: ≤ 1.15) and torch.nn's plain cell / variant.", "",
+             "| case | variant / plain gatedrnn | torch.nn / variant |", "|---|---|---|"]
+    for case in cases:
+        impls = case["impls"]
+        ours, plain, peer = (impls[k].get("median_s") for k in ("gatedrnn", "gatedrnn plain", "torch.nn"))
+        lines.append(f"| `{case['name']}` | {ours / plain:.2f} | {peer / ours:.2f} |")
+    return "\n".join(lines)
+
+
+def render_regularisers(root: Path) -> str:
+    """The char-LM regulariser study (REGULARISER_RESULTS)."""
+    record = json.loads((root / REGULARISER_RESULTS).read_text())
+    runs = record["runs"]
+    settings = list(dict.fromkeys(r["setting"] for r in runs))
+    seeds = sorted({r["seed"] for r in runs})
+    example = runs[-1]["command"]
+    lines = [f"LSTM char-LM on the first {record['max_chars']:,} characters of the King James Bible, "
+             f"{record['epochs']} epochs ({runs[0]['steps']} steps) per run, seeds {', '.join(map(str, seeds))} "
+             f"(`{example}`, seed and flags varied; `{REGULARISER_RESULTS}`, {record['date']}, "
+             f"{_machine(record['environment'])}). Test bits per character of the best-validation epoch:", "",
+             "| regulariser | test bpc per seed | mean | best epoch per seed |", "|---|---|---|---|"]
+    for setting in settings:
+        mine = sorted((r for r in runs if r["setting"] == setting), key=lambda r: r["seed"])
+        values = [r["test_bpc"] for r in mine]
+        lines.append(f"| {setting} | " + ", ".join(f"{v:.3f}" for v in values) + f" | {sum(values) / len(values):.3f} | "
+                     + ", ".join(str(r["best_epoch"]) for r in mine) + " |")
+    return "\n".join(lines)
+
+
+def render_greff(root: Path) -> str:
+    """The Greff-style study on the chorales (GREFF_RESULTS)."""
+    record = json.loads((root / GREFF_RESULTS).read_text())
+    runs = record["runs"]
+    cells = list(record["summary"])
+    seeds = sorted({r["seed"] for r in runs})
+    example = runs[0]["command"]
+    lines = [f"`chorales` (Bach chorales from music21's corpus as 88-key piano rolls, frame NLL in nats), seeds "
+             f"{', '.join(map(str, seeds))}, same hyperparameters for every cell (`{example}`, cell and seed varied; "
+             f"`{GREFF_RESULTS}`, {record['date']}, {_machine(record['environment'])}).", "",
+             "| cell | test NLL mean ± std | min – max | parameters |", "|---|---|---|---|"]
+    for cell in sorted(cells, key=lambda c: record["summary"][c]["mean_test_nll"]):
+        summary = record["summary"][cell]
+        parameters = next(r["parameters"] for r in runs if r["cell"] == cell)
+        lines.append(f"| `{cell}` | {summary['mean_test_nll']:.2f} ± {summary['std_test_nll']:.2f} | "
+                     f"{summary['min_test_nll']:.2f} – {summary['max_test_nll']:.2f} | {parameters:,} |")
+    return "\n".join(lines)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render_tasks, "speed": render_speed,
-                                            "init": render_init}
+                                            "init": render_init, "variants": render_variants,
+                                            "regularisers": render_regularisers, "greff": render_greff}
 
 
 def _pattern(name: str) -> re.Pattern:
