@@ -5,7 +5,8 @@ Layout (lower layers never import upper ones):
     -> inspect / viz (seeing inside) -> data / tasks / train -> cli
 """
 from gatedrnn.engine import backend_info
-from gatedrnn.layers import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+from gatedrnn.layers import GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "backend_info", "__version__"]
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRU", "LayerNormLSTM", "RNN", "RNNCell", "backend_info",
+           "__version__"]

@@ -6,6 +6,7 @@ Layers, the fused engine and the docs point here instead of restating the equati
 (cells/table.py) is the one table that maps a cell's name to its step function and facts.
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
+from gatedrnn.cells.layernorm import LAYER_NORM_EPS, layernorm_gru_step, layernorm_lstm_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.rnn import RNNGates, RNNTrace, rnn_step
 from gatedrnn.cells.spec import CellSpec, LayerWeights, StepFn
@@ -16,4 +17,5 @@ __all__ = [
     "LSTMGates", "LSTMState", "LSTMTrace", "lstm_step",
     "GRUGates", "GRUTrace", "gru_step",
     "RNNGates", "RNNTrace", "rnn_step",
+    "LAYER_NORM_EPS", "layernorm_lstm_step", "layernorm_gru_step",
 ]

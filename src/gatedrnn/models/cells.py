@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from torch import nn
 
-from gatedrnn.layers import GRU, LSTM, RNN
+from gatedrnn.layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
 # `init` (the layer's gate-bias keyword options, e.g. {"init": "chrono", "chrono_max": 100}) is passed only
@@ -61,3 +61,19 @@ def _rnn(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
+
+
+def _layernorm_lstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                    init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    return LayerNormLSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
+                         **(init or {}))
+
+
+def _layernorm_gru(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                   init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    return LayerNormGRU(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
+                        **(init or {}))
+
+
+register_cell("layernorm_lstm", _layernorm_lstm)
+register_cell("layernorm_gru", _layernorm_gru)
