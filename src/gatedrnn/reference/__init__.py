@@ -10,6 +10,10 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
     y, h_T, c_T, cache = lstm_forward(x, h0, c0, params)        # x (T, B, I), h0, c0 (B, H)
     grads = lstm_backward(dy, dh_T, dc_T, cache)                 # grads.dx, grads.dw_ih, ...
 """
+from gatedrnn.reference.layernorm import (
+    LayerNormGRUParams, LayerNormLSTMParams, layernorm_gru_backward, layernorm_gru_forward, layernorm_lstm_backward,
+    layernorm_lstm_forward,
+)
 from gatedrnn.reference.gru import GRUCache, GRUGrads, GRUParams, gru_backward, gru_forward
 from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backward, lstm_forward
 from gatedrnn.reference.rnn import RNNCache, RNNGrads, RNNParams, rnn_backward, rnn_forward
@@ -18,4 +22,6 @@ __all__ = [
     "LSTMParams", "LSTMCache", "LSTMGrads", "lstm_forward", "lstm_backward",
     "GRUParams", "GRUCache", "GRUGrads", "gru_forward", "gru_backward",
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
+    "LayerNormLSTMParams", "layernorm_lstm_forward", "layernorm_lstm_backward",
+    "LayerNormGRUParams", "layernorm_gru_forward", "layernorm_gru_backward",
 ]
