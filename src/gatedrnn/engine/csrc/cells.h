@@ -290,6 +290,22 @@ inline void row_moments(const T* __restrict__ a, int n, T& mean, T& rstd) {
   rstd = T(1) / std::sqrt(sq / T(n) + T(kLayerNormEps));
 }
 
+// row_moments of two rows of n values at once (the x and h sides of a LayerNorm cell): one loop per pass.
+template <typename T>
+inline void row_moments2(const T* __restrict__ a, const T* __restrict__ b, int n, T& mean_a, T& rstd_a, T& mean_b,
+                         T& rstd_b) {
+  T sum_a = T(0), sum_b = T(0);
+#pragma omp simd reduction(+ : sum_a, sum_b)
+  for (int k = 0; k < n; ++k) sum_a += a[k], sum_b += b[k];
+  const T mu_a = sum_a / T(n), mu_b = sum_b / T(n);
+  T sq_a = T(0), sq_b = T(0);
+#pragma omp simd reduction(+ : sq_a, sq_b)
+  for (int k = 0; k < n; ++k) sq_a += (a[k] - mu_a) * (a[k] - mu_a), sq_b += (b[k] - mu_b) * (b[k] - mu_b);
+  mean_a = mu_a, mean_b = mu_b;
+  rstd_a = T(1) / std::sqrt(sq_a / T(n) + T(kLayerNormEps));
+  rstd_b = T(1) / std::sqrt(sq_b / T(n) + T(kLayerNormEps));
+}
+
 // Backward of pre = LN(a; γ) + b over one row of n values, in place: d holds dL/dpre on entry, dL/da on exit.
 //   x̂ = (a − mean) rstd, pre = γ ⊙ x̂ + b:  dγ += dpre ⊙ x̂,  db += dpre,
 //   da = rstd (γ ⊙ dpre − mean(γ ⊙ dpre) − x̂ ⊙ mean(γ ⊙ dpre ⊙ x̂)).
@@ -332,8 +348,7 @@ struct LayerNormLSTMCell {
     T* __restrict__ c = a.c;
     T* __restrict__ h = a.h_next;
     T mean_x, rstd_x, mean_h, rstd_h;
-    row_moments(pre, GH, mean_x, rstd_x);
-    row_moments(rec, GH, mean_h, rstd_h);
+    row_moments2(pre, rec, GH, mean_x, rstd_x, mean_h, rstd_h);
     if (a.extra) {  // what backward reads: the raw rows
       std::memcpy(a.extra, pre, sizeof(T) * GH);
       std::memcpy(a.extra + GH, rec, sizeof(T) * GH);
@@ -375,9 +390,9 @@ struct LayerNormLSTMCell {
     T* __restrict__ db_hh = a.daux + kAux * H + GH;
     T* __restrict__ dc_io = a.dc;
     T* __restrict__ dpre = a.dgate_x;  // dL/dpre first, then (layer_norm_backward) dL/d(x W_ihᵀ)
-    T* __restrict__ dGh = a.dgate_h;   // scratch (ĉ, dĉ) until it receives dL/d(h W_hhᵀ)
-    T* __restrict__ c_hat = dGh;
-    T* __restrict__ dc_hat = dGh + H;
+    T* const dGh = a.dgate_h;          // scratch (ĉ, dĉ) until it receives dL/d(h W_hhᵀ): no __restrict__
+    T* const c_hat = dGh;
+    T* const dc_hat = dGh + H;
     // h_next = o ⊙ tanh(y), y = γ_c ⊙ ĉ + β_c, ĉ = (c_next − mean_c) rstd_c
     T mean_c, rstd_c;
     row_moments(c, H, mean_c, rstd_c);
@@ -405,10 +420,30 @@ struct LayerNormLSTMCell {
       dpre[2 * H + j] = dc * i * (T(1) - g * g);
       dc_io[j] = dc * f;
     }
-    // pre = LN(wx; γ_ih) + LN(wh; γ_hh) + b_ih + b_hh: both normalisations and both biases see dpre
-    std::memcpy(dGh, dpre, sizeof(T) * GH);
-    layer_norm_backward(GH, wh, gamma_hh, dGh, dgamma_hh, db_hh);
-    layer_norm_backward(GH, wx, gamma_ih, dpre, dgamma_ih, db_ih);
+    // pre = LN(wx; γ_ih) + LN(wh; γ_hh) + b_ih + b_hh: both normalisations and both biases see dpre;
+    // layer_norm_backward for the two sides at once (one pass per stage over both rows)
+    T mean_x, rstd_x, mean_h, rstd_h;
+    row_moments2(wx, wh, GH, mean_x, rstd_x, mean_h, rstd_h);
+    T sum_gx = T(0), sum_gx_x = T(0), sum_gh = T(0), sum_gh_h = T(0);
+#pragma omp simd reduction(+ : sum_gx, sum_gx_x, sum_gh, sum_gh_h)
+    for (int k = 0; k < GH; ++k) {
+      const T d = dpre[k];
+      const T x_hat = (wx[k] - mean_x) * rstd_x, h_hat = (wh[k] - mean_h) * rstd_h;
+      const T gx = gamma_ih[k] * d, gh = gamma_hh[k] * d;
+      sum_gx += gx, sum_gx_x += gx * x_hat, sum_gh += gh, sum_gh_h += gh * h_hat;
+      dgamma_ih[k] += d * x_hat, dgamma_hh[k] += d * h_hat;
+      db_ih[k] += d, db_hh[k] += d;
+    }
+    const T inv_n = T(1) / T(GH);
+    const T mean_gx = sum_gx * inv_n, mean_gx_x = sum_gx_x * inv_n, mean_gh = sum_gh * inv_n,
+            mean_gh_h = sum_gh_h * inv_n;
+#pragma GCC ivdep
+    for (int k = 0; k < GH; ++k) {
+      const T d = dpre[k];
+      const T x_hat = (wx[k] - mean_x) * rstd_x, h_hat = (wh[k] - mean_h) * rstd_h;
+      dGh[k] = rstd_h * (gamma_hh[k] * d - mean_gh - h_hat * mean_gh_h);   // dL/d(h W_hhᵀ)
+      dpre[k] = rstd_x * (gamma_ih[k] * d - mean_gx - x_hat * mean_gx_x);  // dL/d(x W_ihᵀ)
+    }
   }
 };
 
@@ -430,8 +465,7 @@ struct LayerNormGRUCell {
     T* __restrict__ h_next = a.h_next;
     T* __restrict__ hn_out = a.extra ? a.extra + 2 * GH : nullptr;
     T mean_x, rstd_x, mean_h, rstd_h;
-    row_moments(pre, GH, mean_x, rstd_x);
-    row_moments(rec, GH, mean_h, rstd_h);
+    row_moments2(pre, rec, GH, mean_x, rstd_x, mean_h, rstd_h);
     if (a.extra) {
       std::memcpy(a.extra, pre, sizeof(T) * GH);
       std::memcpy(a.extra + GH, rec, sizeof(T) * GH);
