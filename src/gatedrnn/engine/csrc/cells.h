@@ -61,7 +61,8 @@ struct RowBackward {
   T* dh_prev;        // out: the part of dL/dh_prev that does not go through W_hh (GRU's z ⊙ dh), if any
   T* m;              // out: o ⊙ tanh(c_next) (projected LSTM, for dW_hr), or nullptr
   const T* aux;      // the cell's extra parameters (kAux * H), or nullptr
-  T* daux;           // in/out: this row's accumulated dL/daux (kAux * H), or nullptr
+  T* daux;           // in/out: this row's accumulated dL/daux (kAux * H) [then dL/db_ih, dL/db_hh (G*H each) for
+                     // kOwnsBiasGrad], or nullptr
 };
 
 template <typename T>
