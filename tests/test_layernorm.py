@@ -330,3 +330,27 @@ def test_traces_equal_on_both_paths(cell, monkeypatch):
         for name, a, b in zip(fused._fields, fused, reference):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
     torch.testing.assert_close(traces["auto"].output, traces["reference"].output)
+
+
+@pytest.mark.parametrize("cell", sorted(LAYERS))
+@pytest.mark.parametrize("zoneout", [False, True])
+def test_fake_kernel_saved_widths_match_the_kernel(cell, zoneout):
+    """torch.compile / torch.export read the saved buffers' shapes from the fake kernel (CellSpec.saved_extra)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    spec = CELL_SPECS[cell]
+    steps, batch, hidden = 3, 2, 4
+    g = spec.gate_count * hidden
+
+    def operands():
+        has_c = spec.has_cell_state
+        return ("cell", torch.randn(steps, batch, 2), torch.randn(batch, hidden),
+                torch.randn(batch, hidden) if has_c else None, torch.randn(g, 2), torch.randn(g, hidden),
+                torch.randn(g), torch.randn(g), None, [], False, True, torch.ones(spec.aux_blocks * hidden),
+                torch.rand(steps, batch, hidden * (2 if has_c else 1)) if zoneout else None, None)
+
+    real = SCAN(cell, *operands()[1:])
+    with FakeTensorMode():
+        fake = SCAN(cell, *operands()[1:])
+    assert [tuple(t.shape) for t in fake] == [tuple(t.shape) for t in real]
+    assert real[5].shape[2] == (spec.saved_extra + (zoneout and spec.has_cell_state)) * hidden
