@@ -5,8 +5,11 @@ Layout (lower layers never import upper ones):
     -> inspect / viz (seeing inside) -> data / tasks / train -> cli
 """
 from gatedrnn.engine import backend_info
-from gatedrnn.layers import GRU, LSTM, RNN, SLSTM, GRUCell, LSTMCell, MinGRU, MinLSTM, RNNCell
+from gatedrnn.layers import (
+    GRU, LSTM, RNN, SLSTM, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, MinGRU, MinLSTM, RNNCell,
+)
 
 __version__ = "0.1.0"
-__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "MinGRU", "MinLSTM", "RNN", "RNNCell", "SLSTM", "backend_info",
+__all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "RNN",
+           "RNNCell", "SLSTM", "backend_info",
            "__version__"]

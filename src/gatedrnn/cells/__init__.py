@@ -9,6 +9,7 @@ four states (h, c, n, m), its per-head recurrent weights as `LayerWeights.w_hh` 
 has no fused kernel (`CellSpec.fused`), and its layer `gatedrnn.SLSTM` runs its own loop (`layers._slstm_scan`).
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
+from gatedrnn.cells.layernorm import LAYER_NORM_EPS, layernorm_gru_step, layernorm_lstm_step
 from gatedrnn.cells.lstm import LSTMGates, LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.minimal import (
     MinGRUGates, MinGRUTrace, MinLSTMGates, MinLSTMTrace, mingru_step, minlstm_step,
@@ -25,4 +26,5 @@ __all__ = [
     "RNNGates", "RNNTrace", "rnn_step",
     "SLSTMGates", "SLSTMState", "SLSTMTrace", "slstm_step",
     "MinGRUGates", "MinGRUTrace", "mingru_step", "MinLSTMGates", "MinLSTMTrace", "minlstm_step",
+    "LAYER_NORM_EPS", "layernorm_lstm_step", "layernorm_gru_step",
 ]

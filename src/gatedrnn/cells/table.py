@@ -10,6 +10,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from gatedrnn.cells.gru import GRUTrace, gru_step
+from gatedrnn.cells.layernorm import layernorm_gru_step, layernorm_lstm_step
 from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step, variant_equations
 from gatedrnn.cells.rnn import RNNTrace, rnn_step
@@ -123,6 +124,43 @@ def _slstm(forget_gate: str, color: str) -> CellSpec:
                     write_gate="i", color=color, variant=forget_gate, fused=False, trace_labels=_SLSTM_LABELS)
 
 
+def _layernorm_lstm_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+    gamma_ih, gamma_hh, gamma_c, beta_c = weights.extra
+
+    def step(x_proj, state, candidate_mask=None):  # no candidate dropout for the LayerNorm cells
+        new_state, gates = layernorm_lstm_step(x_proj, LSTMState(*state), weights.w_hh, weights.b_ih, weights.b_hh,
+                                               gamma_ih, gamma_hh, gamma_c, beta_c, recurrent_mask)
+        return tuple(new_state), tuple(gates)
+
+    return step
+
+
+def _layernorm_gru_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+    gamma_ih, gamma_hh = weights.extra
+
+    def step(x_proj, state, candidate_mask=None):
+        h_next, gates = layernorm_gru_step(x_proj, state[0], weights.w_hh, weights.b_ih, weights.b_hh, gamma_ih,
+                                           gamma_hh, recurrent_mask)
+        return (h_next,), tuple(gates)
+
+    return step
+
+
+# LayerNorm cells (gatedrnn.cells.layernorm): the gains of LN(W_ih x) and LN(W_hh h), G*H each, and the LSTM's
+# LN(c_next) gain and bias; the fused kernel saves W_ih x and W_hh h (2G blocks), the GRU also LN(W_hn h) + b_hn.
+_LAYERNORM = (
+    CellSpec("layernorm_lstm", "LayerNorm LSTM", layernorm_lstm_step, _layernorm_lstm_step, 4, ("i", "f", "g", "o"),
+             ("h", "c"), LSTMTrace, ("i", "f", "g", "o"), torch_mode="", saved_extra=8, hold_gate="f",
+             write_gate="i", color="#393b79",
+             extra_params=(ExtraParam("gamma_ih", 4, "ones"), ExtraParam("gamma_hh", 4, "ones"),
+                           ExtraParam("gamma_c", 1, "ones"), ExtraParam("beta_c", 1, "zeros"))),
+    CellSpec("layernorm_gru", "LayerNorm GRU", layernorm_gru_step, _layernorm_gru_step, 3, ("r", "z", "n"), ("h",),
+             GRUTrace, ("r", "z", "n"), torch_mode="", saved_extra=7, hold_gate="z", write_gate="z",
+             write_gate_inverted=True, color="#637939",
+             extra_params=(ExtraParam("gamma_ih", 3, "ones"), ExtraParam("gamma_hh", 3, "ones"))),
+)
+
+
 _GREFF_COLORS = {"peephole": "#9467bd", "nig": "#8c564b", "nfg": "#e377c2", "nog": "#bcbd22", "niaf": "#17becf",
                  "noaf": "#aec7e8", "np": "#ffbb78", "cifg": "#98df8a"}
 
@@ -141,6 +179,7 @@ CELL_SPECS: dict[str, CellSpec] = {
         *(_greff(variant, _GREFF_COLORS[name]) for name, variant in GREFF_VARIANTS.items()),
         _slstm("sigmoid", "#393b79"),
         _slstm("exp", "#5254a3"),
+        *_LAYERNORM,
     )
 }
 

@@ -455,3 +455,43 @@ class RNN(RecurrentBase):
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, 0, device=device, dtype=dtype, zoneout=zoneout,
                          recurrent_dropout=recurrent_dropout, weight_drop=weight_drop)
+
+
+class LayerNormLSTM(RecurrentBase):
+    __doc__ = ("""torch.nn.LSTM's interface (without proj_size) for the LayerNorm LSTM of Ba, Kiros & Hinton 2016 in
+    haste's placement; equations in `gatedrnn.cells.layernorm.layernorm_lstm_step`. Returns output, (h_n, c_n).
+
+    Parameters besides torch.nn.LSTM's, per layer and direction: gamma_ih_l<k>, gamma_hh_l<k> (4*hidden_size,),
+    ones (the gains of LN(W_ih x) and LN(W_hh h)); gamma_c_l<k> (ones) and beta_c_l<k> (zeros) (hidden_size,)
+    (LN(c) before the output tanh).
+""" + INIT_OPTIONS_DOC.format(gate="f", chrono="b_f = log(u), b_i = -b_f"))
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, forget_bias: Optional[float] = None, init: str = "default",
+                 chrono_max: Optional[int] = None, zoneout: Union[float, tuple[float, float]] = 0.0,
+                 recurrent_dropout: float = 0.0, weight_drop: float = 0.0) -> None:
+        super().__init__("layernorm_lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device=device, dtype=dtype, forget_bias=forget_bias, init=init,
+                         chrono_max=chrono_max, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                         weight_drop=weight_drop)
+
+
+class LayerNormGRU(RecurrentBase):
+    __doc__ = ("""torch.nn.GRU's interface for the LayerNorm GRU of Ba, Kiros & Hinton 2016 in haste's placement;
+    equations in `gatedrnn.cells.layernorm.layernorm_gru_step`. Returns output, h_n.
+
+    Parameters besides torch.nn.GRU's, per layer and direction: gamma_ih_l<k>, gamma_hh_l<k> (3*hidden_size,),
+    ones (the gains of LN(W_ih x) and LN(W_hh h)).
+""" + INIT_OPTIONS_DOC.format(gate="z; h' = (1 - z) * n + z * h, so z near 1 keeps the state",
+                              chrono="b_z = +log(u), the paper's -log(u) on its write gate 1 - z"))
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, device=None,
+                 dtype=None, *, forget_bias: Optional[float] = None, init: str = "default",
+                 chrono_max: Optional[int] = None, zoneout: float = 0.0, recurrent_dropout: float = 0.0,
+                 weight_drop: float = 0.0) -> None:
+        super().__init__("layernorm_gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, 0, device=device, dtype=dtype, forget_bias=forget_bias, init=init,
+                         chrono_max=chrono_max, zoneout=zoneout, recurrent_dropout=recurrent_dropout,
+                         weight_drop=weight_drop)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Optional
 from torch import nn
 
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
-from gatedrnn.layers import GRU, LSTM, RNN, SLSTM, MinGRU, MinLSTM
+from gatedrnn.layers import GRU, LSTM, RNN, SLSTM, LayerNormGRU, LayerNormLSTM, MinGRU, MinLSTM
 
 # factory(input_size, hidden_size, *, num_layers, dropout[, init]) -> a recurrent layer with batch_first=True;
 # `init` (the layer's keyword options: gate-bias init, e.g. {"init": "chrono", "chrono_max": 100}, and the
@@ -110,8 +110,24 @@ def _minimal(layer_class: type) -> CellFactory:
 register_cell("lstm", _lstm)
 register_cell("gru", _gru)
 register_cell("rnn", _rnn)
+
+
+def _layernorm_lstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                    init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    return LayerNormLSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
+                         **(init or {}))
+
+
+def _layernorm_gru(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
+                   init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    return LayerNormGRU(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
+                        **(init or {}))
+
+
 for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg
     register_cell(f"lstm_{_variant}", _lstm_variant(_variant))
 register_cell("slstm", _slstm)
 register_cell("mingru", _minimal(MinGRU))
 register_cell("minlstm", _minimal(MinLSTM))
+register_cell("layernorm_lstm", _layernorm_lstm)
+register_cell("layernorm_gru", _layernorm_gru)

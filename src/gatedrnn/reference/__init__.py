@@ -11,6 +11,10 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
     y, h_T, c_T, cache = lstm_forward(x, h0, c0, params)        # x (T, B, I), h0, c0 (B, H)
     grads = lstm_backward(dy, dh_T, dc_T, cache)                 # grads.dx, grads.dw_ih, ...
 """
+from gatedrnn.reference.layernorm import (
+    LayerNormGRUParams, LayerNormLSTMParams, layernorm_gru_backward, layernorm_gru_forward, layernorm_lstm_backward,
+    layernorm_lstm_forward,
+)
 from gatedrnn.reference.gru import GRUCache, GRUGrads, GRUParams, gru_backward, gru_forward
 from gatedrnn.reference.lstm import LSTMCache, LSTMGrads, LSTMParams, lstm_backward, lstm_forward
 from gatedrnn.reference.lstm_variants import (
@@ -30,4 +34,6 @@ __all__ = [
     "VARIANTS", "VariantParams", "VariantCache", "VariantGrads", "variant_forward", "variant_backward",
     "MinimalParams", "MinimalCache", "MinimalGrads", "mingru_forward", "mingru_backward",
     "minlstm_forward", "minlstm_backward",
+    "LayerNormLSTMParams", "layernorm_lstm_forward", "layernorm_lstm_backward",
+    "LayerNormGRUParams", "layernorm_gru_forward", "layernorm_gru_backward",
 ]

@@ -16,11 +16,19 @@
 //   kReadsHNext   backward reads h_next (the RNN's tanh derivative); with zoneout the loop passes h̃ there
 //   kCandidate    takes a candidate dropout mask `cand` (H) (Semeniuta et al. 2016): the candidate (LSTM g,
 //                 GRU n) is multiplied by it where it enters the state; the saved activation stays unmasked
+//   kOwnsBiasGrad the biases are added after something the cell does to the GEMM results (LayerNorm), so the
+//                 dgate_x / dgate_h the loop turns into dW_ih, dW_hh (gradients w.r.t. the raw x W_ihᵀ, h W_hhᵀ)
+//                 are not the biases' gradients: the cell accumulates dL/db_ih then dL/db_hh (G*H each) itself,
+//                 into its `daux` row after its kAux blocks, and the loop reads the bias gradients there.
+//                 Otherwise (every other cell) the loop sums dgate_x and dgate_h over steps and rows.
 //   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
 //                                   offset (streaming splits units over threads), H is the gate-block stride
 //   backward(H, RowBackward&)       all H units of one row
 // Names follow the Python reference: i, f, g, o, c_next, h_next; gradients d<var>.
 #pragma once
+
+#include <cmath>
+#include <cstring>
 
 #include "fastmath.h"
 
@@ -56,14 +64,16 @@ struct RowBackward {
   T* dh_prev;        // out: the part of dL/dh_prev that does not go through W_hh (GRU's z ⊙ dh), if any
   T* m;              // out: o ⊙ tanh(c_next) (projected LSTM, for dW_hr), or nullptr
   const T* aux;      // the cell's extra parameters (kAux * H), or nullptr
-  T* daux;           // in/out: this row's accumulated dL/daux (kAux * H), or nullptr
+  T* daux;           // in/out: this row's accumulated dL/daux (kAux * H) [then dL/db_ih, dL/db_hh (G*H each) for
+                     // kOwnsBiasGrad], or nullptr
   const T* cand;     // candidate dropout mask of this step and row (H), or nullptr
 };
 
 template <typename T>
 struct LSTMCell {
   static constexpr int kGates = 4, kExtra = 0, kRecBias = 0, kAux = 0;
-  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false,
+                        kOwnsBiasGrad = false;
   static constexpr bool kCandidate = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
@@ -116,7 +126,8 @@ struct LSTMCell {
 template <typename T>
 struct GRUCell {
   static constexpr int kGates = 3, kExtra = 1, kRecBias = 1, kAux = 0;
-  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true, kReadsHNext = false;
+  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true, kReadsHNext = false,
+                        kOwnsBiasGrad = false;
   static constexpr bool kCandidate = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
@@ -168,7 +179,8 @@ struct GRUCell {
 template <typename T, bool kRelu>
 struct RNNCell {
   static constexpr int kGates = 1, kExtra = 0, kRecBias = 0, kAux = 0;
-  static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false, kReadsHNext = true;
+  static constexpr bool kHasC = false, kSplitGrad = false, kSavesGates = false, kDirectDh = false, kReadsHNext = true,
+                        kOwnsBiasGrad = false;
   static constexpr bool kCandidate = false;
 
   static void forward(int H, int units, const RowForward<T>& a) {
@@ -202,7 +214,8 @@ template <typename T, Greff V>
 struct PeepholeLSTMCell {
   static constexpr bool kI = V != Greff::kNIG && V != Greff::kCIFG, kF = V != Greff::kNFG, kO = V != Greff::kNOG;
   static constexpr int kGates = 1 + kI + kF + kO, kExtra = 0, kRecBias = 0, kAux = kI + kF + kO;
-  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false,
+                        kOwnsBiasGrad = false;
   static constexpr bool kCandidate = true;
   static constexpr int kBi = 0, kBf = kI, kBg = kI + kF, kBo = kI + kF + 1;  // gate block offsets (in H)
   static constexpr int kPi = 0, kPf = kI, kPo = kI + kF;                     // peephole block offsets
@@ -268,6 +281,257 @@ struct PeepholeLSTMCell {
       if (kO) dG[kBo * H + j] = do_pre, dp[kPo * H + j] += do_pre * c[j];
       dc_io[j] = dc_prev;
     }
+  }
+};
+
+// ----- LayerNorm cells (Ba, Kiros & Hinton 2016, haste's placement; equations: gatedrnn/cells/layernorm.py) -----
+// pre = LN(x W_ihᵀ; γ_ih) + LN(h W_hhᵀ; γ_hh) + biases, each LN over its whole row of G*H values, so the forward
+// needs whole rows (units == H: the streaming step kernel, which splits units, does not take aux cells).
+// Saved (kExtra): the raw x W_ihᵀ and h W_hhᵀ rows (2G blocks); backward recomputes their mean and rstd (no
+// per-row scalars to store) and LN(c_next)'s from c_next, which the loop saves. The gains' and the biases'
+// gradients go to daux (kOwnsBiasGrad): aux = [γ_ih (G*H) | γ_hh (G*H) | (LSTM) γ_c (H) | β_c (H)].
+
+constexpr double kLayerNormEps = 1e-5;  // gatedrnn.cells.layernorm.LAYER_NORM_EPS (haste's, torch.nn.LayerNorm's)
+
+// mean(a) and rstd = 1 / sqrt(var(a) + ε) over a[0, n), var biased; two passes (the mean, then the squared
+// deviations), so float keeps its precision when the mean is large against the spread.
+template <typename T>
+inline void row_moments(const T* __restrict__ a, int n, T& mean, T& rstd) {
+  T sum = T(0);
+#pragma omp simd reduction(+ : sum)
+  for (int k = 0; k < n; ++k) sum += a[k];
+  const T mu = sum / T(n);
+  T sq = T(0);
+#pragma omp simd reduction(+ : sq)
+  for (int k = 0; k < n; ++k) sq += (a[k] - mu) * (a[k] - mu);
+  mean = mu;
+  rstd = T(1) / std::sqrt(sq / T(n) + T(kLayerNormEps));
+}
+
+// row_moments of two rows of n values at once (the x and h sides of a LayerNorm cell): one loop per pass.
+template <typename T>
+inline void row_moments2(const T* __restrict__ a, const T* __restrict__ b, int n, T& mean_a, T& rstd_a, T& mean_b,
+                         T& rstd_b) {
+  T sum_a = T(0), sum_b = T(0);
+#pragma omp simd reduction(+ : sum_a, sum_b)
+  for (int k = 0; k < n; ++k) sum_a += a[k], sum_b += b[k];
+  const T mu_a = sum_a / T(n), mu_b = sum_b / T(n);
+  T sq_a = T(0), sq_b = T(0);
+#pragma omp simd reduction(+ : sq_a, sq_b)
+  for (int k = 0; k < n; ++k) sq_a += (a[k] - mu_a) * (a[k] - mu_a), sq_b += (b[k] - mu_b) * (b[k] - mu_b);
+  mean_a = mu_a, mean_b = mu_b;
+  rstd_a = T(1) / std::sqrt(sq_a / T(n) + T(kLayerNormEps));
+  rstd_b = T(1) / std::sqrt(sq_b / T(n) + T(kLayerNormEps));
+}
+
+// Backward of pre = LN(a; γ) + b over one row of n values, in place: d holds dL/dpre on entry, dL/da on exit.
+//   x̂ = (a − mean) rstd, pre = γ ⊙ x̂ + b:  dγ += dpre ⊙ x̂,  db += dpre,
+//   da = rstd (γ ⊙ dpre − mean(γ ⊙ dpre) − x̂ ⊙ mean(γ ⊙ dpre ⊙ x̂)).
+template <typename T>
+inline void layer_norm_backward(int n, const T* __restrict__ a, const T* __restrict__ gamma, T* __restrict__ d,
+                                T* __restrict__ dgamma, T* __restrict__ dbias) {
+  T mean, rstd;
+  row_moments(a, n, mean, rstd);
+  T sum_gd = T(0), sum_gdx = T(0);
+#pragma omp simd reduction(+ : sum_gd, sum_gdx)
+  for (int k = 0; k < n; ++k) {
+    const T x_hat = (a[k] - mean) * rstd, gd = gamma[k] * d[k];
+    sum_gd += gd, sum_gdx += gd * x_hat;
+    dgamma[k] += d[k] * x_hat;
+    dbias[k] += d[k];
+  }
+  const T mean_gd = sum_gd / T(n), mean_gdx = sum_gdx / T(n);
+#pragma GCC ivdep
+  for (int k = 0; k < n; ++k) {
+    const T x_hat = (a[k] - mean) * rstd;
+    d[k] = rstd * (gamma[k] * d[k] - mean_gd - x_hat * mean_gdx);
+  }
+}
+
+template <typename T>
+struct LayerNormLSTMCell {
+  static constexpr int kGates = 4, kExtra = 8, kRecBias = 0, kAux = 10;
+  static constexpr bool kHasC = true, kSplitGrad = true, kSavesGates = true, kDirectDh = false, kReadsHNext = false,
+                        kOwnsBiasGrad = true;
+  static constexpr bool kCandidate = false;  // candidate dropout is not wired into the LayerNorm cells
+
+  static void forward(int H, int /*units == H*/, const RowForward<T>& a) {
+    const int GH = kGates * H;
+    T* __restrict__ pre = a.gates;  // x W_ihᵀ in, gate activations out (always: o is read again below)
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
+    const T* __restrict__ gamma_ih = a.aux;
+    const T* __restrict__ gamma_hh = a.aux + GH;
+    const T* __restrict__ gamma_c = a.aux + 2 * GH;
+    const T* __restrict__ beta_c = a.aux + 2 * GH + H;
+    T* __restrict__ c = a.c;
+    T* __restrict__ h = a.h_next;
+    T mean_x, rstd_x, mean_h, rstd_h;
+    row_moments2(pre, rec, GH, mean_x, rstd_x, mean_h, rstd_h);
+    if (a.extra) {  // what backward reads: the raw rows
+      std::memcpy(a.extra, pre, sizeof(T) * GH);
+      std::memcpy(a.extra + GH, rec, sizeof(T) * GH);
+    }
+    // LN(wx; γ_ih) + LN(wh; γ_hh) + b = γ_ih (wx − mean_x) rstd_x + γ_hh (wh − mean_h) rstd_h + b
+    auto z = [&](int k) {
+      return gamma_ih[k] * ((pre[k] - mean_x) * rstd_x) + gamma_hh[k] * ((rec[k] - mean_h) * rstd_h) + bias[k];
+    };
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T i = sigmoid(z(j)), f = sigmoid(z(H + j)), g = tanh_(z(2 * H + j)), o = sigmoid(z(3 * H + j));
+      pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
+      c[j] = f * c[j] + i * g;                                          // c_next = f ⊙ c + i ⊙ g
+    }
+    T mean_c, rstd_c;
+    row_moments(c, H, mean_c, rstd_c);
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j)                                         // h_next = o ⊙ tanh(LN(c_next; γ_c, β_c))
+      h[j] = pre[3 * H + j] * tanh_(gamma_c[j] * ((c[j] - mean_c) * rstd_c) + beta_c[j]);
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const int GH = kGates * H;
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ c = a.c;
+    const T* __restrict__ c_prev = a.c_prev;
+    const T* __restrict__ dh = a.dh;
+    const T* __restrict__ wx = a.extra;       // x W_ihᵀ (G*H)
+    const T* __restrict__ wh = a.extra + GH;  // h W_hhᵀ (G*H)
+    const T* __restrict__ gamma_ih = a.aux;
+    const T* __restrict__ gamma_hh = a.aux + GH;
+    const T* __restrict__ gamma_c = a.aux + 2 * GH;
+    const T* __restrict__ beta_c = a.aux + 2 * GH + H;
+    T* __restrict__ dgamma_ih = a.daux;
+    T* __restrict__ dgamma_hh = a.daux + GH;
+    T* __restrict__ dgamma_c = a.daux + 2 * GH;
+    T* __restrict__ dbeta_c = a.daux + 2 * GH + H;
+    T* __restrict__ db_ih = a.daux + kAux * H;
+    T* __restrict__ db_hh = a.daux + kAux * H + GH;
+    T* __restrict__ dc_io = a.dc;
+    T* __restrict__ dpre = a.dgate_x;  // dL/dpre first, then (layer_norm_backward) dL/d(x W_ihᵀ)
+    T* const dGh = a.dgate_h;          // scratch (ĉ, dĉ) until it receives dL/d(h W_hhᵀ): no __restrict__
+    T* const c_hat = dGh;
+    T* const dc_hat = dGh + H;
+    // h_next = o ⊙ tanh(y), y = γ_c ⊙ ĉ + β_c, ĉ = (c_next − mean_c) rstd_c
+    T mean_c, rstd_c;
+    row_moments(c, H, mean_c, rstd_c);
+    T sum_dch = T(0), sum_dch_ch = T(0);
+#pragma omp simd reduction(+ : sum_dch, sum_dch_ch)
+    for (int j = 0; j < H; ++j) {
+      const T o = gate[3 * H + j];
+      const T ch = (c[j] - mean_c) * rstd_c;
+      const T t = tanh_(gamma_c[j] * ch + beta_c[j]);
+      dpre[3 * H + j] = dh[j] * t * o * (T(1) - o);                    // o = σ(pre_o)
+      const T dy = dh[j] * o * (T(1) - t * t);
+      dgamma_c[j] += dy * ch, dbeta_c[j] += dy;
+      const T dch = gamma_c[j] * dy;
+      c_hat[j] = ch, dc_hat[j] = dch;
+      sum_dch += dch, sum_dch_ch += dch * ch;
+    }
+    const T mean_dch = sum_dch / T(H), mean_dch_ch = sum_dch_ch / T(H);
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      // dL/dc_next: from later steps, and through LN(c_next) (the LN backward of layer_norm_backward)
+      const T dc = dc_io[j] + rstd_c * (dc_hat[j] - mean_dch - c_hat[j] * mean_dch_ch);
+      const T i = gate[j], f = gate[H + j], g = gate[2 * H + j];
+      dpre[j] = dc * g * i * (T(1) - i);                                 // c_next = f ⊙ c + i ⊙ g
+      dpre[H + j] = dc * c_prev[j] * f * (T(1) - f);
+      dpre[2 * H + j] = dc * i * (T(1) - g * g);
+      dc_io[j] = dc * f;
+    }
+    // pre = LN(wx; γ_ih) + LN(wh; γ_hh) + b_ih + b_hh: both normalisations and both biases see dpre;
+    // layer_norm_backward for the two sides at once (one pass per stage over both rows)
+    T mean_x, rstd_x, mean_h, rstd_h;
+    row_moments2(wx, wh, GH, mean_x, rstd_x, mean_h, rstd_h);
+    T sum_gx = T(0), sum_gx_x = T(0), sum_gh = T(0), sum_gh_h = T(0);
+#pragma omp simd reduction(+ : sum_gx, sum_gx_x, sum_gh, sum_gh_h)
+    for (int k = 0; k < GH; ++k) {
+      const T d = dpre[k];
+      const T x_hat = (wx[k] - mean_x) * rstd_x, h_hat = (wh[k] - mean_h) * rstd_h;
+      const T gx = gamma_ih[k] * d, gh = gamma_hh[k] * d;
+      sum_gx += gx, sum_gx_x += gx * x_hat, sum_gh += gh, sum_gh_h += gh * h_hat;
+      dgamma_ih[k] += d * x_hat, dgamma_hh[k] += d * h_hat;
+      db_ih[k] += d, db_hh[k] += d;
+    }
+    const T inv_n = T(1) / T(GH);
+    const T mean_gx = sum_gx * inv_n, mean_gx_x = sum_gx_x * inv_n, mean_gh = sum_gh * inv_n,
+            mean_gh_h = sum_gh_h * inv_n;
+#pragma GCC ivdep
+    for (int k = 0; k < GH; ++k) {
+      const T d = dpre[k];
+      const T x_hat = (wx[k] - mean_x) * rstd_x, h_hat = (wh[k] - mean_h) * rstd_h;
+      dGh[k] = rstd_h * (gamma_hh[k] * d - mean_gh - h_hat * mean_gh_h);   // dL/d(h W_hhᵀ)
+      dpre[k] = rstd_x * (gamma_ih[k] * d - mean_gx - x_hat * mean_gx_x);  // dL/d(x W_ihᵀ)
+    }
+  }
+};
+
+template <typename T>
+struct LayerNormGRUCell {
+  static constexpr int kGates = 3, kExtra = 7, kRecBias = 1, kAux = 6;
+  static constexpr bool kHasC = false, kSplitGrad = true, kSavesGates = true, kDirectDh = true, kReadsHNext = false,
+                        kOwnsBiasGrad = true;
+  static constexpr bool kCandidate = false;  // candidate dropout is not wired into the LayerNorm cells
+
+  static void forward(int H, int /*units == H*/, const RowForward<T>& a) {
+    const int GH = kGates * H;
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;        // b_ih + b_hh for r, z; b_in for n
+    const T* __restrict__ b_hn = a.rec_bias;
+    const T* __restrict__ gamma_ih = a.aux;
+    const T* __restrict__ gamma_hh = a.aux + GH;
+    const T* __restrict__ h = a.h_prev;
+    T* __restrict__ h_next = a.h_next;
+    T* __restrict__ hn_out = a.extra ? a.extra + 2 * GH : nullptr;
+    T mean_x, rstd_x, mean_h, rstd_h;
+    row_moments2(pre, rec, GH, mean_x, rstd_x, mean_h, rstd_h);
+    if (a.extra) {
+      std::memcpy(a.extra, pre, sizeof(T) * GH);
+      std::memcpy(a.extra + GH, rec, sizeof(T) * GH);
+    }
+    auto ln_x = [&](int k) { return gamma_ih[k] * ((pre[k] - mean_x) * rstd_x); };  // LN(wx; γ_ih)
+    auto ln_h = [&](int k) { return gamma_hh[k] * ((rec[k] - mean_h) * rstd_h); };  // LN(wh; γ_hh)
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T r = sigmoid(ln_x(j) + ln_h(j) + bias[j]);
+      const T z = sigmoid(ln_x(H + j) + ln_h(H + j) + bias[H + j]);
+      const T hn = ln_h(2 * H + j) + b_hn[j];                           // h_n = LN(wh)_n + b_hn
+      const T n = tanh_(ln_x(2 * H + j) + bias[2 * H + j] + r * hn);
+      pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
+      if (hn_out) hn_out[j] = hn;
+      h_next[j] = (T(1) - z) * n + z * h[j];
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const int GH = kGates * H;
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ wx = a.extra;
+    const T* __restrict__ wh = a.extra + GH;
+    const T* __restrict__ hn = a.extra + 2 * GH;
+    const T* __restrict__ h = a.h_prev;
+    const T* __restrict__ dh = a.dh;
+    const T* __restrict__ gamma_ih = a.aux;
+    const T* __restrict__ gamma_hh = a.aux + GH;
+    T* __restrict__ dpre_x = a.dgate_x;  // dL/dpre_x, then dL/d(x W_ihᵀ)
+    T* __restrict__ dpre_h = a.dgate_h;  // dL/dpre_h, then dL/d(h W_hhᵀ)
+    T* __restrict__ dh_prev = a.dh_prev;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T r = gate[j], z = gate[H + j], n = gate[2 * H + j];
+      const T dz = dh[j] * (h[j] - n);                                  // h_next = (1 − z) ⊙ n + z ⊙ h
+      const T dn = dh[j] * (T(1) - z);
+      dh_prev[j] = dh[j] * z;
+      const T dn_pre = dn * (T(1) - n * n);                             // n = tanh(x_n + r ⊙ h_n)
+      const T dr_pre = dn_pre * hn[j] * r * (T(1) - r);
+      const T dz_pre = dz * z * (T(1) - z);
+      dpre_x[j] = dr_pre, dpre_x[H + j] = dz_pre, dpre_x[2 * H + j] = dn_pre;
+      dpre_h[j] = dr_pre, dpre_h[H + j] = dz_pre, dpre_h[2 * H + j] = dn_pre * r;
+    }
+    // pre_x = LN(wx; γ_ih) + b_ih, pre_h = LN(wh; γ_hh) + b_hh
+    layer_norm_backward(GH, wx, gamma_ih, dpre_x, a.daux, a.daux + kAux * H);
+    layer_norm_backward(GH, wh, gamma_hh, dpre_h, a.daux + GH, a.daux + kAux * H + GH);
   }
 };
 

@@ -30,6 +30,8 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
     if (cell == "lstm_niaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNIAF>, T>();
     if (cell == "lstm_noaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNOAF>, T>();
     if (cell == "lstm_cifg") return fn.template operator()<PeepholeLSTMCell<T, Greff::kCIFG>, T>();
+    if (cell == "layernorm_lstm") return fn.template operator()<LayerNormLSTMCell<T>, T>();
+    if (cell == "layernorm_gru") return fn.template operator()<LayerNormGRUCell<T>, T>();
     TORCH_CHECK(false, "gatedrnn fused engine: unknown cell kind '", cell, "'");
   };
   if (like.scalar_type() == at::kFloat) return by_cell(std::type_identity<float>{});

@@ -16,6 +16,9 @@
 //     2016): rec = (h ⊙ m) W_hhᵀ, so dh_prev = (dG W_hh) ⊙ m and dW_hh = Σ dGᵀ (h_prev ⊙ m).
 // Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
 // batch row and summed over rows at the end.
+// Biases: db_ih = Σ dgate_x and db_hh = Σ dgate_h over steps and rows, except for a cell that adds them after
+// its own transform of the GEMM results (kOwnsBiasGrad: LayerNorm), where the cell accumulates them into its
+// per-row daux accumulator, after the kAux blocks (db_ih then db_hh, G*H each), and they are read from there.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -218,15 +221,16 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
-  // per-row accumulators of dL/daux (B, kAux*H), summed over rows at the end
-  at::Tensor daux_rows = Cell::kAux ? at::zeros({B, Cell::kAux * H}, opts) : at::Tensor();
+  // per-row accumulators of dL/daux (B, kAux*H) [+ dL/db_ih, dL/db_hh (2*GH) for kOwnsBiasGrad], summed at the end
+  const int64_t DA = Cell::kAux * H + (Cell::kOwnsBiasGrad ? 2 * GH : 0);
+  at::Tensor daux_rows = DA ? at::zeros({B, DA}, opts) : at::Tensor();
   // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
   at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
   at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
   at::Tensor dh_rec = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
   const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
-  T* daux_p = Cell::kAux ? daux_rows.data_ptr<T>() : nullptr;
+  T* daux_p = DA ? daux_rows.data_ptr<T>() : nullptr;
   const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
   const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
   T* dh_skip_p = zo ? dh_skip.data_ptr<T>() : nullptr;
@@ -311,7 +315,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
             dh_p + b * P,
             m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
             aux_p,
-            daux_p ? daux_p + b * Cell::kAux * H : nullptr,
+            daux_p ? daux_p + b * DA : nullptr,
             cand_p ? cand_p + (t * B + b) * H : nullptr};
         Cell::backward(H, row);
       }
@@ -343,12 +347,16 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor h0_rec = h0;
   if (rec_mask.defined()) y_prev = y_prev * rec_mask, h0_rec = h0 * rec_mask;  // W_hh read h ⊙ m
   out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0_rec), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
-  if (has_bias) {
+  const at::Tensor daux_sum = DA ? daux_rows.sum(0) : at::Tensor();  // (DA,)
+  if (has_bias && Cell::kOwnsBiasGrad) {
+    out.db_ih = daux_sum.narrow(0, Cell::kAux * H, GH).contiguous();
+    out.db_hh = daux_sum.narrow(0, Cell::kAux * H + GH, GH).contiguous();
+  } else if (has_bias) {
     out.db_ih = dgx2.sum(0);
     out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
   }
   if (proj) out.dw_hr = at::mm(dh_hist.view({T_ * B, P}).t(), m_hist.view({T_ * B, H}));
-  if (Cell::kAux) out.daux = daux_rows.sum(0);
+  if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
   out.dh0 = dh;
   out.dc0 = dc;
   return out;
