@@ -439,3 +439,26 @@ def test_gradcheck_fused_with_zoneout_and_recurrent_mask(cell, proj, zoneout_kin
     torch.testing.assert_close(got[0], expected.y, rtol=1e-12, atol=1e-12)
     for a, b in zip(got[1:], expected.state):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{"zoneout": 0.5}, {"variant": "peephole"}, {"variant": "cifg"}])
+def test_tracing_a_step_refuses_what_torch_op_cannot_run(options):
+    """torch.jit.trace records torch's own RNN op, which has no zoneout and no Greff variant: step() under the
+    tracer raises (it once recorded the plain LSTM silently), and so does to_torch (TorchScript's route)."""
+    import gatedrnn
+    from gatedrnn.layers import to_torch
+
+    layer = gatedrnn.LSTM(3, 4, **options).eval()
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def forward(self, x, h, c):
+            return self.layer.step(x, (h, c))[0]
+
+    with pytest.raises(RuntimeError, match="torch's own RNN op, which has no"):
+        torch.jit.trace(Step(), (torch.randn(2, 3), torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
+    with pytest.raises(TypeError, match="has no torch.nn twin"):
+        to_torch(layer)

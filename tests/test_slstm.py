@@ -417,3 +417,23 @@ def test_slstm_step_rejects_an_unknown_forget_gate():
     state = SLSTMState(*(torch.zeros(1, 2) for _ in range(4)))
     with pytest.raises(ValueError, match="forget_gate"):
         slstm_step(torch.zeros(1, 8), state, torch.zeros(1, 8, 2), None, forget_gate="relu")
+
+
+@pytest.mark.parametrize("forget_gate,i_tilde,f_tilde", [("sigmoid", -100.0, 0.0), ("exp", -50.0, 50.0)])
+def test_first_step_from_the_zero_state_stays_finite_with_extreme_gates(forget_gate, i_tilde, f_tilde):
+    """From n = 0, f = exp(log_f - i_tilde) would overflow for i_tilde << 0 and inf * c (c = 0) is NaN; the
+    clamp min(., 0) of its exponent keeps it finite without changing h: h = o * z (the only history is i z / i)."""
+    from gatedrnn.cells.slstm import SLSTMState, slstm_step
+
+    batch, hidden = 2, 4
+    x_proj = torch.zeros(batch, 4 * hidden, dtype=torch.float32)
+    x_proj[:, :hidden], x_proj[:, hidden:2 * hidden] = i_tilde, f_tilde
+    x_proj[:, 2 * hidden:3 * hidden] = 0.7  # z_tilde
+    x_proj.requires_grad_(True)
+    zeros = torch.zeros(batch, hidden)
+    state, _ = slstm_step(x_proj, SLSTMState(zeros, zeros, zeros, zeros), torch.zeros(1, 4 * hidden, hidden), None,
+                          forget_gate=forget_gate)
+    expected_h = torch.sigmoid(torch.tensor(0.0)) * torch.tanh(torch.tensor(0.7))
+    torch.testing.assert_close(state.h, torch.full_like(state.h, expected_h.item()))
+    state.h.sum().backward()
+    assert torch.isfinite(x_proj.grad).all()

@@ -101,7 +101,7 @@ def slstm_step(
         log_f  = f_tilde                                                forget_gate="exp":     f = exp(f_tilde)
         m_next = max(log_f + m, i_tilde)        (m_next = i_tilde where n = 0: no history yet)
         i      = exp(i_tilde - m_next)                                  i' ≤ 1, never overflows
-        f      = exp(log_f + m - m_next)                                f' ≤ 1
+        f      = exp(min(log_f + m - m_next, 0))                        f' ≤ 1
         c_next = f ⊙ c + i ⊙ z
         n_next = f ⊙ n + i
         h_next = o ⊙ c_next / n_next
@@ -110,9 +110,10 @@ def slstm_step(
     on it; it only keeps exp() finite. "m_next = i_tilde where n = 0" is the official kernel's rule (the
     CUDA kernel tests n == 0 per unit; the vanilla step for the whole batch): from the zero state the
     initial m = 0 is arbitrary, and max(log_f + 0, i_tilde) could make i underflow to 0 and h = 0/0.
-    The max takes i_tilde on ties (the subgradient the NumPy reference uses too). So i ≤ 1 always and
-    f ≤ 1 except at a step from n = 0, where f multiplies c = n = 0 (from the zero state) and may exceed 1;
-    the official CUDA kernel clamps i, f and o with min(1, ·), which only acts there; no clamp here.
+    The max takes i_tilde on ties (the subgradient the NumPy reference uses too). So i ≤ 1 always, and the
+    exponent of f is ≤ 0 except at a step from n = 0, where f multiplies c = n = 0 (from the zero state): there
+    the min(·, 0) keeps exp() finite (exp(log_f − i_tilde) overflows for i_tilde ≪ 0, and inf ⊙ 0 = NaN), as
+    the official CUDA kernel's min(1, ·) does; it changes no output and no gradient.
 
     Gradients: by default autograd differentiates through m (the true derivative of every returned
     tensor). Since h does not depend on m, losses of h get the same gradient with m held constant, which
@@ -147,7 +148,7 @@ def slstm_step(
     if detach_stabilizer:
         m_next = m_next.detach()
     i = torch.exp(i_tilde - m_next)
-    f = torch.exp(log_f_plus_m - m_next)
+    f = torch.exp(torch.clamp(log_f_plus_m - m_next, max=0.0))
     c_next = f * c + i * z
     n_next = f * n + i
     h_next = o * c_next / n_next

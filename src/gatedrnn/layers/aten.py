@@ -81,6 +81,13 @@ def forward(module, input, hx, *, any_dtype: bool):
     `any_dtype` (autocast) accepts floating inputs and states of any dtype, which autocast casts.
     Returns (output, h_n) or (output, (h_n, c_n)), like the module.
     """
+    missing = module._torch_op_differs()
+    if missing is not None:  # every route into torch's op (forward, step under a tracer) refuses here
+        raise RuntimeError(
+            f"{reason(module.weight_ih_l0.device.type) or 'this call'} runs torch's own RNN op, which has no "
+            f"{missing}; torch.export and torch.compile record gatedrnn's own operator instead "
+            "(gatedrnn.engine.ops), and outside autocast the layer runs in its parameters' dtype"
+        )
     if module.proj_size and in_onnx_export():
         raise RuntimeError(
             f"cannot export {type(module).__name__}(proj_size={module.proj_size}) to ONNX: ONNX's LSTM operator has "

@@ -15,7 +15,14 @@ from gatedrnn.cells import CELL_SPECS
 def _torch_class(module: nn.Module) -> type[nn.Module]:
     from gatedrnn.layers.cell_modules import CellBase
 
-    kind = CELL_SPECS[module.mode].torch_mode.split("_")[0]  # "LSTM", "GRU" or "RNN"
+    spec = CELL_SPECS[module.mode]
+    regularisers = [name for name in ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout")
+                    if getattr(module, name, 0.0) not in (0.0, (0.0, 0.0))]
+    if not spec.torch_mode or regularisers:
+        what = f"{spec.display_name} cell" if not spec.torch_mode else " and ".join(regularisers)
+        raise TypeError(f"{type(module).__name__} has no torch.nn twin: torch.nn has no {what}; torch.export and "
+                        "torch.compile record gatedrnn's own operator instead")
+    kind = spec.torch_mode.split("_")[0]  # "LSTM", "GRU" or "RNN"
     return getattr(nn, kind + ("Cell" if isinstance(module, CellBase) else ""))
 
 

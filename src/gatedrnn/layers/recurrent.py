@@ -212,7 +212,7 @@ class RecurrentBase(nn.Module):
     def _torch_op_differs(self) -> Optional[str]:
         """What of this layer torch's own RNN op (tracing, ONNX export, autocast) cannot run, or None."""
         if not self.spec.torch_mode:
-            return f"the {self.spec.display_name} cell"
+            return f"{self.spec.display_name} cell"
         if self.zoneout != (0.0, 0.0):
             return "zoneout"
         if self.training and (self.recurrent_dropout or self.weight_drop or self.candidate_dropout):
@@ -222,13 +222,6 @@ class RecurrentBase(nn.Module):
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
         why = aten.reason(self.weight_ih_l0.device.type)
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
-            missing = self._torch_op_differs()
-            if missing is not None:
-                raise RuntimeError(
-                    f"{why} runs torch's own RNN op, which has no {missing}; torch.export and torch.compile "
-                    "record gatedrnn's own operator instead (gatedrnn.engine.ops), and outside autocast the "
-                    "layer runs in its parameters' dtype"
-                )
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden

@@ -113,7 +113,7 @@ def slstm_forward(x: np.ndarray, h0: np.ndarray, c0: np.ndarray, n0: np.ndarray,
         log_f      = logsigmoid(f_tilde)  ("sigmoid")  or  f_tilde  ("exp")
         take_input = (n = 0) or (i_tilde ≥ log_f + m)
         m_t        = i_tilde if take_input else log_f + m
-        i          = exp(i_tilde - m_t);  f = exp(log_f + m - m_t)
+        i          = exp(i_tilde - m_t);  f = exp(min(log_f + m - m_t, 0))
         c_t        = f ⊙ c + i ⊙ z;  n_t = f ⊙ n + i
         h_t        = o ⊙ c_t / n_t;   y_t = h_t
 
@@ -145,7 +145,7 @@ def slstm_forward(x: np.ndarray, h0: np.ndarray, c0: np.ndarray, n0: np.ndarray,
         take_input[t] = (n[t] == 0) | (i_tilde >= log_f_plus_m)
         m[t + 1] = np.where(take_input[t], i_tilde, log_f_plus_m)
         i[t] = np.exp(i_tilde - m[t + 1])
-        f[t] = np.exp(log_f_plus_m - m[t + 1])
+        f[t] = np.exp(np.minimum(log_f_plus_m - m[t + 1], 0.0))  # the min acts only from n = 0 (c = n = 0)
         c[t + 1] = f[t] * c[t] + i[t] * z[t]
         n[t + 1] = f[t] * n[t] + i[t]
         h[t + 1] = o[t] * c[t + 1] / n[t + 1]
