@@ -80,6 +80,18 @@ def test_truncated_library_is_rebuilt_not_loaded(built: Path, tmp_path: Path) ->
     assert err.count("compiling the fused C++ engine") == 1 and "once per machine" in err
 
 
+def test_a_killed_builds_leftover_baton_does_not_hang_the_next_build(built: Path, tmp_path: Path) -> None:
+    """torch.utils.cpp_extension leaves its baton (build/lock) when a build is killed, and waits for it forever;
+    under gatedrnn's exclusive lock a baton can only be stale, so it is removed and the build goes on."""
+    root, library = copy_cache(built, tmp_path)
+    library.unlink()
+    (root / built.name / "build").mkdir(exist_ok=True)
+    (root / built.name / "build" / "lock").touch()
+    code, answer, err = probe(root)
+    assert code == 0, f"the process died (exit {code}): {err[-2000:]}"
+    assert answer["info"]["backend"] == "fused" and _build.intact(library)
+
+
 def test_a_library_being_written_is_waited_for(built: Path, tmp_path: Path) -> None:
     """A builder holds the lock while the library is half written; a second process waits for it."""
     root, library = copy_cache(built, tmp_path)

@@ -238,6 +238,9 @@ def _compile(name: str, folder: Path, library: Path) -> ModuleType:
     build.mkdir(exist_ok=True, mode=0o700)
     built = build / f"{name}.so"
     built.unlink(missing_ok=True)  # always relink (seconds): never import a library we did not just write
+    # torch's own build baton: we hold this key's exclusive lock, so a baton here was left by a build that was
+    # killed, and torch.utils.cpp_extension would wait for it forever
+    (build / "lock").unlink(missing_ok=True)
     print(f"gatedrnn: compiling the fused C++ engine into {folder}; this happens once per machine, torch and "
           f"Python version (later runs load the compiled library)", file=sys.stderr, flush=True)
     log = folder / "build.log"
