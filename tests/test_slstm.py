@@ -437,3 +437,11 @@ def test_first_step_from_the_zero_state_stays_finite_with_extreme_gates(forget_g
     torch.testing.assert_close(state.h, torch.full_like(state.h, expected_h.item()))
     state.h.sum().backward()
     assert torch.isfinite(x_proj.grad).all()
+
+
+def test_jit_trace_refuses_instead_of_unrolling_one_length():
+    """Traced, the sLSTM's Python time loop would be unrolled for the example's length and give a wrong-length
+    output at any other: the layer raises under the tracer, naming torch.export / torch.compile."""
+    layer = gatedrnn.SLSTM(3, 4).eval()
+    with pytest.raises(RuntimeError, match="torch.jit.trace cannot record SLSTM.*torch.export"):
+        torch.jit.trace(layer, (torch.randn(5, 2, 3),), check_trace=False)

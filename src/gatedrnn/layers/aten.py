@@ -65,6 +65,15 @@ def _reason(device_type: str) -> Optional[str]:
     return None
 
 
+def refuse_tracers(layer_name: str) -> None:
+    """For layers with no torch op to record: torch.jit.trace would unroll their time loop for the traced length
+    (silently wrong at another length) and the ONNX exporters see the same loop; raise instead."""
+    why = "torch.jit.trace" if torch.jit.is_tracing() else "ONNX export" if in_onnx_export() else None
+    if why is not None:
+        raise RuntimeError(f"{why} cannot record {layer_name}: it has no torch RNN op, and its time loop would be "
+                           "unrolled for one sequence length; torch.export and torch.compile record it instead")
+
+
 def aten_op(mode: str):
     """torch's op for a cell kind: torch._VF.lstm, gru, rnn_tanh or rnn_relu."""
     return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower())

@@ -38,6 +38,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.slstm import FORGET_GATES, SLSTMState, slstm_step
+from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
 )
@@ -159,6 +160,7 @@ class SLSTM(nn.Module):
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[tuple[Tensor, ...]] = None):
+        aten.refuse_tracers("SLSTM")
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
 
