@@ -15,19 +15,22 @@ from gatedrnn.inspect import gradient_flow, trace
 from gatedrnn.models import CELLS
 from gatedrnn.train.checkpoint import load_model, resolve_checkpoint
 
-# Written out here, independently of the cell table: the gate blocks each cell has, in order.
+# Written out here, independently of the cell table: the gate blocks each cell has, in order (a string of
+# one-letter gates, or a tuple of names).
 EXPECTED_GATES = {"lstm": "ifgo", "gru": "rzn", "rnn": "", "lstm_peephole": "ifgo", "lstm_nig": "fgo",
                   "lstm_nfg": "igo", "lstm_nog": "ifg", "lstm_niaf": "ifgo", "lstm_noaf": "ifgo", "lstm_np": "ifgo",
-                  "lstm_cifg": "fgo", "slstm": "ifzo"}
+                  "lstm_cifg": "fgo", "slstm": "ifzo", "mingru": ("z", "h_tilde"), "minlstm": ("f", "i", "h_tilde"),
+                  "layernorm_lstm": "ifgo", "layernorm_gru": "rzn"}
 GATE_LABELS = {"i": "input gate i", "f": "forget gate f", "g": "candidate g", "o": "output gate o",
-               "r": "reset gate r", "z": "update gate z", "n": "candidate n"}
+               "r": "reset gate r", "z": "update gate z", "n": "candidate n", "h_tilde": "candidate h̃"}
 # A line of each cell's equations as the report shows them (tags stripped), and one it must not show.
 OWN_LINE = {"lstm_cifg": ("i = 1 − f", "i = σ("), "lstm_nig": ("i = 1 (no input gate)", "i = σ("),
             "lstm_nfg": ("f = 1 (no forget gate)", "f = σ("), "lstm_nog": ("o = 1 (no output gate)", "o = σ("),
             "lstm_niaf": ("g = x g + r g (no input activation)", "g = tanh("),
             "lstm_noaf": ("h next = o ⊙ c next (no output activation)", "o ⊙ tanh("),
             "lstm_np": ("i = σ(x i + r i )", "p i ⊙ c"), "lstm_peephole": ("i = σ(x i + r i + p i ⊙ c)", "= 1 ")}
-NO_REGULARISERS = {"slstm"}  # gatedrnn.SLSTM has no zoneout, recurrent dropout or weight drop
+# gatedrnn.SLSTM has no zoneout, recurrent dropout or weight drop; MinGRU/MinLSTM have no W_hh and no zoneout
+NO_REGULARISERS = {"slstm", "mingru", "minlstm"}
 REGULARISERS = ("--zoneout", "0.1", "--recurrent-dropout", "0.1", "--weight-drop", "0.1")
 _RUNS: dict[str, object] = {}
 
