@@ -188,6 +188,37 @@ def test_engine_runs_the_slstm_table_entry_as_the_layers_own_scan(forget_gate, r
         torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_minimal_cells_refuse_the_regularisers_by_name(cell, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--task", "adding", "--cell", cell, "--max-steps", "1", "-o",
+                           "seq_len=4", "--recurrent-dropout", "0.2", "--out-dir", str(tmp_path / "m"), "--quiet")
+    assert code != 0 and f"cell {cell!r} takes no regularisers" in err and "'recurrent_dropout': 0.2" in err
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_engine_runs_the_minimal_table_entries_as_the_layers_own_scan(cell, reverse, packed):
+    """`engine.run_layer` on the table's minGRU/minLSTM entry (no kernel: the reference scan over the step) equals
+    the layer's own scan (the paper's log-space one): output, final state and every trace field, packed rows
+    included."""
+    from gatedrnn import MinGRU, MinLSTM
+    from gatedrnn.engine import run_layer
+
+    torch.manual_seed(4)
+    layer = (MinGRU if cell == "mingru" else MinLSTM)(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 4, dtype=torch.float64)
+    sizes = [2, 2, 2, 1, 1] if packed else None
+    lengths = torch.tensor([5, 3]) if packed else None
+    y, h_n, own = layer._run_direction(x, h0, *layer.layer_weights(0), lengths=lengths, reverse=reverse, trace=True,
+                                       sequential=False, scan="log")
+    table = run_layer(cell, x, (h0,), layer.cell_weights(0), batch_sizes=sizes, reverse=reverse, trace=True)
+    assert type(table.trace) is type(own) is CELL_SPECS[cell].trace_type
+    for got, wanted in zip((table.y, *table.state, *table.trace), (y, h_n, *own)):
+        torch.testing.assert_close(got, wanted, rtol=1e-10, atol=1e-12)
+
+
 def test_report_takes_frame_targets_of_packed_pieces(tmp_path, monkeypatch):
     """A frame tagger (the chorales task's model): targets hold one row per frame in the packed order; the report
     keeps the first pieces' frames, row for row, and explains the model."""
