@@ -15,19 +15,22 @@ from gatedrnn.inspect import gradient_flow, trace
 from gatedrnn.models import CELLS
 from gatedrnn.train.checkpoint import load_model, resolve_checkpoint
 
-# Written out here, independently of the cell table: the gate blocks each cell has, in order.
+# Written out here, independently of the cell table: the gate blocks each cell has, in order (a string of
+# one-letter gates, or a tuple of names).
 EXPECTED_GATES = {"lstm": "ifgo", "gru": "rzn", "rnn": "", "lstm_peephole": "ifgo", "lstm_nig": "fgo",
                   "lstm_nfg": "igo", "lstm_nog": "ifg", "lstm_niaf": "ifgo", "lstm_noaf": "ifgo", "lstm_np": "ifgo",
-                  "lstm_cifg": "fgo", "slstm": "ifzo"}
+                  "lstm_cifg": "fgo", "slstm": "ifzo", "mingru": ("z", "h_tilde"), "minlstm": ("f", "i", "h_tilde"),
+                  "layernorm_lstm": "ifgo", "layernorm_gru": "rzn"}
 GATE_LABELS = {"i": "input gate i", "f": "forget gate f", "g": "candidate g", "o": "output gate o",
-               "r": "reset gate r", "z": "update gate z", "n": "candidate n"}
+               "r": "reset gate r", "z": "update gate z", "n": "candidate n", "h_tilde": "candidate h̃"}
 # A line of each cell's equations as the report shows them (tags stripped), and one it must not show.
 OWN_LINE = {"lstm_cifg": ("i = 1 − f", "i = σ("), "lstm_nig": ("i = 1 (no input gate)", "i = σ("),
             "lstm_nfg": ("f = 1 (no forget gate)", "f = σ("), "lstm_nog": ("o = 1 (no output gate)", "o = σ("),
             "lstm_niaf": ("g = x g + r g (no input activation)", "g = tanh("),
             "lstm_noaf": ("h next = o ⊙ c next (no output activation)", "o ⊙ tanh("),
             "lstm_np": ("i = σ(x i + r i )", "p i ⊙ c"), "lstm_peephole": ("i = σ(x i + r i + p i ⊙ c)", "= 1 ")}
-NO_REGULARISERS = {"slstm"}  # gatedrnn.SLSTM has no zoneout, recurrent dropout or weight drop
+# gatedrnn.SLSTM has no zoneout, recurrent dropout or weight drop; MinGRU/MinLSTM have no W_hh and no zoneout
+NO_REGULARISERS = {"slstm", "mingru", "minlstm"}
 REGULARISERS = ("--zoneout", "0.1", "--recurrent-dropout", "0.1", "--weight-drop", "0.1")
 _RUNS: dict[str, object] = {}
 
@@ -183,6 +186,37 @@ def test_engine_runs_the_slstm_table_entry_as_the_layers_own_scan(forget_gate, r
     assert type(table.trace) is type(own.trace)
     for got, wanted in zip((table.y, *table.state, *table.trace), (own.y, *own.state, *own.trace)):
         torch.testing.assert_close(got, wanted, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+def test_minimal_cells_refuse_the_regularisers_by_name(cell, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--task", "adding", "--cell", cell, "--max-steps", "1", "-o",
+                           "seq_len=4", "--recurrent-dropout", "0.2", "--out-dir", str(tmp_path / "m"), "--quiet")
+    assert code != 0 and f"cell {cell!r} takes no regularisers" in err and "'recurrent_dropout': 0.2" in err
+
+
+@pytest.mark.parametrize("cell", ["mingru", "minlstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("packed", [False, True])
+def test_engine_runs_the_minimal_table_entries_as_the_layers_own_scan(cell, reverse, packed):
+    """`engine.run_layer` on the table's minGRU/minLSTM entry (no kernel: the reference scan over the step) equals
+    the layer's own scan (the paper's log-space one): output, final state and every trace field, packed rows
+    included."""
+    from gatedrnn import MinGRU, MinLSTM
+    from gatedrnn.engine import run_layer
+
+    torch.manual_seed(4)
+    layer = (MinGRU if cell == "mingru" else MinLSTM)(3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    h0 = torch.randn(2, 4, dtype=torch.float64)
+    sizes = [2, 2, 2, 1, 1] if packed else None
+    lengths = torch.tensor([5, 3]) if packed else None
+    y, h_n, own = layer._run_direction(x, h0, *layer.layer_weights(0), lengths=lengths, reverse=reverse, trace=True,
+                                       sequential=False, scan="log")
+    table = run_layer(cell, x, (h0,), layer.cell_weights(0), batch_sizes=sizes, reverse=reverse, trace=True)
+    assert type(table.trace) is type(own) is CELL_SPECS[cell].trace_type
+    for got, wanted in zip((table.y, *table.state, *table.trace), (y, h_n, *own)):
+        torch.testing.assert_close(got, wanted, rtol=1e-10, atol=1e-12)
 
 
 def test_report_takes_frame_targets_of_packed_pieces(tmp_path, monkeypatch):

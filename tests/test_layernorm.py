@@ -228,6 +228,8 @@ FORMS = [
 def test_fused_equals_reference(cell, form, monkeypatch):
     options = dict(FORMS[form])
     dtype = options.pop("dtype")
+    if cell == "layernorm_gru" and isinstance(options.get("zoneout"), tuple):
+        options["zoneout"] = (options["zoneout"][0], 0.0)  # no cell state: a p_c is refused
     layer = make_layer(cell, 3, 6, seed=form, dtype=dtype, **options)
     batch_first = options.get("batch_first", False)
     torch.manual_seed(10 + form)

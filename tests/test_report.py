@@ -119,7 +119,7 @@ def test_bad_arguments_raise_before_writing(tmp_path, case):
     if case == "no models":
         args[0], match = {}, "non-empty mapping"
     elif case == "not a model":
-        args[0], match = {"x": torch.nn.Linear(2, 2)}, "gatedrnn LSTM/GRU/RNN/SLSTM as `.rnn`"
+        args[0], match = {"x": torch.nn.Linear(2, 2)}, "gatedrnn LSTM/GRU/RNN/SLSTM/MinGRU/MinLSTM as `.rnn`"
     elif case == "wrong input rank":
         args[1], match = x[:, :, 0], r"3-D \(B, T, I\)"
     elif case == "target rows":

@@ -78,6 +78,9 @@ class CellSpec:
         GRU's names ("input gate i", "candidate n", ...), e.g. the sLSTM's ("n", "normaliser n").
     equations: () -> the cell's own equations, as text in the step docstrings' format, for a step function
         that serves several cells (Greff et al.'s variants); None: the step function's docstring.
+    sequence_scan: for a cell whose gates read only x_t (minGRU, minLSTM: h_t = a_t ⊙ h_{t-1} + b_t), its scan
+        over every step at once, (x_proj (T, B, G*H), h0 (B, H), *, scan, trace) -> (h (T, B, H), trace or
+        None), computing what a loop over `step` computes; None for the other cells.
     """
 
     name: str
@@ -103,6 +106,7 @@ class CellSpec:
     fused: bool = True
     trace_labels: tuple[tuple[str, str], ...] = ()
     equations: Optional[Callable[[], str]] = None
+    sequence_scan: Optional[Callable] = None
 
     @property
     def aux_blocks(self) -> int:

@@ -13,6 +13,7 @@ from gatedrnn.cells.gru import GRUTrace, gru_step
 from gatedrnn.cells.layernorm import layernorm_gru_step, layernorm_lstm_step
 from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step, variant_equations
+from gatedrnn.cells.minimal import MinGRUTrace, MinLSTMTrace, mingru_scan, mingru_step, minlstm_scan, minlstm_step
 from gatedrnn.cells.rnn import RNNTrace, rnn_step
 from gatedrnn.cells.slstm import SLSTMState, SLSTMTrace, slstm_step
 from gatedrnn.cells.spec import CellSpec, ExtraParam, LayerWeights, StepFn
@@ -161,6 +162,46 @@ _LAYERNORM = (
 )
 
 
+def _minimal_step(step_fn, display_name: str):
+    """minGRU / minLSTM in the engine's form: LayerWeights(w_ih (G*H, I), w_hh None, b_ih (G*H,) or None,
+    b_hh None); x_proj = W_ih x + b_ih (scan_reference's) is all the step reads besides h. With no W_hh there is
+    nothing for a recurrent mask to drop, and the layers take no candidate dropout: either raises."""
+
+    def make(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+        if recurrent_mask is not None:
+            raise ValueError(f"{display_name} has no hidden-to-hidden weights, so no recurrent dropout mask: "
+                             f"expected recurrent_mask None, got a tensor of shape {tuple(recurrent_mask.shape)}")
+
+        def step(x_proj, state, candidate_mask=None):
+            if candidate_mask is not None:
+                raise ValueError(f"{display_name} takes no candidate dropout: expected candidate_mask None, got "
+                                 f"a tensor of shape {tuple(candidate_mask.shape)}")
+            h_next, gates = step_fn(x_proj, state[0])
+            return (h_next,), tuple(gates)
+
+        return step
+
+    return make
+
+
+# minGRU and minLSTM (gatedrnn.cells.minimal): gates from x_t alone, one state h; no fused kernel: the layers
+# (`gatedrnn.MinGRU`, `gatedrnn.MinLSTM`) run `sequence_scan`, and `engine.scan.scan_reference` runs the step for
+# the tools. h̃ = g(k_h) > 0 is no gate and not bounded by 1, so its label names it a candidate without
+# starting with "candidate" (plots then scale it freely). minGRU's z writes (h = (1 − z) ⊙ h + z ⊙ h̃): its
+# hold is 1 − z, which no field holds, so hold_gate is None; minLSTM's normalised f′ holds (f′ + i′ = 1).
+_MINIMAL = (
+    CellSpec("mingru", "minGRU", mingru_step, _minimal_step(mingru_step, "minGRU"), 2, ("z", "h_tilde"), ("h",),
+             MinGRUTrace, ("z", "h_tilde"), torch_mode="", write_gate="z", color="#c49c94", fused=False,
+             trace_labels=(("h_tilde", "positive candidate h̃ = g(k_h)"),), sequence_scan=mingru_scan),
+    CellSpec("minlstm", "minLSTM", minlstm_step, _minimal_step(minlstm_step, "minLSTM"), 3, ("f", "i", "h_tilde"),
+             ("h",), MinLSTMTrace, ("f", "i", "h_tilde"), torch_mode="", hold_gate="f", write_gate="i",
+             color="#f7b6d2", fused=False,
+             trace_labels=(("f", "forget gate f′ = f / (f + i)"), ("i", "input gate i′ = i / (f + i)"),
+                           ("h_tilde", "positive candidate h̃ = g(k_h)")),
+             sequence_scan=minlstm_scan),
+)
+
+
 _GREFF_COLORS = {"peephole": "#9467bd", "nig": "#8c564b", "nfg": "#e377c2", "nog": "#bcbd22", "niaf": "#17becf",
                  "noaf": "#aec7e8", "np": "#ffbb78", "cifg": "#98df8a"}
 
@@ -180,6 +221,7 @@ CELL_SPECS: dict[str, CellSpec] = {
         _slstm("sigmoid", "#393b79"),
         _slstm("exp", "#5254a3"),
         *_LAYERNORM,
+        *_MINIMAL,
     )
 }
 

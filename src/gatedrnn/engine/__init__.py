@@ -84,7 +84,34 @@ def run_layer(
     trace: bool = False,
     noise: Optional[LayerNoise] = None,
 ) -> ScanResult:
-    """One layer, one direction: see `scan_reference` for the contract, which every backend keeps."""
+    """One layer, one direction: see `scan_reference` for the contract, which every backend keeps.
+    The noise shapes are checked here, once for both paths (the reference scan would broadcast a wrong one)."""
+    if noise is not None:
+        _check_noise(cell, x, state0, weights, noise)
     if cell_spec(cell).fused and runs_fused(x):  # a cell without a kernel (CellSpec.fused) runs the reference scan
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+
+
+def _check_noise(cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights, noise: LayerNoise) -> None:
+    """Each given part of `noise` has the shape `gatedrnn.engine.noise` documents, for x (T, B, I), h0 (B, P) and
+    H = w_ih rows / G: zoneout (T, B, P [+ H]) (H columns for c where the cell has one), recurrent_mask (B, P),
+    candidate_mask (T, B, H) (cells with a candidate only); else a ValueError naming what was expected and got."""
+    spec = cell_spec(cell)
+    steps, batch = x.shape[0], x.shape[1]
+    out_size, hidden = state0[0].shape[-1], weights.w_ih.shape[0] // spec.gate_count
+    zoneout, recurrent_mask, candidate_mask = noise
+    width = out_size + (hidden if spec.has_cell_state else 0)
+    expected = (("zoneout", zoneout, (steps, batch, width)), ("recurrent_mask", recurrent_mask, (batch, out_size)),
+                ("candidate_mask", candidate_mask, (steps, batch, hidden)))
+    for name, tensor, shape in expected:
+        if tensor is None:
+            continue
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"{cell}: noise.{name} should be a Tensor of shape {shape} or None, got "
+                             f"{type(tensor).__name__}")
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"{cell}: noise.{name} should have shape {shape}, got {tuple(tensor.shape)}")
+    if candidate_mask is not None and spec.candidate_gate is None:
+        raise ValueError(f"{cell}: the cell has no candidate to drop out (CellSpec.candidate_gate is None): expected "
+                         f"noise.candidate_mask None, got a tensor of shape {tuple(candidate_mask.shape)}")

@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.engine.scan import make_step, zone_out
-from gatedrnn.layers import SLSTM, RecurrentBase
+from gatedrnn.layers import SLSTM, MinimalRNNBase, RecurrentBase
 from gatedrnn.layers._packing import packed_to_padded, padded_to_packed
 
 
@@ -105,7 +105,7 @@ def gradient_flow(
     """dL/dh_t norms for every layer, direction and step.
 
     Args:
-        model_or_layer: a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with attributes `.rnn` (such a layer),
+        model_or_layer: a gatedrnn LSTM/GRU/RNN/SLSTM/MinGRU/MinLSTM layer, or a model with attributes `.rnn` (such a layer),
             `.readout` (rnn output -> prediction) and optionally `.rnn_input` (model input -> layer input), as
             in `gatedrnn.models`.
         input: the model's input, or what the layer's forward takes (batched, unbatched or packed).
@@ -116,7 +116,7 @@ def gradient_flow(
     Returns:
         GradientFlow; the parameters' .grad are left untouched.
     """
-    layers = (RecurrentBase, SLSTM)
+    layers = (RecurrentBase, SLSTM, MinimalRNNBase)
     if isinstance(model_or_layer, layers):
         layer = model_or_layer
     elif isinstance(getattr(model_or_layer, "rnn", None), layers) and callable(
@@ -128,7 +128,7 @@ def gradient_flow(
             input = model_or_layer.rnn_input(input)  # e.g. embeddings for token models
     else:
         raise TypeError(
-            "gradient_flow expects a gatedrnn LSTM/GRU/RNN/SLSTM layer, or a model with such a layer as `.rnn` and "
+            "gradient_flow expects a gatedrnn LSTM/GRU/RNN/SLSTM/MinGRU/MinLSTM layer, or a model with such a layer as `.rnn` and "
             f"a `.readout` method; got {type(model_or_layer).__name__}"
         )
     with torch.no_grad():
@@ -146,8 +146,11 @@ def gradient_flow(
         batch_sizes, sorted_indices = None, None
     T, B = x.shape[0], x.shape[1]
     state0_all = layer._initial_state(hx, B, batched, sorted_indices, x)  # each (D*L, B, ·)
-    # the engine's form of one layer's parameters (the sLSTM's own `layer_weights` are its scan's)
-    weights_of = layer.cell_weights if isinstance(layer, SLSTM) else layer.layer_weights
+    if isinstance(state0_all, Tensor):  # MinGRU/MinLSTM: h_0 alone, (D*L, B, H)
+        state0_all = (state0_all,)
+    # the engine's form of one layer's parameters (the sLSTM's and MinGRU/MinLSTM's own `layer_weights` are
+    # their scans')
+    weights_of = layer.layer_weights if isinstance(layer, RecurrentBase) else layer.cell_weights
 
     with torch.enable_grad():
         layer_input = x

@@ -19,26 +19,19 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gatedrnn.cells.minimal import (
-    SCANS, MinGRUTrace, MinLSTMTrace, mingru_scan, mingru_step, minlstm_scan, minlstm_step,
-)
+from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
+from gatedrnn.cells.minimal import SCANS
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
-
-# mode -> (gate blocks G, step function, scan function, trace type)
-_CELLS: dict[str, tuple[int, Callable, Callable, type]] = {
-    "mingru": (2, mingru_step, mingru_scan, MinGRUTrace),
-    "minlstm": (3, minlstm_step, minlstm_scan, MinLSTMTrace),
-}
 
 
 class MinimalRNNBase(nn.Module):
@@ -48,8 +41,10 @@ class MinimalRNNBase(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, scan: str = "auto") -> None:
         super().__init__()
-        if mode not in _CELLS:
-            raise ValueError(f"mode should be one of {sorted(_CELLS)}, got {mode!r}")
+        # the cell's facts (gate count, step, scan, trace type) come from the cell table
+        scanned = sorted(name for name, spec in CELL_SPECS.items() if spec.sequence_scan is not None)
+        if mode not in scanned:
+            raise ValueError(f"mode should be one of {scanned} (the cells whose gates read only x_t), got {mode!r}")
         if scan != "auto" and scan not in SCANS:
             raise ValueError(f"scan should be 'auto' or one of {SCANS}, got {scan!r}")
         self.mode = mode
@@ -78,8 +73,13 @@ class MinimalRNNBase(nn.Module):
         self.reset_parameters()
 
     @property
+    def spec(self) -> CellSpec:
+        """The cell's entry in `gatedrnn.cells.CELL_SPECS` (its math and facts)."""
+        return cell_spec(self.mode)
+
+    @property
     def gate_count(self) -> int:
-        return _CELLS[self.mode][0]
+        return self.spec.gate_count
 
     @property
     def num_directions(self) -> int:
@@ -109,6 +109,12 @@ class MinimalRNNBase(nn.Module):
         """(weight_ih (G*H, layer input), bias_ih (G*H,) or None) of one layer and direction."""
         suffix = self._suffix(layer, direction)
         return getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix, None)
+
+    def cell_weights(self, layer: int, direction: int = 0) -> LayerWeights:
+        """The same parameters as the engine takes them (the cell table's minGRU / minLSTM entry): w_ih
+        (G*H, layer input), b_ih (G*H,) or None, no w_hh or b_hh; `engine.scan.scan_reference` runs on them."""
+        weight, bias = self.layer_weights(layer, direction)
+        return LayerWeights(weight, None, bias, None)
 
     def resolved_scan(self, device: torch.device) -> str:
         """The scan `forward` runs: scan="auto" is "linear" on the CPU (torch's logcumsumexp is a serial loop
@@ -160,7 +166,7 @@ class MinimalRNNBase(nn.Module):
         batched = x.dim() == 2
         layer_input = x if batched else x.unsqueeze(0)  # (N, H_in)
         states = self._initial_state(state, layer_input.shape[0], batched, None, layer_input)  # (L, N, H)
-        step_fn = _CELLS[self.mode][1]
+        step_fn = self.spec.step
         new_states = []
         for layer in range(self.num_layers):
             weight, bias = self.layer_weights(layer)
@@ -235,7 +241,7 @@ class MinimalRNNBase(nn.Module):
             h, cell_trace = self._loop(x, h0, weight, bias, lengths, trace)
         else:
             x_proj = F.linear(x.reshape(steps * batch, -1), weight, bias).view(steps, batch, -1)  # (T, B, G*H)
-            h, cell_trace = _CELLS[self.mode][2](x_proj, h0, scan=scan, trace=trace)  # (T, B, H)
+            h, cell_trace = self.spec.sequence_scan(x_proj, h0, scan=scan, trace=trace)  # (T, B, H)
         if lengths is None:
             h_n = h[-1]
         else:
@@ -253,7 +259,7 @@ class MinimalRNNBase(nn.Module):
     def _loop(self, x: Tensor, h0: Tensor, weight: Tensor, bias: Optional[Tensor], lengths: Optional[Tensor],
               trace: bool):
         """The step function over time: x (T, B, I) -> (h (T, B, H), trace or None); padded rows keep h."""
-        step_fn = _CELLS[self.mode][1]
+        step_fn = self.spec.step
         h, hs, gates = h0, [], []
         for t in range(x.shape[0]):
             h_next, step_gates = step_fn(F.linear(x[t], weight, bias), h)  # (B, H)
@@ -266,7 +272,7 @@ class MinimalRNNBase(nn.Module):
         if not trace:
             return h_all, None
         fields = [torch.stack(field) for field in zip(*gates)]  # each (T, B, H)
-        return h_all, _CELLS[self.mode][3](*fields, h_all)
+        return h_all, self.spec.trace_type(*fields, h_all)
 
     # ----- checks -----
     def _check_input(self, input: Tensor) -> bool:

@@ -78,7 +78,7 @@ class RecurrentBase(nn.Module):
             raise ValueError(f"forget_bias and init='chrono' need a gated cell (LSTM or GRU), got {mode!r}")
         if (forget_bias is not None or init != "default") and not self.bias:
             raise ValueError("forget_bias and init='chrono' set gate biases: expected bias=True, got bias=False")
-        self.zoneout = _check_zoneout(zoneout, self.spec.has_cell_state)
+        self.zoneout = _check_zoneout(zoneout, self.spec.has_cell_state, self.spec.display_name)
         self.recurrent_dropout = check_dropout(recurrent_dropout, "recurrent_dropout")
         self.weight_drop = check_dropout(weight_drop, "weight_drop")
         self.candidate_dropout = check_dropout(candidate_dropout, "candidate_dropout")
@@ -360,13 +360,17 @@ class RecurrentBase(nn.Module):
         return tuple(result)
 
 
-def _check_zoneout(zoneout, has_cell_state: bool) -> tuple[float, float]:
-    """zoneout as (p_h, p_c): a float for both, or a pair (h's, c's); each in [0, 1)."""
+def _check_zoneout(zoneout, has_cell_state: bool, cell: str = "this cell") -> tuple[float, float]:
+    """zoneout as (p_h, p_c): a float p for h (and for c where the cell has one), or a pair (h's, c's); each in
+    [0, 1). A pair with a nonzero p_c for a cell without a cell state raises (it would be ignored)."""
     pair = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout, zoneout)
     if len(pair) != 2:
         raise ValueError(f"zoneout should be a float or a pair (p_h, p_c), got {zoneout!r}")
     p_h, p_c = (check_dropout(p, "zoneout") for p in pair)
     if not has_cell_state:
+        if isinstance(zoneout, (tuple, list)) and p_c != 0:
+            raise ValueError(f"{cell} has no cell state c, so zoneout's p_c should be 0: expected a float p or "
+                             f"(p_h, 0.0), got zoneout={zoneout!r}")
         p_c = 0.0  # no cell state: only h zones out
     return (p_h, p_c)
 

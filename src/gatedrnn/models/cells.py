@@ -94,14 +94,22 @@ def _slstm(input_size: int, hidden_size: int, *, num_layers: int, dropout: float
 
 def _minimal(layer_class: type) -> CellFactory:
     """A factory for MinGRU / MinLSTM. Their gates read only x_t, so torch's gate-bias options (forget_bias,
-    chrono, defined through the hidden-to-hidden recurrence of LSTM/GRU) are rejected, not silently changed."""
+    chrono, defined through the hidden-to-hidden recurrence of LSTM/GRU) and the regularisers (recurrent dropout
+    and weight drop act on W_hh, which they do not have; their scans take no zoneout or candidate dropout) are
+    rejected, not silently changed."""
     name = layer_class.__name__.lower()
 
     def factory(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
                 init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+        regularisers = {k: v for k, v in (init or {}).items() if k not in GATE_BIAS_OPTIONS}
+        if regularisers:
+            raise ValueError(
+                f"cell {name!r} takes no regularisers (zoneout, recurrent_dropout, weight_drop, candidate_dropout: "
+                f"it has no hidden-to-hidden weights and its scans take no noise): expected none, got {regularisers}"
+            )
         if init:
-            raise ValueError(f"cell {name!r} supports only the default init (torch's uniform); got init options "
-                             f"{dict(init)}: forget-bias and chrono are defined for lstm and gru")
+            raise ValueError(f"cell {name!r} supports only the default init (torch's uniform); got gate-bias "
+                             f"options {dict(init)}: forget-bias and chrono are defined for lstm and gru")
         return layer_class(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True)
 
     return factory

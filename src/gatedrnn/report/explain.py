@@ -21,7 +21,7 @@ import gatedrnn
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import backend_info
 from gatedrnn.inspect import GradientFlow, LayerTraces, gradient_flow, trace
-from gatedrnn.layers import SLSTM, RecurrentBase
+from gatedrnn.layers import SLSTM, MinimalRNNBase, RecurrentBase
 from gatedrnn.report import readings
 from gatedrnn.report.equations import equations_html
 from gatedrnn.report.page import Figure, escape, figure_html, page_html, table_html
@@ -45,11 +45,11 @@ def _check_arguments(models, inputs, targets, out_path, task_name, loss_fn, hist
         if not isinstance(label, str) or not label:
             raise ValueError(f"model labels should be non-empty strings, got {label!r}")
         rnn = getattr(model, "rnn", None)
-        if not isinstance(model, nn.Module) or not isinstance(rnn, (RecurrentBase, SLSTM)) or not callable(
+        if not isinstance(model, nn.Module) or not isinstance(rnn, (RecurrentBase, SLSTM, MinimalRNNBase)) or not callable(
             getattr(model, "readout", None)
         ):
             raise ValueError(
-                f"model {label!r} should be an nn.Module with a gatedrnn LSTM/GRU/RNN/SLSTM as `.rnn` and a `.readout` "
+                f"model {label!r} should be an nn.Module with a gatedrnn LSTM/GRU/RNN/SLSTM/MinGRU/MinLSTM as `.rnn` and a `.readout` "
                 f"method (the gatedrnn.models convention), got {type(model).__name__}"
             )
         if not rnn.batch_first:
