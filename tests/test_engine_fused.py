@@ -33,6 +33,9 @@ def make_module(cell: str, input_size: int, hidden_size: int, *, dtype, **option
     """The gatedrnn layer of any cell in the table (LSTM variants included)."""
     if cell.startswith("lstm_"):
         return gatedrnn.LSTM(input_size, hidden_size, dtype=dtype, variant=cell[5:], **options)
+    if cell.startswith("layernorm_"):
+        layer = {"layernorm_lstm": gatedrnn.LayerNormLSTM, "layernorm_gru": gatedrnn.LayerNormGRU}[cell]
+        return layer(input_size, hidden_size, dtype=dtype, **options)
     return make_pair(cell, input_size, hidden_size, dtype=dtype, **options)[0]
 
 

@@ -375,3 +375,11 @@ def test_train_cli_runs_mingru_on_the_adding_task(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert code == 0, err
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("layer_class", [gatedrnn.MinGRU, gatedrnn.MinLSTM])
+def test_jit_trace_refuses_with_a_clear_error(layer_class):
+    """No torch RNN op to record: the tracer is refused by name, pointing at torch.export / torch.compile."""
+    layer = layer_class(3, 4).eval()
+    with pytest.raises(RuntimeError, match=f"torch.jit.trace cannot record {layer_class.__name__}.*torch.export"):
+        torch.jit.trace(layer, (torch.randn(5, 2, 3),), check_trace=False)

@@ -28,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
 from gatedrnn.cells.minimal import SCANS
+from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
 )
@@ -126,6 +127,7 @@ class MinimalRNNBase(nn.Module):
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None):
         """Returns (output, h_n) like torch.nn.GRU: one matmul and one scan per layer and direction."""
+        aten.refuse_tracers(type(self).__name__)
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
 
