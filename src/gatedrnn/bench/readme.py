@@ -228,9 +228,13 @@ def render_greff(root: Path) -> str:
     cells = list(record["summary"])
     seeds = sorted({r["seed"] for r in runs})
     example = runs[0]["command"]
-    lines = [f"`chorales` (Bach chorales from music21's corpus as 88-key piano rolls, frame NLL in nats), seeds "
+    data = record["data"]
+    split = data["split"]
+    lines = [f"`chorales` (Bach chorales from music21's corpus as 88-key piano rolls: {data['pieces']} pieces, "
+             f"{split['train']}/{split['val']}/{split['test']} train/val/test, frame NLL in nats), seeds "
              f"{', '.join(map(str, seeds))}, same hyperparameters for every cell (`{example}`, cell and seed varied; "
-             f"`{GREFF_RESULTS}`, {record['date']}, {_machine(record['environment'])}).", "",
+             f"`{GREFF_RESULTS}`, {record['date']}, {_machine(record['environment'])}). Each key's training "
+             f"frequency as the prediction scores {data['baselines']['key_frequency_nll']:.2f}.", "",
              "| cell | test NLL mean ± std | min – max | parameters |", "|---|---|---|---|"]
     for cell in sorted(cells, key=lambda c: record["summary"][c]["mean_test_nll"]):
         summary = record["summary"][cell]
