@@ -78,6 +78,9 @@ class CellSpec:
         GRU's names ("input gate i", "candidate n", ...), e.g. the sLSTM's ("n", "normaliser n").
     equations: () -> the cell's own equations, as text in the step docstrings' format, for a step function
         that serves several cells (Greff et al.'s variants); None: the step function's docstring.
+    kernel_weights: LayerWeights in the table's form -> LayerWeights as the fused kernels take them (w_hh dense
+        (G*H, P), b_ih and b_hh both given or both None), differentiable so autograd carries the gradient back;
+        None: the same (every cell but the sLSTM, whose per-head R becomes the dense block-diagonal W_hh).
     """
 
     name: str
@@ -103,6 +106,7 @@ class CellSpec:
     fused: bool = True
     trace_labels: tuple[tuple[str, str], ...] = ()
     equations: Optional[Callable[[], str]] = None
+    kernel_weights: Optional[Callable[[LayerWeights], LayerWeights]] = None
 
     @property
     def aux_blocks(self) -> int:
@@ -113,6 +117,12 @@ class CellSpec:
     def has_cell_state(self) -> bool:
         """Whether the state carries a cell state c besides h (and the layer's hx is a tuple (h_0, c_0))."""
         return "c" in self.state_names
+
+    @property
+    def state_blocks(self) -> int:
+        """(H)-wide blocks of the fused kernels' cell-state operand c: the states after h, side by side (LSTM 1:
+        c; sLSTM 3: [c | n | m]); 0 without a cell state."""
+        return len(self.state_names) - 1
 
     @property
     def memory_state(self) -> str:
