@@ -31,6 +31,9 @@ def built_engine():
 
 def make_module(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
     """The gatedrnn layer of any cell in the table (LSTM variants and the sLSTM included)."""
+    if cell in ("layernorm_lstm", "layernorm_gru"):
+        layer_type = gatedrnn.LayerNormLSTM if cell == "layernorm_lstm" else gatedrnn.LayerNormGRU
+        return layer_type(input_size, hidden_size, dtype=dtype, **options)
     if cell.startswith("slstm"):
         return gatedrnn.SLSTM(input_size, hidden_size, dtype=dtype, forget_gate=CELL_SPECS[cell].variant, **options)
     if cell.startswith("lstm_"):
