@@ -554,11 +554,6 @@ struct LayerNormGRUCell {
 // the min(·, 0) in f' clamps (its derivative is 0 there, as autograd's clamp); extra block 1: d log f / d f̃
 // (σ(−f̃) for the sigmoid forget gate, 1 for exp). Backward is the true gradient through m, line by line as
 // gatedrnn/reference/slstm.py `slstm_backward`.
-template <typename T>
-inline T log_sigmoid(T x) {  // log σ(x) = min(x, 0) − log1p(exp(−|x|)), finite for every x
-  return std::min(x, T(0)) - std::log1p(std::exp(-std::abs(x)));
-}
-
 template <typename T, bool kExpForget>
 struct SLSTMCell {
   static constexpr int kGates = 4, kExtra = 2, kRecBias = 0, kAux = 0, kStateBlocks = 3;
@@ -573,6 +568,7 @@ struct SLSTMCell {
     T* __restrict__ state = a.c;  // [c | n | m], in: previous, out: next
     T* __restrict__ h = a.h_next;
     T* __restrict__ extra = a.extra;
+#pragma GCC ivdep
     for (int j = 0; j < units; ++j) {
       const T i_tilde = pre[j] + rec[j] + bias[j];
       const T f_tilde = pre[H + j] + rec[H + j] + bias[H + j];
@@ -581,11 +577,11 @@ struct SLSTMCell {
       const T log_f = kExpForget ? f_tilde : log_sigmoid(f_tilde);
       const T c = state[j], n = state[H + j], m = state[2 * H + j];
       const T log_f_plus_m = log_f + m;
-      const bool take_input = n == T(0) || i_tilde >= log_f_plus_m;  // m_next = ĩ (no history yet, or ĩ wins)
+      const bool take_input = (n == T(0)) | (i_tilde >= log_f_plus_m);  // m_next = ĩ (no history yet, or ĩ wins)
       const T m_next = take_input ? i_tilde : log_f_plus_m;
-      const T i = std::exp(i_tilde - m_next);
+      const T i = exp_(i_tilde - m_next);
       const T f_exponent = log_f_plus_m - m_next;
-      const T f = std::exp(std::min(f_exponent, T(0)));
+      const T f = exp_(std::min(f_exponent, T(0)));
       const T c_next = f * c + i * z;
       const T n_next = f * n + i;
       if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = z, pre[3 * H + j] = o;
@@ -606,6 +602,7 @@ struct SLSTMCell {
     const T* __restrict__ dh = a.dh;
     T* __restrict__ d_state = a.dc;           // in: [dc_next | dn_next | dm_next], out: the previous step's
     T* __restrict__ dG = a.dgate_x;
+#pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
       const T i = gate[j], f = gate[H + j], z = gate[2 * H + j], o = gate[3 * H + j];
       const T take = extra[j], dlog_f = extra[H + j];
