@@ -83,7 +83,7 @@ def test_fused_equals_python_loop(forget_gate, heads, layers, bidirectional, pac
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * scale, msg=lambda m: f"gradient {name}: {m}")
 
 
-def _operator_inputs(forget_gate, heads, zero_state, seed=0):
+def _operator_inputs(heads, zero_state, seed=0):
     torch.manual_seed(seed)
     steps, batch, inputs, hidden = 4, 3, 2, 4
     dd = dict(dtype=torch.float64)
@@ -104,7 +104,7 @@ def test_gradcheck_fused_operator(cell, zero_state, sizes, reverse, masked):
     """The hand-written BPTT (true gradient through m) against finite differences, w.r.t. x, h0, the per-head R
     (through the dense W_hh), the bias and, from a random state, [c | n | m]; from the zero state (n = 0 is a
     branch point of m_next) the state is held fixed."""
-    x, h0, state, w_ih, r_blocks, b = _operator_inputs("sigmoid", 2, zero_state)
+    x, h0, state, w_ih, r_blocks, b = _operator_inputs(2, zero_state)
     if sizes:
         for t, n in enumerate(sizes):
             x[t, n:] = 0
@@ -148,7 +148,7 @@ def test_detach_stabilizer_runs_the_python_loop():
 
 
 def test_operator_refuses_zoneout_and_candidate_dropout():
-    x, h0, state, w_ih, r_blocks, b = _operator_inputs("sigmoid", 1, False)
+    x, h0, state, w_ih, r_blocks, b = _operator_inputs(1, False)
     args = ("slstm", x, h0, state, w_ih, dense_recurrent_matrix(r_blocks), b, b, None, [], False, False)
     with pytest.raises(RuntimeError, match="cell 'slstm' takes no zoneout"):
         SCAN(*args, None, torch.rand(4, 3, 8, dtype=torch.float64))
@@ -160,7 +160,7 @@ def test_operator_refuses_zoneout_and_candidate_dropout():
 
 def test_run_layer_refuses_zoneout(monkeypatch):
     """engine.run_layer refuses zoneout for the sLSTM (it mixes h and c only) on both paths, naming the states."""
-    x, h0, state, w_ih, r_blocks, b = _operator_inputs("sigmoid", 2, False)
+    x, h0, state, w_ih, r_blocks, b = _operator_inputs(2, False)
     weights = LayerWeights(w_ih, r_blocks, b, None)
     noise = LayerNoise(zoneout=torch.rand(4, 3, 8, dtype=torch.float64))
     for backend in ("", "reference"):
