@@ -30,7 +30,12 @@ def built_engine():
 
 
 def make_module(cell: str, input_size: int, hidden_size: int, *, dtype, **options):
-    """The gatedrnn layer of any cell in the table (LSTM variants included)."""
+    """The gatedrnn layer of any cell in the table (LSTM variants and the sLSTM included)."""
+    if cell in ("layernorm_lstm", "layernorm_gru"):
+        layer_type = gatedrnn.LayerNormLSTM if cell == "layernorm_lstm" else gatedrnn.LayerNormGRU
+        return layer_type(input_size, hidden_size, dtype=dtype, **options)
+    if cell.startswith("slstm"):
+        return gatedrnn.SLSTM(input_size, hidden_size, dtype=dtype, forget_gate=CELL_SPECS[cell].variant, **options)
     if cell.startswith("lstm_"):
         return gatedrnn.LSTM(input_size, hidden_size, dtype=dtype, variant=cell[5:], **options)
     if cell.startswith("layernorm_"):
@@ -129,7 +134,22 @@ def test_fused_equals_reference_and_torch(config, monkeypatch):
             assert_close_scaled(a, b, tol, f"gradient {k} vs {name}")
 
 
-FUSED_CELLS = [cell for cell, spec in CELL_SPECS.items() if spec.fused]  # the sLSTM has no kernel
+FUSED_CELLS = [cell for cell, spec in CELL_SPECS.items() if spec.fused]
+
+
+def initial_cell_state(spec, batch: int, hidden: int, **dd):
+    """c0 as the kernels take it, (B, S*H) (S = spec.state_blocks; the sLSTM's [c | n | m], whose normaliser n is
+    kept away from 0), or None without a cell state."""
+    if not spec.has_cell_state:
+        return None
+    c0 = torch.randn(batch, spec.state_blocks * hidden, dtype=dd["dtype"])
+    if spec.state_blocks > 1:
+        c0[:, hidden : 2 * hidden] = c0[:, hidden : 2 * hidden].abs() + 0.5
+    return c0.requires_grad_(dd.get("requires_grad", False))
+
+
+def takes_zoneout(cell: str) -> bool:
+    return CELL_SPECS[cell].state_blocks <= 1  # the sLSTM's kernel takes none
 GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not know fails here
     (cell, proj, sizes, reverse, noise)
     for cell in FUSED_CELLS
@@ -138,6 +158,7 @@ GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not kno
     for reverse in (False, True)
     for noise in ((False, True) if not reverse else (False,))
 ]
+# the sLSTM's gradcheck from the zero state and through the per-head R is in tests/test_slstm_fused.py
 
 
 @pytest.mark.parametrize("cell,proj,batch_sizes,reverse,noise", GRADCHECK_CASES)
@@ -156,7 +177,7 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
             for t, n in enumerate(batch_sizes):
                 x[t, n:] = 0
     h0 = torch.randn(batch, p, **dd)
-    c0 = torch.randn(batch, hidden, **dd) if CELL_SPECS[cell].has_cell_state else None
+    c0 = initial_cell_state(CELL_SPECS[cell], batch, hidden, **dd)
     w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
     b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
     w_hr = torch.randn(p, hidden, **dd) if proj else None
@@ -165,7 +186,8 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
     sizes = [] if batch_sizes is None else batch_sizes
     zoneout = mask = candidate = None
     if noise:
-        zoneout = torch.rand(steps, batch, p + (hidden if spec.has_cell_state else 0), dtype=torch.float64)
+        if takes_zoneout(cell):
+            zoneout = torch.rand(steps, batch, p + (hidden if spec.has_cell_state else 0), dtype=torch.float64)
         mask = torch.bernoulli(torch.full((batch, p), 0.7, dtype=torch.float64)) / 0.7
         if spec.candidate_gate is not None:
             candidate = torch.bernoulli(torch.full((steps, batch, hidden), 0.6, dtype=torch.float64)) / 0.6
@@ -346,7 +368,8 @@ def test_operators_reject_bad_shapes_before_reading_memory():
         STEP("gru", torch.randn(2, 3), torch.randn(1, 2, 4), None, [torch.randn(12, 3)])
 
 
-@pytest.mark.parametrize("cell,zoneout", [(cell, zoneout) for cell in FUSED_CELLS for zoneout in (False, True)])
+@pytest.mark.parametrize("cell,zoneout", [(cell, zoneout) for cell in FUSED_CELLS
+                                           for zoneout in ((False, True) if takes_zoneout(cell) else (False,))])
 def test_fake_kernels_match_the_real_shapes_and_strides(cell, zoneout):
     """What torch.compile/torch.export plan with (the fake kernels) is what the C++ kernels return, for a
     non-contiguous x (a batch_first layer's transpose), with and without keep."""
@@ -359,7 +382,7 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell, zoneout):
     out = proj or hidden
     g = spec.gate_count * hidden
     real = dict(x=torch.randn(2, 5, 3).transpose(0, 1), h0=torch.randn(2, out),
-                c0=torch.randn(2, hidden) if spec.has_cell_state else None, w_ih=torch.randn(g, 3),
+                c0=initial_cell_state(spec, 2, hidden, dtype=torch.float32), w_ih=torch.randn(g, 3),
                 w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None,
                 aux=torch.randn(spec.aux_blocks * hidden) if spec.aux_blocks else None,
                 zoneout=torch.rand(5, 2, out + (hidden if spec.has_cell_state else 0)) if zoneout else None)

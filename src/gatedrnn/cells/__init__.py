@@ -5,8 +5,10 @@ all steps at once by the caller) and the previous state, and returns ``(new_stat
 Layers, the fused engine and the docs point here instead of restating the equations; `CELL_SPECS`
 (cells/table.py) is the one table that maps a cell's name to its step function and facts.
 The sLSTM (`cells.slstm`) is in the table as "slstm" (and "slstm_exp" for its exponential forget gate) with
-four states (h, c, n, m), its per-head recurrent weights as `LayerWeights.w_hh` and its one bias as b_ih; it
-has no fused kernel (`CellSpec.fused`), and its layer `gatedrnn.SLSTM` runs its own loop (`layers._slstm_scan`).
+four states (h, c, n, m), its per-head recurrent weights as `LayerWeights.w_hh` and its one bias as b_ih; its
+fused kernel takes the states after h as one operand [c | n | m] (`CellSpec.state_blocks`) and the dense W_hh
+(`CellSpec.kernel_weights`); its layer `gatedrnn.SLSTM` runs the kernel, or its own loop (`layers._slstm_scan`)
+on the reference path.
 """
 from gatedrnn.cells.gru import GRUGates, GRUTrace, gru_step
 from gatedrnn.cells.layernorm import LAYER_NORM_EPS, layernorm_gru_step, layernorm_lstm_step

@@ -81,6 +81,9 @@ class CellSpec:
     sequence_scan: for a cell whose gates read only x_t (minGRU, minLSTM: h_t = a_t ⊙ h_{t-1} + b_t), its scan
         over every step at once, (x_proj (T, B, G*H), h0 (B, H), *, scan, trace) -> (h (T, B, H), trace or
         None), computing what a loop over `step` computes; None for the other cells.
+    kernel_weights: LayerWeights in the table's form -> LayerWeights as the fused kernels take them (w_hh dense
+        (G*H, P), b_ih and b_hh both given or both None), differentiable so autograd carries the gradient back;
+        None: the same (every cell but the sLSTM, whose per-head R becomes the dense block-diagonal W_hh).
     """
 
     name: str
@@ -107,6 +110,7 @@ class CellSpec:
     trace_labels: tuple[tuple[str, str], ...] = ()
     equations: Optional[Callable[[], str]] = None
     sequence_scan: Optional[Callable] = None
+    kernel_weights: Optional[Callable[[LayerWeights], LayerWeights]] = None
 
     @property
     def aux_blocks(self) -> int:
@@ -117,6 +121,12 @@ class CellSpec:
     def has_cell_state(self) -> bool:
         """Whether the state carries a cell state c besides h (and the layer's hx is a tuple (h_0, c_0))."""
         return "c" in self.state_names
+
+    @property
+    def state_blocks(self) -> int:
+        """(H)-wide blocks of the fused kernels' cell-state operand c: the states after h, side by side (LSTM 1:
+        c; sLSTM 3: [c | n | m]); 0 without a cell state."""
+        return len(self.state_names) - 1
 
     @property
     def memory_state(self) -> str:

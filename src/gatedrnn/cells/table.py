@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from gatedrnn.cells.gru import GRUTrace, gru_step
@@ -15,7 +16,7 @@ from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant, greff_lstm_step, variant_equations
 from gatedrnn.cells.minimal import MinGRUTrace, MinLSTMTrace, mingru_scan, mingru_step, minlstm_scan, minlstm_step
 from gatedrnn.cells.rnn import RNNTrace, rnn_step
-from gatedrnn.cells.slstm import SLSTMState, SLSTMTrace, slstm_step
+from gatedrnn.cells.slstm import SLSTMState, SLSTMTrace, dense_recurrent_matrix, slstm_step
 from gatedrnn.cells.spec import CellSpec, ExtraParam, LayerWeights, StepFn
 
 
@@ -115,14 +116,24 @@ _SLSTM_LABELS = (("i", "input gate i (stabilised i′)"), ("f", "forget gate f (
                  ("z", "candidate z"), ("n", "normaliser n"), ("m", "stabiliser m"))
 
 
+def _slstm_kernel_weights(weights: LayerWeights) -> LayerWeights:
+    """The sLSTM's LayerWeights (w_hh = r_blocks (K, 4D, D), b_ih = b, b_hh None) as the fused kernel takes them:
+    the dense block-diagonal W_hh (4H, H) and b_hh zeros. The kernel's per-step GEMM then does K times the
+    recurrent multiply-adds the heads need (the zeros off the diagonal blocks); autograd takes dW_hh back to
+    r_blocks through `dense_recurrent_matrix`."""
+    b_hh = None if weights.b_ih is None else torch.zeros_like(weights.b_ih)
+    return LayerWeights(weights.w_ih, dense_recurrent_matrix(weights.w_hh), weights.b_ih, b_hh)
+
+
 def _slstm(forget_gate: str, color: str) -> CellSpec:
-    """xLSTM's sLSTM (`gatedrnn.cells.slstm`); no fused kernel: the layer `gatedrnn.SLSTM` runs its own loop,
-    and `engine.scan.scan_reference` runs this entry (the same step function) for the tools."""
+    """xLSTM's sLSTM (`gatedrnn.cells.slstm`); fused kernel `SLSTMCell` (state operand [c | n | m]); the layer
+    `gatedrnn.SLSTM` and `engine.scan.scan_reference` run the same step function on the reference path."""
     name = "slstm" if forget_gate == "sigmoid" else f"slstm_{forget_gate}"
     display = "sLSTM" if forget_gate == "sigmoid" else f"sLSTM ({forget_gate} forget gate)"
     return CellSpec(name, display, slstm_step, _slstm_step(forget_gate), 4, ("i", "f", "z", "o"),
                     ("h", "c", "n", "m"), SLSTMTrace, ("i", "f", "z", "o"), torch_mode="", hold_gate="f",
-                    write_gate="i", color=color, variant=forget_gate, fused=False, trace_labels=_SLSTM_LABELS)
+                    write_gate="i", color=color, variant=forget_gate, saved_extra=2, trace_labels=_SLSTM_LABELS,
+                    kernel_weights=_slstm_kernel_weights)
 
 
 def _layernorm_lstm_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:

@@ -86,9 +86,13 @@ def run_layer(
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps.
     The noise shapes are checked here, once for both paths (the reference scan would broadcast a wrong one)."""
+    spec = cell_spec(cell)
+    if noise is not None and noise.zoneout is not None and spec.state_blocks > 1:
+        raise ValueError(f"cell {cell!r} takes no zoneout: zoneout mixes h and c, and its state has "
+                         f"{spec.state_blocks} blocks besides h {spec.state_names[1:]}; got a zoneout operand")
     if noise is not None:
         _check_noise(cell, x, state0, weights, noise)
-    if cell_spec(cell).fused and runs_fused(x):  # a cell without a kernel (CellSpec.fused) runs the reference scan
+    if spec.fused and runs_fused(x):  # a cell without a kernel (CellSpec.fused) runs the reference scan
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
 

@@ -28,11 +28,12 @@ from gatedrnn.engine.scan import ScanResult
 
 def _trace(cell: str, y: Tensor, gates: Tensor, c_hist: Tensor) -> tuple:
     """The cell's trace named tuple, each (T, B, ·) and contiguous, from the kernel's saved buffers:
-    gates (T, B, G*H), c_hist (T, B, H) (empty without a cell state), y (T, B, P)."""
+    gates (T, B, G*H), c_hist (T, B, S*H) (the states after h side by side, S = `CellSpec.state_blocks`; empty
+    without a cell state), y (T, B, P). A trace lists the states in reverse ((c, h); the sLSTM's (m, n, c, h))."""
     spec = CELL_SPECS[cell]
     blocks = dict(zip(spec.gate_names, gates.chunk(spec.gate_count, dim=2)))  # name -> (T, B, H)
     traced = [blocks[name].contiguous() for name in spec.traced_gates]
-    states = [c_hist.clone()] if spec.has_cell_state else []
+    states = [s.contiguous() for s in reversed(c_hist.chunk(spec.state_blocks, dim=2))] if spec.has_cell_state else []
     return spec.trace_type(*traced, *states, y.clone())
 
 
@@ -68,10 +69,15 @@ def run_layer_fused(
 ) -> ScanResult:
     """`scan_reference`'s contract on the fused kernels: x (T, B, I) -> ScanResult(y (T, B, P), state, trace)."""
     sizes = [] if batch_sizes is None else [int(b) for b in batch_sizes]
-    has_c = CELL_SPECS[cell].has_cell_state
+    spec = CELL_SPECS[cell]
+    has_c = spec.has_cell_state
+    if spec.kernel_weights is not None:  # the sLSTM: its per-head R as the dense W_hh, a zero b_hh
+        weights = spec.kernel_weights(weights)
+    # the states after h as one (B, S*H) operand (the sLSTM's [c | n | m]), split again below
+    c0 = (state0[1] if len(state0) == 2 else torch.cat(state0[1:], dim=1)) if has_c else None
     # the cell's extra parameters as one flat operand; torch.cat's backward hands each its gradient
     aux = (weights.extra[0] if len(weights.extra) == 1 else torch.cat(weights.extra)) if weights.extra else None
-    inputs = (x, state0[0], state0[1] if has_c else None, *weights[:5])
+    inputs = (x, state0[0], c0, *weights[:5])
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
     if _needs_grad(inputs + (aux,)):
@@ -85,7 +91,7 @@ def run_layer_fused(
         with torch._C._AutoDispatchBelowAutograd():
             y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask,
                                                  candidate)
-    state = (h_n, c_n) if has_c else (h_n,)
+    state = ((h_n, c_n) if spec.state_blocks == 1 else (h_n, *c_n.chunk(spec.state_blocks, dim=1))) if has_c else (h_n,)
     if not trace:
         return ScanResult(y, state, None)
     traced = _trace(cell, y, gates, c_hist)

@@ -115,9 +115,9 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
     return (
         x.new_empty(steps, batch, out_size),
         x.new_empty(batch, out_size),
-        x.new_empty(batch, hidden) if has_c else x.new_empty(0),
+        x.new_empty(batch, spec.state_blocks * hidden) if has_c else x.new_empty(0),  # LSTM c; sLSTM [c | n | m]
         x.new_empty(steps, batch, gate_rows) if keep else x.new_empty(0),
-        x.new_empty(steps, batch, hidden) if keep and has_c else x.new_empty(0),
+        x.new_empty(steps, batch, spec.state_blocks * hidden) if keep and has_c else x.new_empty(0),
         x.new_empty(steps, batch, extra) if keep and extra else x.new_empty(0),
     )
 

@@ -42,7 +42,9 @@ def step_layers(
     flat = [t for layer in weights for t in layer[:5]]  # torch.nn's five slots per layer (extra: Python path)
     # under no_grad (the streaming case) skip building the tensor list that _needs_grad scans
     # the single-step kernel takes neither extra parameters nor zoneout: those step on the cell functions
-    fused = fused and zoneout is None and not cell_spec(cell).extra_params
+    # (nor a state of several blocks with a weight transform: the sLSTM)
+    spec = cell_spec(cell)
+    fused = fused and zoneout is None and not spec.extra_params and spec.kernel_weights is None
     if fused and not dropout and not (torch.is_grad_enabled() and _needs_grad([x, *state, *flat])):
         has_c = len(state) == 2
         if torch.compiler.is_compiling():

@@ -1,6 +1,6 @@
 """The sLSTM time loop: `gatedrnn.cells.slstm.slstm_step` once per step, differentiated by autograd.
 
-The fused engine has no sLSTM kernel; this loop is the layer's only path. What makes it reasonably fast:
+The layer's reference path (the fused engine's `SLSTMCell` runs CPU float32/float64). What makes it reasonably fast:
 the input projection of every step is one GEMM, and the block-diagonal recurrence one batched matmul per
 step (`blockdiag_recurrence`).
 

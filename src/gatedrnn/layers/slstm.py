@@ -1,8 +1,10 @@
 r"""`SLSTM`: the sLSTM of xLSTM (Beck et al. 2024, arXiv:2405.04517) as a layer with gatedrnn.LSTM's interface:
 stacking, bidirectional, batch_first, unbatched input, PackedSequence, hx, streaming `.step`, traces.
 
-The equations are in `gatedrnn.cells.slstm.slstm_step`; the time loop is `gatedrnn.layers._slstm_scan`
-(torch ops, autograd; there is no fused kernel for this cell).
+The equations are in `gatedrnn.cells.slstm.slstm_step`. On CPU float32/float64 each layer and direction runs on
+the fused engine (`gatedrnn.engine.run_layer`, the kernel `SLSTMCell` in engine/csrc/cells.h, hand-written BPTT
+with the true gradient through m); otherwise (another device or dtype, GATEDRNN_BACKEND=reference,
+`detach_stabilizer=True`) on the time loop `gatedrnn.layers._slstm_scan` (torch ops, autograd).
 
 Shape symbols (torch.nn's): N batch, L sequence length, D = 2 if bidirectional else 1, H_in input_size,
 H hidden_size, K num_heads, H_head = H / K.
@@ -38,6 +40,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.slstm import FORGET_GATES, SLSTMState, slstm_step
+from gatedrnn import engine
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
@@ -185,6 +188,8 @@ class SLSTM(nn.Module):
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
 
         hidden_in = self._initial_state(hx, x.shape[1], batched, sorted_indices, x)  # 4 x (D*L, B, H)
+        # the fused engine computes the true gradient through m; holding m constant needs the Python loop
+        fused = engine.runs_fused(x) and not detach_stabilizer
         layer_input = x
         finals: list[SLSTMState] = []
         traces: list[list] = []
@@ -192,13 +197,19 @@ class SLSTM(nn.Module):
             outputs, layer_traces = [], []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
-                result = scan_slstm(
-                    layer_input, SLSTMState(*(s[k] for s in hidden_in)), self.layer_weights(layer, direction),
-                    forget_gate=self.forget_gate, batch_sizes=batch_sizes, reverse=direction == 1, trace=trace,
-                    detach_stabilizer=detach_stabilizer,
-                )
+                state0 = SLSTMState(*(s[k] for s in hidden_in))
+                if fused:
+                    result = engine.run_layer(self.mode, layer_input, tuple(state0),
+                                              self.cell_weights(layer, direction), batch_sizes,
+                                              reverse=direction == 1, trace=trace)
+                else:
+                    result = scan_slstm(
+                        layer_input, state0, self.layer_weights(layer, direction), forget_gate=self.forget_gate,
+                        batch_sizes=batch_sizes, reverse=direction == 1, trace=trace,
+                        detach_stabilizer=detach_stabilizer,
+                    )
                 outputs.append(result.y)
-                finals.append(result.state)
+                finals.append(SLSTMState(*result.state))
                 layer_traces.append(result.trace)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)  # (T, B, D*H)
             if self.dropout and self.training and layer < self.num_layers - 1:

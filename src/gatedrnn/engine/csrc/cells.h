@@ -21,6 +21,8 @@
 //                 are not the biases' gradients: the cell accumulates dL/db_ih then dL/db_hh (G*H each) itself,
 //                 into its `daux` row after its kAux blocks, and the loop reads the bias gradients there.
 //                 Otherwise (every other cell) the loop sums dgate_x and dgate_h over steps and rows.
+//   kStateBlocks  (optional, default 1: `state_blocks<Cell>()`) (H)-wide blocks of the cell-state buffer c: the
+//                 loop's c0, c_n, saved c and dc rows are kStateBlocks*H wide (the sLSTM's [c | n | m])
 //   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
 //                                   offset (streaming splits units over threads), H is the gate-block stride
 //   backward(H, RowBackward&)       all H units of one row
@@ -33,6 +35,16 @@
 #include "fastmath.h"
 
 namespace gatedrnn {
+
+// kStateBlocks of a cell, 1 for a cell that does not declare it (every cell but the sLSTM).
+template <typename Cell>
+constexpr int state_blocks() {
+  if constexpr (requires { Cell::kStateBlocks; }) {
+    return Cell::kStateBlocks;
+  } else {
+    return 1;
+  }
+}
 
 template <typename T>
 struct RowForward {
@@ -532,6 +544,91 @@ struct LayerNormGRUCell {
     // pre_x = LN(wx; γ_ih) + b_ih, pre_h = LN(wh; γ_hh) + b_hh
     layer_norm_backward(GH, wx, gamma_ih, dpre_x, a.daux, a.daux + kAux * H);
     layer_norm_backward(GH, wh, gamma_hh, dpre_h, a.daux + GH, a.daux + kAux * H + GH);
+  }
+};
+
+// ----- sLSTM (xLSTM, Beck et al. 2024; equations: gatedrnn/cells/slstm.py `slstm_step`) -----
+// Gate blocks i, f, z, o; the cell-state buffer holds [c | n | m] (kStateBlocks = 3). The block-diagonal (per-head)
+// R arrives as the dense (4H, H) W_hh (the Python side builds it), so the loop's GEMMs are the LSTM's.
+// Saved: the gate activations i', f', z, o; extra block 0: where m_next = ĩ (take_input): 0 no, 1 yes, 2 yes and
+// the min(·, 0) in f' clamps (its derivative is 0 there, as autograd's clamp); extra block 1: d log f / d f̃
+// (σ(−f̃) for the sigmoid forget gate, 1 for exp). Backward is the true gradient through m, line by line as
+// gatedrnn/reference/slstm.py `slstm_backward`.
+template <typename T, bool kExpForget>
+struct SLSTMCell {
+  static constexpr int kGates = 4, kExtra = 2, kRecBias = 0, kAux = 0, kStateBlocks = 3;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false,
+                        kOwnsBiasGrad = false;
+  static constexpr bool kCandidate = false;
+
+  static void forward(int H, int units, const RowForward<T>& a) {
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
+    T* __restrict__ state = a.c;  // [c | n | m], in: previous, out: next
+    T* __restrict__ h = a.h_next;
+    T* __restrict__ extra = a.extra;
+#pragma GCC ivdep
+    for (int j = 0; j < units; ++j) {
+      const T i_tilde = pre[j] + rec[j] + bias[j];
+      const T f_tilde = pre[H + j] + rec[H + j] + bias[H + j];
+      const T z = tanh_(pre[2 * H + j] + rec[2 * H + j] + bias[2 * H + j]);
+      const T o = sigmoid(pre[3 * H + j] + rec[3 * H + j] + bias[3 * H + j]);
+      const T log_f = kExpForget ? f_tilde : log_sigmoid(f_tilde);
+      const T c = state[j], n = state[H + j], m = state[2 * H + j];
+      const T log_f_plus_m = log_f + m;
+      const bool take_input = (n == T(0)) | (i_tilde >= log_f_plus_m);  // m_next = ĩ (no history yet, or ĩ wins)
+      const T m_next = take_input ? i_tilde : log_f_plus_m;
+      const T i = exp_(i_tilde - m_next);
+      const T f_exponent = log_f_plus_m - m_next;
+      const T f = exp_(std::min(f_exponent, T(0)));
+      const T c_next = f * c + i * z;
+      const T n_next = f * n + i;
+      if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = z, pre[3 * H + j] = o;
+      if (extra) {
+        extra[j] = take_input ? (f_exponent > T(0) ? T(2) : T(1)) : T(0);
+        extra[H + j] = kExpForget ? T(1) : sigmoid(-f_tilde);  // d logsigmoid(f̃) / d f̃ = 1 − σ(f̃)
+      }
+      state[j] = c_next, state[H + j] = n_next, state[2 * H + j] = m_next;
+      h[j] = o * c_next / n_next;
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ extra = a.extra;
+    const T* __restrict__ state = a.c;        // [c_t | n_t | m_t]
+    const T* __restrict__ prev = a.c_prev;    // [c | n | m] of the previous step
+    const T* __restrict__ dh = a.dh;
+    T* __restrict__ d_state = a.dc;           // in: [dc_next | dn_next | dm_next], out: the previous step's
+    T* __restrict__ dG = a.dgate_x;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T i = gate[j], f = gate[H + j], z = gate[2 * H + j], o = gate[3 * H + j];
+      const T take = extra[j], dlog_f = extra[H + j];
+      const T c_t = state[j], n_t = state[H + j];
+      // h_t = o ⊙ c_t / n_t
+      const T do_ = dh[j] * c_t / n_t;
+      const T dc = d_state[j] + dh[j] * o / n_t;
+      const T dn = d_state[H + j] - dh[j] * o * c_t / (n_t * n_t);
+      // c_t = f ⊙ c + i ⊙ z;  n_t = f ⊙ n + i
+      const T df = dc * prev[j] + dn * prev[H + j];
+      const T di = dc * z + dn;
+      const T dz = dc * i;
+      // i = exp(ĩ − m_t);  f = exp(min(log_f + m − m_t, 0))   (exp' = exp; the min passes nothing where it clamps)
+      const T df_exponent = take == T(2) ? T(0) : df * f;
+      const T dm_t = d_state[2 * H + j] - di * i - df_exponent;
+      // m_t = ĩ if take_input else log_f + m
+      const T di_tilde = di * i + (take != T(0) ? dm_t : T(0));
+      const T dlog_f_plus_m = df_exponent + (take != T(0) ? T(0) : dm_t);
+      d_state[j] = dc * f;
+      d_state[H + j] = dn * f;
+      d_state[2 * H + j] = dlog_f_plus_m;  // log_f + m: dm = dlog_f_plus_m
+      dG[j] = di_tilde;
+      dG[H + j] = dlog_f_plus_m * dlog_f;  // log_f = logsigmoid(f̃) or f̃
+      dG[2 * H + j] = dz * (T(1) - z * z);  // z = tanh(z̃), o = σ(õ)
+      dG[3 * H + j] = do_ * o * (T(1) - o);
+    }
   }
 };
 

@@ -32,6 +32,8 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
     if (cell == "lstm_cifg") return fn.template operator()<PeepholeLSTMCell<T, Greff::kCIFG>, T>();
     if (cell == "layernorm_lstm") return fn.template operator()<LayerNormLSTMCell<T>, T>();
     if (cell == "layernorm_gru") return fn.template operator()<LayerNormGRUCell<T>, T>();
+    if (cell == "slstm") return fn.template operator()<SLSTMCell<T, false>, T>();
+    if (cell == "slstm_exp") return fn.template operator()<SLSTMCell<T, true>, T>();
     TORCH_CHECK(false, "gatedrnn fused engine: unknown cell kind '", cell, "'");
   };
   if (like.scalar_type() == at::kFloat) return by_cell(std::type_identity<float>{});
@@ -61,8 +63,8 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
                                         const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
                                         const at::Tensor& w_ih, const at::Tensor& w_hh,
                                         const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes) {
-  const auto [gates, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::pair<int64_t, bool>(Cell::kGates, Cell::kHasC);
+  const auto [gates, has_c, c_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, int64_t>(Cell::kGates, Cell::kHasC, state_blocks<Cell>());
   });
   TORCH_CHECK(x.dim() == 3, op, ": x should be 3-D (T, B, I), got shape ", shape(x.sizes()));
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
@@ -74,7 +76,7 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
   check_shape(op, "h0", h0, {B, P}, x);
   if (has_c) {
     TORCH_CHECK(c0.has_value(), op, ": cell '", cell, "' needs c0");
-    check_shape(op, "c0", *c0, {B, H}, x);
+    check_shape(op, "c0", *c0, {B, c_blocks * H}, x);
   }
   if (w_hr.has_value()) {
     check_shape(op, "w_hr", *w_hr, {P, H}, x);
@@ -103,8 +105,8 @@ struct Extras {
 Extras check_extras(const char* op, const std::string& cell, const at::Tensor& x, int64_t H, int64_t P,
                     const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
                     const c10::optional<at::Tensor>& rec_mask, const c10::optional<at::Tensor>& cand_mask) {
-  const auto [aux_blocks, has_c, takes_cand] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::tuple<int64_t, bool, bool>(Cell::kAux, Cell::kHasC, Cell::kCandidate);
+  const auto [aux_blocks, has_c, takes_cand, c_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, bool, int64_t>(Cell::kAux, Cell::kHasC, Cell::kCandidate, state_blocks<Cell>());
   });
   const int64_t T_ = x.size(0), B = x.size(1);
   if (aux_blocks) {
@@ -113,6 +115,8 @@ Extras check_extras(const char* op, const std::string& cell, const at::Tensor& x
   } else {
     TORCH_CHECK(!aux.has_value(), op, ": cell '", cell, "' has no extra parameters, got aux");
   }
+  TORCH_CHECK(!zoneout.has_value() || c_blocks == 1, op, ": cell '", cell, "' takes no zoneout (its state has ",
+              c_blocks, " blocks besides h), got zoneout");
   if (zoneout.has_value()) check_shape(op, "zoneout", *zoneout, {T_, B, P + (has_c ? H : 0)}, x);
   if (rec_mask.has_value()) check_shape(op, "rec_mask", *rec_mask, {B, P}, x);
   if (cand_mask.has_value()) {
@@ -171,9 +175,9 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
   check_shape(op, "dy", dy, {T_, B, P}, x);
   check_shape(op, "dh_n", dh_n, {B, P}, x);
   const Extras ex = check_extras(op, cell, x, H, P, aux, zoneout, rec_mask, cand_mask);
-  const auto [saves_gates, extra_width, has_c] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::tuple<bool, int64_t, bool>(Cell::kSavesGates, gatedrnn::extra_width<Cell>(H, P, ex.zoneout.defined()),
-                                           Cell::kHasC);
+  const auto [saves_gates, extra_width, has_c, c_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<bool, int64_t, bool, int64_t>(
+        Cell::kSavesGates, gatedrnn::extra_width<Cell>(H, P, ex.zoneout.defined()), Cell::kHasC, state_blocks<Cell>());
   });
   if (saves_gates) {
     TORCH_CHECK(gates.has_value(), op, ": cell '", cell, "' needs the gates saved by gatedrnn::scan(keep=True)");
@@ -181,8 +185,8 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
   }
   if (has_c) {
     TORCH_CHECK(c_hist.has_value() && dc_n.has_value(), op, ": cell '", cell, "' needs c_hist and dc_n");
-    check_shape(op, "c_hist", *c_hist, {T_, B, H}, x);
-    check_shape(op, "dc_n", *dc_n, {B, H}, x);
+    check_shape(op, "c_hist", *c_hist, {T_, B, c_blocks * H}, x);
+    check_shape(op, "dc_n", *dc_n, {B, c_blocks * H}, x);
   }
   if (extra_width) {
     TORCH_CHECK(extra.has_value(), op, ": cell '", cell, "' needs the extra buffer saved by gatedrnn::scan");
@@ -211,9 +215,11 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
   std::vector<c10::optional<at::Tensor>> weights;
   weights.reserve(weight_list.size());
   for (const c10::optional<at::Tensor>& w : weight_list) weights.push_back(w);
-  const auto [gates, has_c, aux_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::tuple<int64_t, bool, int64_t>(Cell::kGates, Cell::kHasC, Cell::kAux);
+  const auto [gates, has_c, aux_blocks, c_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, int64_t, int64_t>(Cell::kGates, Cell::kHasC, Cell::kAux, state_blocks<Cell>());
   });
+  TORCH_CHECK(c_blocks == 1, op, ": cell '", cell, "' has a state of ", c_blocks, " blocks besides h, which the "
+              "streaming step kernel does not take; gatedrnn's layers step it on the reference path");
   TORCH_CHECK(aux_blocks == 0, op, ": cell '", cell, "' has extra parameters, which the streaming step kernel does "
               "not take; gatedrnn's layers step it on the reference path");
   TORCH_CHECK(x.dim() == 2 && h.dim() == 3 && h.size(1) == x.size(0), op, ": x should be (B, I) and h (L, B, P), got ",

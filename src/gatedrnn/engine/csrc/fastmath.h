@@ -51,4 +51,32 @@ inline float tanh_(float x) {
 inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 inline double tanh_(double x) { return std::tanh(x); }
 
+// exp for the sLSTM's stabilised gates (arguments <= 0 but at a first step)
+inline float exp_(float x) { return exp_approx(x); }
+inline double exp_(double x) { return std::exp(x); }
+
+// log(1 + u) for u in [0, 1] (Cephes logf's polynomial: 1 + u = m 2^e with m in [√½, √2), e in {0, 1}, a degree-9
+// polynomial in m − 1, ~1 ulp); no bit manipulation, so GCC vectorises it inside a loop together with exp_approx
+inline float log1p_unit(float u) {
+  const float e = u > 0.41421356237f ? 1.0f : 0.0f;
+  const float r = (1.0f + u) * (1.0f - 0.5f * e) - 1.0f, z = r * r;
+  float y = 7.0376836292e-2f;
+  y = y * r - 1.1514610310e-1f;
+  y = y * r + 1.1676998740e-1f;
+  y = y * r - 1.2420140846e-1f;
+  y = y * r + 1.4249322787e-1f;
+  y = y * r - 1.6668057665e-1f;
+  y = y * r + 2.0000714765e-1f;
+  y = y * r - 2.4999993993e-1f;
+  y = y * r + 3.3333331174e-1f;
+  y = y * r * z;
+  y += e * -2.12194440e-4f;
+  y += -0.5f * z;
+  return r + y + e * 0.693359375f;
+}
+
+// log σ(x) = min(x, 0) − log(1 + exp(−|x|)), finite for every x (torch's logsigmoid)
+inline float log_sigmoid(float x) { return (x < 0.0f ? x : 0.0f) - log1p_unit(exp_approx(-std::fabs(x))); }
+inline double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
+
 }  // namespace gatedrnn

@@ -14,6 +14,8 @@
 //   cand_mask (T, B, H): candidate dropout (Semeniuta et al. 2016), per step, passed to the cell (kCandidate).
 //   rec_mask (B, P): one mask per sequence on the h that W_hh reads (variational dropout, Gal & Ghahramani
 //     2016): rec = (h ⊙ m) W_hhᵀ, so dh_prev = (dG W_hh) ⊙ m and dW_hh = Σ dGᵀ (h_prev ⊙ m).
+// Cell state: rows of c0, c_n, the saved c and dc are state_blocks<Cell>() * H wide (CH; H but for the sLSTM's
+// [c | n | m]); zoneout is refused for cells with more than one state block (engine.cpp).
 // Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
 // batch row and summed over rows at the end.
 // Biases: db_ih = Σ dgate_x and db_hh = Σ dgate_h over steps and rows, except for a cell that adds them after
@@ -86,8 +88,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   at::Tensor y = packed ? at::zeros({T_, B, P}, opts) : at::empty({T_, B, P}, opts);
   at::Tensor h = h0.clone();
   at::Tensor c = Cell::kHasC ? c0.clone() : at::Tensor();
+  const int64_t CH = state_blocks<Cell>() * H;  // width of a row of the cell-state buffer (sLSTM: [c | n | m])
   at::Tensor c_hist, extra;
-  if (keep && Cell::kHasC) c_hist = packed ? at::zeros({T_, B, H}, opts) : at::empty({T_, B, H}, opts);
+  if (keep && Cell::kHasC) c_hist = packed ? at::zeros({T_, B, CH}, opts) : at::empty({T_, B, CH}, opts);
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
   if (keep && EW) extra = at::empty({T_, B, EW}, opts);
@@ -153,7 +156,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
       for (int64_t b = b0; b < b1; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
-                          c_p ? c_p + b * H : nullptr, h_out + b * h_out_ld,
+                          c_p ? c_p + b * CH : nullptr, h_out + b * h_out_ld,
                           extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p,
                           cand_p ? cand_p + (t * B + b) * H : nullptr};
         Cell::forward(H, H, row);
@@ -177,7 +180,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         }
       }
       std::memcpy(h_p + b0 * P, y_t + b0 * P, sizeof(T) * r * P);
-      if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * H, c_p + b0 * H, sizeof(T) * r * H);
+      if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * CH, c_p + b0 * CH, sizeof(T) * r * CH);
     };
     for_row_blocks(n, GH * (P + 8), rows);
     if (keep && n < B) {  // padded rows read as zeros in the trace
@@ -215,7 +218,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor dgate_h = Cell::kSplitGrad ? buffer({T_, B, GH}) : dgate_x;
   at::Tensor dgate_first = at::zeros({B, GH}, opts);  // dG_h at each row's first step (paired with h0)
   at::Tensor dh = dh_n.clone();                        // dL/dh carried backwards in time, (B, P)
-  at::Tensor dc = Cell::kHasC ? dc_n.clone() : at::Tensor();
+  at::Tensor dc = Cell::kHasC ? dc_n.clone() : at::Tensor();  // (B, CH)
+  const int64_t CH = state_blocks<Cell>() * H;
   at::Tensor dh_hist = proj ? buffer({T_, B, P}) : at::empty({B, P}, opts);  // dL/dh per step (proj) or scratch
   at::Tensor m_hist = proj ? buffer({T_, B, H}) : at::Tensor();
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
@@ -298,18 +302,18 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
         const bool from_prev = b < n_prev;
         const T* saved = extra_p ? extra_p + (t * B + b) * EW : nullptr;
         // under zoneout the cell's own c_next and h_next are the saved c̃ and h̃
-        const T* c_cell = zo && Cell::kHasC ? saved + Cell::kExtra * H : (c_hist_p ? c_hist_p + (t * B + b) * H : nullptr);
+        const T* c_cell = zo && Cell::kHasC ? saved + Cell::kExtra * H : (c_hist_p ? c_hist_p + (t * B + b) * CH : nullptr);
         const T* h_cell = zo && Cell::kReadsHNext ? saved + Cell::kExtra * H + (Cell::kHasC ? H : 0)
                                                   : y_p + (t * B + b) * P;
         RowBackward<T> row{
             gates_p ? gates_p + (t * B + b) * GH : nullptr,
             saved,
             c_cell,
-            c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * H : c0_p + b * H) : nullptr,
+            c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * CH : c0_p + b * CH) : nullptr,
             from_prev ? y_p + (p * B + b) * P : h0_p + b * P,
             h_cell,
             dh_cell + b * dh_ld,
-            dc_p ? dc_p + b * H : nullptr,
+            dc_p ? dc_p + b * CH : nullptr,
             dgx_t + b * GH,
             dgh_t + b * GH,
             dh_p + b * P,
