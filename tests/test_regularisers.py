@@ -433,7 +433,8 @@ def test_gradcheck_fused_with_zoneout_and_recurrent_mask(cell, proj, zoneout_kin
 
     args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, aux)
     assert torch.autograd.gradcheck(function, args, eps=1e-6, atol=1e-7)
-    weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, () if aux is None else (aux,))
+    extra = () if aux is None else tuple(aux.split([param.blocks * hidden for param in spec.extra_params]))
+    weights = LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, extra)  # aux is the cell's extra parameters, in order
     expected = engine.scan_reference(cell, x, (h0,) + ((c0,) if spec.has_cell_state else ()), weights,
                                      batch_sizes, reverse, noise=LayerNoise(zoneout, mask))
     got = function(*args)
