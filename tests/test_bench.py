@@ -81,6 +81,8 @@ def test_every_case_is_measured_with_the_requested_repeats(quick_run):
         expected = {OURS, TORCH, ORT} if case["kind"] == "infer" else {OURS, TORCH}
         if case["variant"] in bench_cases.LAYER_VARIANTS:  # a variant is also timed against our plain cell
             expected = {OURS, bench_cases.PLAIN, TORCH}
+            if "layer" in bench_cases.LAYER_VARIANTS[case["variant"]]:  # and against its own Python loop
+                expected.add(bench_cases.LOOP)
         assert set(impls) == expected, case["name"]
         if case["kind"] != "stream":  # streaming needs LSTM.step, which may not exist yet
             assert impls[OURS]["status"] == "ok", (case["name"], impls[OURS])
@@ -139,7 +141,9 @@ def test_targets_are_the_issues(quick_run):
     # regularisers: <= 1.15x our plain cell's time, LSTM and GRU, at the issue's two sizes
     assert full["gru-zoneout/train/B16-T100-I64-H128"] == Target("ratio_min", 1 / 1.15, bench_cases.PLAIN)
     assert full["lstm-weight_drop/train/B64-T100-I256-H256"] == Target("ratio_min", 1 / 1.15, bench_cases.PLAIN)
-    assert len(full) == 4 * 6 + 2 + 1 + 2 + 2 * (3 * 2 + 2)
+    assert full["lstm-layernorm/train/B64-T100-I256-H256"] == Target("ratio_min", 1 / 1.3, bench_cases.PLAIN)
+    assert full["mingru/train/B16-T1024-I256-H256"] == Target("ratio_min", 5.0, TORCH)
+    assert len(full) == 4 * 6 + 2 + 1 + 2 + 2 * (3 * 2 + 2 + 2) + 1
 
 
 def test_peak_memory_is_measured_for_both(quick_run):

@@ -6,6 +6,7 @@ implementation ("gatedrnn", "torch.nn", "onnxruntime"), each doing one iteration
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -17,6 +18,7 @@ import gatedrnn
 
 OURS, TORCH, ORT = "gatedrnn", "torch.nn", "onnxruntime"
 PLAIN = "gatedrnn plain"  # our own plain cell at the same size: the peer of a variant or a regulariser
+LOOP = "python loop"  # the same cell as a Python loop of torch ops (gatedrnn's reference path)
 BEST_PEER = "best peer"
 GATE_COUNT = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -62,7 +64,12 @@ LAYER_VARIANTS: dict[str, dict] = {
     "weight_drop": {"weight_drop": 0.5},
     "peephole": {"variant": "peephole"},
     "cifg": {"variant": "cifg"},
+    "layernorm": {"layer": "LayerNorm"},  # gatedrnn.LayerNormLSTM / LayerNormGRU
 }
+# The issue's LayerNorm targets: <= 1.3x our plain LSTM's training time, >= 4x faster than its Python loop.
+LAYERNORM_TARGET = Target("ratio_min", 1 / 1.3, PLAIN)
+# minGRU (Feng et al. 2024) training at T = 1024, B = 16, H = 256: >= 5x faster than nn.GRU.
+MINGRU_SHAPE, MINGRU_TARGET = (16, 1024, 256, 256), Target("ratio_min", 5.0, TORCH)
 # The issue's target for a regulariser: <= 1.15x the plain cell's time, i.e. plain / ours >= 1 / 1.15.
 REGULARISER_TARGET = Target("ratio_min", 1 / 1.15, PLAIN)
 
@@ -117,10 +124,14 @@ def make_cases(*, quick: bool) -> list[Case]:
     variant_shapes = [Shape(*QUICK_SIZES[0])] if quick else [Shape(16, 100, 64, 128), Shape(64, 100, 256, 256)]
     for shape in variant_shapes:
         for variant, options in LAYER_VARIANTS.items():
+            if "layer" in options:
+                cases += [Case("lstm", "train", shape, variant, LAYERNORM_TARGET), Case("gru", "train", shape, variant)]
+                continue
             regulariser = "variant" not in options
             cells = ("lstm", "gru") if regulariser else ("lstm",)
             cases += [Case(cell, "train", shape, variant, REGULARISER_TARGET if regulariser else None)
                       for cell in cells]
+    cases.append(Case("mingru", "train", Shape(*(QUICK_SIZES[0] if quick else MINGRU_SHAPE)), target=MINGRU_TARGET))
     return cases
 
 
@@ -151,6 +162,8 @@ def flop_count(case: Case) -> int:
     if case.kind == "stream":
         rows = s.B
     out = s.P or s.H
+    if case.cell == "mingru":  # two gate blocks from x only, no recurrent matrix
+        return (3 if case.kind == "train" else 1) * 2 * rows * 2 * s.H * s.I
     gates = 3 if LAYER_VARIANTS.get(case.variant, {}).get("variant") == "cifg" else GATE_COUNT[case.cell]
     forward = 2 * rows * gates * s.H * (s.I + out) + (2 * rows * s.H * s.P if s.P else 0)
     return 3 * forward if case.kind == "train" else forward
@@ -194,12 +207,41 @@ def _build_layer_variant(case: Case) -> BuiltCase:
     s = case.shape
     plain, peer = _module_pair(case.cell, s)
     torch.manual_seed(0)
-    layer = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}[case.cell]
-    ours = layer(s.I, s.H, **LAYER_VARIANTS[case.variant])
+    options = dict(LAYER_VARIANTS[case.variant])
+    prefix = options.pop("layer", "")
+    layer = getattr(gatedrnn, prefix + {"lstm": "LSTM", "gru": "GRU"}[case.cell])
+    ours = layer(s.I, s.H, **options)
     x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)
     impls = {OURS: _train_step(ours.train(), x), PLAIN: _train_step(plain.train(), x),
              TORCH: _train_step(peer.train(), x)}
+    if prefix:  # the same cell as a Python loop of its step functions: gatedrnn's reference path
+        impls[LOOP] = _on_reference_path(_train_step(ours, x))
     return BuiltCase(impls, {}, {})
+
+
+def _on_reference_path(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` with GATEDRNN_BACKEND=reference (read at every call): the cell's step functions in a Python loop."""
+    def run() -> None:
+        before = os.environ.get("GATEDRNN_BACKEND")
+        os.environ["GATEDRNN_BACKEND"] = "reference"
+        try:
+            step()
+        finally:
+            if before is None:
+                del os.environ["GATEDRNN_BACKEND"]
+            else:
+                os.environ["GATEDRNN_BACKEND"] = before
+
+    return run
+
+
+def _build_mingru(case: Case) -> BuiltCase:
+    """gatedrnn.MinGRU vs torch.nn.GRU, training, same sizes (different cells: no max_abs_diff)."""
+    s = case.shape
+    torch.manual_seed(0)
+    ours, peer = gatedrnn.MinGRU(s.I, s.H), nn.GRU(s.I, s.H)
+    x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)
+    return BuiltCase({OURS: _train_step(ours.train(), x), TORCH: _train_step(peer.train(), x)}, {}, {})
 
 
 def _output_data(output) -> Tensor:
@@ -231,6 +273,8 @@ def build_case(case: Case, *, threads: int) -> BuiltCase:
         return _build_stream(case)
     if case.variant in LAYER_VARIANTS:
         return _build_layer_variant(case)
+    if case.cell == "mingru":
+        return _build_mingru(case)
     s = case.shape
     ours, peer = _module_pair(case.cell, s)
     x = torch.randn(s.T, s.B, s.I, generator=torch.Generator().manual_seed(1))  # (T, B, I)

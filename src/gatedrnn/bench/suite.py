@@ -106,7 +106,7 @@ def run_case(case: Case, config: BenchConfig) -> dict:
         impls[name] = {"status": "ok", "times_s": times, **summary,
                        "inner_iterations": blocks[name] * built.iterations_per_call,
                        "gflops": flops / summary["median_s"] / 1e9}
-    order = [OURS, case_module.PLAIN, TORCH, case_module.ORT]
+    order = [OURS, case_module.PLAIN, case_module.LOOP, TORCH, case_module.ORT]
     record = {
         "name": case.name, "cell": case.cell, "kind": case.kind, "variant": case.variant,
         "shape": asdict(case.shape), "flops": flops,
