@@ -78,3 +78,34 @@ def check_floating(name: str, tensor: Tensor, expected_dtype: torch.dtype, expec
 def check_shape(name: str, tensor: Tensor, expected: tuple[int, ...]) -> None:
     if tuple(tensor.shape) != tuple(expected):
         raise ShapeError(f"{name} should have shape {tuple(expected)}, got {tuple(tensor.shape)}")
+
+
+def check_sequence_input(layer, input: Tensor, *, any_dtype: bool = False) -> bool:
+    """A recurrent layer's tensor input: (L, N, H_in), (N, L, H_in) with `layer.batch_first`, or unbatched
+    (L, H_in), in the dtype and on the device of `layer.weight_ih_l0`, with at least one step. Returns whether
+    it is batched; raises ShapeError / DtypeError naming what was expected and what came."""
+    weight = layer.weight_ih_l0
+    check_floating("input", input, weight.dtype, weight.device, any_dtype=any_dtype)
+    if input.dim() not in (2, 3):
+        raise ShapeError(
+            f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
+            f"of shape {tuple(input.shape)}"
+        )
+    if input.shape[-1] != layer.input_size:
+        raise ShapeError(
+            f"input.size(-1) must be equal to input_size: expected {layer.input_size}, got {input.shape[-1]}"
+        )
+    steps = input.shape[1 if layer.batch_first and input.dim() == 3 else 0]
+    if steps == 0:
+        raise ShapeError(f"input should have at least one time step, got shape {tuple(input.shape)}")
+    return input.dim() == 3
+
+
+def check_packed_data(layer, data: Tensor, *, any_dtype: bool = False) -> None:
+    """A PackedSequence's data for a recurrent layer: (sum of lengths, H_in) in the parameters' dtype and device."""
+    weight = layer.weight_ih_l0
+    check_floating("input", data, weight.dtype, weight.device, any_dtype=any_dtype)
+    if data.dim() != 2 or data.shape[-1] != layer.input_size:
+        raise ShapeError(
+            f"packed input data should have shape (sum of lengths, {layer.input_size}), got {tuple(data.shape)}"
+        )

@@ -30,7 +30,8 @@ from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
 from gatedrnn.cells.minimal import SCANS
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
-    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
+    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
+    check_size,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 
@@ -279,29 +280,10 @@ class MinimalRNNBase(nn.Module):
     # ----- checks -----
     def _check_input(self, input: Tensor) -> bool:
         """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""
-        weight = self.weight_ih_l0
-        check_floating("input", input, weight.dtype, weight.device)
-        if input.dim() not in (2, 3):
-            raise ShapeError(
-                f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
-                f"of shape {tuple(input.shape)}"
-            )
-        if input.shape[-1] != self.input_size:
-            raise ShapeError(
-                f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
-            )
-        steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        if steps == 0:
-            raise ShapeError(f"input should have at least one time step, got shape {tuple(input.shape)}")
-        return input.dim() == 3
+        return check_sequence_input(self, input)
 
     def _check_packed_data(self, data: Tensor) -> None:
-        weight = self.weight_ih_l0
-        check_floating("input", data, weight.dtype, weight.device)
-        if data.dim() != 2 or data.shape[-1] != self.input_size:
-            raise ShapeError(
-                f"packed input data should have shape (sum of lengths, {self.input_size}), got {tuple(data.shape)}"
-            )
+        check_packed_data(self, data)
 
     def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> Tensor:
         """Validate hx and return it as (D*L, B, H) in the scan's row order (zeros for None). Used by `step` with

@@ -28,7 +28,8 @@ from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
 from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
-    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
+    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
+    check_size,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers.init import apply_init_, check_init_options
@@ -240,29 +241,10 @@ class RecurrentBase(nn.Module):
 
     def _check_input(self, input: Tensor, *, any_dtype: bool = False) -> bool:
         """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""
-        weight = self.weight_ih_l0
-        check_floating("input", input, weight.dtype, weight.device, any_dtype=any_dtype)
-        if input.dim() not in (2, 3):
-            raise ShapeError(
-                f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
-                f"of shape {tuple(input.shape)}"
-            )
-        if input.shape[-1] != self.input_size:
-            raise ShapeError(
-                f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
-            )
-        steps = input.shape[1 if self.batch_first and input.dim() == 3 else 0]
-        if steps == 0:
-            raise ShapeError(f"input should have at least one time step, got shape {tuple(input.shape)}")
-        return input.dim() == 3
+        return check_sequence_input(self, input, any_dtype=any_dtype)
 
     def _check_packed_data(self, data: Tensor, *, any_dtype: bool = False) -> None:
-        weight = self.weight_ih_l0
-        check_floating("input", data, weight.dtype, weight.device, any_dtype=any_dtype)
-        if data.dim() != 2 or data.shape[-1] != self.input_size:
-            raise ShapeError(
-                f"packed input data should have shape (sum of lengths, {self.input_size}), got {tuple(data.shape)}"
-            )
+        check_packed_data(self, data, any_dtype=any_dtype)
 
     def _run(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
         """Returns (output, hidden, traces); traces[layer][direction] is the engine's trace (or None)."""

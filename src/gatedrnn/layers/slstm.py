@@ -43,7 +43,8 @@ from gatedrnn.cells.slstm import FORGET_GATES, SLSTMState, slstm_step
 from gatedrnn import engine
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
-    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_shape, check_size,
+    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_sequence_input, check_shape,
+    check_size,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers._slstm_scan import SLSTMWeights, scan_slstm
@@ -265,17 +266,7 @@ class SLSTM(nn.Module):
 
     def _check_input(self, input: Tensor) -> bool:
         """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""
-        self._check_tensor("input", input)
-        if input.dim() not in (2, 3):
-            raise ShapeError(f"input should be 3-D (batched) or 2-D (unbatched), got a {input.dim()}-D tensor "
-                             f"of shape {tuple(input.shape)}")
-        if input.shape[-1] != self.input_size:
-            raise ShapeError(
-                f"input.size(-1) must be equal to input_size: expected {self.input_size}, got {input.shape[-1]}"
-            )
-        if input.shape[1 if self.batch_first and input.dim() == 3 else 0] == 0:
-            raise ShapeError(f"input should have at least one time step, got shape {tuple(input.shape)}")
-        return input.dim() == 3
+        return check_sequence_input(self, input)
 
     def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> tuple[Tensor, ...]:
         """Validate hx and return it as 4 tensors (D*L, B, H) in the scan's row order (zeros for None)."""
