@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[3]
 DEMO_RESULTS = Path("docs/results/demo.json")
 INIT_RESULTS = Path("docs/results/init_study.json")
 REGULARISER_RESULTS = Path("docs/results/regulariser_study.json")
+# The same study where the plain LSTM does not overfit yet (`regulariser_study --max-chars 120000 --epochs 20`)
+REGULARISER_EARLIER = Path("docs/results/regulariser_study_120k.json")
 GREFF_RESULTS = Path("docs/results/greff_study.json")
 # The run whose variant cases (`gatedrnn.bench.cases.LAYER_VARIANTS`) the variants block shows.
 VARIANT_RUN = Path("benchmarks/results/2026-11-30-2.json")
@@ -202,15 +204,19 @@ def render_variants(root: Path) -> str:
 
 
 def render_regularisers(root: Path) -> str:
-    """The char-LM regulariser study (REGULARISER_RESULTS)."""
-    record = json.loads((root / REGULARISER_RESULTS).read_text())
+    """The char-LM regulariser study (REGULARISER_RESULTS, then REGULARISER_EARLIER)."""
+    return "\n\n".join(_regulariser_table(root, path) for path in (REGULARISER_RESULTS, REGULARISER_EARLIER))
+
+
+def _regulariser_table(root: Path, path: Path) -> str:
+    record = json.loads((root / path).read_text())
     runs = record["runs"]
     settings = list(dict.fromkeys(r["setting"] for r in runs))
     seeds = sorted({r["seed"] for r in runs})
     example = runs[-1]["command"]
     lines = [f"LSTM char-LM on the first {record['max_chars']:,} characters of the King James Bible, "
              f"{record['epochs']} epochs ({runs[0]['steps']} steps) per run, seeds {', '.join(map(str, seeds))} "
-             f"(`{example}`, seed and flags varied; `{REGULARISER_RESULTS}`, {record['date']}, "
+             f"(`{example}`, seed and flags varied; `{path}`, {record['date']}, "
              f"{_machine(record['environment'])}). Test bits per character of the best-validation epoch:", "",
              "| regulariser | test bpc per seed | mean | best epoch per seed |", "|---|---|---|---|"]
     for setting in settings:

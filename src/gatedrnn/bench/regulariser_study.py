@@ -21,8 +21,8 @@ from pathlib import Path
 
 RESULTS = Path("docs/results/regulariser_study.json")
 MAX_CHARS = 60_000  # small enough that the unregularised LSTM overfits within the budget
-FLAGS = ("--task", "charlm", "--cell", "lstm", "-o", f"max_chars={MAX_CHARS}", "-o", "seq_len=64",
-         "--hidden-size", "256", "--batch-size", "32", "--lr", "0.003")
+FLAGS = ("--task", "charlm", "--cell", "lstm", "-o", "seq_len=64", "--hidden-size", "256", "--batch-size", "32",
+         "--lr", "0.003")
 SETTINGS: dict[str, tuple[str, ...]] = {
     "none": (),
     "weight drop 0.5": ("--weight-drop", "0.5"),
@@ -32,14 +32,15 @@ SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 
-def command(setting: str, seed: int, epochs: int) -> list[str]:
+def command(setting: str, seed: int, epochs: int, max_chars: int = MAX_CHARS) -> list[str]:
     """The `gatedrnn train` arguments of one run (without the output options)."""
-    return ["train", *FLAGS, *SETTINGS[setting], "--epochs", str(epochs), "--seed", str(seed)]
+    return ["train", *FLAGS, "-o", f"max_chars={max_chars}", *SETTINGS[setting], "--epochs", str(epochs),
+            "--seed", str(seed)]
 
 
-def run_one(setting: str, seed: int, epochs: int) -> dict:
+def run_one(setting: str, seed: int, epochs: int, max_chars: int = MAX_CHARS) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
-        argv = command(setting, seed, epochs)
+        argv = command(setting, seed, epochs, max_chars)
         started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "gatedrnn", *argv, "--threads", "1", "--quiet", "--no-tensorboard",
                         "--out-dir", scratch, "--overwrite"], check=True)
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per setting (default: 2)")
     parser.add_argument("--epochs", type=int, default=60, help="epochs per run (default: 60)")
+    parser.add_argument("--max-chars", type=int, default=MAX_CHARS,
+                        help=f"the corpus's first characters to use (default: {MAX_CHARS:,})")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: 2)")
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS),
                         help="which settings to run (default: all)")
@@ -65,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     plan = [(setting, seed) for seed in range(args.seeds) for setting in args.settings]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
-        runs = list(pool.map(lambda job: run_one(*job, args.epochs), plan))
-    record = {"date": time.strftime("%Y-%m-%d", time.gmtime(started)), "task": "charlm", "max_chars": MAX_CHARS,
+        runs = list(pool.map(lambda job: run_one(*job, args.epochs, args.max_chars), plan))
+    record = {"date": time.strftime("%Y-%m-%d", time.gmtime(started)), "task": "charlm", "max_chars": args.max_chars,
               "epochs": args.epochs, "jobs": args.jobs, "runs": runs, "environment": environment(threads=1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
