@@ -83,8 +83,11 @@ def keras_gru(x, h, module, masks, *, mask_in_mix: bool = False):
 
 
 def _keras_mask(batch: int, hidden: int, p: float) -> torch.Tensor:
-    """Keras's recurrent mask, dropout(ones, p): Bernoulli(1 − p) / (1 − p), drawn once per call."""
-    return torch.bernoulli(torch.full((batch, hidden), 1 - p, dtype=F64)) / (1 - p)
+    """Keras's recurrent mask, dropout(ones, p): Bernoulli(1 − p) / (1 − p), drawn once per call; drawn here by
+    gatedrnn's own mask generator (`engine.noise.keep_mask`) from the same seed, to replay the layer's draw."""
+    from gatedrnn.engine.noise import keep_mask
+
+    return keep_mask((batch, hidden), [1 - p], 1 / (1 - p), torch.empty(0, dtype=F64))
 
 
 @pytest.mark.parametrize("backend", ["", "reference"])
@@ -281,6 +284,9 @@ def test_zoneout_kept_units_pass_gradients_straight_through(cell, backend, monke
 
 
 # ----- weight_drop -----
+from gatedrnn.engine.noise import drop_weight  # noqa: E402  (the layer's own DropConnect draw, replayed)
+
+
 def _replay_weight_masks(module, p: float) -> dict:
     """The DropConnect masks (W_hh-shaped, scaled by 1/(1-p)) the module draws in one training forward, in its
     order (layer by layer, direction by direction), from the current torch seed."""
@@ -288,7 +294,7 @@ def _replay_weight_masks(module, p: float) -> dict:
     for layer in range(module.num_layers):
         for direction in range(2 if module.bidirectional else 1):
             name = f"weight_hh_l{layer}" + ("_reverse" if direction else "")
-            masks[name] = F.dropout(torch.ones_like(getattr(module, name)), p, training=True)
+            masks[name] = drop_weight(torch.ones_like(getattr(module, name)), p)
     return masks
 
 

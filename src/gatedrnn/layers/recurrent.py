@@ -25,7 +25,7 @@ from torch.nn.utils.rnn import PackedSequence
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
-from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout
+from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout, drop_weight
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
@@ -192,7 +192,7 @@ class RecurrentBase(nn.Module):
         shared by the batch and every step (Merity et al. 2018, AWD-LSTM), W_hh ⊙ M / (1 − p)."""
         weights = self.layer_weights(layer, direction)
         if self.weight_drop and self.training:
-            weights = weights._replace(w_hh=F.dropout(weights.w_hh, self.weight_drop, training=True))
+            weights = weights._replace(w_hh=drop_weight(weights.w_hh, self.weight_drop))
         return weights
 
     def _noise(self, x: Tensor) -> Optional[LayerNoise]:
