@@ -33,10 +33,11 @@ REGULARISER_RESULTS = Path("docs/results/regulariser_study.json")
 REGULARISER_EARLIER = Path("docs/results/regulariser_study_120k.json")
 GREFF_RESULTS = Path("docs/results/greff_study.json")
 # The run whose variant cases (`gatedrnn.bench.cases.LAYER_VARIANTS`) the variants block shows.
-VARIANT_RUN = Path("benchmarks/results/2026-11-30-2.json")
+VARIANT_RUN = Path("benchmarks/results/2026-11-30-3.json")
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-11-30-3.json"), None),
     (Path("benchmarks/results/2026-11-30.json"), None),
     (Path("benchmarks/results/2026-11-25-2.json"), Path("benchmarks/results/2026-11-25-3.json")),
 )
@@ -188,18 +189,25 @@ def render_init(root: Path) -> str:
 
 
 def render_variants(root: Path) -> str:
-    """Training time of each variant and regulariser vs our plain cell and torch.nn, from VARIANT_RUN."""
+    """Training time of each variant and regulariser vs our plain cell, torch.nn and (LayerNorm) the same cell as
+    a Python loop; minGRU vs nn.GRU; all from VARIANT_RUN."""
     result = json.loads((root / VARIANT_RUN).read_text())
     cases = [c for c in result["cases"] if c["variant"] and c["variant"] not in ("proj", "packed")]
     lines = [f"Training step (forward + backward), `{VARIANT_RUN}` ({result['date'][:10]}, "
              f"{_machine(result['environment'])}, {result['config']['threads']} threads, median of "
-             f"{result['config']['repeats']}; `gatedrnn bench --only <case>`). Ratios are times: variant / our plain "
-             "cell (the issue's bound for regularisers: ≤ 1.15) and torch.nn's plain cell / variant.", "",
-             "| case | variant / plain gatedrnn | torch.nn / variant |", "|---|---|---|"]
+             f"{result['config']['repeats']}; `gatedrnn bench --only <case>`). Ratios of times: variant / our plain "
+             "cell (the issue's bounds: regularisers ≤ 1.15, LayerNorm LSTM ≤ 1.3), torch.nn's plain cell / "
+             "variant, and the variant's Python loop / variant (LayerNorm: ≥ 4).", "",
+             "| case | variant / plain gatedrnn | torch.nn / variant | Python loop / variant |", "|---|---|---|---|"]
     for case in cases:
-        impls = case["impls"]
-        ours, plain, peer = (impls[k].get("median_s") for k in ("gatedrnn", "gatedrnn plain", "torch.nn"))
-        lines.append(f"| `{case['name']}` | {ours / plain:.2f} | {peer / ours:.2f} |")
+        median = {name: impl.get("median_s") for name, impl in case["impls"].items()}
+        ours = median["gatedrnn"]
+        loop = f"{median['python loop'] / ours:.1f}" if "python loop" in median else "—"
+        lines.append(f"| `{case['name']}` | {ours / median['gatedrnn plain']:.2f} | {median['torch.nn'] / ours:.2f} "
+                     f"| {loop} |")
+    for case in (c for c in result["cases"] if c["cell"] == "mingru"):
+        lines += ["", f"`{case['name']}` (minGRU, Feng et al. 2024; the issue's target ≥ 5): nn.GRU / MinGRU = "
+                      f"{case['ratio']:.2f}."]
     return "\n".join(lines)
 
 
