@@ -359,6 +359,9 @@ def test_operators_reject_bad_shapes_before_reading_memory():
         "b_hh should have shape [20]": ("lstm", x, h0, c0, w_ih, w_hh, b, b[:8], None, [], False, False),
         "unknown cell kind": ("lstm2", x, h0, c0, w_ih, w_hh, b, b, None, [], False, False),
         "should be Float like x": ("lstm", x, h0.double(), c0, w_ih, w_hh, b, b, None, [], False, False),
+        # a projection only exists for the LSTM: another cell's kernel would read P-wide rows H wide
+        "only cell 'lstm' takes w_hr": ("gru", x, torch.randn(2, 3), None, torch.randn(15, 3), torch.randn(15, 3),
+                                       torch.randn(15), torch.randn(15), torch.randn(3, 5), [], False, False),
     }
     for message, args in bad.items():
         with pytest.raises(RuntimeError, match=re.escape(message)):
@@ -366,6 +369,9 @@ def test_operators_reject_bad_shapes_before_reading_memory():
     from gatedrnn.engine.ops import STEP
     with pytest.raises(RuntimeError, match="5 weight slots per layer"):
         STEP("gru", torch.randn(2, 3), torch.randn(1, 2, 4), None, [torch.randn(12, 3)])
+    with pytest.raises(RuntimeError, match="only cell 'lstm' takes w_hr"):
+        STEP("gru", torch.randn(2, 3), torch.randn(1, 2, 3), None,
+             [torch.randn(15, 3), torch.randn(15, 3), None, None, torch.randn(3, 5)])
 
 
 @pytest.mark.parametrize("cell,zoneout", [(cell, zoneout) for cell in FUSED_CELLS

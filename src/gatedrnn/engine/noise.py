@@ -50,7 +50,7 @@ def keep_mask(shape: Sequence[int], keep: Sequence[float], scale: float, like: T
     if library is None:
         thresholds = torch.tensor(keep, dtype=torch.float32, device=like.device)
         kept = torch.rand(tuple(shape), dtype=torch.float32, device=like.device) < thresholds
-        return torch.where(kept, scale, 0.0).to(like.dtype)
+        return kept.to(like.dtype) * scale  # scale in like's precision (a where() of floats would be float32)
     seed = int(torch.randint(-(2 ** 63), 2 ** 63 - 1, (), dtype=torch.int64))  # torch's generator: manual_seed
     out = torch.empty(tuple(shape), dtype=like.dtype)
     library.keep_mask(out, torch.tensor(keep, dtype=torch.float32), float(scale), seed)

@@ -20,9 +20,10 @@ L layers.
     zoneout (T, B, P [+ H]): the weight of the previous h [and c] per step and unit (0/1 in training, p at eval).
     rec_mask (B, P): variational dropout's mask on the h that W_hh reads, one per sequence.
     cand_mask (T, B, H): candidate dropout's mask per step (cells with a candidate: LSTM g, GRU n).
-    scan:  y (T, B, P), h_n (B, P), c_n (B, H); with keep: gates (T, B, G*H), c_hist (T, B, H) for cells
-           with a c state, extra (T, B, `saved_width`): the cell's E*H, then under zoneout c̃ (H) and h̃ (P). What a cell does not have is an empty
-           tensor of shape (0,) (an operator's outputs are always tensors).
+    scan:  y (T, B, P), h_n (B, P), c_n (B, S*H) (S state blocks: 3 for the sLSTM's [c | n | m], else 1); with
+           keep: gates (T, B, G*H), c_hist (T, B, S*H) for cells with a c state, extra (T, B, `saved_width`): the
+           cell's E*H, then under zoneout c̃ (H) and h̃ (P). What a cell does not have is an empty tensor of shape
+           (0,) (an operator's outputs are always tensors).
     step:  x (B, I), h (L, B, P), c (L, B, H) -> y (B, P), h (L, B, P), c (L, B, H) or (0,).
 
 `gatedrnn::scan` is differentiable (`torch.library.register_autograd`): its backward calls

@@ -78,7 +78,8 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
     TORCH_CHECK(c0.has_value(), op, ": cell '", cell, "' needs c0");
     check_shape(op, "c0", *c0, {B, c_blocks * H}, x);
   }
-  if (w_hr.has_value()) {
+  if (w_hr.has_value()) {  // the projection (LSTMP) exists for torch.nn's LSTM cell alone
+    TORCH_CHECK(cell == "lstm", op, ": only cell 'lstm' takes w_hr (a projection), got w_hr for cell '", cell, "'");
     check_shape(op, "w_hr", *w_hr, {P, H}, x);
   } else {
     TORCH_CHECK(P == H, op, ": without w_hr, w_hh should be (", GH, ", ", H, "), got shape ", shape(w_hh.sizes()));
@@ -238,8 +239,10 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
     check_shape(op, "w_hh", *weights[5 * l + 1], {GH, P}, x);
     for (int k : {2, 3})
       if (weights[5 * l + k].has_value()) check_shape(op, k == 2 ? "b_ih" : "b_hh", *weights[5 * l + k], {GH}, x);
-    if (weights[5 * l + 4].has_value()) check_shape(op, "w_hr", *weights[5 * l + 4], {P, H}, x);
-    else TORCH_CHECK(P == H, op, ": layer ", l, " without w_hr needs P = H, got P = ", P, ", H = ", H);
+    if (weights[5 * l + 4].has_value()) {
+      TORCH_CHECK(cell == "lstm", op, ": only cell 'lstm' takes w_hr (a projection), got w_hr for cell '", cell, "'");
+      check_shape(op, "w_hr", *weights[5 * l + 4], {P, H}, x);
+    } else TORCH_CHECK(P == H, op, ": layer ", l, " without w_hr needs P = H, got P = ", P, ", H = ", H);
     in_dim = P;
   }
   check_shape(op, "h", h, {L, B, P}, x);

@@ -56,7 +56,7 @@ inline float exp_(float x) { return exp_approx(x); }
 inline double exp_(double x) { return std::exp(x); }
 
 // log(1 + u) for u in [0, 1] (Cephes logf's polynomial: 1 + u = m 2^e with m in [√½, √2), e in {0, 1}, a degree-9
-// polynomial in m − 1, ~1 ulp); no bit manipulation, so GCC vectorises it inside a loop together with exp_approx
+// polynomial in m − 1, 1-3 ulp); no bit manipulation, so GCC vectorises it inside a loop together with exp_approx
 inline float log1p_unit(float u) {
   const float e = u > 0.41421356237f ? 1.0f : 0.0f;
   const float r = (1.0f + u) * (1.0f - 0.5f * e) - 1.0f, z = r * r;
