@@ -53,8 +53,8 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
         states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
     extra_names = tuple(p.name for p in module.spec.extra_params)
-    weights = [LayerWeights(*[params.get(name) for name in names], tuple(params[f"{e}_l{k}"] for e in extra_names))
-               for k, names in enumerate(_weight_names(module.num_layers))]
+    weights = [LayerWeights(*[params.get(name) for name in names], tuple(params[name] for name in extras))
+               for names, extras in _weight_names(module.num_layers, extra_names)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
         module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout,
@@ -70,6 +70,8 @@ def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:
     """Per layer, this step's zoneout weights (N, H_out [+ H_cell]), or None without zoneout. Refuses the
     masks that are drawn once per sequence (recurrent_dropout, weight_drop while training): a step does not
     know where a sequence starts."""
+    if not module.training and module.zoneout == (0.0, 0.0):  # the streaming case: nothing to draw
+        return None
     if module.training and (module.recurrent_dropout or module.weight_drop or module.candidate_dropout):
         raise ValueError(
             "step() cannot apply recurrent_dropout, weight_drop or candidate_dropout while training: their masks "
@@ -116,7 +118,9 @@ def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Te
 
 
 @lru_cache(maxsize=None)
-def _weight_names(num_layers: int) -> tuple[tuple[str, ...], ...]:
-    """Per layer, the parameter names in LayerWeights order (absent ones read as None)."""
+def _weight_names(num_layers: int, extra_names: tuple[str, ...]) -> tuple[tuple[tuple[str, ...], ...], ...]:
+    """Per layer, (torch.nn's parameter names in LayerWeights order (absent ones read as None), the cell's extra
+    parameters' names)."""
     kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-    return tuple(tuple(f"{kind}_l{layer}" for kind in kinds) for layer in range(num_layers))
+    return tuple((tuple(f"{kind}_l{layer}" for kind in kinds), tuple(f"{name}_l{layer}" for name in extra_names))
+                 for layer in range(num_layers))
