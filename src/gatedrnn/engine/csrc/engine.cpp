@@ -251,7 +251,12 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
     check_shape(op, "c", *c, {L, B, H}, x);
   }
   std::vector<at::Tensor> out =
-      dispatch(cell, x, [&]<typename Cell, typename T>() { return stack_step<Cell, T>(x, h, opt(c), weights); });
+      dispatch(cell, x, [&]<typename Cell, typename T>() -> std::vector<at::Tensor> {
+        // only the cells checked above get a streaming kernel (fewer instantiations: a shorter first build)
+        if constexpr (Cell::kAux == 0 && state_blocks<Cell>() == 1) return stack_step<Cell, T>(x, h, opt(c), weights);
+        TORCH_CHECK(false, op, ": no streaming kernel for cell '", cell, "'");
+        return {};
+      });
   return {out[0], out[1], or_empty(out[2], x)};
 }
 
