@@ -10,6 +10,7 @@ type torch.nn raises for it: `except RuntimeError` written against torch.nn catc
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import torch
 from torch import Tensor
@@ -109,3 +110,21 @@ def check_packed_data(layer, data: Tensor, *, any_dtype: bool = False) -> None:
         raise ShapeError(
             f"packed input data should have shape (sum of lengths, {layer.input_size}), got {tuple(data.shape)}"
         )
+
+
+def warn_dropout_without_stacking(dropout: float, num_layers: int) -> None:
+    """torch.nn's warning (and like it, no error): dropout acts between stacked layers only."""
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
+            f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}"
+        )
+
+
+# The layers' regulariser options (gatedrnn.engine.noise states them); a layer without one reads as 0.
+REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout")
+
+
+def active_regularisers(layer) -> list[str]:
+    """The names of the regularisers `layer` has switched on."""
+    return [name for name in REGULARISERS if getattr(layer, name, 0.0) not in (0.0, (0.0, 0.0))]

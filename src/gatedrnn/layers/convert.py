@@ -10,14 +10,14 @@ from __future__ import annotations
 from torch import nn
 
 from gatedrnn.cells import CELL_SPECS
+from gatedrnn.layers._checks import active_regularisers
 
 
 def _torch_class(module: nn.Module) -> type[nn.Module]:
     from gatedrnn.layers.cell_modules import CellBase
 
     spec = CELL_SPECS[module.mode]
-    regularisers = [name for name in ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout")
-                    if getattr(module, name, 0.0) not in (0.0, (0.0, 0.0))]
+    regularisers = active_regularisers(module)
     if not spec.torch_mode or regularisers:
         what = f"{spec.display_name} cell" if not spec.torch_mode else " and ".join(regularisers)
         raise TypeError(f"{type(module).__name__} has no torch.nn twin: torch.nn has no {what}; torch.export and "

@@ -18,7 +18,6 @@ reverse direction runs each sequence backwards within its own length, like torch
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Union
 
 import torch
@@ -31,7 +30,7 @@ from gatedrnn.cells.minimal import SCANS
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
-    check_size,
+    check_size, warn_dropout_without_stacking,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 
@@ -58,11 +57,7 @@ class MinimalRNNBase(nn.Module):
         self.batch_first = bool(batch_first)
         self.dropout = check_dropout(dropout)
         self.bidirectional = bool(bidirectional)
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}"
-            )
+        warn_dropout_without_stacking(self.dropout, self.num_layers)
         factory = {"device": device, "dtype": dtype}
         gate_rows = self.gate_count * self.hidden_size
         for layer in range(self.num_layers):

@@ -14,7 +14,6 @@ The cell equations are in `gatedrnn.cells`; the time loop runs in `gatedrnn.engi
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Union
 
 import torch
@@ -28,8 +27,8 @@ from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
 from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout, drop_weight
 from gatedrnn.layers import aten, streaming
 from gatedrnn.layers._checks import (
-    ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
-    check_size,
+    ArgumentTypeError, ShapeError, active_regularisers, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
+    check_size, warn_dropout_without_stacking,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers.init import apply_init_, check_init_options
@@ -96,11 +95,7 @@ class RecurrentBase(nn.Module):
                 f"proj_size has to be smaller than hidden_size: expected proj_size < {self.hidden_size}, "
                 f"got {self.proj_size}"
             )
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}"
-            )
+        warn_dropout_without_stacking(self.dropout, self.num_layers)
         factory = {"device": device, "dtype": dtype}
         gate_rows = CELL_SPECS[mode].gate_count * self.hidden_size
         out_size = self.proj_size or self.hidden_size
@@ -174,9 +169,8 @@ class RecurrentBase(nn.Module):
             s += f", forget_bias={self.forget_bias}"
         if getattr(self, "init", "default") != "default":
             s += f", init={self.init!r}, chrono_max={self.chrono_max}"
-        for name in ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout"):
-            if getattr(self, name, 0.0) not in (0.0, (0.0, 0.0)):
-                s += f", {name}={getattr(self, name)}"
+        for name in active_regularisers(self):
+            s += f", {name}={getattr(self, name)}"
         return s
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:

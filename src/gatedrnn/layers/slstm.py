@@ -30,7 +30,6 @@ initial f = exp(b_f) is the same.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Optional, Union
 
 import torch
@@ -44,7 +43,7 @@ from gatedrnn import engine
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_sequence_input, check_shape,
-    check_size,
+    check_size, warn_dropout_without_stacking,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers._slstm_scan import SLSTMWeights, scan_slstm
@@ -89,11 +88,7 @@ class SLSTM(nn.Module):
         if forget_gate not in FORGET_GATES:
             raise ValueError(f"forget_gate should be one of {FORGET_GATES}, got {forget_gate!r}")
         self.forget_gate = forget_gate
-        if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(  # torch.nn's warning, and like it no error
-                "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-                f"num_layers greater than 1, but got dropout={self.dropout} and num_layers={self.num_layers}"
-            )
+        warn_dropout_without_stacking(self.dropout, self.num_layers)
         factory = {"device": device, "dtype": dtype}
         H, K = self.hidden_size, self.num_heads
         for layer in range(self.num_layers):

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from gatedrnn.layers._checks import REGULARISERS  # the layers' regulariser options, same names
+
 SCHEDULES = ("cosine", "step", "none")
 INITS = ("default", "chrono", "forget-bias")  # the recurrent layer's gate-bias init (gatedrnn.layers.init)
 DEFAULT_FORGET_BIAS = 1.0  # Jozefowicz et al. 2015
@@ -150,7 +152,6 @@ def layer_init(config: TrainConfig, task_options: Mapping[str, Any]) -> Optional
     return options or None
 
 
-REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropout")
 
 
 def validate(config: TrainConfig) -> TrainConfig:
