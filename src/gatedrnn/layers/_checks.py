@@ -128,3 +128,27 @@ REGULARISERS = ("zoneout", "recurrent_dropout", "weight_drop", "candidate_dropou
 def active_regularisers(layer) -> list[str]:
     """The names of the regularisers `layer` has switched on."""
     return [name for name in REGULARISERS if getattr(layer, name, 0.0) not in (0.0, (0.0, 0.0))]
+
+
+def refuse_bidirectional_step(layer) -> None:
+    """step() runs forward in time: a bidirectional layer's reverse direction needs the whole sequence."""
+    if layer.bidirectional:
+        raise ValueError(
+            "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
+            "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
+        )
+
+
+def check_step_input(layer, x: Tensor) -> bool:
+    """One time step's input for `layer.step`: (N, H_in) or unbatched (H_in,), in the parameters' dtype and
+    device. Returns whether it is batched."""
+    weight = layer.weight_ih_l0
+    check_floating("x", x, weight.dtype, weight.device)
+    if x.dim() not in (1, 2):
+        raise ShapeError(
+            f"step() takes one time step: x should be 2-D (batch, {layer.input_size}) or 1-D "
+            f"({layer.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] != layer.input_size:
+        raise ShapeError(f"x.size(-1) must be equal to input_size: expected {layer.input_size}, got {x.shape[-1]}")
+    return x.dim() == 2

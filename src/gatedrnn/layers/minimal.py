@@ -30,7 +30,8 @@ from gatedrnn.cells.minimal import SCANS
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
-    check_size, warn_dropout_without_stacking,
+    check_size, check_step_input, refuse_bidirectional_step,
+    warn_dropout_without_stacking,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 
@@ -147,21 +148,8 @@ class MinimalRNNBase(nn.Module):
         """One time step for streaming: x (N, H_in) or (H_in,), state h (num_layers, N, H) or (num_layers, H)
         (None = zeros). Returns (y (N, H) or (H,), new state). Feeding a sequence step by step gives
         forward's outputs and h_n."""
-        if self.bidirectional:
-            raise ValueError(
-                "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
-                "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
-            )
-        weight = self.weight_ih_l0
-        check_floating("x", x, weight.dtype, weight.device)
-        if x.dim() not in (1, 2):
-            raise ShapeError(
-                f"step() takes one time step: x should be 2-D (batch, {self.input_size}) or 1-D "
-                f"({self.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
-            )
-        if x.shape[-1] != self.input_size:
-            raise ShapeError(f"x.size(-1) must be equal to input_size: expected {self.input_size}, got {x.shape[-1]}")
-        batched = x.dim() == 2
+        refuse_bidirectional_step(self)
+        batched = check_step_input(self, x)
         layer_input = x if batched else x.unsqueeze(0)  # (N, H_in)
         states = self._initial_state(state, layer_input.shape[0], batched, None, layer_input)  # (L, N, H)
         step_fn = self.spec.step

@@ -43,7 +43,8 @@ from gatedrnn import engine
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_sequence_input, check_shape,
-    check_size, warn_dropout_without_stacking,
+    check_size, check_step_input, refuse_bidirectional_step,
+    warn_dropout_without_stacking,
 )
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers._slstm_scan import SLSTMWeights, scan_slstm
@@ -228,16 +229,8 @@ class SLSTM(nn.Module):
     def step(self, x: Tensor, state: Optional[tuple[Tensor, ...]] = None):
         """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None =
         zeros). Returns (y (N, H) or (H,), new state). Stepping through a sequence equals one forward."""
-        if self.bidirectional:
-            raise ValueError("step() runs forward in time one step at a time, so it cannot run a bidirectional "
-                             "layer (its reverse direction needs the whole sequence); call the module instead")
-        self._check_tensor("x", x)
-        if x.dim() not in (1, 2):
-            raise ShapeError(f"step() takes one time step: x should be 2-D (batch, {self.input_size}) or 1-D "
-                             f"({self.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}")
-        if x.shape[-1] != self.input_size:
-            raise ShapeError(f"x.size(-1) must be equal to input_size: expected {self.input_size}, got {x.shape[-1]}")
-        batched = x.dim() == 2
+        refuse_bidirectional_step(self)
+        batched = check_step_input(self, x)
         layer_input = x if batched else x.unsqueeze(0)  # (N, H_in)
         states = self._initial_state(state, layer_input.shape[0], batched, None, layer_input)  # 4 x (L, N, H)
         new_states = []

@@ -23,31 +23,19 @@ from gatedrnn import engine
 from gatedrnn.cells import LayerWeights
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
-from gatedrnn.layers._checks import ShapeError, check_floating
+from gatedrnn.layers._checks import ShapeError, check_floating, check_step_input, refuse_bidirectional_step
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
 def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
     """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format."""
-    if module.bidirectional:
-        raise ValueError(
-            "step() runs forward in time one step at a time, so it cannot run a bidirectional layer "
-            "(its reverse direction needs the whole sequence); call the module on the full sequence instead"
-        )
+    refuse_bidirectional_step(module)
     if torch._C._is_tracing():  # torch.jit.trace records torch's ops only: forward over one time step
         return _step_as_forward(module, x, state)
     params = module._parameters  # direct dict reads: nn.Module.__getattr__ costs ~1 µs per weight
     weight = params["weight_ih_l0"]
-    check_floating("x", x, weight.dtype, weight.device)
-    if x.dim() not in (1, 2):
-        raise ShapeError(
-            f"step() takes one time step: x should be 2-D (batch, {module.input_size}) or 1-D "
-            f"({module.input_size},), got a {x.dim()}-D tensor of shape {tuple(x.shape)}"
-        )
-    if x.shape[-1] != module.input_size:
-        raise ShapeError(f"x.size(-1) must be equal to input_size: expected {module.input_size}, got {x.shape[-1]}")
-    batched = x.dim() == 2
+    batched = check_step_input(module, x)
     x2 = x if batched else x.unsqueeze(0)  # (N, H_in)
     states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
     if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
