@@ -143,3 +143,107 @@ def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
     torch.testing.assert_close(torch.stack(outputs), expected, rtol=tol, atol=tol)
     for a, b in zip(as_tuple(state), as_tuple(expected_state)):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+class _CountingStreamers:
+    """Stands in for the engine's library in `gatedrnn.layers.streaming`: builds real Streamers, counts steps."""
+
+    def __init__(self, library) -> None:
+        self.library, self.steps = library, 0
+
+    def Streamer(self, cell, weights):  # noqa: N802 (the library's class name)
+        inner, outer = self.library.Streamer(cell, weights), self
+
+        class Counting:
+            def step(self, *args):
+                outer.steps += 1
+                return inner.step(*args)
+
+        return Counting()
+
+
+@pytest.fixture
+def counted_streamers(monkeypatch):
+    from gatedrnn.engine import _build
+    from gatedrnn.layers import streaming
+
+    counting = _CountingStreamers(_build.load())
+    monkeypatch.setattr(streaming._build, "load", lambda: counting)
+    monkeypatch.setattr(streaming, "_STREAMERS", __import__("weakref").WeakKeyDictionary())
+    return counting
+
+
+@pytest.mark.parametrize("cls,options", MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streamer_steps_equal_the_operator(cls, options, batched, dtype, counted_streamers):
+    """The one-call streaming path (a state fed back under no_grad) gives the operator path's numbers exactly."""
+    torch.manual_seed(1)
+    module = cls(4, 6, num_layers=2, dtype=dtype, **options)
+    xs = torch.randn(5, 3, 4, dtype=dtype) if batched else torch.randn(5, 4, dtype=dtype)
+    state0 = initial_state(module, 3, dtype, batched)
+    with torch.no_grad():
+        fast_state, slow_state = state0, state0
+        for x in xs:
+            fast_y, fast_state = module.step(x, fast_state)
+            with GatedrnnOps() as ops:  # a dispatch mode: the operator's path, counted
+                slow_y, slow_state = module.step(x, slow_state)
+            assert ops.counts["step"] == 1
+            assert torch.equal(fast_y, slow_y)
+            for a, b in zip(as_tuple(fast_state), as_tuple(slow_state)):
+                assert torch.equal(a, b)
+    assert counted_streamers.steps == len(xs)
+
+
+def test_streamer_sees_weight_updates_and_replacements(counted_streamers):
+    torch.manual_seed(2)
+    module = gatedrnn.LSTM(4, 6)
+    reference = gatedrnn.LSTM(4, 6)
+    x, state = torch.randn(2, 4), initial_state(module, 2, torch.float32)
+    with torch.no_grad():
+        module.step(x, state)
+        module.weight_hh_l0.mul_(0.5)  # in place, like an optimiser step
+        module.bias_ih_l0.add_(1.0)
+        reference.load_state_dict(module.state_dict())
+        for a, b in zip(as_tuple(module.step(x, state)[1]), as_tuple(reference(x.unsqueeze(0), state)[1])):
+            torch.testing.assert_close(a, b)
+        module.weight_ih_l0 = torch.nn.Parameter(torch.randn(24, 4))  # replaced: a new Streamer
+        reference.load_state_dict(module.state_dict())
+        for a, b in zip(as_tuple(module.step(x, state)[1]), as_tuple(reference(x.unsqueeze(0), state)[1])):
+            torch.testing.assert_close(a, b)
+        module.double()  # parameters' storage swapped in place: the held tensors follow
+        state64 = tuple(s.double() for s in state)
+        reference.double()
+        for a, b in zip(as_tuple(module.step(x.double(), state64)[1]),
+                        as_tuple(reference(x.double().unsqueeze(0), state64)[1])):
+            torch.testing.assert_close(a, b)
+    assert counted_streamers.steps == 4
+
+
+def test_streamer_leaves_other_cases_to_the_general_path(counted_streamers):
+    """Gradients, a first step without state, bad input, dropout between layers in training: the general path,
+    whose errors are the layers' own; the module stays copyable and picklable after streaming."""
+    import copy
+    import io
+
+    torch.manual_seed(3)
+    module = gatedrnn.LSTM(4, 6, num_layers=2, dropout=0.5)
+    x, state = torch.randn(2, 4), initial_state(module, 2, torch.float32)
+    y, _ = module.step(x, state)  # grad enabled
+    assert y.requires_grad and counted_streamers.steps == 0
+    with torch.no_grad():
+        module.step(x, None)
+        assert counted_streamers.steps == 0
+        module.step(x, state)  # training, dropout between layers
+        assert counted_streamers.steps == 0
+        module.eval()
+        module.step(x, state)
+        assert counted_streamers.steps == 1
+        with pytest.raises(ValueError, match="input_size"):
+            module.step(torch.randn(2, 5), state)
+        with pytest.raises(TypeError):
+            module.step(x.double(), state)
+        with pytest.raises(RuntimeError, match=r"h_0 should have shape \(2, 2, 6\)"):
+            module.step(x, (state[0][:, :1], state[1]))
+    copy.deepcopy(module)
+    torch.save(module, io.BytesIO())

@@ -13,6 +13,8 @@ step functions run and autograd differentiates them.
 """
 from __future__ import annotations
 
+import os
+import weakref
 from functools import lru_cache
 from typing import Optional, Union
 
@@ -21,6 +23,7 @@ from torch import Tensor
 
 from gatedrnn import engine
 from gatedrnn.cells import LayerWeights
+from gatedrnn.engine import _build
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import ShapeError, check_floating, check_step_input, refuse_bidirectional_step
@@ -30,6 +33,9 @@ State = Union[Tensor, tuple[Tensor, Tensor]]
 
 def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
     """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format."""
+    fast = _streamed(module, x, state)
+    if fast is not None:
+        return fast
     refuse_bidirectional_step(module)
     if torch._C._is_tracing():  # torch.jit.trace records torch's ops only: forward over one time step
         return _step_as_forward(module, x, state)
@@ -52,6 +58,70 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
         y = y.squeeze(0)
         new_states = tuple(s.squeeze(1) for s in new_states)
     return y, (new_states if module.spec.has_cell_state else new_states[0])
+
+
+def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
+    """The streaming loop's own case in one C++ call (`Streamer`), or None for anything else, which then takes
+    the general path below with its checks and messages: under no_grad, eager, no dispatch mode, a cell with a
+    step kernel and no per-step noise, and a state from a previous step (None, the first step, goes the general
+    way). Python and the operator's argument boxing cost more than a step's arithmetic at batch 1."""
+    if (torch.is_grad_enabled() or state is None or torch._C._len_torch_dispatch_stack()
+            or torch.compiler.is_compiling() or torch._C._is_tracing()):
+        return None
+    streamer = _streamer(module)
+    if streamer is None or module.bidirectional or module.zoneout != (0.0, 0.0) or (
+            module.training and (module.num_layers > 1 and module.dropout or any(
+                getattr(module, name) for name in ("recurrent_dropout", "weight_drop", "candidate_dropout")))):
+        return None
+    if os.environ.get("GATEDRNN_BACKEND", "") not in ("", "auto", "fused"):
+        return None  # "reference", or a value the general path names in its error
+    has_c = module.spec.has_cell_state
+    if has_c:
+        if type(state) is not tuple or len(state) != 2:
+            return None
+        h, c = state
+    else:
+        h, c = state, None
+    if type(x) is not Tensor or type(h) is not Tensor or (has_c and type(c) is not Tensor):
+        return None
+    if x.dim() == 1:  # unbatched: (H_in,) and a state without N
+        if h.dim() != 2 or (has_c and c.dim() != 2):
+            return None
+        out = streamer.step(x.unsqueeze(0), h.unsqueeze(1), c.unsqueeze(1) if has_c else None)
+        if out is None:
+            return None
+        y, h_next, c_next = out
+        return y.squeeze(0), ((h_next.squeeze(1), c_next.squeeze(1)) if has_c else h_next.squeeze(1))
+    if x.dim() != 2 or h.dim() != 3 or (has_c and c.dim() != 3):
+        return None
+    out = streamer.step(x, h, c)
+    if out is None:
+        return None
+    y, h_next, c_next = out
+    return y, ((h_next, c_next) if has_c else h_next)
+
+
+def _streamer(module):
+    """The module's `Streamer` (the engine's, holding its parameters), rebuilt when a parameter is replaced;
+    None for a cell the step kernel does not take, or without the engine."""
+    params = module._parameters
+    key = tuple(map(id, params.values()))
+    cached = _STREAMERS.get(module)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    spec = module.spec
+    streamer = None
+    if spec.fused and not spec.extra_params and spec.kernel_weights is None:
+        library = _build.load()
+        if library is not None:
+            names = _weight_names(module.num_layers, ())
+            streamer = library.Streamer(module.mode, [params.get(name) for layer, _ in names for name in layer])
+    _STREAMERS[module] = (key, streamer)
+    return streamer
+
+
+# module -> (ids of its parameters, Streamer or None); outside the module, which stays picklable and copyable
+_STREAMERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:
