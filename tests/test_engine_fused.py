@@ -148,6 +148,12 @@ def initial_cell_state(spec, batch: int, hidden: int, **dd):
     return c0.requires_grad_(dd.get("requires_grad", False))
 
 
+def kernel_hh_columns(spec, out_size: int, hidden: int) -> int:
+    """Columns of the kernels' w_hh: P, or P + (S−1)*H for a cell whose GEMM also reads its state (FGR's
+    [h | i′ | f′ | o′], `CellSpec.kernel_reads_state`)."""
+    return out_size + ((spec.state_blocks - 1) * hidden if spec.kernel_reads_state else 0)
+
+
 def takes_zoneout(cell: str) -> bool:
     return CELL_SPECS[cell].state_blocks <= 1  # the sLSTM's kernel takes none
 GRADCHECK_CASES = [  # every cell of the table: a kernel the engine does not know fails here
@@ -178,7 +184,7 @@ def test_gradcheck_fused_function(cell, proj, batch_sizes, reverse, noise):
                 x[t, n:] = 0
     h0 = torch.randn(batch, p, **dd)
     c0 = initial_cell_state(CELL_SPECS[cell], batch, hidden, **dd)
-    w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, p, **dd)
+    w_ih, w_hh = torch.randn(g, inputs, **dd), torch.randn(g, kernel_hh_columns(CELL_SPECS[cell], p, hidden), **dd)
     b_ih, b_hh = torch.randn(g, **dd), torch.randn(g, **dd)
     w_hr = torch.randn(p, hidden, **dd) if proj else None
     spec = CELL_SPECS[cell]
@@ -389,7 +395,7 @@ def test_fake_kernels_match_the_real_shapes_and_strides(cell, zoneout):
     g = spec.gate_count * hidden
     real = dict(x=torch.randn(2, 5, 3).transpose(0, 1), h0=torch.randn(2, out),
                 c0=initial_cell_state(spec, 2, hidden, dtype=torch.float32), w_ih=torch.randn(g, 3),
-                w_hh=torch.randn(g, out), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None,
+                w_hh=torch.randn(g, kernel_hh_columns(spec, out, hidden)), b=torch.randn(g), w_hr=torch.randn(proj, hidden) if proj else None,
                 aux=torch.randn(spec.aux_blocks * hidden) if spec.aux_blocks else None,
                 zoneout=torch.rand(5, 2, out + (hidden if spec.has_cell_state else 0)) if zoneout else None)
 

@@ -20,7 +20,7 @@ from gatedrnn.train.checkpoint import load_model, resolve_checkpoint
 EXPECTED_GATES = {"lstm": "ifgo", "gru": "rzn", "rnn": "", "lstm_peephole": "ifgo", "lstm_nig": "fgo",
                   "lstm_nfg": "igo", "lstm_nog": "ifg", "lstm_niaf": "ifgo", "lstm_noaf": "ifgo", "lstm_np": "ifgo",
                   "lstm_cifg": "fgo", "slstm": "ifzo", "mingru": ("z", "h_tilde"), "minlstm": ("f", "i", "h_tilde"),
-                  "layernorm_lstm": "ifgo", "layernorm_gru": "rzn"}
+                  "layernorm_lstm": "ifgo", "layernorm_gru": "rzn", "lstm_fgr": "ifgo"}
 GATE_LABELS = {"i": "input gate i", "f": "forget gate f", "g": "candidate g", "o": "output gate o",
                "r": "reset gate r", "z": "update gate z", "n": "candidate n", "h_tilde": "candidate h̃"}
 # A line of each cell's equations as the report shows them (tags stripped), and one it must not show.
@@ -28,9 +28,12 @@ OWN_LINE = {"lstm_cifg": ("i = 1 − f", "i = σ("), "lstm_nig": ("i = 1 (no inp
             "lstm_nfg": ("f = 1 (no forget gate)", "f = σ("), "lstm_nog": ("o = 1 (no output gate)", "o = σ("),
             "lstm_niaf": ("g = x g + r g (no input activation)", "g = tanh("),
             "lstm_noaf": ("h next = o ⊙ c next (no output activation)", "o ⊙ tanh("),
-            "lstm_np": ("i = σ(x i + r i )", "p i ⊙ c"), "lstm_peephole": ("i = σ(x i + r i + p i ⊙ c)", "= 1 ")}
+            "lstm_np": ("i = σ(x i + r i )", "p i ⊙ c"), "lstm_peephole": ("i = σ(x i + r i + p i ⊙ c)", "= 1 "),
+            "lstm_fgr": ("i = σ(x i + r i + p i ⊙ c + q i )", "= 1 ")}
 # gatedrnn.SLSTM has no zoneout, recurrent dropout or weight drop; MinGRU/MinLSTM have no W_hh and no zoneout
 NO_REGULARISERS = {"slstm", "mingru", "minlstm"}
+# FGR's state carries the previous gates besides h and c, which zoneout does not mix: no zoneout
+NO_ZONEOUT = {"lstm_fgr"}
 REGULARISERS = ("--zoneout", "0.1", "--recurrent-dropout", "0.1", "--weight-drop", "0.1")
 _RUNS: dict[str, object] = {}
 
@@ -41,7 +44,7 @@ def run_dir(request, tmp_path_factory, capsys):
     cell = request.param
     if cell not in _RUNS:
         out = tmp_path_factory.mktemp(cell)
-        extra = () if cell in NO_REGULARISERS else REGULARISERS
+        extra = () if cell in NO_REGULARISERS else REGULARISERS[2:] if cell in NO_ZONEOUT else REGULARISERS
         code, _, err = run_cli(capsys, "train", "--task", "adding", "--cell", cell, "--max-steps", "2", "-o",
                                "seq_len=10", "-o", "n_train=16", "-o", "n_val=8", "-o", "n_test=8", "--batch-size",
                                "8", "--hidden-size", "4", "--out-dir", str(out), "--overwrite", "--quiet",
@@ -105,8 +108,9 @@ def test_trace_has_the_cells_trace_type_and_shapes(run_dir):
     chosen = traces.get()
     assert type(chosen) is spec.trace_type
     assert chosen._fields == tuple(spec.gate_names if spec.gated else ()) + tuple(reversed(spec.state_names))
+    widths = dict(zip(spec.state_names[1:], spec.state_sizes(4)))  # FGR's a is 3H wide
     for name in chosen._fields:
-        assert getattr(chosen, name).shape == (3, 10, 4), name
+        assert getattr(chosen, name).shape == (3, 10, widths.get(name, 4)), name
     with torch.no_grad():
         output, _ = model.rnn(x)
     torch.testing.assert_close(chosen.h, output)  # h is the layer's output
@@ -143,15 +147,17 @@ def test_checkpoint_rebuilds_the_same_cell_and_options(run_dir):
     assert config.cell == cell
     model.eval()
     rnn = model.rnn
+    zoneout = {} if cell in NO_ZONEOUT else {"zoneout": 0.1}
     wanted = CELLS[cell](2, 4, num_layers=1, dropout=0.0,
                          **({} if cell in NO_REGULARISERS else
-                            {"init": {"zoneout": 0.1, "recurrent_dropout": 0.1, "weight_drop": 0.1}}))
+                            {"init": {**zoneout, "recurrent_dropout": 0.1, "weight_drop": 0.1}}))
     assert type(rnn) is type(wanted) and rnn.mode == wanted.mode
     assert getattr(rnn, "variant", None) == getattr(wanted, "variant", None)
     for option in ("zoneout", "recurrent_dropout", "weight_drop"):
         assert getattr(rnn, option, None) == getattr(wanted, option, None), option
     if cell not in NO_REGULARISERS:
-        assert rnn.zoneout[0] == 0.1 and rnn.recurrent_dropout == 0.1 and rnn.weight_drop == 0.1
+        assert rnn.zoneout[0] == (0.0 if cell in NO_ZONEOUT else 0.1)
+        assert rnn.recurrent_dropout == 0.1 and rnn.weight_drop == 0.1
     again, _, _ = load_model(resolve_checkpoint(out))
     again.eval()
     x, _ = _inputs(load_model(resolve_checkpoint(out))[2])

@@ -27,6 +27,10 @@ from pathlib import Path
 
 RESULTS = Path("docs/results/greff_study.json")
 DEFAULT_CELLS = ("lstm", "gru", "rnn")
+# Greff et al.'s variants as registered cells (`--variants`): their V (lstm_peephole), NIG, NFG, NOG, NIAF, NOAF,
+# NP, CIFG and FGR, in `gatedrnn.cells.lstm_variants.GREFF_VARIANTS` order.
+VARIANT_CELLS = ("lstm_peephole", "lstm_nig", "lstm_nfg", "lstm_nog", "lstm_niaf", "lstm_noaf", "lstm_np",
+                 "lstm_cifg", "lstm_fgr")
 FLAGS = ("--task", "chorales", "--batch-size", "8", "--lr", "0.01")
 
 
@@ -95,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("extra", nargs="*", metavar="CELL", help="more cells after --cells (e.g. lstm_nig lstm_cifg)")
     parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS),
                         help=f"the cells to train (default: {' '.join(DEFAULT_CELLS)})")
+    parser.add_argument("--variants", action="store_true",
+                        help=f"after --cells and CELL, every Greff variant ({' '.join(VARIANT_CELLS)})")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per cell (default: 5)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per run, 31 steps each (default: 40)")
     parser.add_argument("--hidden-size", type=int, default=100, help="hidden units (default: 100)")
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} should be an integer >= 1, got {getattr(args, name)}")
     try:
-        cells = resolve_cells(args.cells, args.extra)
+        cells = resolve_cells(args.cells, [*args.extra, *(VARIANT_CELLS if args.variants else ())])
     except StudyError as error:
         parser.error(str(error))
     from gatedrnn.bench.environment import environment

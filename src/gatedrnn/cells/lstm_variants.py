@@ -19,8 +19,9 @@ The variants (Greff et al., section III):
     NOAF  no output activation function:  h_next = o ⊙ c_next
     NP    no peepholes:                   p_i = p_f = p_o = 0  (torch.nn.LSTM's cell, `gatedrnn.cells.lstm`)
     CIFG  coupled input and forget gate:  i = 1 − f            (blocks f, g, o; peepholes p_f, p_o; GRU-like)
-    FGR   full gate recurrence: i, f, o also read the previous step's i, f, o through nine more matrices.
-          FGR needs the previous gates in the state; it is not implemented (see the project notes).
+    FGR   full gate recurrence: i, f, o also read the previous step's i, f, o through nine more matrices
+          (one R_g (3H, 3H)), so the state carries the previous gates: (h, c, a = [i′ | f′ | o′]);
+          equations in `gatedrnn.cells.fgr.fgr_lstm_step`
 
 Peephole weights are diagonal (one weight per unit), stored as one vector ``peephole`` = [p_i | p_f | p_o]
 over the gates present, each (H,).
@@ -41,7 +42,7 @@ from gatedrnn.cells.lstm import LSTMState
 class GreffVariant:
     """Which parts of the peephole LSTM a variant keeps (Greff et al. 2017's names)."""
 
-    name: str                     # "peephole" (their V), "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg"
+    name: str                     # "peephole" (their V), "nig", "nfg", "nog", "niaf", "noaf", "np", "cifg", "fgr"
     input_gate: bool = True       # False: NIG (i = 1) and CIFG (i = 1 − f)
     forget_gate: bool = True      # False: NFG (f = 1)
     output_gate: bool = True      # False: NOG (o = 1)
@@ -49,6 +50,7 @@ class GreffVariant:
     input_activation: bool = True   # False: NIAF (g = its pre-activation)
     output_activation: bool = True  # False: NOAF (h = o ⊙ c)
     peepholes: bool = True        # False: NP
+    gate_recurrence: bool = False  # True: FGR (state (h, c, a); step `gatedrnn.cells.fgr.fgr_lstm_step`)
 
     @property
     def gate_names(self) -> tuple[str, ...]:
@@ -73,6 +75,7 @@ GREFF_VARIANTS: dict[str, GreffVariant] = {
         GreffVariant("noaf", output_activation=False),
         GreffVariant("np", peepholes=False),
         GreffVariant("cifg", input_gate=False, coupled=True),
+        GreffVariant("fgr", gate_recurrence=True),
     )
 }
 

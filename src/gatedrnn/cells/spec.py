@@ -30,11 +30,17 @@ class LayerWeights(NamedTuple):
 
 class ExtraParam(NamedTuple):
     """A parameter a cell has besides torch.nn's, per layer and direction: `<name>_l<k>[_reverse]` of shape
-    (blocks*H,), initialised by `init` ("uniform": torch.nn's U(-1/sqrt(H), 1/sqrt(H)); "ones"; "zeros")."""
+    (blocks*H,), or (blocks*H, columns*H) for a matrix (FGR's gate recurrence R_g), initialised by `init`
+    ("uniform": torch.nn's U(-1/sqrt(H), 1/sqrt(H)); "ones"; "zeros")."""
 
     name: str
     blocks: int
     init: str = "uniform"
+    columns: int = 0  # 0: a vector (blocks*H,); else a matrix (blocks*H, columns*H), never part of `aux`
+
+    def shape(self, hidden: int) -> tuple[int, ...]:
+        """The parameter's shape for hidden size H."""
+        return (self.blocks * hidden,) if not self.columns else (self.blocks * hidden, self.columns * hidden)
 
 
 # A cell's step in the engine's uniform form: (x_proj (B, G*H), state tuple[, candidate_mask (B, H)]) ->
@@ -82,8 +88,15 @@ class CellSpec:
         over every step at once, (x_proj (T, B, G*H), h0 (B, H), *, scan, trace) -> (h (T, B, H), trace or
         None), computing what a loop over `step` computes; None for the other cells.
     kernel_weights: LayerWeights in the table's form -> LayerWeights as the fused kernels take them (w_hh dense
-        (G*H, P), b_ih and b_hh both given or both None), differentiable so autograd carries the gradient back;
-        None: the same (every cell but the sLSTM, whose per-head R becomes the dense block-diagonal W_hh).
+        (G*H, P), or (G*H, P + (S−1)*H) with `kernel_reads_state`; b_ih and b_hh both given or both None; extra:
+        the vector parameters only, which become `aux`), differentiable so autograd carries the gradient back;
+        None: the same (every cell but the sLSTM, whose per-head R becomes the dense block-diagonal W_hh, and
+        FGR, whose gate recurrence R_g joins W_hh).
+    state_widths: the (H)-wide blocks of each state after h, in `state_names` order; () means 1 each (FGR's
+        a = [i′ | f′ | o′] is 3 blocks wide).
+    kernel_reads_state: the fused kernel's recurrent GEMM reads [h | the state blocks after c] instead of h
+        (csrc `kRecState`; FGR: its gate recurrence R_g a′ is part of the GEMM), so its W_hh has
+        (S−1)*H more columns than P.
     """
 
     name: str
@@ -111,11 +124,14 @@ class CellSpec:
     equations: Optional[Callable[[], str]] = None
     sequence_scan: Optional[Callable] = None
     kernel_weights: Optional[Callable[[LayerWeights], LayerWeights]] = None
+    state_widths: tuple[int, ...] = ()
+    kernel_reads_state: bool = False
 
     @property
     def aux_blocks(self) -> int:
-        """A: the (H)-wide blocks of extra parameters the kernels take as `aux`."""
-        return sum(p.blocks for p in self.extra_params)
+        """A: the (H)-wide blocks of extra parameters the kernels take as `aux` (the vectors; a matrix parameter
+        reaches the kernel through `kernel_weights`)."""
+        return sum(p.blocks for p in self.extra_params if not p.columns)
 
     @property
     def has_cell_state(self) -> bool:
@@ -125,8 +141,14 @@ class CellSpec:
     @property
     def state_blocks(self) -> int:
         """(H)-wide blocks of the fused kernels' cell-state operand c: the states after h, side by side (LSTM 1:
-        c; sLSTM 3: [c | n | m]); 0 without a cell state."""
-        return len(self.state_names) - 1
+        c; sLSTM 3: [c | n | m]; FGR 4: [c | i′ | f′ | o′]); 0 without a cell state."""
+        return sum(self.state_widths) if self.state_widths else len(self.state_names) - 1
+
+    def state_sizes(self, hidden: int) -> tuple[int, ...]:
+        """The width of each state after h for hidden size H, in `state_names` order (how the kernels' (·, S*H)
+        cell-state operand splits into the layer's states)."""
+        widths = self.state_widths or (1,) * (len(self.state_names) - 1)
+        return tuple(w * hidden for w in widths)
 
     @property
     def memory_state(self) -> str:

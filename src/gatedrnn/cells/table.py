@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from gatedrnn.cells.fgr import FGRState, FGRTrace, fgr_lstm_step
 from gatedrnn.cells.gru import GRUTrace, gru_step
 from gatedrnn.cells.layernorm import layernorm_gru_step, layernorm_lstm_step
 from gatedrnn.cells.lstm import LSTMState, LSTMTrace, lstm_step
@@ -91,6 +92,42 @@ def _greff(variant: GreffVariant, color: str) -> CellSpec:
         extra_params=(ExtraParam("weight_peephole", len(variant.peephole_names)),) if variant.peepholes else (),
         variant=variant, candidate_gate="g", equations=lambda: variant_equations(variant),
         trace_labels=() if variant.input_activation else (("g", "input g (no activation)"),),
+    )
+
+
+def _fgr_step(weights: LayerWeights, recurrent_mask=None) -> StepFn:
+    peephole, w_gate_hh = weights.extra
+
+    def step(x_proj, state, candidate_mask=None):
+        new_state, gates = fgr_lstm_step(x_proj, FGRState(*state), weights.w_hh, weights.b_hh, peephole, w_gate_hh,
+                                         recurrent_mask, candidate_mask)
+        return tuple(new_state), tuple(gates)
+
+    return step
+
+
+def _fgr_kernel_weights(weights: LayerWeights) -> LayerWeights:
+    """FGR's LayerWeights (extra = (peephole (3H,), R_g (3H, 3H))) as the fused kernel takes them: the recurrent
+    GEMM reads [h | a′] (`CellSpec.kernel_reads_state`), so W_hh becomes (4H, P + 3H) = [W_hh | R], R holding
+    R_g's rows in the i, f, o blocks and zeros in the g block; aux is the peephole alone. Autograd takes the
+    kernel's dW_hh back to W_hh and R_g (the zero g rows of R pass nothing)."""
+    peephole, w_gate_hh = weights.extra
+    hidden = w_gate_hh.shape[0] // 3
+    rows_i_f, rows_o = w_gate_hh.split([2 * hidden, hidden])  # targets i, f | o, each row over [i′ | f′ | o′]
+    gate_rec = torch.cat([rows_i_f, rows_o.new_zeros(hidden, 3 * hidden), rows_o])  # (4H, 3H), rows i, f, g, o
+    return weights._replace(w_hh=torch.cat([weights.w_hh, gate_rec], dim=1), extra=(peephole,))
+
+
+def _fgr(color: str) -> CellSpec:
+    """Greff et al.'s FGR (`gatedrnn.cells.fgr`): the peephole LSTM plus the gate recurrence R_g; state (h, c, a);
+    fused kernel `FGRLSTMCell` (state operand [c | i′ | f′ | o′], the GEMM reads [h | i′ | f′ | o′])."""
+    variant = GREFF_VARIANTS["fgr"]
+    return CellSpec(
+        "lstm_fgr", "LSTM (FGR)", fgr_lstm_step, _fgr_step, 4, variant.gate_names, ("h", "c", "a"), FGRTrace,
+        variant.gate_names, torch_mode="", hold_gate="f", write_gate="i", color=color,
+        extra_params=(ExtraParam("weight_peephole", 3), ExtraParam("weight_gate_hh", 3, columns=3)),
+        variant=variant, candidate_gate="g", trace_labels=(("a", "previous i′, f′, o′ (a)"),),
+        kernel_weights=_fgr_kernel_weights, state_widths=(1, 3), kernel_reads_state=True,
     )
 
 
@@ -214,7 +251,7 @@ _MINIMAL = (
 
 
 _GREFF_COLORS = {"peephole": "#9467bd", "nig": "#8c564b", "nfg": "#e377c2", "nog": "#bcbd22", "niaf": "#17becf",
-                 "noaf": "#aec7e8", "np": "#ffbb78", "cifg": "#98df8a"}
+                 "noaf": "#aec7e8", "np": "#ffbb78", "cifg": "#98df8a", "fgr": "#c5b0d5"}
 
 
 CELL_SPECS: dict[str, CellSpec] = {
@@ -228,7 +265,8 @@ CELL_SPECS: dict[str, CellSpec] = {
                  color="#2ca02c"),
         _rnn("rnn_tanh", "RNN", "tanh", "#d62728"),
         _rnn("rnn_relu", "RNN (relu)", "relu", "#ff7f0e"),
-        *(_greff(variant, _GREFF_COLORS[name]) for name, variant in GREFF_VARIANTS.items()),
+        *(_greff(variant, _GREFF_COLORS[name]) if not variant.gate_recurrence else _fgr(_GREFF_COLORS[name])
+          for name, variant in GREFF_VARIANTS.items()),
         _slstm("sigmoid", "#393b79"),
         _slstm("exp", "#5254a3"),
         *_LAYERNORM,

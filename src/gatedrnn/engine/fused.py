@@ -33,7 +33,9 @@ def _trace(cell: str, y: Tensor, gates: Tensor, c_hist: Tensor) -> tuple:
     spec = CELL_SPECS[cell]
     blocks = dict(zip(spec.gate_names, gates.chunk(spec.gate_count, dim=2)))  # name -> (T, B, H)
     traced = [blocks[name].contiguous() for name in spec.traced_gates]
-    states = [s.contiguous() for s in reversed(c_hist.chunk(spec.state_blocks, dim=2))] if spec.has_cell_state else []
+    hidden = gates.shape[2] // spec.gate_count
+    states = ([s.contiguous() for s in reversed(c_hist.split(spec.state_sizes(hidden), dim=2))]
+              if spec.has_cell_state else [])
     return spec.trace_type(*traced, *states, y.clone())
 
 
@@ -71,9 +73,9 @@ def run_layer_fused(
     sizes = [] if batch_sizes is None else [int(b) for b in batch_sizes]
     spec = CELL_SPECS[cell]
     has_c = spec.has_cell_state
-    if spec.kernel_weights is not None:  # the sLSTM: its per-head R as the dense W_hh, a zero b_hh
+    if spec.kernel_weights is not None:  # the sLSTM: its per-head R as the dense W_hh, a zero b_hh; FGR: [W_hh | R]
         weights = spec.kernel_weights(weights)
-    # the states after h as one (B, S*H) operand (the sLSTM's [c | n | m]), split again below
+    # the states after h as one (B, S*H) operand (the sLSTM's [c | n | m], FGR's [c | a]), split again below
     c0 = (state0[1] if len(state0) == 2 else torch.cat(state0[1:], dim=1)) if has_c else None
     # the cell's extra parameters as one flat operand; torch.cat's backward hands each its gradient
     aux = (weights.extra[0] if len(weights.extra) == 1 else torch.cat(weights.extra)) if weights.extra else None
@@ -91,7 +93,9 @@ def run_layer_fused(
         with torch._C._AutoDispatchBelowAutograd():
             y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask,
                                                  candidate)
-    state = ((h_n, c_n) if spec.state_blocks == 1 else (h_n, *c_n.chunk(spec.state_blocks, dim=1))) if has_c else (h_n,)
+    hidden = weights.w_ih.shape[0] // spec.gate_count
+    state = ((h_n, c_n) if spec.state_blocks == 1 else (h_n, *c_n.split(spec.state_sizes(hidden), dim=1))) if has_c \
+        else (h_n,)
     if not trace:
         return ScanResult(y, state, None)
     traced = _trace(cell, y, gates, c_hist)

@@ -20,7 +20,8 @@ L layers.
     zoneout (T, B, P [+ H]): the weight of the previous h [and c] per step and unit (0/1 in training, p at eval).
     rec_mask (B, P): variational dropout's mask on the h that W_hh reads, one per sequence.
     cand_mask (T, B, H): candidate dropout's mask per step (cells with a candidate: LSTM g, GRU n).
-    scan:  y (T, B, P), h_n (B, P), c_n (B, S*H) (S state blocks: 3 for the sLSTM's [c | n | m], else 1); with
+    scan:  y (T, B, P), h_n (B, P), c_n (B, S*H) (S state blocks: 3 for the sLSTM's [c | n | m], 4 for FGR's
+           [c | i′ | f′ | o′], else 1; FGR's w_hh is (G*H, P + 3H), its GEMM reading [h | i′ | f′ | o′]); with
            keep: gates (T, B, G*H), c_hist (T, B, S*H) for cells with a c state, extra (T, B, `saved_width`): the
            cell's E*H, then under zoneout c̃ (H) and h̃ (P). What a cell does not have is an empty tensor of shape
            (0,) (an operator's outputs are always tensors).
@@ -109,8 +110,9 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
                rec_mask=None, cand_mask=None):
     spec = CELL_SPECS[cell]
     steps, batch = x.shape[0], x.shape[1]
-    gate_rows, out_size = w_hh.shape
+    gate_rows, read_width = w_hh.shape  # (G*H, P), or (G*H, P + (S−1)*H) when the GEMM reads the state (FGR)
     hidden = gate_rows // spec.gate_count
+    out_size = read_width - (spec.state_blocks - 1) * hidden if spec.kernel_reads_state else read_width
     has_c = spec.has_cell_state
     extra = saved_width(cell, hidden, out_size, zoneout is not None)
     return (

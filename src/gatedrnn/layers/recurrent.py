@@ -115,7 +115,7 @@ class RecurrentBase(nn.Module):
                     self._flat_weights_names.append(name)
                 for extra in self.spec.extra_params:  # after torch.nn's, in the cell's order
                     self.register_parameter(f"{extra.name}{suffix}",
-                                            nn.Parameter(torch.empty(extra.blocks * self.hidden_size, **factory)))
+                                            nn.Parameter(torch.empty(extra.shape(self.hidden_size), **factory)))
         self.reset_parameters()
 
     @property
@@ -304,13 +304,16 @@ class RecurrentBase(nn.Module):
         """Validate hx and return it as a tuple of (D*L, B, ·) tensors in the engine's row order."""
         out_size = self.proj_size or self.hidden_size
         count = self.num_layers * self.num_directions
-        expected = [("h_0", out_size)] + ([("c_0", self.hidden_size)] if self.spec.has_cell_state else [])
+        # h_0, then the states after h in the cell's order (LSTM c_0; FGR c_0 and a_0 (3H), its previous gates)
+        expected = [("h_0", out_size)] + [(f"{name}_0", size) for name, size in
+                                          zip(self.spec.state_names[1:], self.spec.state_sizes(self.hidden_size))]
         if hx is None:
             return tuple(x.new_zeros(count, batch, size) for _, size in expected)
         if self.spec.has_cell_state:
-            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            if not (isinstance(hx, (tuple, list)) and len(hx) == len(expected)):
                 got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
-                raise ArgumentTypeError(f"LSTM hx should be a tuple (h_0, c_0), got {got}")
+                names = ", ".join(name for name, _ in expected)
+                raise ArgumentTypeError(f"LSTM hx should be a tuple ({names}), got {got}")
             states = tuple(hx)
         else:
             if not isinstance(hx, Tensor):
@@ -374,7 +377,9 @@ class LSTM(RecurrentBase):
 
     variant (keyword-only): None for torch.nn's LSTM, or one of Greff et al. 2017's: "peephole" (their vanilla
     LSTM, with peephole weights `weight_peephole_l<k>`), "nig", "nfg", "nog", "niaf", "noaf", "np" (torch.nn's
-    cell under Greff's name), "cifg"; equations in `gatedrnn.cells.lstm_variants`.
+    cell under Greff's name), "cifg"; equations in `gatedrnn.cells.lstm_variants`. "fgr" (full gate recurrence,
+    `gatedrnn.cells.fgr`) adds `weight_gate_hh_l<k>` (3H, 3H) and carries the previous gates in its state:
+    hx and the returned hidden are (h, c, a) with a (D * num_layers, N, 3 * H_cell) (zeros for hx None).
 """ + INIT_OPTIONS_DOC.format(gate="f", chrono="b_f = log(u), b_i = -b_f"))
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,

@@ -70,6 +70,9 @@ def _rnn(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
 def _lstm_variant(variant: str) -> CellFactory:
     def factory(input_size: int, hidden_size: int, *, num_layers: int, dropout: float,
                 init: Optional[Mapping[str, Any]] = None) -> nn.Module:
+        if GREFF_VARIANTS[variant].gate_recurrence and (init or {}).get("zoneout"):
+            raise ValueError(f"cell 'lstm_{variant}' takes no zoneout (its state carries the previous gates besides "
+                             f"h and c); expected zoneout 0, got {init['zoneout']!r}")
         return LSTM(input_size, hidden_size, num_layers=num_layers, dropout=dropout, batch_first=True,
                     variant=variant, **(init or {}))
 
@@ -132,7 +135,7 @@ def _layernorm_gru(input_size: int, hidden_size: int, *, num_layers: int, dropou
                         **(init or {}))
 
 
-for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg
+for _variant in GREFF_VARIANTS:  # Greff et al. 2017's LSTM variants: lstm_peephole, lstm_nig, ..., lstm_cifg, lstm_fgr
     register_cell(f"lstm_{_variant}", _lstm_variant(_variant))
 register_cell("slstm", _slstm)
 register_cell("mingru", _minimal(MinGRU))

@@ -1,7 +1,8 @@
 """From scratch: one LSTM, GRU, RNN or sLSTM layer in NumPy, forward and hand-derived backward (BPTT).
 
 No torch here: this is the version to read next to the equations. `lstm_variants` holds the peephole LSTM
-and Greff et al.'s variants, with zoneout and a recurrent dropout mask. Each ``*_forward`` docstring states
+and Greff et al.'s variants, with zoneout and a recurrent dropout mask; `fgr` their FGR (full gate recurrence).
+Each ``*_forward`` docstring states
 the equations with the names used in its body; each ``*_backward`` walks the same lines in reverse,
 naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
 ``LSTMParams.from_state_dict(torch.nn.LSTM(...).state_dict())`` reproduces torch's numbers
@@ -11,6 +12,7 @@ naming dL/d<var> as d<var>. Weights follow torch.nn's layout and gate order, so
     y, h_T, c_T, cache = lstm_forward(x, h0, c0, params)        # x (T, B, I), h0, c0 (B, H)
     grads = lstm_backward(dy, dh_T, dc_T, cache)                 # grads.dx, grads.dw_ih, ...
 """
+from gatedrnn.reference.fgr import FGRCache, FGRGrads, FGRParams, fgr_backward, fgr_forward
 from gatedrnn.reference.layernorm import (
     LayerNormGRUParams, LayerNormLSTMParams, layernorm_gru_backward, layernorm_gru_forward, layernorm_lstm_backward,
     layernorm_lstm_forward,
@@ -32,6 +34,7 @@ __all__ = [
     "RNNParams", "RNNCache", "RNNGrads", "rnn_forward", "rnn_backward",
     "SLSTMParams", "SLSTMCache", "SLSTMGrads", "slstm_forward", "slstm_backward",
     "VARIANTS", "VariantParams", "VariantCache", "VariantGrads", "variant_forward", "variant_backward",
+    "FGRParams", "FGRCache", "FGRGrads", "fgr_forward", "fgr_backward",
     "MinimalParams", "MinimalCache", "MinimalGrads", "mingru_forward", "mingru_backward",
     "minlstm_forward", "minlstm_backward",
     "LayerNormLSTMParams", "layernorm_lstm_forward", "layernorm_lstm_backward",

@@ -23,6 +23,10 @@
 //                 Otherwise (every other cell) the loop sums dgate_x and dgate_h over steps and rows.
 //   kStateBlocks  (optional, default 1: `state_blocks<Cell>()`) (H)-wide blocks of the cell-state buffer c: the
 //                 loop's c0, c_n, saved c and dc rows are kStateBlocks*H wide (the sLSTM's [c | n | m])
+//   kRecState     (optional, default false: `reads_state<Cell>()`) the recurrent GEMM reads the row
+//                 [h | state blocks 1..] instead of h, so W_hh is (G*H, P + (kStateBlocks−1)*H) and `rec` holds
+//                 W_hh [h | a]; backward: the loop adds the GEMM's dL/d(state blocks 1..) to the previous step's
+//                 dc there (the cell writes 0 for them) and dW_hh = Σ dGᵀ [h_prev | a_prev] (FGR's gate recurrence)
 //   forward(H, units, RowForward&)  hidden units [0, units) of one row; pointers may start at a unit
 //                                   offset (streaming splits units over threads), H is the gate-block stride
 //   backward(H, RowBackward&)       all H units of one row
@@ -44,6 +48,22 @@ constexpr int state_blocks() {
   } else {
     return 1;
   }
+}
+
+// kRecState of a cell, false for a cell that does not declare it (every cell but FGR).
+template <typename Cell>
+constexpr bool reads_state() {
+  if constexpr (requires { Cell::kRecState; }) {
+    return Cell::kRecState;
+  } else {
+    return false;
+  }
+}
+
+// (H)-wide blocks the recurrent GEMM reads after h: the state blocks after c for a kRecState cell, else 0.
+template <typename Cell>
+constexpr int rec_state_blocks() {
+  return reads_state<Cell>() ? state_blocks<Cell>() - 1 : 0;
 }
 
 template <typename T>
@@ -217,8 +237,8 @@ struct RNNCell {
 };
 
 // The LSTM of Greff et al. 2017 ("LSTM: A Search Space Odyssey"): peepholes, and the variants that each remove
-// or change one part (equations: gatedrnn/cells/lstm_variants.py). NP (no peepholes) is LSTMCell; FGR runs on
-// the reference path. Gate blocks present, in this order: i (not NIG, CIFG), f (not NFG), g, o (not NOG);
+// or change one part (equations: gatedrnn/cells/lstm_variants.py). NP (no peepholes) is LSTMCell; FGR is
+// FGRLSTMCell below. Gate blocks present, in this order: i (not NIG, CIFG), f (not NFG), g, o (not NOG);
 // peephole weights p_i, p_f, p_o for the gates present (aux blocks, same order).
 enum class Greff { kVanilla, kNIG, kNFG, kNOG, kNIAF, kNOAF, kCIFG };
 
@@ -292,6 +312,70 @@ struct PeepholeLSTMCell {
       dG[kBg * H + j] = V == Greff::kNIAF ? dg : dg * (T(1) - g * g);
       if (kO) dG[kBo * H + j] = do_pre, dp[kPo * H + j] += do_pre * c[j];
       dc_io[j] = dc_prev;
+    }
+  }
+};
+
+// Greff et al.'s FGR (full gate recurrence; equations: gatedrnn/cells/fgr.py): the vanilla peephole LSTM whose
+// gates i, f, o also read the previous step's gates a′ = [i′ | f′ | o′] through R_g. State [c | i′ | f′ | o′]
+// (kStateBlocks = 4); the loop's GEMM reads [h | i′ | f′ | o′] (kRecState), with the kernel W_hh = [W_hh | R]
+// (R: R_g's rows in the i, f, o blocks, zeros in g; CellSpec.kernel_weights), so `rec` already holds
+// r + a′ R_gᵀ. Backward: dL/da_t (from the next step's GEMM, in dc's blocks 1..3) joins di, df, do before σ'.
+template <typename T>
+struct FGRLSTMCell {
+  static constexpr int kGates = 4, kExtra = 0, kRecBias = 0, kAux = 3, kStateBlocks = 4;
+  static constexpr bool kHasC = true, kSplitGrad = false, kSavesGates = true, kDirectDh = false, kReadsHNext = false,
+                        kOwnsBiasGrad = false, kCandidate = true, kRecState = true;
+
+  static void forward(int H, int units, const RowForward<T>& a) {
+    T* __restrict__ pre = a.gates;
+    const T* __restrict__ rec = a.rec;
+    const T* __restrict__ bias = a.bias;
+    const T* __restrict__ p = a.aux;  // [p_i | p_f | p_o]
+    const T* __restrict__ cand = a.cand;
+    T* __restrict__ state = a.c;      // [c | i′ | f′ | o′], in: previous, out: next
+    T* __restrict__ h = a.h_next;
+    auto z = [&](int block, int j) { return pre[block * H + j] + rec[block * H + j] + bias[block * H + j]; };
+#pragma GCC ivdep
+    for (int j = 0; j < units; ++j) {
+      const T c_prev = state[j];
+      const T i = sigmoid(z(0, j) + p[j] * c_prev);  // rec holds r + q: the gate recurrence is in the GEMM
+      const T f = sigmoid(z(1, j) + p[H + j] * c_prev);
+      const T g = tanh_(z(2, j));
+      const T c_next = f * c_prev + i * (cand ? g * cand[j] : g);
+      const T o = sigmoid(z(3, j) + p[2 * H + j] * c_next);
+      if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = g, pre[3 * H + j] = o;
+      state[j] = c_next, state[H + j] = i, state[2 * H + j] = f, state[3 * H + j] = o;  // a_next = [i | f | o]
+      h[j] = o * tanh_(c_next);
+    }
+  }
+
+  static void backward(int H, const RowBackward<T>& a) {
+    const T* __restrict__ gate = a.gates;
+    const T* __restrict__ c = a.c;            // [c_t | a_t]: c_next is block 0
+    const T* __restrict__ c_prev = a.c_prev;  // [c | a′] of the previous step: c is block 0
+    const T* __restrict__ dh = a.dh;
+    const T* __restrict__ p = a.aux;
+    T* __restrict__ dp = a.daux;
+    T* __restrict__ d_state = a.dc;           // in: [dc_next | da_i | da_f | da_o], out: [dc_prev | 0 | 0 | 0]
+    T* __restrict__ dG = a.dgate_x;
+    T* __restrict__ m = a.m;
+    const T* __restrict__ cand = a.cand;
+#pragma GCC ivdep
+    for (int j = 0; j < H; ++j) {
+      const T keep = cand ? cand[j] : T(1);
+      const T i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j];
+      const T tanh_c = tanh_(c[j]);                                          // h_next = o ⊙ tanh(c_next)
+      if (m) m[j] = o * tanh_c;
+      const T do_pre = (dh[j] * tanh_c + d_state[3 * H + j]) * o * (T(1) - o);  // a_next = [i | f | o]
+      T dc = d_state[j] + dh[j] * o * (T(1) - tanh_c * tanh_c) + do_pre * p[2 * H + j];  // o peeks at c_next
+      const T di = dc * g * keep + d_state[H + j], dg = dc * i * keep;       // c_next = f ⊙ c + i ⊙ (g ⊙ keep)
+      const T df = dc * c_prev[j] + d_state[2 * H + j];
+      const T di_pre = di * i * (T(1) - i), df_pre = df * f * (T(1) - f);    // i, f, o = σ(·)
+      dG[j] = di_pre, dG[H + j] = df_pre, dG[2 * H + j] = dg * (T(1) - g * g), dG[3 * H + j] = do_pre;
+      dp[j] += di_pre * c_prev[j], dp[H + j] += df_pre * c_prev[j], dp[2 * H + j] += do_pre * c[j];
+      d_state[j] = dc * f + di_pre * p[j] + df_pre * p[H + j];
+      d_state[H + j] = T(0), d_state[2 * H + j] = T(0), d_state[3 * H + j] = T(0);  // a′ reaches the loss via the GEMM
     }
   }
 };

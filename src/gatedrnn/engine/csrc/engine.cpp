@@ -30,6 +30,7 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
     if (cell == "lstm_niaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNIAF>, T>();
     if (cell == "lstm_noaf") return fn.template operator()<PeepholeLSTMCell<T, Greff::kNOAF>, T>();
     if (cell == "lstm_cifg") return fn.template operator()<PeepholeLSTMCell<T, Greff::kCIFG>, T>();
+    if (cell == "lstm_fgr") return fn.template operator()<FGRLSTMCell<T>, T>();
     if (cell == "layernorm_lstm") return fn.template operator()<LayerNormLSTMCell<T>, T>();
     if (cell == "layernorm_gru") return fn.template operator()<LayerNormGRUCell<T>, T>();
     if (cell == "slstm") return fn.template operator()<SLSTMCell<T, false>, T>();
@@ -63,16 +64,21 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
                                         const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
                                         const at::Tensor& w_ih, const at::Tensor& w_hh,
                                         const c10::optional<at::Tensor>& w_hr, at::IntArrayRef batch_sizes) {
-  const auto [gates, has_c, c_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
-    return std::tuple<int64_t, bool, int64_t>(Cell::kGates, Cell::kHasC, state_blocks<Cell>());
+  const auto [gates, has_c, c_blocks, rec_blocks] = dispatch(cell, x, [&]<typename Cell, typename T>() {
+    return std::tuple<int64_t, bool, int64_t, int64_t>(Cell::kGates, Cell::kHasC, state_blocks<Cell>(),
+                                                       rec_state_blocks<Cell>());
   });
   TORCH_CHECK(x.dim() == 3, op, ": x should be 3-D (T, B, I), got shape ", shape(x.sizes()));
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) > 0 && w_hh.size(0) % gates == 0, op, ": w_hh should be (",
-              gates, "*H, P) for cell '", cell, "', got shape ", shape(w_hh.sizes()));
-  const int64_t GH = w_hh.size(0), H = GH / gates, P = w_hh.size(1);
+              gates, "*H, P", rec_blocks ? c10::str(" + ", rec_blocks, "*H") : std::string(), ") for cell '", cell,
+              "', got shape ", shape(w_hh.sizes()));
+  // a kRecState cell's GEMM reads [h | state blocks 1..]: W_hh has rec_blocks*H columns after h's P (FGR's R)
+  const int64_t GH = w_hh.size(0), H = GH / gates, P = w_hh.size(1) - rec_blocks * H;
+  TORCH_CHECK(P > 0, op, ": w_hh should be (", GH, ", P + ", rec_blocks, "*", H, ") for cell '", cell, "', got shape ",
+              shape(w_hh.sizes()));
   check_shape(op, "w_ih", w_ih, {GH, I}, x);
-  check_shape(op, "w_hh", w_hh, {GH, P}, x);
+  check_shape(op, "w_hh", w_hh, {GH, P + rec_blocks * H}, x);
   check_shape(op, "h0", h0, {B, P}, x);
   if (has_c) {
     TORCH_CHECK(c0.has_value(), op, ": cell '", cell, "' needs c0");
@@ -82,7 +88,8 @@ std::pair<int64_t, int64_t> check_layer(const char* op, const std::string& cell,
     TORCH_CHECK(cell == "lstm", op, ": only cell 'lstm' takes w_hr (a projection), got w_hr for cell '", cell, "'");
     check_shape(op, "w_hr", *w_hr, {P, H}, x);
   } else {
-    TORCH_CHECK(P == H, op, ": without w_hr, w_hh should be (", GH, ", ", H, "), got shape ", shape(w_hh.sizes()));
+    TORCH_CHECK(P == H, op, ": without w_hr, w_hh should be (", GH, ", ", H + rec_blocks * H, "), got shape ",
+                shape(w_hh.sizes()));
   }
   if (!batch_sizes.empty()) {
     TORCH_CHECK((int64_t)batch_sizes.size() == T_, op, ": batch_sizes should hold T = ", T_, " values, got ",

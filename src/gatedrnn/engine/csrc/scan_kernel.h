@@ -16,6 +16,10 @@
 //     2016): rec = (h ⊙ m) W_hhᵀ, so dh_prev = (dG W_hh) ⊙ m and dW_hh = Σ dGᵀ (h_prev ⊙ m).
 // Cell state: rows of c0, c_n, the saved c and dc are state_blocks<Cell>() * H wide (CH; H but for the sLSTM's
 // [c | n | m]); zoneout is refused for cells with more than one state block (engine.cpp).
+// A cell that reads its state in the GEMM (kRecState, FGR): W_hh is (GH, RW) with RW = P + (CH − H), the GEMM
+// reads the row [h (⊙ rec_mask) | state blocks 1..] (the previous gates a′), and backward splits dG W_hh into
+// dh_prev (first P) and dL/da′, which it adds to the previous step's dc blocks 1.. (the cell leaves 0 there);
+// dW_hh = Σ dGᵀ [h_prev (⊙ m) | a_prev].
 // Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
 // batch row and summed over rows at the end.
 // Biases: db_ih = Σ dgate_x and db_hh = Σ dgate_h over steps and rows, except for a cell that adds them after
@@ -68,7 +72,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
                             bool keep, const at::Tensor& aux, const at::Tensor& zoneout, const at::Tensor& rec_mask,
                             const at::Tensor& cand_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
-  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
+  constexpr bool kReadsState = reads_state<Cell>();
+  // RW: the width of the row the recurrent GEMM reads, [h | state blocks 1..] for kRecState, else h (P)
+  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, RW = w_hh.size(1), P = RW - rec_state_blocks<Cell>() * H;
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
   const auto opts = x.options();
 
@@ -103,6 +109,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
   const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* hm_p = rec_mask.defined() ? h_masked.data_ptr<T>() : nullptr;
+  at::Tensor h_read = kReadsState ? at::empty({B, RW}, opts) : at::Tensor();  // [h (⊙ m) | a′] rows, kRecState
+  T* hr_p = kReadsState ? h_read.data_ptr<T>() : nullptr;
   T* cprev_p = c_prev.defined() ? c_prev.data_ptr<T>() : nullptr;
   at::Tensor m = proj ? at::empty({B, H}, opts) : at::Tensor();
 
@@ -114,7 +122,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, P, B);                   // h W_hhᵀ
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
@@ -148,11 +156,18 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     auto rows = [&](int64_t b0, int64_t b1) {
       const int r = static_cast<int>(b1 - b0);
       const T* h_rec = h_p;
-      if (rm_p) {
+      if constexpr (kReadsState) {  // the row [h (⊙ m) | state blocks 1..] (FGR: [h | i′ | f′ | o′])
+        for (int64_t b = b0; b < b1; ++b) {
+          T* row = hr_p + b * RW;
+          for (int64_t j = 0; j < P; ++j) row[j] = rm_p ? h_p[b * P + j] * rm_p[b * P + j] : h_p[b * P + j];
+          std::memcpy(row + P, c_p + b * CH + H, sizeof(T) * (CH - H));
+        }
+        h_rec = hr_p;
+      } else if (rm_p) {
         for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
         h_rec = hm_p;
       }
-      w_hh_step.compute(r, h_rec + b0 * P, P, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+      w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
       if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
       for (int64_t b = b0; b < b1; ++b) {
         RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
@@ -209,7 +224,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
                               bool need_dx, const at::Tensor& aux, const at::Tensor& zoneout,
                               const at::Tensor& rec_mask, const at::Tensor& cand_mask) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
-  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, P = w_hh.size(1);
+  constexpr bool kReadsState = reads_state<Cell>();
+  const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, RW = w_hh.size(1), P = RW - rec_state_blocks<Cell>() * H;
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
   const auto opts = x.options();
   auto buffer = [&](std::vector<int64_t> shape) { return packed ? at::zeros(shape, opts) : at::empty(shape, opts); };
@@ -231,7 +247,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
   at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
   at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
-  at::Tensor dh_rec = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
+  // dG W_hh before it is split or masked: (B, P), or (B, RW) = [dh | da′] for kRecState
+  at::Tensor dh_rec = rec_mask.defined() || kReadsState ? at::empty({B, RW}, opts) : at::Tensor();
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
   const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* daux_p = DA ? daux_rows.data_ptr<T>() : nullptr;
@@ -249,7 +266,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* dy_p = dy.data_ptr<T>();  // any strides: the gradient of output.sum() is a stride-0 expand
   const int64_t dy_s0 = dy.stride(0), dy_s1 = dy.stride(1), dy_s2 = dy.stride(2);
   const bool dy_dense = dy.is_contiguous();
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, P, GH, B);                  // dG W_hh
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B);                 // dG W_hh
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
@@ -328,7 +345,16 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
       const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
       if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
       // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip)
-      if (rm_p) {
+      if constexpr (kReadsState) {  // [dh | da′] = dG_h W_hh: da′ joins the previous step's dc blocks 1..
+        w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * RW, RW);
+        for (int64_t b = b0; b < b1; ++b) {
+          const T* row = dh_rec_p + b * RW;
+          for (int64_t j = 0; j < P; ++j)
+            dh_p[b * P + j] = (Cell::kDirectDh ? dh_p[b * P + j] : T(0)) + (rm_p ? row[j] * rm_p[b * P + j] : row[j]);
+          T* dc_rest = dc_p + b * CH + H;
+          for (int64_t k = 0; k < CH - H; ++k) dc_rest[k] += row[P + k];
+        }
+      } else if (rm_p) {
         w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * P, P);
         for (int64_t k = b0 * P; k < b1 * P; ++k)
           dh_p[k] = (Cell::kDirectDh ? dh_p[k] : T(0)) + dh_rec_p[k] * rm_p[k];
@@ -350,7 +376,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
   at::Tensor h0_rec = h0;
   if (rec_mask.defined()) y_prev = y_prev * rec_mask, h0_rec = h0 * rec_mask;  // W_hh read h ⊙ m
-  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0_rec), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, P}));
+  if constexpr (kReadsState) {  // the GEMM read [h | state blocks 1..]: the state's part from c0 and c_hist
+    const at::Tensor c_prev = reverse ? c_hist.narrow(0, 1, T_ - 1) : c_hist.narrow(0, 0, T_ - 1);
+    y_prev = at::cat({y_prev, c_prev.narrow(2, H, CH - H)}, 2);   // (T−1, B, RW)
+    h0_rec = at::cat({h0_rec, c0.narrow(1, H, CH - H)}, 1);       // (B, RW)
+  }
+  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0_rec), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, RW}));
   const at::Tensor daux_sum = DA ? daux_rows.sum(0) : at::Tensor();  // (DA,)
   if (has_bias && Cell::kOwnsBiasGrad) {
     out.db_ih = daux_sum.narrow(0, Cell::kAux * H, GH).contiguous();
