@@ -281,6 +281,22 @@ def test_greff_study_records_every_run(tmp_path, monkeypatch, capsys):
                                             "--hidden-size 100 --epochs 2 --seed 0")
     assert record["environment"]["cpu"]["model"] and record["data"] == {"pieces": 405}
 
+    # --add trains only the named cells into the same record, which keeps the others' runs
+    fake_nll = {"lstm": 8.0, "gru": 9.0, "rnn": 7.0}
+    monkeypatch.setattr(greff_study, "run_one", lambda cell, seed, epochs, hidden_size: {
+        "cell": cell, "seed": seed, "test_nll": fake_nll[cell] + seed})
+    before = out.read_text()
+    assert main_exit(greff_study, ["--cells", "rnn", "--seeds", "2", "--epochs", "2", "--add", "--out", str(out)]) == 2
+    assert "differs in (record, asked): {'seeds': (3, 2)}" in capsys.readouterr().err
+    assert out.read_text() == before  # a refused --add leaves the record alone
+    assert greff_study.main(["--cells", "rnn", "gru", "--seeds", "3", "--epochs", "2", "--add", "--out", str(out)]) == 0
+    added = json.loads(out.read_text())
+    assert added["cells"] == ["lstm", "rnn", "gru"]
+    assert [(r["cell"], r["seed"]) for r in added["runs"]] == [(c, s) for s in range(3) for c in ("lstm",)] + [
+        (c, s) for s in range(3) for c in ("rnn", "gru")]
+    assert added["summary"]["lstm"] == record["summary"]["lstm"] and added["summary"]["rnn"]["mean_test_nll"] == 8.0
+    assert added["additions"][0]["cells"] == ["rnn", "gru"] and added["environment"] == record["environment"]
+
 
 def main_exit(module, argv) -> int:
     try:

@@ -94,6 +94,33 @@ def data_record() -> dict:
             "baselines": task.baselines()}
 
 
+def merge_base(path: Path, seeds: int, epochs: int, hidden_size: int) -> dict:
+    """The record that `--add` extends; StudyError when it is missing, unreadable or from other settings (a table
+    mixing settings would compare unlike runs)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StudyError(f"--add extends an existing record, and {path} cannot be read: {error}") from error
+    wanted = {"seeds": seeds, "epochs": epochs, "hidden_size": hidden_size, "flags": list(FLAGS)}
+    differs = {key: (record.get(key), value) for key, value in wanted.items() if record.get(key) != value}
+    if differs:
+        raise StudyError(f"--add needs the record's settings; {path} differs in (record, asked): {differs}")
+    return record
+
+
+def merged(previous: dict, added: dict) -> dict:
+    """`previous` with `added`'s cells (their runs replace any earlier ones); the added runs' date, commit and
+    machine are kept under "additions"."""
+    cells = added["cells"]
+    record = dict(previous)
+    record["cells"] = [c for c in previous["cells"] if c not in cells] + cells
+    record["runs"] = [r for r in previous["runs"] if r["cell"] not in cells] + added["runs"]
+    record["summary"] = {**{c: v for c, v in previous["summary"].items() if c not in cells}, **added["summary"]}
+    record["additions"] = [a for a in previous.get("additions", []) if not set(a["cells"]) & set(cells)] + [
+        {"cells": cells, "date": added["date"], "environment": added["environment"]}]
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gatedrnn.bench.greff_study", description=__doc__.splitlines()[0])
     parser.add_argument("extra", nargs="*", metavar="CELL", help="more cells after --cells (e.g. lstm_nig lstm_cifg)")
@@ -106,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-size", type=int, default=100, help="hidden units (default: 100)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once, one thread each (default: 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"the record (default: {RESULTS})")
+    parser.add_argument("--add", action="store_true",
+                        help="train only these cells and add them to the existing record (same seeds, epochs, "
+                             "hidden size and flags; the record keeps its other cells' runs)")
     args = parser.parse_args(argv)
     for name in ("seeds", "epochs", "hidden_size", "jobs"):
         if getattr(args, name) < 1:
@@ -116,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     from gatedrnn.bench.environment import environment
 
+    previous = None
+    if args.add:
+        try:
+            previous = merge_base(args.out, args.seeds, args.epochs, args.hidden_size)
+        except StudyError as error:
+            parser.error(str(error))
     started = time.time()
     data = data_record()
     plan = [(cell, seed) for seed in range(args.seeds) for cell in cells]
@@ -125,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
               "unit": "nats per frame", "cells": cells, "seeds": args.seeds, "epochs": args.epochs,
               "hidden_size": args.hidden_size, "flags": list(FLAGS), "jobs": args.jobs, "data": data,
               "summary": summary(runs, cells), "runs": runs, "environment": environment(threads=1)}
+    if previous is not None:
+        record = merged(previous, record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n")
     for cell, row in record["summary"].items():
