@@ -15,7 +15,8 @@ The choice, per bucket (grad or not, dtype, num_layers, bidirectional, bias, H_i
 to a power of 2, torch.get_num_threads()): at the first eligible call in a bucket both kernels run on clones of the
 call's input and of the parameters (the real parameters, their .grad, the RNG and the module are untouched),
 interleaved, forward + backward when the call needs a gradient, forward alone otherwise; torch's kernel is chosen
-only if its median is more than MARGIN faster. The result is kept in memory and in
+only if it is more than MARGIN faster (the median over the repetitions of torch's time / ours, each pair run
+back to back). The result is kept in memory and in
 <cache>/kernel-choice-<build key>.json (<cache> and the per-CPU build key as in `gatedrnn.engine._build`), so a
 machine measures a bucket once. A measurement is deferred (the engine runs, nothing is recorded) while a
 TorchDispatchMode, saved-tensor hooks or the profiler are active: timing inside them would pollute what they see.
@@ -158,7 +159,8 @@ def choose(layer, input, hx=None) -> KernelChoice:
                 record = _measure(layer, input, grad)
                 _store(key, record)
     return KernelChoice(record["kernel"], f"bucket {key}: gatedrnn {record['gatedrnn_s'] * 1e3:.3f} ms, "
-                                          f"torch {record['torch_s'] * 1e3:.3f} ms (medians)")
+                                          f"torch {record['torch_s'] * 1e3:.3f} ms (medians), torch / gatedrnn "
+                                          f"{record['torch_over_gatedrnn']:.2f} (median ratio)")
 
 
 def runs_torch(layer, input, hx=None) -> bool:
@@ -228,13 +230,17 @@ def _measure(layer, input: Tensor, grad: bool) -> dict:
             times[kernel].append(run(kernel))
         if rep + 1 >= MIN_REPETITIONS and _clock() - began > BUDGET_S:
             break
-    ours, theirs = statistics.median(times[GATEDRNN]), statistics.median(times[TORCH])
-    return {"kernel": decide(ours, theirs), "gatedrnn_s": ours, "torch_s": theirs, "repetitions": len(times[GATEDRNN])}
+    # The choice reads the median of the paired ratios: a burst of load from other processes slows both runs of
+    # a pair, which a ratio of two separate medians would not cancel.
+    ratio = statistics.median(theirs / ours for ours, theirs in zip(times[GATEDRNN], times[TORCH]))
+    return {"kernel": decide(ratio), "gatedrnn_s": statistics.median(times[GATEDRNN]),
+            "torch_s": statistics.median(times[TORCH]), "torch_over_gatedrnn": ratio,
+            "repetitions": len(times[GATEDRNN])}
 
 
-def decide(gatedrnn_s: float, torch_s: float) -> str:
-    """TORCH only when torch's median is more than MARGIN below ours: a tie keeps our engine."""
-    return TORCH if torch_s < (1 - MARGIN) * gatedrnn_s else GATEDRNN
+def decide(torch_over_gatedrnn: float) -> str:
+    """TORCH only when torch's time is more than MARGIN below ours (a ratio < 1 - MARGIN): a tie keeps our engine."""
+    return TORCH if torch_over_gatedrnn < 1 - MARGIN else GATEDRNN
 
 
 # ----- the cache: in memory, and one JSON file per CPU and build -----
@@ -280,7 +286,7 @@ def _read(path: Path) -> dict[str, dict]:
 
 def _valid(record) -> bool:
     return (isinstance(record, dict) and record.get("kernel") in (GATEDRNN, TORCH)
-            and all(isinstance(record.get(k), (int, float)) for k in ("gatedrnn_s", "torch_s")))
+            and all(isinstance(record.get(k), (int, float)) for k in ("gatedrnn_s", "torch_s", "torch_over_gatedrnn")))
 
 
 def _warn_once(path: Path, why: str) -> None:
