@@ -120,8 +120,9 @@ def test_measure_writes_the_file_and_reuses_it(floor):
     record = json.loads(floor.path.read_text())
     assert set(record["buckets"]) == {train_key, infer_key}
     for bucket in record["buckets"].values():
-        assert bucket["kernel"] == torch_floor.decide(bucket["torch_over_gatedrnn"])
-        assert bucket["repetitions"] >= torch_floor.MIN_REPETITIONS and bucket["torch_s"] > 0
+        assert bucket["kernel"] == torch_floor.decide(bucket)
+        assert 0 < bucket["torch_min_s"] <= bucket["torch_s"] and 0 < bucket["gatedrnn_min_s"] <= bucket["gatedrnn_s"]
+        assert bucket["repetitions"] >= torch_floor.MIN_REPETITIONS
 
     module(torch.randn(7, 4, 4))  # same bucket: L 7 -> 8, N 4
     assert len(floor.measured) == 2
@@ -141,8 +142,7 @@ def test_the_recorded_choice_decides_which_kernel_runs(floor):
     key = torch_floor.bucket_key(module, x, grad=True)
     for kernel, expected_ops in (("torch", 0), ("gatedrnn", 1)):
         floor.path.write_text(json.dumps({"format": torch_floor.FILE_FORMAT, "buckets": {
-            key: {"kernel": kernel, "gatedrnn_s": 2.0, "torch_s": 1.0 if kernel == "torch" else 3.0,
-                  "torch_over_gatedrnn": 0.5 if kernel == "torch" else 1.5}}}))
+            key: {"kernel": kernel, **times(2.0, 1.0 if kernel == "torch" else 3.0)}}}))
         torch_floor.reset()
         with GatedrnnOps() as ops:
             module(x)
@@ -151,10 +151,17 @@ def test_the_recorded_choice_decides_which_kernel_runs(floor):
     assert floor.measured == []
 
 
-def test_decide_needs_a_margin():
-    assert torch_floor.decide(0.94) == "torch"
-    assert torch_floor.decide(0.96) == "gatedrnn"  # within 5%: a tie stays ours
-    assert torch_floor.decide(1.5) == "gatedrnn"
+def times(ours: float, theirs: float, ours_best=None, theirs_best=None) -> dict:
+    return {"gatedrnn_s": ours, "torch_s": theirs, "gatedrnn_min_s": ours if ours_best is None else ours_best,
+            "torch_min_s": theirs if theirs_best is None else theirs_best}
+
+
+def test_decide_needs_a_margin_on_the_best_time_and_the_median():
+    assert torch_floor.decide(times(1.0, 0.94)) == "torch"
+    assert torch_floor.decide(times(1.0, 0.96)) == "gatedrnn"  # within 5%: a tie stays ours
+    assert torch_floor.decide(times(1.0, 1.5)) == "gatedrnn"
+    assert torch_floor.decide(times(1.0, 1.1, 0.8, 0.5)) == "gatedrnn"  # best faster, median slower: ours
+    assert torch_floor.decide(times(1.0, 0.5, 0.5, 0.49)) == "gatedrnn"  # median faster, best a tie: ours
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": 99, "buckets": {}}),

@@ -15,9 +15,8 @@ The choice, per bucket (grad or not, dtype, num_layers, bidirectional, bias, H_i
 to a power of 2, torch.get_num_threads()): at the first eligible call in a bucket both kernels run on clones of the
 call's input and of the parameters (the real parameters, their .grad, the RNG and the module are untouched),
 interleaved, forward + backward when the call needs a gradient, forward alone otherwise; torch's kernel is chosen
-only if it is more than MARGIN faster (the median over the repetitions of torch's time / ours, each pair run
-back to back). The result is kept in memory and in
-<cache>/kernel-choice-<build key>.json (<cache> and the per-CPU build key as in `gatedrnn.engine._build`), so a
+only if it is more than MARGIN faster by its best time and also faster by its median (`decide`). The result is
+kept in memory and in <cache>/kernel-choice-<build key>.json (<cache> and the per-CPU build key as in `gatedrnn.engine._build`), so a
 machine measures a bucket once. A measurement is deferred (the engine runs, nothing is recorded) while a
 TorchDispatchMode, saved-tensor hooks or the profiler are active: timing inside them would pollute what they see.
 
@@ -53,6 +52,7 @@ MARGIN = 0.05  # torch's kernel must be > 5% faster: a tie stays on our engine
 MIN_REPETITIONS, MAX_REPETITIONS = 5, 15
 BUDGET_S = 0.75  # past MIN_REPETITIONS, stop once the measurement has taken this long
 FILE_FORMAT = 1
+TIMES = ("gatedrnn_s", "torch_s", "gatedrnn_min_s", "torch_min_s")  # seconds recorded per bucket: medians, bests
 RULE = ("torch's kernel may run for a plain LSTM (no variant, regulariser, training-mode dropout or proj_size) "
         "called through forward on a CPU float32/float64 Tensor (not packed), eagerly (not under torch.compile, "
         "torch.export or torch.func), when the fused engine is available and torch's kernel was measured more "
@@ -158,9 +158,9 @@ def choose(layer, input, hx=None) -> KernelChoice:
             if record is None:
                 record = _measure(layer, input, grad)
                 _store(key, record)
-    return KernelChoice(record["kernel"], f"bucket {key}: gatedrnn {record['gatedrnn_s'] * 1e3:.3f} ms, "
-                                          f"torch {record['torch_s'] * 1e3:.3f} ms (medians), torch / gatedrnn "
-                                          f"{record['torch_over_gatedrnn']:.2f} (median ratio)")
+    ms = {name: f"{record[name] * 1e3:.3f}" for name in TIMES}
+    return KernelChoice(record["kernel"], f"bucket {key}: median (best) gatedrnn {ms['gatedrnn_s']} "
+                                          f"({ms['gatedrnn_min_s']}) ms, torch {ms['torch_s']} ({ms['torch_min_s']}) ms")
 
 
 def runs_torch(layer, input, hx=None) -> bool:
@@ -230,17 +230,19 @@ def _measure(layer, input: Tensor, grad: bool) -> dict:
             times[kernel].append(run(kernel))
         if rep + 1 >= MIN_REPETITIONS and _clock() - began > BUDGET_S:
             break
-    # The choice reads the median of the paired ratios: a burst of load from other processes slows both runs of
-    # a pair, which a ratio of two separate medians would not cancel.
-    ratio = statistics.median(theirs / ours for ours, theirs in zip(times[GATEDRNN], times[TORCH]))
-    return {"kernel": decide(ratio), "gatedrnn_s": statistics.median(times[GATEDRNN]),
-            "torch_s": statistics.median(times[TORCH]), "torch_over_gatedrnn": ratio,
-            "repetitions": len(times[GATEDRNN])}
+    ours, theirs = times[GATEDRNN], times[TORCH]
+    record = {"gatedrnn_s": statistics.median(ours), "torch_s": statistics.median(theirs),
+              "gatedrnn_min_s": min(ours), "torch_min_s": min(theirs), "repetitions": len(ours)}
+    return {"kernel": decide(record), **record}
 
 
-def decide(torch_over_gatedrnn: float) -> str:
-    """TORCH only when torch's time is more than MARGIN below ours (a ratio < 1 - MARGIN): a tie keeps our engine."""
-    return TORCH if torch_over_gatedrnn < 1 - MARGIN else GATEDRNN
+def decide(record: dict) -> str:
+    """TORCH only when torch's kernel is more than MARGIN faster by its best time and faster by its median.
+
+    Other processes only ever add time, so the minimum is the kernel's own cost; the median must agree, so that
+    one lucky run cannot decide. Anything less clear, a tie included, keeps our engine."""
+    faster_best = record["torch_min_s"] < (1 - MARGIN) * record["gatedrnn_min_s"]
+    return TORCH if faster_best and record["torch_s"] < record["gatedrnn_s"] else GATEDRNN
 
 
 # ----- the cache: in memory, and one JSON file per CPU and build -----
@@ -286,7 +288,7 @@ def _read(path: Path) -> dict[str, dict]:
 
 def _valid(record) -> bool:
     return (isinstance(record, dict) and record.get("kernel") in (GATEDRNN, TORCH)
-            and all(isinstance(record.get(k), (int, float)) for k in ("gatedrnn_s", "torch_s", "torch_over_gatedrnn")))
+            and all(isinstance(record.get(k), (int, float)) for k in TIMES))
 
 
 def _warn_once(path: Path, why: str) -> None:
