@@ -16,9 +16,10 @@ to a power of 2, torch.get_num_threads()): at the first eligible call in a bucke
 call's input and of the parameters (the real parameters, their .grad, the RNG and the module are untouched),
 interleaved, forward + backward when the call needs a gradient, forward alone otherwise; torch's kernel is chosen
 only if it is more than MARGIN faster by its best time and also faster by its median (`decide`). The result is
-kept in memory and in <cache>/kernel-choice-<build key>.json (<cache> and the per-CPU build key as in `gatedrnn.engine._build`), so a
-machine measures a bucket once. A measurement is deferred (the engine runs, nothing is recorded) while a
-TorchDispatchMode, saved-tensor hooks or the profiler are active: timing inside them would pollute what they see.
+kept in memory and in <cache>/kernel-choice-<build key>.json (<cache> and the per-CPU build key as in
+`gatedrnn.engine._build`), so a machine measures a bucket once. A measurement is deferred (the engine runs,
+nothing is recorded) while a TorchDispatchMode, saved-tensor hooks or the profiler are active: timing inside them
+would pollute what they see.
 
 GATEDRNN_TORCH_FLOOR selects the policy: "measure" (default, also unset or empty), "off" (always the fused
 engine) or "torch" (torch's kernel wherever eligible, without measuring; for tests and comparisons).
@@ -160,7 +161,8 @@ def choose(layer, input, hx=None) -> KernelChoice:
                 _store(key, record)
     ms = {name: f"{record[name] * 1e3:.3f}" for name in TIMES}
     return KernelChoice(record["kernel"], f"bucket {key}: median (best) gatedrnn {ms['gatedrnn_s']} "
-                                          f"({ms['gatedrnn_min_s']}) ms, torch {ms['torch_s']} ({ms['torch_min_s']}) ms")
+                                          f"({ms['gatedrnn_min_s']}) ms, torch {ms['torch_s']} "
+                                          f"({ms['torch_min_s']}) ms")
 
 
 def runs_torch(layer, input, hx=None) -> bool:
