@@ -27,7 +27,6 @@ engine) or "torch" (torch's kernel wherever eligible, without measuring; for tes
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -65,6 +64,8 @@ _choices: dict[str, dict] = {}  # bucket key -> record, for the file in _loaded_
 _loaded_from: Optional[Path] = None
 _warned: set[str] = set()
 _key: Optional[str] = None
+_path: Optional[Path] = None
+_bucket_names: dict[tuple, str] = {}
 
 
 class KernelChoice(NamedTuple):
@@ -126,14 +127,20 @@ def bucket_key(layer, input: Tensor, grad: bool) -> str:
         steps, batch = input.shape[0], 1
     else:
         steps, batch = (input.shape[1], input.shape[0]) if layer.batch_first else (input.shape[0], input.shape[1])
-    parts = ("train" if grad else "infer", str(input.dtype).replace("torch.", ""), f"layers{layer.num_layers}",
-             "bi" if layer.bidirectional else "uni", "bias" if layer.bias else "nobias", f"I{layer.input_size}",
-             f"H{layer.hidden_size}", f"N{_pow2(batch)}", f"L{_pow2(steps)}", f"threads{torch.get_num_threads()}")
-    return "-".join(parts)
+    parts = (grad, input.dtype, layer.num_layers, layer.bidirectional, layer.bias, layer.input_size,
+             layer.hidden_size, _pow2(batch), _pow2(steps), torch.get_num_threads())
+    name = _bucket_names.get(parts)
+    if name is None:  # the string is built once per bucket: forward asks on every call
+        name = _bucket_names[parts] = "-".join((
+            "train" if grad else "infer", str(input.dtype).replace("torch.", ""), f"layers{layer.num_layers}",
+            "bi" if layer.bidirectional else "uni", "bias" if layer.bias else "nobias", f"I{layer.input_size}",
+            f"H{layer.hidden_size}", f"N{parts[7]}", f"L{parts[8]}", f"threads{parts[9]}"))
+    return name
 
 
 def _pow2(n: int) -> int:
-    return 1 << max(0, math.ceil(math.log2(n))) if n > 0 else 0
+    """n rounded up to a power of 2 (n >= 1)."""
+    return 1 << (n - 1).bit_length()
 
 
 def choose(layer, input, hx=None) -> KernelChoice:
@@ -167,8 +174,14 @@ def choose(layer, input, hx=None) -> KernelChoice:
 
 def runs_torch(layer, input, hx=None) -> bool:
     """The layer's forward asks this: whether to run torch's kernel (`gatedrnn.layers.aten.forward`)."""
-    if requested_policy() == "off":  # the cheap answer first: no eligibility checks
+    policy = requested_policy()
+    if policy == "off" or ineligible(layer, input, hx) is not None:
         return False
+    if policy == "torch":
+        return True
+    record = _lookup(bucket_key(layer, input, _needs_grad(layer, input, hx)))
+    if record is not None:  # the common case, without building choose()'s reason
+        return record["kernel"] == TORCH
     return choose(layer, input, hx).kernel == TORCH
 
 
@@ -250,15 +263,16 @@ def decide(record: dict) -> str:
 # ----- the cache: in memory, and one JSON file per CPU and build -----
 def cache_file() -> Path:
     """<cache>/kernel-choice-<build key>.json: the build key changes with the CPU, the flags and the sources."""
-    global _key
-    if _key is None:
+    global _key, _path
+    if _path is None:  # once per process, as the engine's library is loaded once
         _key = _build.build_key()
-    return _build.cache_dir() / f"kernel-choice-{_key}.json"
+        _path = _build.cache_dir() / f"kernel-choice-{_key}.json"
+    return _path
 
 
 def _lookup(key: str) -> Optional[dict]:
     path = cache_file()
-    if path != _loaded_from:
+    if path is not _loaded_from:
         _reload(path)
     return _choices.get(key)
 
@@ -326,17 +340,18 @@ def _store(key: str, record: dict) -> None:
 def info() -> dict:
     """The kernel choice for `gatedrnn.backend_info()`: the policy, the rule, and every bucket measured here."""
     path = cache_file()
-    if path != _loaded_from:
+    if path is not _loaded_from:
         _reload(path)
     return {"policy": f"{ENV_VAR}={requested_policy()}", "rule": RULE, "cache_file": str(path),
             "buckets": {key: dict(record) for key, record in sorted(_choices.items())}}
 
 
 def reset() -> None:
-    """Forget every in-memory choice (the file stays): the next lookup reads the file again."""
-    global _loaded_from
+    """Forget every in-memory choice (the file stays): the next lookup finds the file again (in $GATEDRNN_CACHE_DIR
+    as it is then) and reads it."""
+    global _loaded_from, _path
     _choices.clear()
-    _loaded_from = None
+    _loaded_from = _path = None
     _warned.clear()
 
 
