@@ -6,7 +6,11 @@ measurement is cached in memory and on disk, leaves the module untouched, and is
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +239,34 @@ def test_off_and_bad_values(floor):
     floor("fastest")
     with pytest.raises(ValueError, match="GATEDRNN_TORCH_FLOOR='fastest'.*measure, off, torch"):
         module(x)
+
+
+FRESH_PROCESS = """
+import sys, torch, gatedrnn
+from pathlib import Path
+from gatedrnn.layers import torch_floor
+from op_counter import GatedrnnOps
+torch_floor.cache_file = lambda: Path(sys.argv[1])
+def refuse(*args):
+    raise AssertionError("measured again")
+torch_floor._measure = refuse
+module = gatedrnn.LSTM(4, 6)
+with GatedrnnOps() as ops:
+    module(torch.randn(5, 3, 4))
+print(gatedrnn.kernel_choice(module, torch.randn(5, 3, 4))["kernel"], ops.total)
+"""
+
+
+def test_a_fresh_process_reads_the_file_without_measuring(floor):
+    floor("measure")
+    module = gatedrnn.LSTM(4, 6)
+    module(torch.randn(5, 3, 4))
+    assert len(floor.measured) == 1
+    (record,) = json.loads(floor.path.read_text())["buckets"].values()
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(gatedrnn.__file__).parents[1]), tests])}
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(floor.path)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernel, ops = done.stdout.split()
+    assert kernel == record["kernel"] and int(ops) == (1 if kernel == "gatedrnn" else 0)
