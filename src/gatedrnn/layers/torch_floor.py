@@ -58,7 +58,7 @@ RULE = ("torch's kernel may run for a plain LSTM (no variant, regulariser, train
         "torch.export or torch.func), when the fused engine is available and torch's kernel was measured more "
         f"than {MARGIN:.0%} faster in the call's bucket; {ENV_VAR}=off turns the choice off")
 
-_clock: Callable[[], float] = time.perf_counter  # the tests replace it to count and steer measurements
+_clock: Callable[[], float] = time.perf_counter  # the timer of the measurements
 _lock = threading.Lock()  # one measurement at a time; a second thread waits and then reads the result
 _choices: dict[str, dict] = {}  # bucket key -> record, for the file in _loaded_from
 _loaded_from: Optional[Path] = None
