@@ -10,6 +10,10 @@ import signal
 import subprocess
 import sys
 
+# Most tests compare against torch.nn or count gatedrnn's operators, so a plain LSTM must run our engine, not
+# torch's kernel chosen by measurement (gatedrnn.layers.torch_floor); tests/test_kernel_choice.py sets its own.
+os.environ.setdefault("GATEDRNN_TORCH_FLOOR", "off")
+
 _PREBUILD: list[subprocess.Popen] = []
 
 

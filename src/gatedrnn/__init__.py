@@ -6,10 +6,10 @@ Layout (lower layers never import upper ones):
 """
 from gatedrnn.engine import backend_info
 from gatedrnn.layers import (
-    GRU, LSTM, RNN, SLSTM, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, MinGRU, MinLSTM, RNNCell,
+    GRU, LSTM, RNN, SLSTM, GRUCell, LayerNormGRU, LayerNormLSTM, LSTMCell, MinGRU, MinLSTM, RNNCell, kernel_choice,
 )
 
 __version__ = "0.1.0"
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "LayerNormGRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "RNN",
-           "RNNCell", "SLSTM", "backend_info",
+           "RNNCell", "SLSTM", "backend_info", "kernel_choice",
            "__version__"]

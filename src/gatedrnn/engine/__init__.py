@@ -12,7 +12,7 @@ choice of path is made once, at trace time (call `torch._dynamo.reset()` after c
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -27,6 +27,9 @@ from gatedrnn.engine.step import step_layers
 __all__ = ["LayerNoise", "ScanResult", "backend_info", "run_layer", "runs_fused", "scan_reference", "step_layers"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
+# Reports that upper layers add to backend_info() (the engine never imports them): name -> () -> dict.
+# gatedrnn.layers.torch_floor adds "kernel_choice" (when a plain LSTM runs torch's kernel instead).
+BACKEND_REPORTS: dict[str, Callable[[], dict]] = {}
 
 
 def _forced_reference() -> bool:
@@ -50,14 +53,17 @@ def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]
 def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Which path runs for tensors of `device` and `dtype`, and why.
 
-    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}. Building the extension,
-    if not done yet, happens here.
+    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}, plus one entry per report in
+    BACKEND_REPORTS ("kernel_choice": which measured buckets of a plain LSTM run torch's kernel, and the rule).
+    Building the extension, if not done yet, happens here.
     """
     reason = _reference_reason(torch.device(device), dtype)
     cache = str(_build.cache_dir())
     if reason is None:
-        return {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache}
-    return {"backend": "reference", "reason": reason, "build_dir": cache}
+        info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache}
+    else:
+        info = {"backend": "reference", "reason": reason, "build_dir": cache}
+    return {**info, **{name: report() for name, report in BACKEND_REPORTS.items()}}
 
 
 def runs_fused(x: Tensor) -> bool:

@@ -4,6 +4,7 @@ import torch
 from gatedrnn.layers._checks import ArgumentTypeError, DeviceError, DtypeError, PackingError, ShapeError
 from gatedrnn.layers.cell_modules import GRUCell, LSTMCell, RNNCell
 from gatedrnn.layers.convert import from_torch, to_torch
+from gatedrnn.layers.torch_floor import kernel_choice
 from gatedrnn.layers.recurrent import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, RecurrentBase
 from gatedrnn.layers.minimal import MinGRU, MinLSTM, MinimalRNNBase
 from gatedrnn.layers.slstm import SLSTM
@@ -16,4 +17,5 @@ torch.serialization.add_safe_globals([GRU, GRUCell, LSTM, LSTMCell, RNN, RNNCell
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell", "RecurrentBase", "SLSTM",
            "LayerNormGRU", "LayerNormLSTM", "MinGRU", "MinLSTM", "MinimalRNNBase", "from_torch", "to_torch",
+           "kernel_choice",
            "ArgumentTypeError", "DeviceError", "DtypeError", "PackingError", "ShapeError"]

@@ -25,7 +25,7 @@ from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS
 from gatedrnn.engine.noise import LayerNoise, draw_candidate_mask, draw_recurrent_mask, draw_zoneout, drop_weight
-from gatedrnn.layers import aten, streaming
+from gatedrnn.layers import aten, streaming, torch_floor
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, active_regularisers, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
     check_size, warn_dropout_without_stacking,
@@ -218,6 +218,8 @@ class RecurrentBase(nn.Module):
         why = aten.reason(self.weight_ih_l0.device.type)
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
+        if torch_floor.runs_torch(self, input, hx):  # a plain LSTM where torch's kernel measured faster
+            return aten.forward(self, input, hx, any_dtype=False)
         output, hidden, _ = self._run(input, hx, trace=False)
         return output, hidden
 
