@@ -141,10 +141,18 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] = lambda li
     """Run every selected case and the memory measurements; returns the JSON document (see module doc)."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    # The "gatedrnn" column times gatedrnn's engine: the torch floor (`gatedrnn.layers.torch_floor`) would run
+    # torch's own kernel where that measured faster, and the comparison would be torch against itself.
+    floor_before = os.environ.get("GATEDRNN_TORCH_FLOOR")
+    os.environ["GATEDRNN_TORCH_FLOOR"] = "off"
     try:
         return _run(config, log)
     finally:
         torch.set_num_threads(threads_before)
+        if floor_before is None:
+            del os.environ["GATEDRNN_TORCH_FLOOR"]
+        else:
+            os.environ["GATEDRNN_TORCH_FLOOR"] = floor_before
 
 
 def _run(config: BenchConfig, log: Callable[[str], None]) -> dict:
