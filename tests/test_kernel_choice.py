@@ -250,6 +250,7 @@ torch_floor.cache_file = lambda: Path(sys.argv[1])
 def refuse(*args):
     raise AssertionError("measured again")
 torch_floor._measure = refuse
+torch.set_num_threads(int(sys.argv[2]))  # the parent's: the thread count is part of the bucket
 module = gatedrnn.LSTM(4, 6)
 with GatedrnnOps() as ops:
     module(torch.randn(5, 3, 4))
@@ -265,8 +266,8 @@ def test_a_fresh_process_reads_the_file_without_measuring(floor):
     (record,) = json.loads(floor.path.read_text())["buckets"].values()
     tests = str(Path(__file__).parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(gatedrnn.__file__).parents[1]), tests])}
-    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(floor.path)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(floor.path), str(torch.get_num_threads())],
+                          env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     kernel, ops = done.stdout.split()
     assert kernel == record["kernel"] and int(ops) == (1 if kernel == "gatedrnn" else 0)

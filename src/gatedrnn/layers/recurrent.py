@@ -13,6 +13,8 @@ The cell equations are in `gatedrnn.cells`; the time loop runs in `gatedrnn.engi
 """
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Optional, Union
 
@@ -175,11 +177,10 @@ class RecurrentBase(nn.Module):
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The parameters of one layer and direction, as the engine takes them."""
-        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        get = lambda name: getattr(self, name + suffix, None)  # noqa: E731
-        extra = tuple(get(p.name) for p in self.spec.extra_params)
-        return LayerWeights(get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr"),
-                            extra)
+        names, extra_names = _weight_names(layer, direction, tuple(p.name for p in self.spec.extra_params))
+        params = self._parameters  # a dict read per weight; getattr (nn.Module.__getattr__) for the rest, e.g.
+        get = lambda name: params.get(name) if name in params else getattr(self, name, None)  # noqa: E731
+        return LayerWeights(*map(get, names), tuple(map(get, extra_names)))
 
     def _noisy_weights(self, layer: int, direction: int) -> LayerWeights:
         """`layer_weights`, with W_hh under weight drop while training: DropConnect, one mask per forward
@@ -193,6 +194,8 @@ class RecurrentBase(nn.Module):
         """This forward's zoneout weights and recurrent dropout mask for one layer and direction (x (T, B, ·)),
         or None without either (`gatedrnn.engine.noise`)."""
         p_h, p_c = self.zoneout
+        if p_h == 0.0 and p_c == 0.0 and not (self.training and (self.recurrent_dropout or self.candidate_dropout)):
+            return None  # nothing to draw (the common case: no regulariser)
         steps, batch = x.shape[0], x.shape[1]
         out_size = self.proj_size or self.hidden_size
         zoneout = draw_zoneout(steps, batch, out_size, self.hidden_size if self.spec.has_cell_state else None,
@@ -287,7 +290,10 @@ class RecurrentBase(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
             traces.append(layer_traces)
 
-        hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
+        if len(finals) == 1:  # a view: one layer, one direction
+            hidden = tuple(state.unsqueeze(0) for state in finals[0])  # (1, B, ·)
+        else:
+            hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
         if unsorted_indices is not None:
             hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
         if packed:
@@ -339,6 +345,14 @@ class RecurrentBase(nn.Module):
                 state = state.index_select(1, sorted_indices)
             result.append(state)
         return tuple(result)
+
+
+@functools.lru_cache(maxsize=None)
+def _weight_names(layer: int, direction: int, extra: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """torch.nn's parameter names of one layer and direction in LayerWeights order, and the cell's extra ones."""
+    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+    return tuple(kind + suffix for kind in kinds), tuple(name + suffix for name in extra)
 
 
 def _check_zoneout(zoneout, has_cell_state: bool, cell: str = "this cell") -> tuple[float, float]:

@@ -123,14 +123,14 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B);  // m W_hrᵀ
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
 
   const T* x_p = x.data_ptr<T>();
   // Packed once for every chunk; a single chunk is one plain GEMM (no pack buffer).
-  StepWeight<T> w_ih_chunk(chunk < T_ ? w_ih.data_ptr<T>() : nullptr, true, GH, I, chunk * B);
+  StepWeight<T> w_ih_chunk(chunk < T_ ? w_ih.data_ptr<T>() : nullptr, true, GH, I, chunk * B, 2);
   const T* w_ih_p = w_ih.data_ptr<T>();
   int64_t chunk_start = -1;  // first step of the chunk held in `gates`
   for (int64_t s = 0; s < T_; ++s) {
