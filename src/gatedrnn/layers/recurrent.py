@@ -13,7 +13,6 @@ The cell equations are in `gatedrnn.cells`; the time loop runs in `gatedrnn.engi
 """
 from __future__ import annotations
 
-import functools
 
 import math
 from typing import Optional, Union
@@ -347,12 +346,19 @@ class RecurrentBase(nn.Module):
         return tuple(result)
 
 
-@functools.lru_cache(maxsize=None)
 def _weight_names(layer: int, direction: int, extra: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """torch.nn's parameter names of one layer and direction in LayerWeights order, and the cell's extra ones."""
-    suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-    return tuple(kind + suffix for kind in kinds), tuple(name + suffix for name in extra)
+    """torch.nn's parameter names of one layer and direction in LayerWeights order, and the cell's extra ones
+    (memoised in a plain dict: dynamo warns about functools.lru_cache under torch.compile)."""
+    key = (layer, direction, extra)
+    names = _WEIGHT_NAMES.get(key)
+    if names is None:
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+        names = _WEIGHT_NAMES[key] = (tuple(kind + suffix for kind in kinds), tuple(name + suffix for name in extra))
+    return names
+
+
+_WEIGHT_NAMES: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _check_zoneout(zoneout, has_cell_state: bool, cell: str = "this cell") -> tuple[float, float]:
