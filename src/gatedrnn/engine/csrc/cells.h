@@ -11,8 +11,8 @@
 //   kSavesGates   backward reads the gate activations (the RNN needs only h)
 //   kDirectDh     backward writes a part of dL/dh_prev that bypasses W_hh (GRU's z ⊙ dh)
 //   kAux          (H)-wide blocks of extra parameters (peephole weights, ...): `aux` in forward and backward;
-//                 backward accumulates their gradient into `daux` (one accumulator per batch row, summed
-//                 over rows by the time loop)
+//                 backward accumulates their gradient into `daux` (one accumulator per thread: rows of one
+//                 thread add into the same one; summed by the time loop)
 //   kReadsHNext   backward reads h_next (the RNN's tanh derivative); with zoneout the loop passes h̃ there
 //   kCandidate    takes a candidate dropout mask `cand` (H) (Semeniuta et al. 2016): the candidate (LSTM g,
 //                 GRU n) is multiplied by it where it enters the state; the saved activation stays unmasked

@@ -21,15 +21,18 @@
 // dh_prev (first P) and dL/da′, which it adds to the previous step's dc blocks 1.. (the cell leaves 0 there);
 // dW_hh = Σ dGᵀ [h_prev (⊙ m) | a_prev].
 // Extra parameters (aux, kAux * H) reach the cell's forward and backward; their gradient is accumulated per
-// batch row and summed over rows at the end.
+// thread and summed over threads at the end.
 // Biases: db_ih = Σ dgate_x and db_hh = Σ dgate_h over steps and rows, except for a cell that adds them after
 // its own transform of the GEMM results (kOwnsBiasGrad: LayerNorm), where the cell accumulates them into its
-// per-row daux accumulator, after the kAux blocks (db_ih then db_hh, G*H each), and they are read from there.
+// daux accumulator, after the kAux blocks (db_ih then db_hh, G*H each), and they are read from there.
 #pragma once
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <sys/mman.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -46,6 +49,26 @@ struct ScanForwardOut {
 struct ScanBackwardOut {
   at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux;
 };
+
+// A sequence-long buffer (the saved gates, c and extra blocks; backward's gate gradients). Above 4 MB it is
+// backed by transparent huge pages where the kernel allows them on request (THP "madvise", the common default):
+// glibc maps such sizes fresh at every call, and first-touch page faults cost ~2-3 µs per 4 KB page on a VM,
+// which made the 52 MB of a LayerNorm LSTM's saved rows cost more than its arithmetic (B=64, T=100, H=256).
+inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  const size_t bytes = static_cast<size_t>(count) * opts.dtype().itemsize();
+  constexpr size_t kHuge = size_t(2) << 20;
+  if (bytes < 2 * kHuge) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+  void* data = std::aligned_alloc(kHuge, rounded);
+  if (data == nullptr) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+#ifdef MADV_HUGEPAGE
+  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: without THP the pages are ordinary ones
+#endif
+  if (zero) std::memset(data, 0, bytes);
+  return at::from_blob(data, shape, [](void* p) { std::free(p); }, opts);
+}
 
 // Width of a row of the saved `extra` buffer: the cell's blocks, then c̃ (H) and h̃ (P) under zoneout.
 template <typename Cell>
@@ -83,7 +106,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // x W_ihᵀ is computed in chunks of `chunk` steps just before they run, so each chunk is still in cache
   // when the pointwise pass reads it; without a backward only one chunk is allocated.
   const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
-  const at::Tensor gates = at::empty({keep ? T_ * B : chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
+  const at::Tensor gates = keep ? sequence_buffer({T_ * B, GH}, opts, false)
+                                : at::empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
   const int64_t folded = GH - Cell::kRecBias * H;
   at::Tensor bias = at::zeros({GH}, opts), rec_bias = at::zeros({std::max<int64_t>(1, Cell::kRecBias * H)}, opts);
   if (b_ih.defined()) {
@@ -96,10 +120,10 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   at::Tensor c = Cell::kHasC ? c0.clone() : at::Tensor();
   const int64_t CH = state_blocks<Cell>() * H;  // width of a row of the cell-state buffer (sLSTM: [c | n | m])
   at::Tensor c_hist, extra;
-  if (keep && Cell::kHasC) c_hist = packed ? at::zeros({T_, B, CH}, opts) : at::empty({T_, B, CH}, opts);
+  if (keep && Cell::kHasC) c_hist = sequence_buffer({T_, B, CH}, opts, packed);
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
-  if (keep && EW) extra = at::empty({T_, B, EW}, opts);
+  if (keep && EW) extra = sequence_buffer({T_, B, EW}, opts, false);
   at::Tensor rec = at::empty({B, GH}, opts);
   // scratch: h ⊙ rec_mask (B, P), and c_{t-1} under zoneout (B, H)
   at::Tensor h_masked = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
@@ -228,7 +252,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, RW = w_hh.size(1), P = RW - rec_state_blocks<Cell>() * H;
   const bool proj = w_hr.defined(), packed = !batch_sizes.empty();
   const auto opts = x.options();
-  auto buffer = [&](std::vector<int64_t> shape) { return packed ? at::zeros(shape, opts) : at::empty(shape, opts); };
+  auto buffer = [&](std::vector<int64_t> shape) { return sequence_buffer(shape, opts, packed); };
 
   at::Tensor dgate_x = buffer({T_, B, GH});
   at::Tensor dgate_h = Cell::kSplitGrad ? buffer({T_, B, GH}) : dgate_x;
@@ -241,9 +265,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
-  // per-row accumulators of dL/daux (B, kAux*H) [+ dL/db_ih, dL/db_hh (2*GH) for kOwnsBiasGrad], summed at the end
+  // accumulators of dL/daux (kAux*H) [+ dL/db_ih, dL/db_hh (2*GH) for kOwnsBiasGrad], one per thread (rows of a
+  // step are split over threads; a thread's rows add into its own), summed at the end. One per batch row was
+  // B * DA values (1.2 MB for a LayerNorm LSTM at B = 64, H = 256), which pushed W_hh out of L2 at every step.
   const int64_t DA = Cell::kAux * H + (Cell::kOwnsBiasGrad ? 2 * GH : 0);
-  at::Tensor daux_rows = DA ? at::zeros({B, DA}, opts) : at::Tensor();
+  const int64_t slots = std::max(1, at::get_num_threads());
+  at::Tensor daux_rows = DA ? at::zeros({slots, DA}, opts) : at::Tensor();
   // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
   at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
   at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
@@ -315,6 +342,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
         }
       }
       if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
+      T* daux_block = daux_p ? daux_p + std::min<int64_t>(at::get_thread_num(), slots - 1) * DA : nullptr;
       for (int64_t b = b0; b < b1; ++b) {
         const bool from_prev = b < n_prev;
         const T* saved = extra_p ? extra_p + (t * B + b) * EW : nullptr;
@@ -336,7 +364,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
             dh_p + b * P,
             m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
             aux_p,
-            daux_p ? daux_p + b * DA : nullptr,
+            daux_block,
             cand_p ? cand_p + (t * B + b) * H : nullptr};
         Cell::backward(H, row);
       }
