@@ -271,3 +271,21 @@ def test_a_fresh_process_reads_the_file_without_measuring(floor):
     assert done.returncode == 0, done.stderr[-2000:]
     kernel, ops = done.stdout.split()
     assert kernel == record["kernel"] and int(ops) == (1 if kernel == "gatedrnn" else 0)
+
+
+def test_a_bad_isa_setting_does_not_reach_forward_through_the_floor(floor, monkeypatch):
+    """The floor's bucket lookup needs the engine's build key; a GATEDRNN_ISA the build rejects must not make
+    every forward raise (the engine's own load reports it, and the reference path runs)."""
+    from gatedrnn.layers import torch_floor
+
+    from gatedrnn.engine import _build, _flags
+
+    floor("measure")
+    monkeypatch.setenv("GATEDRNN_ISA", "no-such-isa")
+    with pytest.raises(_flags.ISASettingError):
+        _build.build_key()
+    monkeypatch.setattr(torch_floor, "cache_file", _build.build_key)  # what the real cache_file calls first
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    for module in (gatedrnn.LSTM(4, 6), gatedrnn.GRU(4, 6)):
+        output, _ = module(torch.randn(5, 3, 4))
+        assert output.shape == (5, 3, 6)

@@ -145,21 +145,15 @@ def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
 
-class _CountingStreamers:
-    """Stands in for the engine's library in `gatedrnn.layers.streaming`: builds real Streamers, counts steps."""
+class _CountingStreamer:
+    """Stands in for the engine's library in `gatedrnn.layers.streaming`: the real stream_step, counted."""
 
     def __init__(self, library) -> None:
         self.library, self.steps = library, 0
 
-    def Streamer(self, cell, weights):  # noqa: N802 (the library's class name)
-        inner, outer = self.library.Streamer(cell, weights), self
-
-        class Counting:
-            def step(self, *args):
-                outer.steps += 1
-                return inner.step(*args)
-
-        return Counting()
+    def stream_step(self, *args):
+        self.steps += 1
+        return self.library.stream_step(*args)
 
 
 @pytest.fixture
@@ -167,16 +161,15 @@ def counted_streamers(monkeypatch):
     from gatedrnn.engine import _build
     from gatedrnn.layers import streaming
 
-    counting = _CountingStreamers(_build.load())
+    counting = _CountingStreamer(_build.load())
     monkeypatch.setattr(streaming._build, "load", lambda: counting)
-    monkeypatch.setattr(streaming, "_STREAMERS", __import__("weakref").WeakKeyDictionary())
     return counting
 
 
 @pytest.mark.parametrize("cls,options", MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_streamer_steps_equal_the_operator(cls, options, batched, dtype, counted_streamers):
+def test_one_call_steps_equal_the_operator(cls, options, batched, dtype, counted_streamers):
     """The one-call streaming path (a state fed back under no_grad) gives the operator path's numbers exactly."""
     torch.manual_seed(1)
     module = cls(4, 6, num_layers=2, dtype=dtype, **options)
@@ -195,7 +188,7 @@ def test_streamer_steps_equal_the_operator(cls, options, batched, dtype, counted
     assert counted_streamers.steps == len(xs)
 
 
-def test_streamer_sees_weight_updates_and_replacements(counted_streamers):
+def test_streaming_sees_weight_updates_and_replacements(counted_streamers):
     torch.manual_seed(2)
     module = gatedrnn.LSTM(4, 6)
     reference = gatedrnn.LSTM(4, 6)
@@ -207,11 +200,11 @@ def test_streamer_sees_weight_updates_and_replacements(counted_streamers):
         reference.load_state_dict(module.state_dict())
         for a, b in zip(as_tuple(module.step(x, state)[1]), as_tuple(reference(x.unsqueeze(0), state)[1])):
             torch.testing.assert_close(a, b)
-        module.weight_ih_l0 = torch.nn.Parameter(torch.randn(24, 4))  # replaced: a new Streamer
+        module.weight_ih_l0 = torch.nn.Parameter(torch.randn(24, 4))  # replaced
         reference.load_state_dict(module.state_dict())
         for a, b in zip(as_tuple(module.step(x, state)[1]), as_tuple(reference(x.unsqueeze(0), state)[1])):
             torch.testing.assert_close(a, b)
-        module.double()  # parameters' storage swapped in place: the held tensors follow
+        module.double()  # parameters' storage swapped in place
         state64 = tuple(s.double() for s in state)
         reference.double()
         for a, b in zip(as_tuple(module.step(x.double(), state64)[1]),
@@ -220,7 +213,7 @@ def test_streamer_sees_weight_updates_and_replacements(counted_streamers):
     assert counted_streamers.steps == 4
 
 
-def test_streamer_leaves_other_cases_to_the_general_path(counted_streamers):
+def test_one_call_steps_leave_other_cases_to_the_general_path(counted_streamers):
     """Gradients, a first step without state, bad input, dropout between layers in training: the general path,
     whose errors are the layers' own; the module stays copyable and picklable after streaming."""
     import copy
@@ -247,3 +240,70 @@ def test_streamer_leaves_other_cases_to_the_general_path(counted_streamers):
             module.step(x, (state[0][:, :1], state[1]))
     copy.deepcopy(module)
     torch.save(module, io.BytesIO())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_steps_on_the_reference_path(dtype, counted_streamers):
+    """The engine takes float32/float64 only: a half-precision step under no_grad runs the cell functions."""
+    torch.manual_seed(4)
+    module = gatedrnn.LSTM(4, 6).to(dtype)
+    x = torch.randn(3, 2, 4, dtype=dtype)
+    with torch.no_grad():
+        _, state = module.step(x[0])
+        for t in range(1, 3):
+            y, state = module.step(x[t], state)
+        expected, _ = module(x)
+    torch.testing.assert_close(y, expected[-1], rtol=1e-2, atol=1e-2)
+    assert counted_streamers.steps == 2  # asked, and it declined
+
+
+def test_streaming_holds_no_parameter(counted_streamers):
+    """torch's swap mode (load_state_dict and .to() through torch.utils.swap_tensors) refuses tensors with other
+    owners: after streaming, both still work, and the next step reads the new weights."""
+    torch.manual_seed(5)
+    module, other = gatedrnn.LSTM(4, 6), gatedrnn.LSTM(4, 6)
+    x, state = torch.randn(2, 4), initial_state(module, 2, torch.float32)
+    swap = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        with torch.no_grad():
+            module.step(x, state)
+            module.load_state_dict(other.state_dict())
+            y, _ = module.step(x, state)
+            torch.testing.assert_close(y, other(x.unsqueeze(0), state)[0][0])
+            module.double()
+            y64, _ = module.step(x.double(), tuple(s.double() for s in state))
+            torch.testing.assert_close(y64, y.double(), rtol=1e-6, atol=1e-6)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swap)
+    assert counted_streamers.steps == 3
+
+
+def test_one_layer_final_state_is_its_own_tensor():
+    """h_n and c_n of a one-layer forward are not views: truncated BPTT's h_n.detach_() works, as in torch.nn."""
+    module = gatedrnn.LSTM(3, 4)
+    output, (h_n, c_n) = module(torch.randn(5, 2, 3))
+    h_n.detach_(), c_n.detach_()
+    assert not h_n.requires_grad and h_n._base is None and c_n._base is None
+
+
+def test_one_call_steps_read_parametrized_weights(counted_streamers):
+    """A parametrized weight (torch.nn.utils.parametrize) is not in _parameters: the step reads its value."""
+    from torch.nn.utils import parametrize
+
+    class Scaled(torch.nn.Module):
+        def forward(self, weight):
+            return 3.0 * weight
+
+    torch.manual_seed(6)
+    module = gatedrnn.GRU(4, 6)
+    parametrize.register_parametrization(module, "bias_hh_l0", Scaled())
+    x, state = torch.randn(2, 4), torch.randn(1, 2, 6)
+    with torch.no_grad():
+        fast, _ = module.step(x, state)
+        with GatedrnnOps():
+            slow, _ = module.step(x, state)
+        expected, _ = module(x.unsqueeze(0), state)
+    assert counted_streamers.steps == 1
+    assert torch.equal(fast, slow)
+    torch.testing.assert_close(fast, expected[0])

@@ -289,10 +289,8 @@ class RecurrentBase(nn.Module):
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
             traces.append(layer_traces)
 
-        if len(finals) == 1:  # a view: one layer, one direction
-            hidden = tuple(state.unsqueeze(0) for state in finals[0])  # (1, B, ·)
-        else:
-            hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
+        # copies, not views, also for one layer: torch.nn's h_n takes h_n.detach_() and in-place updates
+        hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
         if unsorted_indices is not None:
             hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
         if packed:

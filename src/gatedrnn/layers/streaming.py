@@ -14,7 +14,6 @@ step functions run and autograd differentiates them.
 from __future__ import annotations
 
 import os
-import weakref
 from functools import lru_cache
 from typing import Optional, Union
 
@@ -47,7 +46,8 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
         states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
     extra_names = tuple(p.name for p in module.spec.extra_params)
-    weights = [LayerWeights(*[params.get(name) for name in names], tuple(params[name] for name in extras))
+    get = lambda name: params[name] if name in params else getattr(module, name, None)  # noqa: E731 (parametrized)
+    weights = [LayerWeights(*map(get, names), tuple(map(get, extras)))
                for names, extras in _weight_names(module.num_layers, extra_names)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
@@ -61,21 +61,21 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
 
 
 def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
-    """The streaming loop's own case in one C++ call (`Streamer`), or None for anything else, which then takes
-    the general path below with its checks and messages: under no_grad, eager, no dispatch mode, a cell with a
-    step kernel and no per-step noise, and a state from a previous step (None, the first step, goes the general
-    way). Python and the operator's argument boxing cost more than a step's arithmetic at batch 1."""
+    """The streaming loop's own case in one C++ call (the engine's `stream_step`), or None for anything else, which
+    then takes the general path below with its checks and messages: under no_grad, eager, no dispatch mode, a cell
+    with a step kernel and no per-step noise, and a state from a previous step (None, the first step, goes the
+    general way). Python and the operator's argument boxing cost more than a step's arithmetic at batch 1."""
     if (torch.is_grad_enabled() or state is None or torch._C._len_torch_dispatch_stack()
             or torch.compiler.is_compiling() or torch._C._is_tracing()):
         return None
-    streamer = _streamer(module)
-    if streamer is None or module.bidirectional or module.zoneout != (0.0, 0.0) or (
-            module.training and (module.num_layers > 1 and module.dropout or any(
-                getattr(module, name) for name in ("recurrent_dropout", "weight_drop", "candidate_dropout")))):
-        return None
     if os.environ.get("GATEDRNN_BACKEND", "") not in ("", "auto", "fused"):
         return None  # "reference", or a value the general path names in its error
-    has_c = module.spec.has_cell_state
+    spec = module.spec
+    if (not spec.fused or spec.extra_params or spec.kernel_weights is not None or module.bidirectional
+            or module.zoneout != (0.0, 0.0) or (module.training and (module.num_layers > 1 and module.dropout or any(
+                getattr(module, name) for name in ("recurrent_dropout", "weight_drop", "candidate_dropout"))))):
+        return None
+    has_c = spec.has_cell_state
     if has_c:
         if type(state) is not tuple or len(state) != 2:
             return None
@@ -84,44 +84,36 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         h, c = state, None
     if type(x) is not Tensor or type(h) is not Tensor or (has_c and type(c) is not Tensor):
         return None
+    library = _build.load()
+    if library is None:
+        return None
+    # read at every step, as forward does (no weight is held between calls: see engine.cpp's stream_step); the
+    # getattr fallback serves parametrized weights (torch.nn.utils.parametrize), which are not in _parameters
+    params = module._parameters
+    weights = [params[name] if name in params else getattr(module, name, None)
+               for name in _flat_weight_names(module.num_layers)]
     if x.dim() == 1:  # unbatched: (H_in,) and a state without N
         if h.dim() != 2 or (has_c and c.dim() != 2):
             return None
-        out = streamer.step(x.unsqueeze(0), h.unsqueeze(1), c.unsqueeze(1) if has_c else None)
+        out = library.stream_step(module.mode, x.unsqueeze(0), h.unsqueeze(1), c.unsqueeze(1) if has_c else None,
+                                  weights)
         if out is None:
             return None
         y, h_next, c_next = out
         return y.squeeze(0), ((h_next.squeeze(1), c_next.squeeze(1)) if has_c else h_next.squeeze(1))
     if x.dim() != 2 or h.dim() != 3 or (has_c and c.dim() != 3):
         return None
-    out = streamer.step(x, h, c)
+    out = library.stream_step(module.mode, x, h, c, weights)
     if out is None:
         return None
     y, h_next, c_next = out
     return y, ((h_next, c_next) if has_c else h_next)
 
 
-def _streamer(module):
-    """The module's `Streamer` (the engine's, holding its parameters), rebuilt when a parameter is replaced;
-    None for a cell the step kernel does not take, or without the engine."""
-    params = module._parameters
-    key = tuple(map(id, params.values()))
-    cached = _STREAMERS.get(module)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    spec = module.spec
-    streamer = None
-    if spec.fused and not spec.extra_params and spec.kernel_weights is None:
-        library = _build.load()
-        if library is not None:
-            names = _weight_names(module.num_layers, ())
-            streamer = library.Streamer(module.mode, [params.get(name) for layer, _ in names for name in layer])
-    _STREAMERS[module] = (key, streamer)
-    return streamer
-
-
-# module -> (ids of its parameters, Streamer or None); outside the module, which stays picklable and copyable
-_STREAMERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+@lru_cache(maxsize=None)
+def _flat_weight_names(num_layers: int) -> tuple[str, ...]:
+    """torch.nn's five parameter names per layer (w_ih, w_hh, b_ih, b_hh, w_hr), the engine's weight order."""
+    return tuple(name for names, _ in _weight_names(num_layers, ()) for name in names)
 
 
 def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:

@@ -142,8 +142,10 @@ class StepWeight {
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
     if (small_ && trans_) {  // the small kernel reads W as (K, N): transpose once per call
       static thread_local std::vector<T> scratch[3];
-      std::vector<T>& buffer = scratch[std::clamp(scratch_slot, 0, 2)];
-      if (buffer.size() < (size_t)N * K) buffer.resize((size_t)N * K);
+      const size_t count = (size_t)N * K;
+      // a weight above 16 MB gets its own buffer, freed with this object: the thread keeps no more than 3 x 16 MB
+      std::vector<T>& buffer = count * sizeof(T) > (size_t(16) << 20) ? own_ : scratch[std::clamp(scratch_slot, 0, 2)];
+      if (buffer.size() < count) buffer.resize(count);
       w_kn_ = buffer.data();
       transpose(w, w_kn_, N, K);
     }
@@ -211,6 +213,7 @@ class StepWeight {
   static constexpr int kSmallRows = 2;
   const T* w_;
   T* w_kn_ = nullptr;
+  std::vector<T> own_;
   bool trans_, use_pack_ = false, small_ = false;
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;

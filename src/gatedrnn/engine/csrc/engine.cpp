@@ -272,41 +272,37 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
   return step_layers(std::string(cell_name), x, h, c, weights);
 }
 
-// A layer stack's weights held for streaming, so that a step is one pybind call: the dispatcher boxes the
-// operator's arguments (a string and a list of optional tensors) at every call, which at batch 1 costs more
-// than the step's arithmetic. The weights are held as tensors, not copied: in-place updates (an optimiser,
-// load_state_dict) are seen at the next step. `step` returns None for anything but plain, contiguous,
-// same-dtype CPU tensors (a functorch wrapper, a tensor subclass, a wrong dtype), and the caller then takes
-// the operator's path, whose checks and messages are the layers' own.
-class Streamer {
- public:
-  Streamer(std::string cell, std::vector<c10::optional<at::Tensor>> weights)
-      : cell_(std::move(cell)), weights_(std::move(weights)) {}
-
-  std::optional<Three> step(const at::Tensor& x, const at::Tensor& h, const c10::optional<at::Tensor>& c) const {
-    const at::ScalarType dtype = x.scalar_type();
-    auto plain = [dtype](const at::Tensor& t) {
-      return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
-             !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
-             !t.key_set().has(c10::DispatchKey::Python);
-    };
-    if (!plain(x) || !plain(h) || (c.has_value() && !plain(*c))) return std::nullopt;
-    for (const c10::optional<at::Tensor>& w : weights_)
-      if (w.has_value() && !plain(*w)) return std::nullopt;
-    // shapes the first layer implies (step_layers checks every layer): x (B, I), h (L, B, P), c (L, B, H)
-    const int64_t L = static_cast<int64_t>(weights_.size()) / 5;
-    if (L < 1 || !weights_[0].has_value() || !weights_[1].has_value() || x.dim() != 2 || h.dim() != 3) return std::nullopt;
-    const int64_t B = x.size(0), P = weights_[1]->size(1);
-    const int64_t H = weights_[4].has_value() ? weights_[4]->size(1) : P;
-    if (x.size(1) != weights_[0]->size(1) || h.size(0) != L || h.size(1) != B || h.size(2) != P) return std::nullopt;
-    if (c.has_value() && (c->dim() != 3 || c->size(0) != L || c->size(1) != B || c->size(2) != H)) return std::nullopt;
-    return step_layers(cell_, x, h, c, weights_);
-  }
-
- private:
-  std::string cell_;
-  std::vector<c10::optional<at::Tensor>> weights_;
-};
+// One streaming step as a plain pybind call (`gatedrnn.layers.streaming`): the dispatcher boxes the operator's
+// arguments (a string and a list of optional tensors) at every call, which at batch 1 costs more than the step's
+// arithmetic. Returns None for anything but plain, same-dtype float32/float64 CPU tensors of the shapes the first
+// layer's weights imply (a functorch wrapper, a subclass, half precision), and the caller then takes the
+// operator's path, whose checks and messages are the layers' own. Holds nothing between calls: torch's swap mode
+// (torch.utils.swap_tensors under load_state_dict and .to()) refuses parameters that have other owners.
+std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, const at::Tensor& h,
+                                 const c10::optional<at::Tensor>& c,
+                                 const std::vector<c10::optional<at::Tensor>>& weights) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
+  auto plain = [dtype](const at::Tensor& t) {
+    return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
+           !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
+           !t.key_set().has(c10::DispatchKey::Python);
+  };
+  if (!plain(x) || !plain(h) || (c.has_value() && !plain(*c))) return std::nullopt;
+  for (const c10::optional<at::Tensor>& w : weights)
+    if (w.has_value() && !plain(*w)) return std::nullopt;
+  // shapes the first layer implies (step_layers checks every layer): x (B, I), h (L, B, P), c (L, B, H)
+  const int64_t L = static_cast<int64_t>(weights.size()) / 5;
+  if (L < 1 || static_cast<int64_t>(weights.size()) != 5 * L || !weights[0].has_value() || !weights[1].has_value() ||
+      x.dim() != 2 || h.dim() != 3)
+    return std::nullopt;
+  const int64_t B = x.size(0), P = weights[1]->size(1);
+  const int64_t H = weights[4].has_value() ? weights[4]->size(1) : P;
+  if (x.size(1) != weights[0]->size(1) || h.size(0) != L || h.size(1) != B || h.size(2) != P) return std::nullopt;
+  if (c.has_value() && (c->dim() != 3 || c->size(0) != L || c->size(1) != B || c->size(2) != H)) return std::nullopt;
+  pybind11::gil_scoped_release no_gil;  // as the operator's Python binding does while its kernel runs
+  return step_layers(cell, x, h, c, weights);
+}
 
 // Fills out (rows, W) with `scale` where a uniform draw in [0, 1) is below keep[w], else 0: the masks of
 // gatedrnn/engine/noise.py. Counter-based, so the result depends on the seed alone, not on how rows are split
@@ -378,7 +374,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gatedrnn fused CPU engine (see engine/csrc/README.md); its kernels are the operators gatedrnn::*";
   m.def("has_blas", &gatedrnn::has_blas, "whether per-step GEMMs call BLAS directly");
   m.def("keep_mask", &gatedrnn::keep_mask, "fill out (rows, W) with scale where uniform < keep[w], else 0");
-  pybind11::class_<gatedrnn::Streamer>(m, "Streamer", "a layer stack's weights held for one-call streaming steps")
-      .def(pybind11::init<std::string, std::vector<c10::optional<at::Tensor>>>())
-      .def("step", &gatedrnn::Streamer::step, "(x (B, I), h (L, B, P), c (L, B, H) or None) -> (y, h, c) or None");
+  m.def("stream_step", &gatedrnn::stream_step,
+        "(cell, x (B, I), h (L, B, P), c (L, B, H) or None, weights: 5 per layer) -> (y, h, c) or None");
 }
