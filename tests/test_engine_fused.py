@@ -446,9 +446,9 @@ def test_gradients_when_the_loss_uses_one_output(cell, used, monkeypatch):
 
 
 @pytest.mark.parametrize("layer_class", [gatedrnn.LSTM, gatedrnn.LayerNormLSTM])
-def test_sequence_long_buffers_on_huge_pages_match_reference(layer_class, monkeypatch):
-    """Saved buffers and gate gradients of 4 MB and more come from 2 MB-aligned memory with a huge-page hint (and
-    are zeroed for packed input): the same numbers as the reference path, the saved gates readable as a trace."""
+def test_sequence_long_buffers_from_the_block_cache_match_reference(layer_class, monkeypatch):
+    """Saved buffers and gate gradients of 4 MB and more come from the engine's block cache (reused between calls,
+    zeroed for packed input): the same numbers as the reference path, call after call, and a readable trace."""
     torch.manual_seed(8)
     module = layer_class(4, 160, dtype=torch.float64)  # (T*B, 4H) float64 saved gates: 40*16*640*8 B = 3.3 MB
     x = torch.randn(40, 24, 4, dtype=torch.float64, requires_grad=True)  # 4.9 MB with B = 24

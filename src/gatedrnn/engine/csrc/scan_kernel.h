@@ -30,10 +30,10 @@
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
-#include <sys/mman.h>
-
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 #include "blas.h"
@@ -50,24 +50,69 @@ struct ScanBackwardOut {
   at::Tensor dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux;
 };
 
-// A sequence-long buffer (the saved gates, c and extra blocks; backward's gate gradients). Above 4 MB it is
-// backed by transparent huge pages where the kernel allows them on request (THP "madvise", the common default):
-// glibc maps such sizes fresh at every call, and first-touch page faults cost ~2-3 µs per 4 KB page on a VM,
-// which made the 52 MB of a LayerNorm LSTM's saved rows cost more than its arithmetic (B=64, T=100, H=256).
+// Freed sequence-long buffers kept for the next call (a training loop allocates the same sizes at every step):
+// glibc maps allocations above 32 MB fresh each time and returns them at free, and the first-touch page faults
+// (~2-3 µs per 4 KB page on a VM) made the 52 MB of a LayerNorm LSTM's saved rows cost more than its arithmetic
+// (B=64, T=100, H=256). Bounded: at most kMaxBlocks blocks and kMaxBytes in all; a block serves a request of at
+// least half its size. Never destroyed (a tensor may be freed after static destructors ran, at exit).
+class BlockCache {
+ public:
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache;
+    return *cache;
+  }
+
+  // (data, capacity) of a block of at least `bytes`, reused or newly allocated (nullptr when out of memory)
+  std::pair<void*, size_t> take(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      size_t best = blocks_.size();
+      for (size_t k = 0; k < blocks_.size(); ++k)
+        if (blocks_[k].second >= bytes && blocks_[k].second / 2 <= bytes &&
+            (best == blocks_.size() || blocks_[k].second < blocks_[best].second))
+          best = k;
+      if (best < blocks_.size()) {
+        const auto block = blocks_[best];
+        blocks_.erase(blocks_.begin() + best);
+        held_ -= block.second;
+        return block;
+      }
+    }
+    const size_t capacity = (bytes + kAlign - 1) / kAlign * kAlign;
+    return {std::aligned_alloc(kAlign, capacity), capacity};
+  }
+
+  void give_back(void* data, size_t capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (blocks_.size() < kMaxBlocks && held_ + capacity <= kMaxBytes) {
+        blocks_.emplace_back(data, capacity);
+        held_ += capacity;
+        return;
+      }
+    }
+    std::free(data);
+  }
+
+ private:
+  static constexpr size_t kAlign = 64, kMaxBlocks = 8, kMaxBytes = size_t(256) << 20;
+  std::mutex mutex_;
+  std::vector<std::pair<void*, size_t>> blocks_;
+  size_t held_ = 0;
+};
+
+// A sequence-long buffer (the saved gates, c and extra blocks; backward's gate gradients): from BlockCache above
+// 4 MB, else torch's allocator; zeroed when asked (packed input).
 inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
   const size_t bytes = static_cast<size_t>(count) * opts.dtype().itemsize();
-  constexpr size_t kHuge = size_t(2) << 20;
-  if (bytes < 2 * kHuge) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
-  const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-  void* data = std::aligned_alloc(kHuge, rounded);
+  if (bytes < (size_t(4) << 20)) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  const auto [data, capacity] = BlockCache::instance().take(bytes);
   if (data == nullptr) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
-#ifdef MADV_HUGEPAGE
-  madvise(data, rounded, MADV_HUGEPAGE);  // a hint: without THP the pages are ordinary ones
-#endif
   if (zero) std::memset(data, 0, bytes);
-  return at::from_blob(data, shape, [](void* p) { std::free(p); }, opts);
+  const size_t held = capacity;
+  return at::from_blob(data, shape, [held](void* p) { BlockCache::instance().give_back(p, held); }, opts);
 }
 
 // Width of a row of the saved `extra` buffer: the cell's blocks, then c̃ (H) and h̃ (P) under zoneout.
