@@ -38,7 +38,11 @@ inline float reciprocal(float d) {
   r = r * (2.0f - d * r);
   // the last step on the exact residual (FMA): 1 / 1 is exactly 1, so a gate saturated by an infinite input is
   // exactly 1 with derivative 0, and its weight gradient 0 * inf = NaN, as in torch.nn
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
   return std::fma(r, std::fma(-d, r, 1.0f), r);
+#else  // no FMA instruction (the SSE2 baseline build): std::fma would be a libm call; 1 - 1 * r is exact anyway
+  return r + r * (1.0f - d * r);
+#endif
 }
 
 // Below -88 exp_approx(-x) saturates at e^88 and 1/(1+e^88) would be a tiny non-zero number; torch.nn's
