@@ -169,14 +169,18 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(config, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, DataUnavailableError, CorruptDataError, FileNotFoundError) as error:
         raise CLIError(str(error)) from None
+    finished = False
     try:
         result = trainer.fit()
+        finished = True
     except (CheckpointError, TrainingError) as error:  # a full disk, a loss that became NaN
         raise CLIError(str(error)) from None
     finally:
         if trainer.world > 1:
             import torch.distributed as dist
 
+            if finished:  # both ranks tear down together: a rank that left first sometimes hung its peer's exit
+                dist.barrier()
             dist.destroy_process_group()
     if not args.quiet and trainer.rank == 0:
         metric = result.task.info.metric
