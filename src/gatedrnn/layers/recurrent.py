@@ -30,6 +30,7 @@ from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, active_regularisers, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
     check_size, warn_dropout_without_stacking,
 )
+from gatedrnn.layers._weights import read_weight, weight_names
 from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_packed
 from gatedrnn.layers.init import apply_init_, check_init_options
 
@@ -175,11 +176,8 @@ class RecurrentBase(nn.Module):
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
         """The parameters of one layer and direction, as the engine takes them."""
-        names, extra_names = _weight_names(layer, direction, tuple(p.name for p in self.spec.extra_params))
-        # a dict read per weight (nn.Module.__getattr__ costs ~1 µs each); getattr for what is not a registered
-        # parameter: a parametrized weight (torch.nn.utils.parametrize), or None (bias=False, no proj_size)
-        params = self._parameters
-        get = lambda name: params[name] if name in params else getattr(self, name, None)  # noqa: E731
+        names, extra_names = weight_names(layer, direction, tuple(p.name for p in self.spec.extra_params))
+        get = lambda name: read_weight(self, name)  # noqa: E731
         return LayerWeights(*map(get, names), tuple(map(get, extra_names)))
 
     def _noisy_weights(self, layer: int, direction: int) -> LayerWeights:
@@ -343,21 +341,6 @@ class RecurrentBase(nn.Module):
                 state = state.index_select(1, sorted_indices)
             result.append(state)
         return tuple(result)
-
-
-def _weight_names(layer: int, direction: int, extra: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """torch.nn's parameter names of one layer and direction in LayerWeights order, and the cell's extra ones
-    (memoised in a plain dict: dynamo warns about functools.lru_cache under torch.compile)."""
-    key = (layer, direction, extra)
-    names = _WEIGHT_NAMES.get(key)
-    if names is None:
-        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-        kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-        names = _WEIGHT_NAMES[key] = (tuple(kind + suffix for kind in kinds), tuple(name + suffix for name in extra))
-    return names
-
-
-_WEIGHT_NAMES: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 def _check_zoneout(zoneout, has_cell_state: bool, cell: str = "this cell") -> tuple[float, float]:

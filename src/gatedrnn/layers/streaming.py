@@ -14,18 +14,19 @@ step functions run and autograd differentiates them.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from gatedrnn import engine
-from gatedrnn.cells import LayerWeights
 from gatedrnn.engine import _build
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
-from gatedrnn.layers._checks import ShapeError, check_floating, check_step_input, refuse_bidirectional_step
+from gatedrnn.layers._checks import (
+    ShapeError, active_regularisers, check_floating, check_step_input, refuse_bidirectional_step,
+)
+from gatedrnn.layers._weights import flat_weight_names, read_weight
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
@@ -45,10 +46,7 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
     states = _ready_state(module, state, weight, x2.shape[0]) if batched else None
     if states is None:  # first step, unbatched, or anything to reject: the layer's checks and messages
         states = module._initial_state(state, x2.shape[0], batched, None, x2)  # each (L, N, ·)
-    extra_names = tuple(p.name for p in module.spec.extra_params)
-    get = lambda name: params[name] if name in params else getattr(module, name, None)  # noqa: E731 (parametrized)
-    weights = [LayerWeights(*map(get, names), tuple(map(get, extras)))
-               for names, extras in _weight_names(module.num_layers, extra_names)]
+    weights = [module.layer_weights(layer) for layer in range(module.num_layers)]
     dropout = module.dropout if module.training and module.num_layers > 1 else 0.0
     y, new_states = engine.step_layers(
         module.mode, x2, states, weights, fused=engine.runs_fused(x2), dropout=dropout,
@@ -72,8 +70,8 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         return None  # "reference", or a value the general path names in its error
     spec = module.spec
     if (not spec.fused or spec.extra_params or spec.kernel_weights is not None or module.bidirectional
-            or module.zoneout != (0.0, 0.0) or (module.training and (module.num_layers > 1 and module.dropout or any(
-                getattr(module, name) for name in ("recurrent_dropout", "weight_drop", "candidate_dropout"))))):
+            or module.zoneout != (0.0, 0.0) or (module.training and (module.num_layers > 1 and module.dropout
+                                                                     or active_regularisers(module)))):
         return None
     has_c = spec.has_cell_state
     if has_c:
@@ -87,11 +85,10 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
     library = _build.load()
     if library is None:
         return None
-    # read at every step, as forward does (no weight is held between calls: see engine.cpp's stream_step); the
-    # getattr fallback serves parametrized weights (torch.nn.utils.parametrize), which are not in _parameters
-    params = module._parameters
-    weights = [params[name] if name in params else getattr(module, name, None)
-               for name in _flat_weight_names(module.num_layers)]
+    # read at every step, as forward does (no weight is held between calls: see engine.cpp's stream_step)
+    params = module._parameters  # read_weight, inlined for registered parameters (a call each costs per step)
+    weights = [params[name] if name in params else read_weight(module, name)
+               for name in flat_weight_names(module.num_layers)]
     if x.dim() == 1:  # unbatched: (H_in,) and a state without N
         if h.dim() != 2 or (has_c and c.dim() != 2):
             return None
@@ -108,12 +105,6 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         return None
     y, h_next, c_next = out
     return y, ((h_next, c_next) if has_c else h_next)
-
-
-@lru_cache(maxsize=None)
-def _flat_weight_names(num_layers: int) -> tuple[str, ...]:
-    """torch.nn's five parameter names per layer (w_ih, w_hh, b_ih, b_hh, w_hr), the engine's weight order."""
-    return tuple(name for names, _ in _weight_names(num_layers, ()) for name in names)
 
 
 def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:
@@ -165,12 +156,3 @@ def _ready_state(module, state, weight: Tensor, batch: int) -> Optional[tuple[Te
         if not (isinstance(part, Tensor) and part.dtype == dtype and part.device == device and part.shape == size):
             return None
     return parts
-
-
-@lru_cache(maxsize=None)
-def _weight_names(num_layers: int, extra_names: tuple[str, ...]) -> tuple[tuple[tuple[str, ...], ...], ...]:
-    """Per layer, (torch.nn's parameter names in LayerWeights order (absent ones read as None), the cell's extra
-    parameters' names)."""
-    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
-    return tuple((tuple(f"{kind}_l{layer}" for kind in kinds), tuple(f"{name}_l{layer}" for name in extra_names))
-                 for layer in range(num_layers))

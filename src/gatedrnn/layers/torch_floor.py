@@ -177,8 +177,9 @@ def runs_torch(layer, input, hx=None) -> bool:
     policy = requested_policy()
     if policy == "off":
         return False
+    record = None
     if (policy == "measure" and type(input) is Tensor and input.dim() in (2, 3) and layer.mode == "lstm"
-            and not layer.proj_size):
+            and not layer.proj_size):  # what every eligible call is, so `record` is looked up for each of them
         # the common case first: a bucket measured to run our engine needs no eligibility check (~10 µs a call)
         record = _lookup(bucket_key(layer, input, _needs_grad(layer, input, hx)))
         if record is not None and record["kernel"] != TORCH:
@@ -187,7 +188,6 @@ def runs_torch(layer, input, hx=None) -> bool:
         return False
     if policy == "torch":
         return True
-    record = _lookup(bucket_key(layer, input, _needs_grad(layer, input, hx)))
     if record is not None:  # without building choose()'s reason
         return record["kernel"] == TORCH
     return choose(layer, input, hx).kernel == TORCH

@@ -1,0 +1,39 @@
+"""torch.nn's parameter names of a recurrent layer and how to read them, in one place for the layers' forward
+and for streaming steps (which must not import the layer classes)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from torch import Tensor
+
+# torch.nn's five weights of one layer and direction, in the engine's (LayerWeights') order
+KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+_NAMES: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_FLAT: dict[int, tuple[str, ...]] = {}
+
+
+def weight_names(layer: int, direction: int, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(torch.nn's parameter names of one layer and direction in KINDS order, the cell's extra ones), memoised in a
+    plain dict (dynamo warns about functools.lru_cache under torch.compile)."""
+    key = (layer, direction, extra)
+    names = _NAMES.get(key)
+    if names is None:
+        suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+        names = _NAMES[key] = (tuple(kind + suffix for kind in KINDS), tuple(name + suffix for name in extra))
+    return names
+
+
+def flat_weight_names(num_layers: int) -> tuple[str, ...]:
+    """KINDS for every layer of a unidirectional stack, in order: the streaming step kernel's weight list."""
+    names = _FLAT.get(num_layers)
+    if names is None:
+        names = _FLAT[num_layers] = tuple(name for layer in range(num_layers) for name in weight_names(layer, 0)[0])
+    return names
+
+
+def read_weight(module, name: str) -> Optional[Tensor]:
+    """The module's weight `name`: a dict read for a registered parameter (nn.Module.__getattr__ costs ~1 µs each),
+    getattr for the rest: a parametrized weight (torch.nn.utils.parametrize), or None (bias=False, no proj_size)."""
+    params = module._parameters
+    return params[name] if name in params else getattr(module, name, None)
