@@ -339,6 +339,51 @@ def test_rows_split_over_threads_match_reference(cell, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
+SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split the forward's steps)
+    ("lstm", 1, 128, {}, "unit_region"),
+    ("lstm", 5, 160, {"bidirectional": True}, "unit_region"),  # 160 units: 80 per thread, not whole vectors
+    ("gru", 3, 128, {}, "unit_region"),
+    ("rnn_tanh", 2, 128, {}, "unit_region"),
+    ("lstm", 1, 64, {}, "serial"),                             # too few units to split
+    ("lstm", 2, 128, {"proj_size": 32}, "serial"),             # a projection needs every unit: rows only
+    ("lstm", 16, 128, {"proj_size": 64}, "row_region"),
+    ("gru", 16, 128, {"zoneout": 0.2}, "row_region"),
+    ("lstm", 9, 128, {"recurrent_dropout": 0.3, "bidirectional": True}, "row_region"),  # 9 rows: 4 and 5
+    ("lstm_peephole", 16, 128, {}, "row_region"),
+    ("layernorm_lstm", 1, 128, {}, "serial"),                  # whole-row statistics: never split by units
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,batch,hidden,options,split", SPLIT_CASES, ids=lambda v: str(v))
+def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, options, split, dtype):
+    """Two threads split a forward's steps by hidden units (batch < 8) or by rows in one region (whole sequence);
+    outputs, final state and every gradient equal the one-thread run, and the engine reports the split it took."""
+    library = _build.load()
+    torch.manual_seed(11)
+    plain = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn_tanh": gatedrnn.RNN}
+    module = (plain[cell](24, hidden, dtype=dtype, **options) if cell in plain
+              else make_module(cell, 24, hidden, dtype=dtype, **options)).train()
+    x = torch.randn(7, batch, 24, dtype=dtype, requires_grad=True)
+    threads = torch.get_num_threads()
+    runs, splits = [], []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            torch.manual_seed(12)  # the same zoneout / dropout masks in both runs
+            output, state = module(x)
+            splits.append(library.last_forward_split())
+            states = state if isinstance(state, tuple) else (state,)
+            loss = output.square().sum() + sum(s.sum() for s in states)
+            runs.append((output, *states, *torch.autograd.grad(loss, [x, *module.parameters()])))
+    finally:
+        torch.set_num_threads(threads)
+    assert splits == ["serial", split]
+    tolerance = TOLERANCE[dtype]
+    for one, two in zip(*runs):
+        torch.testing.assert_close(two, one, rtol=tolerance, atol=tolerance)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
 def test_gradient_of_output_sum(cell, monkeypatch):
     """output.sum() hands backward a stride-0 gradient, read in place (no copy)."""

@@ -79,12 +79,23 @@ void gemm(bool ta, bool tb, int M, int N, int K, T alpha, const T* A, int lda, c
   gemm_loop<T>(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+// The register width the small kernels block for: a vector of kVecBytes is one register of the target ISA, so
+// their 8 accumulators stay in registers (AVX2 has 16 of 32 bytes: 64-byte vectors there were 16 registers of
+// accumulators and spilled; NEON and SSE2 have 16-byte registers).
+#if defined(__AVX512F__)
+inline constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+inline constexpr int kVecBytes = 32;
+#else
+inline constexpr int kVecBytes = 16;
+#endif
+
 // One row c[j0, j0 + NV vectors) = x (K) W (K, N) + beta c, with NV * KU independent accumulators (KU
 // interleaved slices of k) so that FMA latency is hidden even when few columns remain.
 template <typename T, int NV, int KU>
 inline void row_block(int N, int K, const T* x, const T* W, T beta, T* c, int j0) {
-  constexpr int kLanes = 64 / sizeof(T);  // one 512-bit vector (GCC vector extension: portable C++)
-  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kLanes = kVecBytes / sizeof(T);  // one register (GCC vector extension: portable C++)
+  typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   Vec acc[KU][NV] = {};
   int k = 0;
   for (; k + KU <= K; k += KU)
@@ -110,7 +121,7 @@ inline void row_block(int N, int K, const T* x, const T* W, T beta, T* c, int j0
 // loaded once per row. At batch 1-2 this beats a BLAS call (dispatch, and GEMV's reductions).
 template <typename T>
 void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta, T* C, int ldc) {
-  constexpr int kLanes = 64 / sizeof(T);
+  constexpr int kLanes = kVecBytes / sizeof(T);
   for (int r = 0; r < n; ++r) {
     const T* x = X + (int64_t)r * ldx;
     T* c = C + (int64_t)r * ldc;

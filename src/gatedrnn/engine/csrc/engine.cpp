@@ -373,6 +373,10 @@ TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gatedrnn fused CPU engine (see engine/csrc/README.md); its kernels are the operators gatedrnn::*";
   m.def("has_blas", &gatedrnn::has_blas, "whether per-step GEMMs call BLAS directly");
+  m.def("last_forward_split", [] {
+    static const char* names[] = {"serial", "rows_per_step", "row_region", "unit_region"};
+    return std::string(names[gatedrnn::last_forward_split.load()]);
+  }, "how the last forward split its steps over threads (scan_kernel.h ForwardSplit)");
   m.def("keep_mask", &gatedrnn::keep_mask, "fill out (rows, W) with scale where uniform < keep[w], else 0");
   m.def("stream_step", &gatedrnn::stream_step,
         "(cell, x (B, I), h (L, B, P), c (L, B, H) or None, weights: 5 per layer) -> (y, h, c) or None");

@@ -28,11 +28,14 @@
 #pragma once
 
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -123,13 +126,147 @@ inline int64_t extra_width(int64_t H, int64_t P, bool zoneout) {
 
 // Runs body(b0, b1) over the active rows [0, n) of one step, split over threads when the step has enough
 // work (row_work: multiply-adds per row); inside a split, BLAS calls run single-threaded on their block.
+inline bool splits_rows(int64_t n, int64_t row_work) {
+  return at::get_num_threads() > 1 && n >= 8 && n * row_work >= (int64_t(1) << 19);
+}
+
+// Whether a sequence that is not packed runs with its rows split over threads in one parallel region for all its
+// steps (forward and backward): every step would be split by for_row_blocks, and no region encloses this one.
+inline bool row_region(bool packed, int64_t B, int64_t row_work) {
+  return !packed && splits_rows(B, row_work) && !at::in_parallel_region();
+}
+
 template <typename F>
 inline void for_row_blocks(int64_t n, int64_t row_work, const F& body) {
   const int threads = at::get_num_threads();
-  if (threads > 1 && n >= 8 && n * row_work >= (int64_t(1) << 19)) {
+  if (splits_rows(n, row_work)) {
     at::parallel_for(0, n, (n + threads - 1) / threads, body);
   } else {
     body(0, n);
+  }
+}
+
+// Waits until every thread of a parallel region has arrived (sense-reversing; each thread keeps its own sense).
+// Spins, pausing, then yields: a step at batch 1 takes about a microsecond, less than a futex wake-up.
+class SpinBarrier {
+ public:
+  void set_threads(int threads) { threads_ = threads; }
+  void wait(int& sense) {
+    sense ^= 1;
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      released_.store(sense, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; released_.load(std::memory_order_acquire) != sense; ++spins) {
+      if (spins < (1 << 12)) pause();
+      else std::this_thread::yield();  // a thread descheduled on an oversubscribed machine: give way
+    }
+  }
+
+ private:
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+  alignas(64) std::atomic<int> arrived_{0};
+  alignas(64) std::atomic<int> released_{0};
+  int threads_ = 1;
+};
+
+// Threads for splitting a forward's hidden units over cores (scan_forward_units), or 0 to run it by rows.
+// At batch < 8 the row split does not apply and one core would read all of W_hh at every step: an LSTM's W_hh
+// (4H² floats) leaves L1 from H = 64 on (64 KB), and the step is then bound by reading it from L2. Split by units, each core
+// reads only its own rows of W_hh (its gates' rows for its units), the pointwise pass needs no other core's values,
+// and the cores meet once per step (the next step's GEMM reads all of h). Cells whose pass reads whole rows
+// (LayerNorm's statistics), extra parameters, a projection, masks on h or the state in the GEMM, packed input
+// and zoneout keep the row loop.
+template <typename Cell>
+inline int unit_split_threads(int64_t B, int64_t H, int64_t P, bool plain) {
+  if (!plain || Cell::kAux != 0 || state_blocks<Cell>() != 1 || reads_state<Cell>() || P != H) return 0;
+  if (B < 1 || B >= 8 || at::in_parallel_region()) return 0;
+  const int threads = at::get_num_threads();  // the region's team: each thread gets >= 64 units (at fewer, the
+  return threads >= 2 && threads * 64 <= H ? threads : 0;  // per-step meeting cost more than it saved)
+}
+
+// How the last forward on this process ran its steps (for tests and reports): kSerial (one thread, or BLAS's threads
+// inside each GEMM), kRowsPerStep (rows split over threads at every step: packed input), kRowRegion (rows split
+// in one region for the whole sequence), kUnitRegion (hidden units split, scan_forward_units).
+enum ForwardSplit : int { kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3 };
+inline std::atomic<int> last_forward_split{kSerial};
+
+// scan_forward for unit_split_threads(...) > 1: one parallel region for the whole sequence. Thread k owns hidden
+// units [j0, j1) (multiples of a vector): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
+// block (from its own (P, units) copies of W_hh's rows, made once per call), runs the cell's pass on them
+// (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
+// from y_t, so one barrier per step separates writing y_t from reading it, and no buffer is reused while read.
+template <typename Cell, typename T>
+void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_p, const T* w_ih_p,
+                        const T* w_hh_p, const T* bias_p, const T* rec_bias_p, const T* h0_p, T* c_p, T* y_p,
+                        T* gates_p, T* c_hist_p, T* extra_p, int64_t EW, const T* cand_p, bool reverse, bool keep,
+                        int64_t chunk) {
+  constexpr int G = Cell::kGates;
+  const int64_t GH = G * H, P = H, EH = Cell::kExtra * H;
+  constexpr int64_t kAlign = kVecBytes / sizeof(T);
+  SpinBarrier barrier;
+  // No num_threads clause: a team size other than the pool's makes GOMP rebuild its pool (torch avoids it too).
+#pragma omp parallel
+  {
+    const int team = omp_get_num_threads(), k = omp_get_thread_num();
+    at::internal::ThreadIdGuard thread_id(k);
+#pragma omp single
+    barrier.set_threads(team);  // (the end of `single` is a barrier: every thread sees the count)
+    const int64_t per = (H / kAlign + team - 1) / team * kAlign;
+    const int64_t j0 = std::min<int64_t>(H, k * per), j1 = k == team - 1 ? H : std::min<int64_t>(H, j0 + per);
+    const int units = static_cast<int>(j1 - j0);
+    int sense = 0;
+    // this thread's rows of W_hh, gate block by gate block, transposed: (G, P, units); 16 rows at a time, so that
+    // the writes are contiguous (buffers kept per thread: no allocation or page faults at every call)
+    static thread_local std::vector<T> w_own, rec;
+    w_own.resize(std::max<size_t>(w_own.size(), static_cast<size_t>(G) * P * units));
+    rec.resize(std::max<size_t>(rec.size(), static_cast<size_t>(B) * GH));  // h W_hhᵀ, this thread's columns
+    for (int g = 0; g < G; ++g)
+      for (int u0 = 0; u0 < units; u0 += 16) {
+        const int rows = std::min(16, units - u0);
+        const T* src = w_hh_p + (g * H + j0 + u0) * P;
+        T* dst = w_own.data() + static_cast<size_t>(g) * P * units + u0;
+        for (int64_t p = 0; p < P; ++p)
+          for (int i = 0; i < rows; ++i) dst[p * units + i] = src[i * P + p];
+      }
+    int64_t chunk_start = -1;
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = reverse ? T_ - 1 - s : s;
+      if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {  // this thread's columns of x W_ihᵀ
+        chunk_start = t / chunk * chunk;
+        const int64_t steps = std::min(chunk, T_ - chunk_start);
+        T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
+        for (int g = 0; g < G && units > 0; ++g)
+          gemm<T>(false, true, static_cast<int>(steps * B), units, static_cast<int>(I), T(1),
+                  x_p + chunk_start * B * I, static_cast<int>(I), w_ih_p + (g * H + j0) * I, static_cast<int>(I),
+                  T(0), dest + g * H + j0, static_cast<int>(GH));
+      }
+      if (units > 0) {
+        const T* h_in = s == 0 ? h0_p : y_p + (reverse ? t + 1 : t - 1) * B * P;
+        T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
+        T* y_t = y_p + t * B * P;
+        for (int g = 0; g < G; ++g)
+          small_rows_kn<T>(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
+                           w_own.data() + static_cast<size_t>(g) * P * units, T(0), rec.data() + g * H + j0,
+                           static_cast<int>(GH));
+        for (int64_t b = 0; b < B; ++b) {
+          RowForward<T> row{gates_t + b * GH + j0, rec.data() + b * GH + j0, bias_p + j0, rec_bias_p + j0,
+                            h_in + b * P + j0, c_p ? c_p + b * H + j0 : nullptr, y_t + b * P + j0,
+                            extra_p && EH ? extra_p + (t * B + b) * EW + j0 : nullptr, keep, nullptr,
+                            cand_p ? cand_p + (t * B + b) * H + j0 : nullptr};
+          Cell::forward(H, units, row);
+          if (c_hist_p) std::memcpy(c_hist_p + (t * B + b) * H + j0, c_p + b * H + j0, sizeof(T) * units);
+        }
+      }
+      if (team > 1) barrier.wait(sense);
+    }
   }
 }
 
@@ -191,6 +328,24 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
+  const bool plain = !packed && !proj && !zo && !rm_p;
+  if (unit_split_threads<Cell>(B, H, P, plain) > 1 && T_ > 0) {
+    last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
+    scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
+                                bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
+                                c_hist_p, extra_p, EW, cand_p, reverse, keep, chunk);
+    h.copy_(y[reverse ? 0 : T_ - 1]);
+    ScanForwardOut out;
+    out.y = y;
+    out.h_n = h;
+    out.c_n = c;
+    if (keep) {
+      out.gates = gates.view({T_, B, GH});
+      out.c = c_hist;
+      out.extra = extra;
+    }
+    return out;
+  }
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
@@ -201,75 +356,110 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // Packed once for every chunk; a single chunk is one plain GEMM (no pack buffer).
   StepWeight<T> w_ih_chunk(chunk < T_ ? w_ih.data_ptr<T>() : nullptr, true, GH, I, chunk * B, 2);
   const T* w_ih_p = w_ih.data_ptr<T>();
-  int64_t chunk_start = -1;  // first step of the chunk held in `gates`
-  for (int64_t s = 0; s < T_; ++s) {
-    const int64_t t = reverse ? T_ - 1 - s : s;
-    const int64_t n = packed ? batch_sizes[t] : B;
-    if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
-      chunk_start = t / chunk * chunk;
-      const int64_t steps = std::min(chunk, T_ - chunk_start);
-      T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
-      if (chunk < T_) {
-        w_ih_chunk.apply(steps * B, x_p + chunk_start * B * I, I, T(0), dest, GH);
-      } else {
-        gemm<T>(false, true, steps * B, GH, I, T(1), x_p, I, w_ih_p, I, T(0), dest, GH);
-      }
-    }
-    T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
+  // One step for rows [b0, b1): everything in a step is row-local (rows need only their own h, c and x_proj).
+  auto step_rows = [&](int64_t t, T* gates_t, int64_t b0, int64_t b1) {
     T* y_t = y_p + t * B * P;
-    w_hh_step.prepare(n);
-    if (proj) w_hr_step.prepare(n);
     T* h_out = proj ? m_p : y_t;
     const int64_t h_out_ld = proj ? H : P;
-    // Everything in a step is row-local: rows [b0, b1) need only their own h, c and x_proj.
-    auto rows = [&](int64_t b0, int64_t b1) {
-      const int r = static_cast<int>(b1 - b0);
-      const T* h_rec = h_p;
-      if constexpr (kReadsState) {  // the row [h (⊙ m) | state blocks 1..] (FGR: [h | i′ | f′ | o′])
-        for (int64_t b = b0; b < b1; ++b) {
-          T* row = hr_p + b * RW;
-          for (int64_t j = 0; j < P; ++j) row[j] = rm_p ? h_p[b * P + j] * rm_p[b * P + j] : h_p[b * P + j];
-          std::memcpy(row + P, c_p + b * CH + H, sizeof(T) * (CH - H));
-        }
-        h_rec = hr_p;
-      } else if (rm_p) {
-        for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
-        h_rec = hm_p;
-      }
-      w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
-      if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
+    const int r = static_cast<int>(b1 - b0);
+    const T* h_rec = h_p;
+    if constexpr (kReadsState) {  // the row [h (⊙ m) | state blocks 1..] (FGR: [h | i′ | f′ | o′])
       for (int64_t b = b0; b < b1; ++b) {
-        RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
-                          c_p ? c_p + b * CH : nullptr, h_out + b * h_out_ld,
-                          extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p,
-                          cand_p ? cand_p + (t * B + b) * H : nullptr};
-        Cell::forward(H, H, row);
+        T* row = hr_p + b * RW;
+        for (int64_t j = 0; j < P; ++j) row[j] = rm_p ? h_p[b * P + j] * rm_p[b * P + j] : h_p[b * P + j];
+        std::memcpy(row + P, c_p + b * CH + H, sizeof(T) * (CH - H));
       }
-      if (proj) w_hr_step.compute(r, m_p + b0 * H, H, T(0), y_t + b0 * P, P);  // (r, P) = m W_hrᵀ
-      if (zo_p) {  // zoneout: mix the new state with the previous one, unit by unit
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* d = zo_p + (t * B + b) * ZW;
-          T* saved = extra_p ? extra_p + (t * B + b) * EW + EH : nullptr;  // c̃ (H), then h̃ (P)
-          T* y_row = y_t + b * P;
-          const T* h_row = h_p + b * P;
-          if constexpr (Cell::kHasC) {
-            T* c_row = c_p + b * H;
-            const T* cp_row = cprev_p + b * H;
-            const T* dc = d + P;
-            if (saved) std::memcpy(saved, c_row, sizeof(T) * H), saved += H;
-            for (int64_t j = 0; j < H; ++j) c_row[j] = dc[j] * cp_row[j] + (T(1) - dc[j]) * c_row[j];
-          }
-          if (saved && Cell::kReadsHNext) std::memcpy(saved, y_row, sizeof(T) * P);
-          for (int64_t j = 0; j < P; ++j) y_row[j] = d[j] * h_row[j] + (T(1) - d[j]) * y_row[j];
+      h_rec = hr_p;
+    } else if (rm_p) {
+      for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
+      h_rec = hm_p;
+    }
+    w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+    if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
+    for (int64_t b = b0; b < b1; ++b) {
+      RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
+                        c_p ? c_p + b * CH : nullptr, h_out + b * h_out_ld,
+                        extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p,
+                        cand_p ? cand_p + (t * B + b) * H : nullptr};
+      Cell::forward(H, H, row);
+    }
+    if (proj) w_hr_step.compute(r, m_p + b0 * H, H, T(0), y_t + b0 * P, P);  // (r, P) = m W_hrᵀ
+    if (zo_p) {  // zoneout: mix the new state with the previous one, unit by unit
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* d = zo_p + (t * B + b) * ZW;
+        T* saved = extra_p ? extra_p + (t * B + b) * EW + EH : nullptr;  // c̃ (H), then h̃ (P)
+        T* y_row = y_t + b * P;
+        const T* h_row = h_p + b * P;
+        if constexpr (Cell::kHasC) {
+          T* c_row = c_p + b * H;
+          const T* cp_row = cprev_p + b * H;
+          const T* dc = d + P;
+          if (saved) std::memcpy(saved, c_row, sizeof(T) * H), saved += H;
+          for (int64_t j = 0; j < H; ++j) c_row[j] = dc[j] * cp_row[j] + (T(1) - dc[j]) * c_row[j];
+        }
+        if (saved && Cell::kReadsHNext) std::memcpy(saved, y_row, sizeof(T) * P);
+        for (int64_t j = 0; j < P; ++j) y_row[j] = d[j] * h_row[j] + (T(1) - d[j]) * y_row[j];
+      }
+    }
+    std::memcpy(h_p + b0 * P, y_t + b0 * P, sizeof(T) * r * P);
+    if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * CH, c_p + b0 * CH, sizeof(T) * r * CH);
+  };
+  // x W_ihᵀ for steps [first, first + steps) into dest, rows [r0, r1) of the chunk's (steps * B, GH).
+  auto project_rows = [&](int64_t first, T* dest, int64_t r0, int64_t r1) {
+    gemm<T>(false, true, static_cast<int>(r1 - r0), static_cast<int>(GH), static_cast<int>(I), T(1),
+            x_p + (first * B + r0) * I, static_cast<int>(I), w_ih_p, static_cast<int>(I), T(0), dest + r0 * GH,
+            static_cast<int>(GH));
+  };
+
+  if (row_region(packed, B, GH * (P + 8))) {
+    // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
+    // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
+    last_forward_split.store(kRowRegion, std::memory_order_relaxed);
+    w_hh_step.prepare(static_cast<int>(B));
+    if (proj) w_hr_step.prepare(static_cast<int>(B));
+#pragma omp parallel
+    {
+      const int team = omp_get_num_threads(), k = omp_get_thread_num();
+      at::internal::ThreadIdGuard thread_id(k);
+      const int64_t b0 = B * k / team, b1 = B * (k + 1) / team;
+      int64_t chunk_start = -1;
+      for (int64_t s = 0; s < T_; ++s) {
+        const int64_t t = reverse ? T_ - 1 - s : s;
+        if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
+          chunk_start = t / chunk * chunk;
+          const int64_t rows = std::min(chunk, T_ - chunk_start) * B;
+#pragma omp barrier
+          project_rows(chunk_start, gates_p + (keep ? chunk_start * B * GH : 0), rows * k / team,
+                       rows * (k + 1) / team);
+#pragma omp barrier
+        }
+        step_rows(t, gates_p + (keep ? t : t - chunk_start) * B * GH, b0, b1);
+      }
+    }
+  } else {
+    last_forward_split.store(splits_rows(B, GH * (P + 8)) ? kRowsPerStep : kSerial, std::memory_order_relaxed);
+    int64_t chunk_start = -1;  // first step of the chunk held in `gates`
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t t = reverse ? T_ - 1 - s : s;
+      const int64_t n = packed ? batch_sizes[t] : B;
+      if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
+        chunk_start = t / chunk * chunk;
+        const int64_t steps = std::min(chunk, T_ - chunk_start);
+        T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
+        if (chunk < T_) {
+          w_ih_chunk.apply(steps * B, x_p + chunk_start * B * I, I, T(0), dest, GH);
+        } else {
+          project_rows(chunk_start, dest, 0, steps * B);
         }
       }
-      std::memcpy(h_p + b0 * P, y_t + b0 * P, sizeof(T) * r * P);
-      if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * CH, c_p + b0 * CH, sizeof(T) * r * CH);
-    };
-    for_row_blocks(n, GH * (P + 8), rows);
-    if (keep && n < B) {  // padded rows read as zeros in the trace
-      std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
-      if (extra_p) std::memset(extra_p + (t * B + n) * EW, 0, sizeof(T) * (B - n) * EW);
+      T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
+      w_hh_step.prepare(n);
+      if (proj) w_hr_step.prepare(n);
+      for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
+      if (keep && n < B) {  // padded rows read as zeros in the trace
+        std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
+        if (extra_p) std::memset(extra_p + (t * B + n) * EW, 0, sizeof(T) * (B - n) * EW);
+      }
     }
   }
   ScanForwardOut out;
@@ -349,7 +539,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   T* m_hist_p = proj ? m_hist.data_ptr<T>() : nullptr;
   T* dm_p = proj ? dm.data_ptr<T>() : nullptr;
 
-  for (int64_t s = 0; s < T_; ++s) {
+  // Step s (t = the step it handles) for rows [b0, b1): row-local, as in the forward.
+  auto step_rows = [&](int64_t s, int64_t b0, int64_t b1) {
     const int64_t t = reverse ? s : T_ - 1 - s;
     const int64_t n = packed ? batch_sizes[t] : B;
     const int64_t p = reverse ? t + 1 : t - 1;  // the step that produced h_prev
@@ -361,83 +552,98 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     const int64_t dh_ld = proj ? H : P;
     T* dgx_t = dgx_p + t * B * GH;
     T* dgh_t = dgh_p + t * B * GH;
-    w_hh_step.prepare(n);
-    if (proj) w_hr_step.prepare(n);
-    auto rows = [&](int64_t b0, int64_t b1) {  // row-local, as in the forward
-      const int r = static_cast<int>(b1 - b0);
-      if (dy_dense) {
-        for (int64_t k = b0 * P; k < b1 * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
-      } else {
-        for (int64_t b = b0; b < b1; ++b)
-          for (int64_t j = 0; j < P; ++j) dh_total[b * P + j] = dy_t[b * dy_s1 + j * dy_s2] + dh_p[b * P + j];
-      }
-      if (zo_p) {  // zoneout: d ⊙ dL/dstate skips the cell to the previous state, (1 − d) ⊙ it enters the cell
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* d = zo_p + (t * B + b) * ZW;
-          for (int64_t j = 0; j < P; ++j) {
-            const T g = dh_total[b * P + j];
-            dh_skip_p[b * P + j] = d[j] * g, dh_total[b * P + j] = (T(1) - d[j]) * g;
-          }
-          if constexpr (Cell::kHasC) {
-            for (int64_t j = 0; j < H; ++j) {
-              const T g = dc_p[b * H + j];
-              dc_skip_p[b * H + j] = d[P + j] * g, dc_p[b * H + j] = (T(1) - d[P + j]) * g;
-            }
-          }
-        }
-      }
-      if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
-      T* daux_block = daux_p ? daux_p + std::min<int64_t>(at::get_thread_num(), slots - 1) * DA : nullptr;
+    const int r = static_cast<int>(b1 - b0);
+    if (dy_dense) {
+      for (int64_t k = b0 * P; k < b1 * P; ++k) dh_total[k] = dy_t[k] + dh_p[k];
+    } else {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t j = 0; j < P; ++j) dh_total[b * P + j] = dy_t[b * dy_s1 + j * dy_s2] + dh_p[b * P + j];
+    }
+    if (zo_p) {  // zoneout: d ⊙ dL/dstate skips the cell to the previous state, (1 − d) ⊙ it enters the cell
       for (int64_t b = b0; b < b1; ++b) {
-        const bool from_prev = b < n_prev;
-        const T* saved = extra_p ? extra_p + (t * B + b) * EW : nullptr;
-        // under zoneout the cell's own c_next and h_next are the saved c̃ and h̃
-        const T* c_cell = zo && Cell::kHasC ? saved + Cell::kExtra * H : (c_hist_p ? c_hist_p + (t * B + b) * CH : nullptr);
-        const T* h_cell = zo && Cell::kReadsHNext ? saved + Cell::kExtra * H + (Cell::kHasC ? H : 0)
-                                                  : y_p + (t * B + b) * P;
-        RowBackward<T> row{
-            gates_p ? gates_p + (t * B + b) * GH : nullptr,
-            saved,
-            c_cell,
-            c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * CH : c0_p + b * CH) : nullptr,
-            from_prev ? y_p + (p * B + b) * P : h0_p + b * P,
-            h_cell,
-            dh_cell + b * dh_ld,
-            dc_p ? dc_p + b * CH : nullptr,
-            dgx_t + b * GH,
-            dgh_t + b * GH,
-            dh_p + b * P,
-            m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
-            aux_p,
-            daux_block,
-            cand_p ? cand_p + (t * B + b) * H : nullptr};
-        Cell::backward(H, row);
-      }
-      if (dc_skip_p)
-        for (int64_t k = b0 * H; k < b1 * H; ++k) dc_p[k] += dc_skip_p[k];
-      const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
-      if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
-      // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip)
-      if constexpr (kReadsState) {  // [dh | da′] = dG_h W_hh: da′ joins the previous step's dc blocks 1..
-        w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * RW, RW);
-        for (int64_t b = b0; b < b1; ++b) {
-          const T* row = dh_rec_p + b * RW;
-          for (int64_t j = 0; j < P; ++j)
-            dh_p[b * P + j] = (Cell::kDirectDh ? dh_p[b * P + j] : T(0)) + (rm_p ? row[j] * rm_p[b * P + j] : row[j]);
-          T* dc_rest = dc_p + b * CH + H;
-          for (int64_t k = 0; k < CH - H; ++k) dc_rest[k] += row[P + k];
+        const T* d = zo_p + (t * B + b) * ZW;
+        for (int64_t j = 0; j < P; ++j) {
+          const T g = dh_total[b * P + j];
+          dh_skip_p[b * P + j] = d[j] * g, dh_total[b * P + j] = (T(1) - d[j]) * g;
         }
-      } else if (rm_p) {
-        w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * P, P);
-        for (int64_t k = b0 * P; k < b1 * P; ++k)
-          dh_p[k] = (Cell::kDirectDh ? dh_p[k] : T(0)) + dh_rec_p[k] * rm_p[k];
-      } else {
-        w_hh_step.compute(r, dgh_t + b0 * GH, GH, Cell::kDirectDh ? T(1) : T(0), dh_p + b0 * P, P);
+        if constexpr (Cell::kHasC) {
+          for (int64_t j = 0; j < H; ++j) {
+            const T g = dc_p[b * H + j];
+            dc_skip_p[b * H + j] = d[P + j] * g, dc_p[b * H + j] = (T(1) - d[P + j]) * g;
+          }
+        }
       }
-      if (dh_skip_p)
-        for (int64_t k = b0 * P; k < b1 * P; ++k) dh_p[k] += dh_skip_p[k];
-    };
-    for_row_blocks(n, GH * (P + 8), rows);
+    }
+    if (proj) w_hr_step.compute(r, dh_total + b0 * P, P, T(0), dm_p + b0 * H, H);  // dm = dh W_hr
+    T* daux_block = daux_p ? daux_p + std::min<int64_t>(at::get_thread_num(), slots - 1) * DA : nullptr;
+    for (int64_t b = b0; b < b1; ++b) {
+      const bool from_prev = b < n_prev;
+      const T* saved = extra_p ? extra_p + (t * B + b) * EW : nullptr;
+      // under zoneout the cell's own c_next and h_next are the saved c̃ and h̃
+      const T* c_cell = zo && Cell::kHasC ? saved + Cell::kExtra * H : (c_hist_p ? c_hist_p + (t * B + b) * CH : nullptr);
+      const T* h_cell = zo && Cell::kReadsHNext ? saved + Cell::kExtra * H + (Cell::kHasC ? H : 0)
+                                                : y_p + (t * B + b) * P;
+      RowBackward<T> row{
+          gates_p ? gates_p + (t * B + b) * GH : nullptr,
+          saved,
+          c_cell,
+          c_hist_p ? (from_prev ? c_hist_p + (p * B + b) * CH : c0_p + b * CH) : nullptr,
+          from_prev ? y_p + (p * B + b) * P : h0_p + b * P,
+          h_cell,
+          dh_cell + b * dh_ld,
+          dc_p ? dc_p + b * CH : nullptr,
+          dgx_t + b * GH,
+          dgh_t + b * GH,
+          dh_p + b * P,
+          m_hist_p ? m_hist_p + (t * B + b) * H : nullptr,
+          aux_p,
+          daux_block,
+          cand_p ? cand_p + (t * B + b) * H : nullptr};
+      Cell::backward(H, row);
+    }
+    if (dc_skip_p)
+      for (int64_t k = b0 * H; k < b1 * H; ++k) dc_p[k] += dc_skip_p[k];
+    const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
+    if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
+    // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip)
+    if constexpr (kReadsState) {  // [dh | da′] = dG_h W_hh: da′ joins the previous step's dc blocks 1..
+      w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * RW, RW);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T* row = dh_rec_p + b * RW;
+        for (int64_t j = 0; j < P; ++j)
+          dh_p[b * P + j] = (Cell::kDirectDh ? dh_p[b * P + j] : T(0)) + (rm_p ? row[j] * rm_p[b * P + j] : row[j]);
+        T* dc_rest = dc_p + b * CH + H;
+        for (int64_t k = 0; k < CH - H; ++k) dc_rest[k] += row[P + k];
+      }
+    } else if (rm_p) {
+      w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * P, P);
+      for (int64_t k = b0 * P; k < b1 * P; ++k)
+        dh_p[k] = (Cell::kDirectDh ? dh_p[k] : T(0)) + dh_rec_p[k] * rm_p[k];
+    } else {
+      w_hh_step.compute(r, dgh_t + b0 * GH, GH, Cell::kDirectDh ? T(1) : T(0), dh_p + b0 * P, P);
+    }
+    if (dh_skip_p)
+      for (int64_t k = b0 * P; k < b1 * P; ++k) dh_p[k] += dh_skip_p[k];
+  };
+  if (row_region(packed, B, GH * (P + 8))) {
+    // Rows split over threads for the whole sequence in one parallel region (they never meet: no row reads
+    // another's gradients); each thread adds into its own daux slot (at::get_thread_num()).
+    w_hh_step.prepare(static_cast<int>(B));
+    if (proj) w_hr_step.prepare(static_cast<int>(B));
+#pragma omp parallel
+    {
+      const int team = omp_get_num_threads(), k = omp_get_thread_num();
+      at::internal::ThreadIdGuard thread_id(k);
+      const int64_t b0 = B * k / team, b1 = B * (k + 1) / team;
+      for (int64_t s = 0; s < T_; ++s) step_rows(s, b0, b1);
+    }
+  } else {
+    for (int64_t s = 0; s < T_; ++s) {
+      const int64_t n = packed ? batch_sizes[reverse ? s : T_ - 1 - s] : B;
+      w_hh_step.prepare(n);
+      if (proj) w_hr_step.prepare(n);
+      for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(s, b0, b1); });
+    }
   }
 
   ScanBackwardOut out;
