@@ -384,6 +384,56 @@ def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, option
         torch.testing.assert_close(two, one, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
+    """GATEDRNN_GEMM forces the step GEMM (BLAS, or the engine's own PanelGemm) for every weight the steps reuse
+    (batch >= 3); each equals torch.nn in outputs, final states and every gradient, with full tiles, row remainders
+    and a last partial column panel (hidden sizes that are not multiples of a panel)."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", gemm)
+    cases = (("lstm", 16, 72, {}), ("gru", 5, 40, {"bidirectional": True}), ("lstm", 11, 48, {"proj_size": 20}),
+             ("rnn_tanh", 3, 50, {"num_layers": 2}))
+    for cell, batch, hidden, options in cases:
+        torch.manual_seed(batch)
+        module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
+        x = torch.randn(6, batch, 12, dtype=dtype)
+        count = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+        h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
+        c0 = torch.randn(count, batch, hidden, dtype=dtype)
+        fresh = lambda: (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
+            else h0.clone().requires_grad_()  # noqa: E731
+        weights = (torch.randn(6 * batch * 2 * hidden, dtype=dtype), torch.randn(4 * batch * 2 * hidden, dtype=dtype))
+        before = library.gemm_weights()
+        got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
+        after = library.gemm_weights()
+        expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
+        for what, a, b in zip(("outputs", "gradients"), got, expected):
+            for k, (actual, wanted) in enumerate(zip(a, b)):
+                assert_close_scaled(actual, wanted, TOLERANCE[dtype], f"{cell} {what}[{k}]")
+        forced, other = (1, 0) if gemm == "own" else (0, 1)
+        assert after[forced] > before[forced] and after[other] == before[other], (gemm, before, after)
+
+
+def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkeypatch):
+    """Unforced (auto), each step weight's shape is timed once on BLAS and PanelGemm and the faster kept; the
+    engine reports each decision with its timings. A value other than auto/blas/own is refused by name."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", "auto")
+    torch.manual_seed(1)
+    hidden = 37  # batch 6 < 8 and H < 128: the step GEMM runs by rows, on a StepWeight (decided once per process)
+    module = gatedrnn.GRU(5, hidden)
+    module(torch.randn(4, 6, 5))
+    decisions = [d for d in library.gemm_choices() if d["N"] == 3 * hidden and d["K"] == hidden and d["rows"] == 6]
+    assert len(decisions) == 1, library.gemm_choices()
+    decision = decisions[0]
+    assert decision["blas_us"] > 0 and decision["own_us"] > 0 and decision["transposed"]
+    assert decision["choice"] == ("own" if decision["own_us"] < decision["blas_us"] else "blas")
+    monkeypatch.setenv("GATEDRNN_GEMM", "fast")
+    with pytest.raises(ValueError, match="GATEDRNN_GEMM should be auto, blas or own, got 'fast'"):
+        module(torch.randn(4, 6, 5))
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
 def test_gradient_of_output_sum(cell, monkeypatch):
     """output.sum() hands backward a stride-0 gradient, read in place (no copy)."""

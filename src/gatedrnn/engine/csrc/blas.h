@@ -5,9 +5,16 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -90,6 +97,13 @@ inline constexpr int kVecBytes = 32;
 inline constexpr int kVecBytes = 16;
 #endif
 
+// A vector of x in every lane. Written x − 0, which is x for every x and folds to one broadcast; 0 + x is not x
+// at x = −0, so `Vec{} + x` cost an add (on the FMA ports) before every broadcast.
+template <typename Vec, typename T>
+inline Vec splat(T x) {
+  return x - Vec{};
+}
+
 // One row c[j0, j0 + NV vectors) = x (K) W (K, N) + beta c, with NV * KU independent accumulators (KU
 // interleaved slices of k) so that FMA latency is hidden even when few columns remain.
 template <typename T, int NV, int KU>
@@ -100,12 +114,12 @@ inline void row_block(int N, int K, const T* x, const T* W, T beta, T* c, int j0
   int k = 0;
   for (; k + KU <= K; k += KU)
     for (int s = 0; s < KU; ++s) {
-      const Vec a = Vec{} + x[k + s];
+      const Vec a = splat<Vec>(x[k + s]);
       const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)(k + s) * N + j0);
       for (int u = 0; u < NV; ++u) acc[s][u] += a * w[u];
     }
   for (; k < K; ++k) {
-    const Vec a = Vec{} + x[k];
+    const Vec a = splat<Vec>(x[k]);
     const Vec* w = reinterpret_cast<const Vec*>(W + (int64_t)k * N + j0);
     for (int u = 0; u < NV; ++u) acc[0][u] += a * w[u];
   }
@@ -138,6 +152,154 @@ void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta,
   }
 }
 
+// The engine's own GEMM for a weight used at every step: C (rows, N) = X (rows, K) W + beta C, W packed once per
+// call into column panels of kPanel = kNR registers' width, panel p = W[:, p kPanel, (p + 1) kPanel) as
+// (K, kPanel) contiguous (zeros past N), so the micro-kernel reads it in order. A tile of kMR rows x kNR
+// registers keeps kMR * kNR accumulators in registers (24 of AVX-512's and NEON's 32, 12 of AVX2's 16) and
+// per k loads kNR panel vectors and kMR broadcasts of X. The recurrent GEMM at batch 3-16 is this size; MKL
+// picks slower code on non-Intel CPUs, so StepWeight measures both (GemmChoice below).
+template <typename T>
+struct PanelGemm {
+  static constexpr int kLanes = kVecBytes / sizeof(T);
+#if defined(__AVX512F__) || defined(__aarch64__)
+  static constexpr int kMR = 8, kNR = 3;
+#else
+  static constexpr int kMR = 6, kNR = 2;
+#endif
+  static constexpr int kPanel = kNR * kLanes;
+  typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+
+  static size_t packed_size(int N, int K) { return (size_t)((N + kPanel - 1) / kPanel) * K * kPanel; }
+
+  // out (packed_size) from W (N, K) when w_transposed (C = X Wᵀ), else W (K, N)
+  static void pack(const T* w, bool w_transposed, int N, int K, T* out) {
+    for (int n0 = 0; n0 < N; n0 += kPanel) {
+      T* panel = out + (size_t)(n0 / kPanel) * K * kPanel;
+      const int width = std::min(kPanel, N - n0);
+      if (w_transposed) {  // a row of W is a column of the panel (read in order; the panel's writes stay in cache)
+        for (int j = 0; j < width; ++j) {
+          const T* src = w + (size_t)(n0 + j) * K;
+          for (int k = 0; k < K; ++k) panel[(size_t)k * kPanel + j] = src[k];
+        }
+      } else {
+        for (int k = 0; k < K; ++k) std::copy_n(w + (size_t)k * N + n0, width, panel + (size_t)k * kPanel);
+      }
+      if (width < kPanel)
+        for (int k = 0; k < K; ++k) std::fill_n(panel + (size_t)k * kPanel + width, kPanel - width, T(0));
+    }
+  }
+
+  template <int MR>
+  static void tile(int K, const T* __restrict__ X, int ldx, const T* __restrict__ panel, T beta, T* C, int ldc,
+                   int width) {
+    Vec acc[MR][kNR] = {};
+    for (int k = 0; k < K; ++k) {
+      const Vec* b = reinterpret_cast<const Vec*>(panel + (size_t)k * kPanel);
+      Vec bk[kNR];
+#pragma GCC unroll 4
+      for (int u = 0; u < kNR; ++u) bk[u] = b[u];
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const Vec a = splat<Vec>(X[(size_t)r * ldx + k]);
+#pragma GCC unroll 4
+        for (int u = 0; u < kNR; ++u) acc[r][u] += a * bk[u];
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      T* c = C + (size_t)r * ldc;
+      if (width == kPanel) {
+        for (int u = 0; u < kNR; ++u) {
+          Vec* out = reinterpret_cast<Vec*>(c + u * kLanes);
+          *out = beta == T(0) ? acc[r][u] : acc[r][u] + beta * *out;
+        }
+      } else {  // the last panel: only its first `width` columns exist in C
+        T row[kPanel];
+        std::memcpy(row, acc[r], sizeof(row));
+        for (int j = 0; j < width; ++j) c[j] = beta == T(0) ? row[j] : row[j] + beta * c[j];
+      }
+    }
+  }
+
+  // C (rows, N) = X (rows, K) W + beta C, W from `pack`. K in blocks of kKC, so that a panel's block (kKC x kPanel,
+  // 12-24 KB) stays in L1 while every row tile reads it; later blocks add to C (beta 1).
+  static void compute(int rows, int N, int K, const T* X, int ldx, const T* packed, T beta, T* C, int ldc) {
+    constexpr int kKC = 16384 / (kPanel * sizeof(T)) / 8 * 8;
+    for (int n0 = 0; n0 < N; n0 += kPanel) {
+      const int width = std::min(kPanel, N - n0);
+      for (int k0 = 0; k0 < K; k0 += kKC) {
+        const int kc = std::min(kKC, K - k0);
+        const T* panel = packed + (size_t)(n0 / kPanel) * K * kPanel + (size_t)k0 * kPanel;
+        const T b = k0 == 0 ? beta : T(1);
+        int r = 0;
+        for (; r + kMR <= rows; r += kMR)
+          tile<kMR>(kc, X + (size_t)r * ldx + k0, ldx, panel, b, C + (size_t)r * ldc + n0, ldc, width);
+        if (r < rows) remainder(rows - r, kc, X + (size_t)r * ldx + k0, ldx, panel, b, C + (size_t)r * ldc + n0, ldc, width);
+      }
+    }
+  }
+
+ private:
+  template <int MR = kMR - 1>
+  static void remainder(int rows, int K, const T* X, int ldx, const T* panel, T beta, T* C, int ldc, int width) {
+    if constexpr (MR >= 1) {
+      if (rows == MR) return tile<MR>(K, X, ldx, panel, beta, C, ldc, width);
+      remainder<MR - 1>(rows, K, X, ldx, panel, beta, C, ldc, width);
+    }
+  }
+};
+
+// Which GEMM a StepWeight of a given shape runs: BLAS (MKL's packed sgemm for float, dgemm for double) or
+// PanelGemm, decided by timing both on the weight at hand at its first use in the process (GATEDRNN_GEMM=auto, the
+// default), or forced (GATEDRNN_GEMM=blas | own). Every decision and its timings are kept for gemm_choices().
+struct GemmDecision {
+  int dtype_bytes, N, K, rows;
+  bool transposed;
+  double blas_us, own_us;  // best of the timed runs; -1 when not measured (forced, or too large to time)
+  bool own;
+};
+
+class GemmChoice {
+ public:
+  static GemmChoice& instance() {
+    static GemmChoice* choice = new GemmChoice();  // never destroyed: decisions may be read at exit
+    return *choice;
+  }
+  // "auto", "blas" or "own", from GATEDRNN_GEMM (read at each StepWeight: tests and users switch it at run time)
+  static std::string requested() {
+    const char* value = std::getenv("GATEDRNN_GEMM");
+    std::string mode = value == nullptr || *value == 0 ? "auto" : value;
+    for (char& ch : mode) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (mode != "auto" && mode != "blas" && mode != "own")
+      throw std::invalid_argument("GATEDRNN_GEMM should be auto, blas or own, got '" + std::string(value) + "'");
+    return mode;
+  }
+  bool find(const GemmDecision& key, GemmDecision& out) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const GemmDecision& d : decisions_)
+      if (same(d, key)) return out = d, true;
+    return false;
+  }
+  void add(const GemmDecision& decision) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const GemmDecision& d : decisions_)
+      if (same(d, decision)) return;
+    decisions_.push_back(decision);
+  }
+  std::vector<GemmDecision> all() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return decisions_;
+  }
+  // StepWeights that ran BLAS / PanelGemm since the library was loaded (forced or chosen)
+  std::atomic<int64_t> blas_weights{0}, own_weights{0};
+
+ private:
+  static bool same(const GemmDecision& a, const GemmDecision& b) {
+    return a.dtype_bytes == b.dtype_bytes && a.N == b.N && a.K == b.K && a.rows == b.rows && a.transposed == b.transposed;
+  }
+  std::mutex mutex_;
+  std::vector<GemmDecision> decisions_;
+};
+
 // C (n, N) = X (n, K) op(W) + beta C for a weight W reused at every step: W (N, K) when w_transposed
 // (C = X Wᵀ, the nn.Linear layout), else W (K, N). With MKL (float) W is packed once into MKL's internal
 // layout and re-packed only when the row count n changes (n shrinks along a PackedSequence).
@@ -151,6 +313,7 @@ class StepWeight {
       : w_(w), trans_(w_transposed), N_(N), K_(K) {
     small_ = w != nullptr && max_rows <= kSmallRows && N >= 16 && K > 0;
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
+    if (w != nullptr && !small_ && N > 0 && K > 0) mode_ = GemmChoice::requested();
     if (small_ && trans_) {  // the small kernel reads W as (K, N): transpose once per call
       static thread_local std::vector<T> scratch[3];
       const size_t count = (size_t)N * K;
@@ -165,8 +328,85 @@ class StepWeight {
   StepWeight& operator=(const StepWeight&) = delete;
   ~StepWeight() { std::free(packed_); }
 
-  // Make `compute` ready for row blocks of a step with n active rows (re-packs when n changes). Serial.
-  void prepare(int n) {
+  // Make `compute` ready for row blocks of a step with n active rows (re-packs when n changes), each call of
+  // `compute` taking about rows_per_call of them (n when 0; fewer when a step's rows are split over threads): the
+  // size at which BLAS and PanelGemm are timed against each other at the first use of this shape. Serial.
+  void prepare(int n, int rows_per_call = 0) {
+    if (mode_.empty() || n <= 0) return;  // no weight, or the small kernel (batch 1-2)
+    if (!decided_) decide(rows_per_call > 0 ? rows_per_call : n);
+    if (panel_) return;
+    prepare_blas(n);
+  }
+
+  // rows <= the n of the last `prepare`; safe to call from several threads on disjoint rows.
+  void compute(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
+    if (rows <= 0) return;
+    if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, trans_ ? w_kn_ : w_, beta, C, ldc);
+    if (panel_) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panel_buffer_.data(), beta, C, ldc);
+    compute_blas(rows, X, ldx, beta, C, ldc);
+  }
+
+  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
+    prepare(n);
+    compute(n, X, ldx, beta, C, ldc);
+  }
+
+  bool runs_panel_gemm() const { return panel_; }
+
+ private:
+  // BLAS or PanelGemm for calls of `rows` rows: as GATEDRNN_GEMM says, else the faster of the two on this weight
+  // (timed once per shape and process, on constant inputs; kept in GemmChoice).
+  void decide(int rows) {
+    decide_uncounted(rows);
+    (panel_ ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
+  }
+
+  void decide_uncounted(int rows) {
+    decided_ = true;
+    if (mode_ != "auto") {
+      panel_ = mode_ == "own";
+      if (panel_) pack_panels();
+      return;
+    }
+    GemmDecision decision{static_cast<int>(sizeof(T)), N_, K_, rows, trans_, -1.0, -1.0, false};
+    GemmDecision known;
+    if (GemmChoice::instance().find(decision, known)) {
+      panel_ = known.own;
+      if (panel_) pack_panels();
+      return;
+    }
+    if (static_cast<double>(rows) * N_ * K_ <= 6.4e7) {  // above ~0.1 s of timing, BLAS without asking
+      std::vector<T> X(static_cast<size_t>(rows) * K_, T(0.5)), C(static_cast<size_t>(rows) * N_);
+      prepare_blas(rows);
+      pack_panels();
+      auto blas = [&] { compute_blas(rows, X.data(), K_, T(0), C.data(), N_); };
+      auto own = [&] { PanelGemm<T>::compute(rows, N_, K_, X.data(), K_, panel_buffer_.data(), T(0), C.data(), N_); };
+      auto elapsed_us = [](auto&& run) {
+        const auto start = std::chrono::steady_clock::now();
+        run();
+        return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      };
+      blas(), own(), blas(), own();  // warm: caches, MKL's first-call setup
+      // interleaved, best of each: a burst of load on a shared machine hits both alike
+      decision.blas_us = decision.own_us = 1e300;
+      for (int i = 0; i < 15; ++i) {
+        decision.blas_us = std::min(decision.blas_us, elapsed_us(blas));
+        decision.own_us = std::min(decision.own_us, elapsed_us(own));
+      }
+      decision.own = decision.own_us < decision.blas_us;
+    }
+    GemmChoice::instance().add(decision);
+    panel_ = decision.own;
+    if (!panel_) std::vector<T>().swap(panel_buffer_);
+  }
+
+  void pack_panels() {
+    if (!panel_buffer_.empty()) return;
+    panel_buffer_.resize(PanelGemm<T>::packed_size(N_, K_));
+    PanelGemm<T>::pack(w_, trans_, N_, K_, panel_buffer_.data());
+  }
+
+  void prepare_blas(int n) {
     if constexpr (sizeof(T) == 4) {
       if (use_pack_ && n > 0 && n != packed_n_) {
         const char id = 'A', op = trans_ ? 'T' : 'N';
@@ -184,10 +424,7 @@ class StepWeight {
     }
   }
 
-  // rows <= the n of the last `prepare`; safe to call from several threads on disjoint rows.
-  void compute(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
-    if (rows <= 0) return;
-    if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, trans_ ? w_kn_ : w_, beta, C, ldc);
+  void compute_blas(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
     const int ldw = trans_ ? K_ : N_;
     if constexpr (sizeof(T) == 4) {
       if (use_pack_) {
@@ -201,12 +438,6 @@ class StepWeight {
     gemm<T>(false, trans_, rows, N_, K_, T(1), X, ldx, w_, ldw, beta, C, ldc);
   }
 
-  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
-    prepare(n);
-    compute(n, X, ldx, beta, C, ldc);
-  }
-
- private:
   // dst (K, N) = src (N, K)ᵀ. Blocks of 16 rows of src: each k writes 16 contiguous values read from 16 rows
   // that stay in L1 while k advances (the writes were strided before: ~4 ns per element at H = 256).
   static void transpose(const T* __restrict__ src, T* __restrict__ dst, int N, int K) {
@@ -225,7 +456,9 @@ class StepWeight {
   const T* w_;
   T* w_kn_ = nullptr;
   std::vector<T> own_;
-  bool trans_, use_pack_ = false, small_ = false;
+  bool trans_, use_pack_ = false, small_ = false, decided_ = false, panel_ = false;
+  std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
+  std::vector<T> panel_buffer_;
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;
   size_t capacity_ = 0;

@@ -373,6 +373,21 @@ TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gatedrnn fused CPU engine (see engine/csrc/README.md); its kernels are the operators gatedrnn::*";
   m.def("has_blas", &gatedrnn::has_blas, "whether per-step GEMMs call BLAS directly");
+  m.def("gemm_choices", [] {
+    pybind11::list out;
+    for (const gatedrnn::GemmDecision& d : gatedrnn::GemmChoice::instance().all()) {
+      pybind11::dict row;
+      row["dtype"] = d.dtype_bytes == 4 ? "float32" : "float64";
+      row["N"] = d.N, row["K"] = d.K, row["rows"] = d.rows, row["transposed"] = d.transposed;
+      row["blas_us"] = d.blas_us, row["own_us"] = d.own_us, row["choice"] = d.own ? "own" : "blas";
+      out.append(row);
+    }
+    return out;
+  }, "the step GEMMs timed so far in this process: shape, BLAS and PanelGemm times (us), the choice");
+  m.def("gemm_weights", [] {
+    gatedrnn::GemmChoice& choice = gatedrnn::GemmChoice::instance();
+    return std::make_pair(choice.blas_weights.load(), choice.own_weights.load());
+  }, "(BLAS, PanelGemm): how many step weights ran each since the library was loaded");
   m.def("last_forward_split", [] {
     static const char* names[] = {"serial", "rows_per_step", "row_region", "unit_region"};
     return std::string(names[gatedrnn::last_forward_split.load()]);

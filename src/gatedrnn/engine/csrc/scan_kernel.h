@@ -130,6 +130,12 @@ inline bool splits_rows(int64_t n, int64_t row_work) {
   return at::get_num_threads() > 1 && n >= 8 && n * row_work >= (int64_t(1) << 19);
 }
 
+// Rows one GEMM call of a step takes: n, or a thread's share when for_row_blocks splits the step.
+inline int rows_per_call(int64_t n, int64_t row_work) {
+  const int64_t threads = at::get_num_threads();
+  return static_cast<int>(splits_rows(n, row_work) ? (n + threads - 1) / threads : n);
+}
+
 // Whether a sequence that is not packed runs with its rows split over threads in one parallel region for all its
 // steps (forward and backward): every step would be split by for_row_blocks, and no region encloses this one.
 inline bool row_region(bool packed, int64_t B, int64_t row_work) {
@@ -415,8 +421,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
     // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
     last_forward_split.store(kRowRegion, std::memory_order_relaxed);
-    w_hh_step.prepare(static_cast<int>(B));
-    if (proj) w_hr_step.prepare(static_cast<int>(B));
+    const int call_rows = rows_per_call(B, GH * (P + 8));
+    w_hh_step.prepare(static_cast<int>(B), call_rows);
+    if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
 #pragma omp parallel
     {
       const int team = omp_get_num_threads(), k = omp_get_thread_num();
@@ -453,8 +460,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         }
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
-      w_hh_step.prepare(n);
-      if (proj) w_hr_step.prepare(n);
+      const int call_rows = rows_per_call(n, GH * (P + 8));
+      w_hh_step.prepare(static_cast<int>(n), call_rows);
+      if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
       for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
       if (keep && n < B) {  // padded rows read as zeros in the trace
         std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
@@ -628,8 +636,9 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   if (row_region(packed, B, GH * (P + 8))) {
     // Rows split over threads for the whole sequence in one parallel region (they never meet: no row reads
     // another's gradients); each thread adds into its own daux slot (at::get_thread_num()).
-    w_hh_step.prepare(static_cast<int>(B));
-    if (proj) w_hr_step.prepare(static_cast<int>(B));
+    const int call_rows = rows_per_call(B, GH * (P + 8));
+    w_hh_step.prepare(static_cast<int>(B), call_rows);
+    if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
 #pragma omp parallel
     {
       const int team = omp_get_num_threads(), k = omp_get_thread_num();
@@ -640,8 +649,9 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   } else {
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t n = packed ? batch_sizes[reverse ? s : T_ - 1 - s] : B;
-      w_hh_step.prepare(n);
-      if (proj) w_hr_step.prepare(n);
+      const int call_rows = rows_per_call(n, GH * (P + 8));
+      w_hh_step.prepare(static_cast<int>(n), call_rows);
+      if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
       for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(s, b0, b1); });
     }
   }
