@@ -40,11 +40,12 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._functorch.utils import unwrap_dead_wrappers
 
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import _build
 
-__all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction"]
+__all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction", "scan_differentiable", "scan_without_autograd"]
 
 _LIB = torch.library.Library("gatedrnn", "DEF")
 _LIB.define(
@@ -209,6 +210,31 @@ torch.library.register_autograd(
 )
 
 
+def _direct_scan(args: tuple):
+    """`gatedrnn::scan`'s outputs from the engine's plain pybind entry (`scan_direct` in csrc/engine.cpp), or None
+    where the call must go through the dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor,
+    ...), a __torch_function__ mode or subclass, a torch.func transform or the profiler (which records the
+    operator), or when the C++ side declines the tensors (not plain float32/float64 CPU tensors of one dtype)."""
+    if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
+            or torch.compiler.is_compiling() or torch._C._is_tracing() or torch.autograd.profiler._is_profiler_enabled
+            or torch._C._has_torch_function(args)):
+        return None
+    library = _build.load()
+    return None if library is None else library.scan_direct(*args)
+
+
+def scan_without_autograd(*args) -> tuple[Tensor, ...]:
+    """SCAN(*args) (all 16 of the schema's arguments, positionally) where nothing needs a gradient: the C++
+    kernel without the operator's autograd kernel (a Python function, ~8 us a call) and, where `_direct_scan`
+    allows, without the dispatcher's boxing either (~20 us a call). The same kernel and checks either way, so the
+    results are identical."""
+    out = _direct_scan(args)
+    if out is not None:
+        return out
+    with torch._C._AutoDispatchBelowAutograd():
+        return SCAN(*args)
+
+
 class ScanFunction(torch.autograd.Function):
     """`gatedrnn::scan` with the same autograd formula, in the form torch.func composes with (setup_context,
     a generated vmap rule): the layers call this in eager mode, so torch.func.grad and vmap(grad) work
@@ -220,14 +246,30 @@ class ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
                 rec_mask=None, cand_mask=None):
-        return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout,
-                    rec_mask, cand_mask)
+        args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout, rec_mask,
+                cand_mask)
+        out = _direct_scan(args)  # grad mode is off in here: the operator would only redispatch below autograd
+        return SCAN(*args) if out is None else out
 
     setup_context = staticmethod(_scan_setup_context)
 
     @staticmethod
     def backward(ctx, *grads):
         return _scan_backward_formula(ctx, *grads, bptt=_ScanBackwardFunction.apply)
+
+
+# torch.autograd.Function.apply binds every call's arguments to forward's signature (inspect.signature, ~25 us)
+# because ScanFunction defines setup_context; with all 16 given positionally that binding changes nothing.
+_apply_unbound = super(torch.autograd.Function, ScanFunction).apply
+
+
+def scan_differentiable(*args) -> tuple[Tensor, ...]:
+    """ScanFunction.apply(*args), all 16 of the schema's arguments given positionally. Outside torch.func's
+    transforms it skips Function.apply's argument binding and does the rest of what it does (dead functorch
+    wrappers unwrapped, then autograd's C++ apply); inside them it is ScanFunction.apply itself."""
+    if len(args) != 16 or torch._C._are_functorch_transforms_active():
+        return ScanFunction.apply(*args)
+    return _apply_unbound(*unwrap_dead_wrappers(args))
 
 
 # ----- vmap: one call per mapped slice -----
