@@ -40,7 +40,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._functorch.utils import unwrap_dead_wrappers
 
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import _build
@@ -219,8 +218,8 @@ def _direct_scan(args: tuple):
             or torch.compiler.is_compiling() or torch._C._is_tracing() or torch.autograd.profiler._is_profiler_enabled
             or torch._C._has_torch_function(args)):
         return None
-    library = _build.load()
-    return None if library is None else library.scan_direct(*args)
+    direct = getattr(_build.load(), "scan_direct", None)  # None: no engine (or a stand-in without the entry)
+    return None if direct is None else direct(*args)
 
 
 def scan_without_autograd(*args) -> tuple[Tensor, ...]:
@@ -261,6 +260,7 @@ class ScanFunction(torch.autograd.Function):
 # torch.autograd.Function.apply binds every call's arguments to forward's signature (inspect.signature, ~25 us)
 # because ScanFunction defines setup_context; with all 16 given positionally that binding changes nothing.
 _apply_unbound = super(torch.autograd.Function, ScanFunction).apply
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 def scan_differentiable(*args) -> tuple[Tensor, ...]:
@@ -269,7 +269,8 @@ def scan_differentiable(*args) -> tuple[Tensor, ...]:
     wrappers unwrapped, then autograd's C++ apply); inside them it is ScanFunction.apply itself."""
     if len(args) != 16 or torch._C._are_functorch_transforms_active():
         return ScanFunction.apply(*args)
-    return _apply_unbound(*unwrap_dead_wrappers(args))
+    # torch._functorch.utils.unwrap_dead_wrappers (tensors a finished transform left wrapped), as a list comprehension
+    return _apply_unbound(*[_unwrap_if_dead(a) if isinstance(a, Tensor) else a for a in args])
 
 
 # ----- vmap: one call per mapped slice -----

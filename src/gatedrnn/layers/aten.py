@@ -81,9 +81,10 @@ def _reason_at_trace_time(device_type: str) -> Optional[str]:
 
 
 def _reason(device_type: str) -> Optional[str]:
-    if torch.jit.is_tracing():
+    # torch.jit.is_tracing() and in_onnx_export() without their compile checks, which reason() has done
+    if torch._C._is_tracing():
         return "torch.jit.trace"
-    if in_onnx_export():
+    if _onnx_exporting():
         return "ONNX export"
     if torch.is_autocast_enabled(device_type):
         return "autocast"

@@ -224,7 +224,8 @@ class RecurrentBase(nn.Module):
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
-        why = aten.reason(read_weight(self, "weight_ih_l0").device.type)
+        weight = read_weight(self, "weight_ih_l0")
+        why = aten.reason("cpu" if weight.is_cpu else weight.device.type)
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
         if torch_floor.runs_torch(self, input, hx):  # a plain LSTM where torch's kernel measured faster
