@@ -33,6 +33,11 @@ a layer, e.g. a gradient penalty) raises and names GATEDRNN_BACKEND=reference. g
 saved buffers, also read as traces, and carry no gradient. `ScanFunction` is the same formula as an
 autograd.Function, which torch.func's transforms accept. The vmap rules run the operator once per
 mapped slice (torch.func per-sample gradients).
+
+Eager calls that nothing else needs to see (no dispatch mode, transform, tracer or profiler; plain CPU float
+tensors) reach the same C++ kernel through the engine's plain pybind entry `scan_direct` instead of the
+dispatcher (`scan_without_autograd`, and ScanFunction's forward): at batch 1 the operator's argument boxing and
+Python autograd kernel cost as much as a short sequence's arithmetic.
 """
 from __future__ import annotations
 
