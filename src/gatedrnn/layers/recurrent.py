@@ -185,8 +185,8 @@ class RecurrentBase(nn.Module):
         names, extra_names = weight_names(layer, direction, extra)
         params = self._parameters  # read_weight, inlined for registered parameters (forward reads 5+ per layer)
         w_ih, w_hh, b_ih, b_hh, w_hr = [params[name] if name in params else read_weight(self, name) for name in names]
-        return LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr,
-                            tuple([params[name] if name in params else read_weight(self, name) for name in extra_names]))
+        extra_weights = tuple([params[name] if name in params else read_weight(self, name) for name in extra_names])
+        return LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, extra_weights)
 
     def _noisy_weights(self, layer: int, direction: int) -> LayerWeights:
         """`layer_weights`, with W_hh under weight drop while training: DropConnect, one mask per forward
