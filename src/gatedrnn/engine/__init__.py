@@ -70,6 +70,8 @@ def runs_fused(x: Tensor) -> bool:
     """Whether `run_layer` (and streaming steps) on tensors like `x` take the fused path."""
     if torch.compiler.is_compiling():
         return _fused_while_compiling(str(x.device), x.dtype)
+    if x.is_cpu and x.dtype in FUSED_DTYPES:  # the common case without building a reason string
+        return not _forced_reference() and _build.load() is not None
     return _reference_reason(x.device, x.dtype) is None
 
 
@@ -89,16 +91,21 @@ def run_layer(
     reverse: bool = False,
     trace: bool = False,
     noise: Optional[LayerNoise] = None,
+    *,
+    fused: Optional[bool] = None,
 ) -> ScanResult:
     """One layer, one direction: see `scan_reference` for the contract, which every backend keeps.
-    The noise shapes are checked here, once for both paths (the reference scan would broadcast a wrong one)."""
+    The noise shapes are checked here, once for both paths (the reference scan would broadcast a wrong one).
+    `fused`: `runs_fused(x)` when the caller has asked it already for tensors like x (a layer asks once per
+    forward for all its layers); None asks here."""
     spec = cell_spec(cell)
-    if noise is not None and noise.zoneout is not None and spec.state_blocks > 1:
-        raise ValueError(f"cell {cell!r} takes no zoneout: zoneout mixes h and c, and its state has "
-                         f"{spec.state_blocks} blocks besides h {spec.state_names[1:]}; got a zoneout operand")
     if noise is not None:
+        if noise.zoneout is not None and spec.state_blocks > 1:
+            raise ValueError(f"cell {cell!r} takes no zoneout: zoneout mixes h and c, and its state has "
+                             f"{spec.state_blocks} blocks besides h {spec.state_names[1:]}; got a zoneout operand")
         _check_noise(cell, x, state0, weights, noise)
-    if spec.fused and runs_fused(x):  # a cell without a kernel (CellSpec.fused) runs the reference scan
+    # a cell without a kernel (CellSpec.fused) runs the reference scan
+    if spec.fused and (runs_fused(x) if fused is None else fused):
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
 

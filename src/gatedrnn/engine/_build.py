@@ -73,6 +73,8 @@ class BackendSettingError(ValueError):
 def requested_backend() -> str:
     """GATEDRNN_BACKEND, read now: "auto" (also for unset, empty and "fused") or "reference"."""
     raw = os.environ.get("GATEDRNN_BACKEND", "")
+    if not raw:  # unset: the common case, read at every layer call
+        return "auto"
     value = raw.strip().lower() or "auto"
     if value not in BACKENDS:
         raise BackendSettingError(f"GATEDRNN_BACKEND={raw!r} is not understood; expected one of "

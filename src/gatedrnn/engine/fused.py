@@ -22,7 +22,7 @@ from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine.noise import LayerNoise
-from gatedrnn.engine.ops import SCAN, ScanFunction
+from gatedrnn.engine.ops import SCAN, scan_differentiable, scan_without_autograd
 from gatedrnn.engine.scan import ScanResult
 
 
@@ -56,7 +56,12 @@ class _TraceHasNoGradient(torch.autograd.Function):
 
 
 def _needs_grad(tensors: Sequence[Optional[Tensor]]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:  # a plain loop: cheaper than any() over a generator, once per layer and direction
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def run_layer_fused(
@@ -83,19 +88,20 @@ def run_layer_fused(
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     # The saved buffers (keep=True) are kept only when autograd needs them or a trace reads them.
     if _needs_grad(inputs + (aux,)):
-        differentiable = SCAN if torch.compiler.is_compiling() else ScanFunction.apply  # see ScanFunction
+        differentiable = SCAN if torch.compiler.is_compiling() else scan_differentiable  # see ScanFunction
         y, h_n, c_n, gates, c_hist, _ = differentiable(cell, *inputs, sizes, reverse, True, aux, zoneout, mask,
                                                        candidate)
     elif torch.compiler.is_compiling():
         y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask, candidate)
+    else:  # nothing needs a gradient: the kernel without the operator's autograd kernel or (mostly) its boxing
+        y, h_n, c_n, gates, c_hist, _ = scan_without_autograd(cell, *inputs, sizes, reverse, trace, aux, zoneout,
+                                                              mask, candidate)
+    if not has_c:
+        state = (h_n,)
+    elif spec.state_blocks == 1:
+        state = (h_n, c_n)
     else:
-        # Nothing needs a gradient: skip the operator's autograd kernel (a Python function, ~8 us a call).
-        with torch._C._AutoDispatchBelowAutograd():
-            y, h_n, c_n, gates, c_hist, _ = SCAN(cell, *inputs, sizes, reverse, trace, aux, zoneout, mask,
-                                                 candidate)
-    hidden = weights.w_ih.shape[0] // spec.gate_count
-    state = ((h_n, c_n) if spec.state_blocks == 1 else (h_n, *c_n.split(spec.state_sizes(hidden), dim=1))) if has_c \
-        else (h_n,)
+        state = (h_n, *c_n.split(spec.state_sizes(weights.w_ih.shape[0] // spec.gate_count), dim=1))
     if not trace:
         return ScanResult(y, state, None)
     traced = _trace(cell, y, gates, c_hist)

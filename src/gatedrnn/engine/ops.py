@@ -33,6 +33,11 @@ a layer, e.g. a gradient penalty) raises and names GATEDRNN_BACKEND=reference. g
 saved buffers, also read as traces, and carry no gradient. `ScanFunction` is the same formula as an
 autograd.Function, which torch.func's transforms accept. The vmap rules run the operator once per
 mapped slice (torch.func per-sample gradients).
+
+Eager calls that nothing else needs to see (no dispatch mode, transform, tracer or profiler; plain CPU float
+tensors) reach the same C++ kernel through the engine's plain pybind entry `scan_direct` instead of the
+dispatcher (`scan_without_autograd`, and ScanFunction's forward): at batch 1 the operator's argument boxing and
+Python autograd kernel cost as much as a short sequence's arithmetic.
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from torch import Tensor
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import _build
 
-__all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction"]
+__all__ = ["SCAN", "SCAN_BACKWARD", "STEP", "ScanFunction", "scan_differentiable", "scan_without_autograd"]
 
 _LIB = torch.library.Library("gatedrnn", "DEF")
 _LIB.define(
@@ -209,6 +214,31 @@ torch.library.register_autograd(
 )
 
 
+def _direct_scan(args: tuple):
+    """`gatedrnn::scan`'s outputs from the engine's plain pybind entry (`scan_direct` in csrc/engine.cpp), or None
+    where the call must go through the dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor,
+    ...), a __torch_function__ mode or subclass, a torch.func transform or the profiler (which records the
+    operator), or when the C++ side declines the tensors (not plain float32/float64 CPU tensors of one dtype)."""
+    if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
+            or torch.compiler.is_compiling() or torch._C._is_tracing() or torch.autograd.profiler._is_profiler_enabled
+            or torch._C._has_torch_function(args)):
+        return None
+    direct = getattr(_build.load(), "scan_direct", None)  # None: no engine (or a stand-in without the entry)
+    return None if direct is None else direct(*args)
+
+
+def scan_without_autograd(*args) -> tuple[Tensor, ...]:
+    """SCAN(*args) (all 16 of the schema's arguments, positionally) where nothing needs a gradient: the C++
+    kernel without the operator's autograd kernel (a Python function, ~8 us a call) and, where `_direct_scan`
+    allows, without the dispatcher's boxing either (~20 us a call). The same kernel and checks either way, so the
+    results are identical."""
+    out = _direct_scan(args)
+    if out is not None:
+        return out
+    with torch._C._AutoDispatchBelowAutograd():
+        return SCAN(*args)
+
+
 class ScanFunction(torch.autograd.Function):
     """`gatedrnn::scan` with the same autograd formula, in the form torch.func composes with (setup_context,
     a generated vmap rule): the layers call this in eager mode, so torch.func.grad and vmap(grad) work
@@ -220,14 +250,32 @@ class ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux=None, zoneout=None,
                 rec_mask=None, cand_mask=None):
-        return SCAN(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout,
-                    rec_mask, cand_mask)
+        args = (cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout, rec_mask,
+                cand_mask)
+        out = _direct_scan(args)  # grad mode is off in here: the operator would only redispatch below autograd
+        return SCAN(*args) if out is None else out
 
     setup_context = staticmethod(_scan_setup_context)
 
     @staticmethod
     def backward(ctx, *grads):
         return _scan_backward_formula(ctx, *grads, bptt=_ScanBackwardFunction.apply)
+
+
+# torch.autograd.Function.apply binds every call's arguments to forward's signature (inspect.signature, ~25 us)
+# because ScanFunction defines setup_context; with all 16 given positionally that binding changes nothing.
+_apply_unbound = super(torch.autograd.Function, ScanFunction).apply
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+
+
+def scan_differentiable(*args) -> tuple[Tensor, ...]:
+    """ScanFunction.apply(*args), all 16 of the schema's arguments given positionally. Outside torch.func's
+    transforms it skips Function.apply's argument binding and does the rest of what it does (dead functorch
+    wrappers unwrapped, then autograd's C++ apply); inside them it is ScanFunction.apply itself."""
+    if len(args) != 16 or torch._C._are_functorch_transforms_active():
+        return ScanFunction.apply(*args)
+    # torch._functorch.utils.unwrap_dead_wrappers (tensors a finished transform left wrapped), as a list comprehension
+    return _apply_unbound(*[_unwrap_if_dead(a) if isinstance(a, Tensor) else a for a in args])
 
 
 # ----- vmap: one call per mapped slice -----

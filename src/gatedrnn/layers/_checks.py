@@ -15,6 +15,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from gatedrnn.layers._weights import read_weight
+
 
 class ShapeError(ValueError, RuntimeError):
     """A size, shape, rank or length that does not fit (torch.nn: RuntimeError or ValueError)."""
@@ -85,7 +87,7 @@ def check_sequence_input(layer, input: Tensor, *, any_dtype: bool = False) -> bo
     """A recurrent layer's tensor input: (L, N, H_in), (N, L, H_in) with `layer.batch_first`, or unbatched
     (L, H_in), in the dtype and on the device of `layer.weight_ih_l0`, with at least one step. Returns whether
     it is batched; raises ShapeError / DtypeError naming what was expected and what came."""
-    weight = layer.weight_ih_l0
+    weight = read_weight(layer, "weight_ih_l0")
     check_floating("input", input, weight.dtype, weight.device, any_dtype=any_dtype)
     if input.dim() not in (2, 3):
         raise ShapeError(

@@ -31,7 +31,32 @@ def in_onnx_export() -> bool:
 
 
 def _onnx_exporting() -> bool:
-    return "torch.onnx" in sys.modules and torch.onnx.is_in_onnx_export()
+    if "torch.onnx" not in sys.modules:
+        return False
+    flags = _onnx_flags()
+    if flags is None:
+        return torch.onnx.is_in_onnx_export()
+    torchscript_globals, dynamo_flags = flags
+    return bool(torchscript_globals.in_onnx_export or dynamo_flags._is_onnx_exporting)
+
+
+_ONNX_FLAGS: list = []  # once found: [(the TorchScript exporter's GLOBALS, the dynamo exporter's _flags module)]
+
+
+def _onnx_flags():
+    """The two objects whose flags torch.onnx.is_in_onnx_export() reads, or None where this torch keeps them
+    elsewhere (then the public function is called). It imports both modules at every call (~2 us); forward asks
+    at every call, so the objects are found once and their flags read directly."""
+    if not _ONNX_FLAGS:
+        try:
+            from torch.onnx._internal.exporter import _flags
+            from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+            _ONNX_FLAGS.append((GLOBALS, _flags) if hasattr(GLOBALS, "in_onnx_export")
+                               and hasattr(_flags, "_is_onnx_exporting") else None)
+        except ImportError:
+            _ONNX_FLAGS.append(None)
+    return _ONNX_FLAGS[0]
 
 
 @torch.compiler.assume_constant_result
@@ -56,9 +81,10 @@ def _reason_at_trace_time(device_type: str) -> Optional[str]:
 
 
 def _reason(device_type: str) -> Optional[str]:
-    if torch.jit.is_tracing():
+    # torch.jit.is_tracing() and in_onnx_export() without their compile checks, which reason() has done
+    if torch._C._is_tracing():
         return "torch.jit.trace"
-    if in_onnx_export():
+    if _onnx_exporting():
         return "ONNX export"
     if torch.is_autocast_enabled(device_type):
         return "autocast"

@@ -35,6 +35,7 @@ from gatedrnn.layers._packing import check_indices, packed_to_padded, padded_to_
 from gatedrnn.layers.init import apply_init_, check_init_options
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
+_EXTRA_NAMES: dict[str, tuple[str, ...]] = {}  # cell kind -> its extra parameters' name stems (CELL_SPECS)
 
 
 class RecurrentBase(nn.Module):
@@ -175,10 +176,17 @@ class RecurrentBase(nn.Module):
         return s
 
     def layer_weights(self, layer: int, direction: int = 0) -> LayerWeights:
-        """The parameters of one layer and direction, as the engine takes them."""
-        names, extra_names = weight_names(layer, direction, tuple(p.name for p in self.spec.extra_params))
-        get = lambda name: read_weight(self, name)  # noqa: E731
-        return LayerWeights(*map(get, names), tuple(map(get, extra_names)))
+        """The parameters of one layer and direction, as the engine takes them (read now: a replaced or
+        parametrized weight is what the engine gets)."""
+        mode = self.mode
+        extra = _EXTRA_NAMES.get(mode)
+        if extra is None:
+            extra = _EXTRA_NAMES[mode] = tuple(p.name for p in CELL_SPECS[mode].extra_params)
+        names, extra_names = weight_names(layer, direction, extra)
+        params = self._parameters  # read_weight, inlined for registered parameters (forward reads 5+ per layer)
+        w_ih, w_hh, b_ih, b_hh, w_hr = [params[name] if name in params else read_weight(self, name) for name in names]
+        extra_weights = tuple([params[name] if name in params else read_weight(self, name) for name in extra_names])
+        return LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr, extra_weights)
 
     def _noisy_weights(self, layer: int, direction: int) -> LayerWeights:
         """`layer_weights`, with W_hh under weight drop while training: DropConnect, one mask per forward
@@ -216,12 +224,13 @@ class RecurrentBase(nn.Module):
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
-        why = aten.reason(self.weight_ih_l0.device.type)
+        weight = read_weight(self, "weight_ih_l0")
+        why = aten.reason("cpu" if weight.is_cpu else weight.device.type)
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
         if torch_floor.runs_torch(self, input, hx):  # a plain LSTM where torch's kernel measured faster
             return aten.forward(self, input, hx, any_dtype=False)
-        output, hidden, _ = self._run(input, hx, trace=False)
+        output, hidden, _ = self._run_engine(input, hx, trace=False)  # no tracer: aten.reason said so
         return output, hidden
 
     def __prepare_scriptable__(self) -> nn.Module:
@@ -251,6 +260,10 @@ class RecurrentBase(nn.Module):
                 "record; trace or export the module's forward (it runs torch's RNN op then), and read gate traces "
                 "outside the tracer"
             )
+        return self._run_engine(input, hx, trace)
+
+    def _run_engine(self, input: Union[Tensor, PackedSequence], hx: Optional[State], trace: bool):
+        """`_run` once no tracer or exporter is recording (forward has asked `aten.reason` already)."""
         is_lstm = self.spec.has_cell_state
         packed = isinstance(input, PackedSequence)
         if packed:
@@ -267,18 +280,21 @@ class RecurrentBase(nn.Module):
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
         batch = x.shape[1]
 
-        hidden_in = self._initial_state(hx, batch, batched, sorted_indices, x)
+        initial = self._initial_rows(hx, batch, batched, sorted_indices, x)
+        # the engine's path for this call, chosen once for every layer (it reads GATEDRNN_BACKEND)
+        fused = self.spec.fused and engine.runs_fused(x)
+        mode, num_directions = self.mode, self.num_directions
         layer_input = x
         finals: list[tuple[Tensor, ...]] = []
         traces: list[list] = []
         for layer in range(self.num_layers):
             outputs, layer_traces = [], []
-            for direction in range(self.num_directions):
-                k = layer * self.num_directions + direction
-                state0 = tuple(s[k] for s in hidden_in)
+            for direction in range(num_directions):
                 result = engine.run_layer(
-                    self.mode, layer_input, state0, self._noisy_weights(layer, direction),
+                    mode, layer_input, initial[layer * num_directions + direction],
+                    self._noisy_weights(layer, direction),
                     batch_sizes=batch_sizes, reverse=direction == 1, trace=trace, noise=self._noise(layer_input),
+                    fused=fused,
                 )
                 outputs.append(result.y)
                 finals.append(result.state)
@@ -289,7 +305,7 @@ class RecurrentBase(nn.Module):
             traces.append(layer_traces)
 
         # copies, not views, also for one layer: torch.nn's h_n takes h_n.detach_() and in-place updates
-        hidden = tuple(torch.stack([f[j] for f in finals]) for j in range(len(hidden_in)))  # (D*L, B, ·)
+        hidden = tuple([torch.stack([f[j] for f in finals]) for j in range(len(finals[0]))])  # (D*L, B, ·)
         if unsorted_indices is not None:
             hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
         if packed:
@@ -303,16 +319,28 @@ class RecurrentBase(nn.Module):
             output = layer_input.transpose(0, 1) if self.batch_first else layer_input
         return output, (hidden if is_lstm else hidden[0]), traces
 
+    def _initial_rows(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> list[tuple[Tensor, ...]]:
+        """`_initial_state` by row k = layer * D + direction: D*L tuples of (B, ·) tensors, each the state the
+        engine starts that layer and direction from (for hx None fresh zeros: no (D*L, B, ·) tensor to index)."""
+        count = self.num_layers * self.num_directions
+        if hx is None:
+            sizes = (self.proj_size or self.hidden_size, *self.spec.state_sizes(self.hidden_size))
+            return [tuple([x.new_zeros(batch, size) for size in sizes]) for _ in range(count)]
+        rows = [state.unbind(0) for state in self._initial_state(hx, batch, batched, sorted_indices, x)]
+        return list(zip(*rows))
+
     def _initial_state(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor, *,
                        any_dtype: bool = False) -> tuple[Tensor, ...]:
         """Validate hx and return it as a tuple of (D*L, B, ·) tensors in the engine's row order."""
         out_size = self.proj_size or self.hidden_size
         count = self.num_layers * self.num_directions
+        spec = self.spec
+        if hx is None:
+            return (x.new_zeros(count, batch, out_size),
+                    *[x.new_zeros(count, batch, size) for size in spec.state_sizes(self.hidden_size)])
         # h_0, then the states after h in the cell's order (LSTM c_0; FGR c_0 and a_0 (3H), its previous gates)
         expected = [("h_0", out_size)] + [(f"{name}_0", size) for name, size in
-                                          zip(self.spec.state_names[1:], self.spec.state_sizes(self.hidden_size))]
-        if hx is None:
-            return tuple(x.new_zeros(count, batch, size) for _, size in expected)
+                                          zip(spec.state_names[1:], spec.state_sizes(self.hidden_size))]
         if self.spec.has_cell_state:
             if not (isinstance(hx, (tuple, list)) and len(hx) == len(expected)):
                 got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__

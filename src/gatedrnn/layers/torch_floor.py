@@ -44,6 +44,7 @@ from gatedrnn import engine
 from gatedrnn.engine import _build
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import active_regularisers
+from gatedrnn.layers._weights import read_weight
 
 ENV_VAR = "GATEDRNN_TORCH_FLOOR"
 POLICIES = ("measure", "off", "torch")
@@ -85,9 +86,15 @@ def requested_policy() -> str:
 def _needs_grad(layer, input: Tensor, hx) -> bool:
     if not torch.is_grad_enabled():
         return False
+    if input.requires_grad:
+        return True
     states = hx if isinstance(hx, (tuple, list)) else (hx,)
-    return (input.requires_grad or any(isinstance(s, Tensor) and s.requires_grad for s in states)
-            or any(w.requires_grad for w in layer._flat_weights))
+    if any(isinstance(s, Tensor) and s.requires_grad for s in states):
+        return True
+    for name in layer._flat_weights_names:  # one weight at a time: the first usually answers (forward asks per call)
+        if read_weight(layer, name).requires_grad:
+            return True
+    return False
 
 
 def ineligible(layer, input, hx=None) -> Optional[str]:

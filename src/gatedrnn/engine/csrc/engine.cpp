@@ -304,6 +304,37 @@ std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, c
   return step_layers(cell, x, h, c, weights);
 }
 
+// A float32/float64 CPU strided tensor of `dtype` that the dispatcher would hand straight to the CPU kernel:
+// no functorch wrapper, no Python dispatch key (a subclass, FakeTensor), not a lazily conjugated/negated view.
+bool plain_operand(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
+         !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
+         !t.key_set().has(c10::DispatchKey::Python);
+}
+
+// gatedrnn::scan's forward without autograd as a plain pybind call (`gatedrnn.engine.fused`, nothing needing a
+// gradient): the dispatcher's boxing of 16 arguments costs ~20 us a call, the whole kernel's time at batch 1 and
+// one step. Same checks, same kernel (scan_op). Returns None for anything but plain same-dtype float32/float64 CPU
+// tensors (see plain_operand), and the caller then calls the operator, whose result this equals bit for bit.
+std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, const at::Tensor& h0,
+                               const c10::optional<at::Tensor>& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                               const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+                               const c10::optional<at::Tensor>& w_hr, const std::vector<int64_t>& batch_sizes,
+                               bool reverse, bool keep, const c10::optional<at::Tensor>& aux,
+                               const c10::optional<at::Tensor>& zoneout, const c10::optional<at::Tensor>& rec_mask,
+                               const c10::optional<at::Tensor>& cand_mask) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
+  if (!plain_operand(x, dtype) || !plain_operand(h0, dtype) || !plain_operand(w_ih, dtype) ||
+      !plain_operand(w_hh, dtype))
+    return std::nullopt;
+  for (const c10::optional<at::Tensor>* t : {&c0, &b_ih, &b_hh, &w_hr, &aux, &zoneout, &rec_mask, &cand_mask})
+    if (t->has_value() && !plain_operand(**t, dtype)) return std::nullopt;
+  pybind11::gil_scoped_release no_gil;  // as the operator's Python binding does while its kernel runs
+  return scan_op(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, reverse, keep, aux, zoneout, rec_mask,
+                 cand_mask);
+}
+
 // Fills out (rows, W) with `scale` where a uniform draw in [0, 1) is below keep[w], else 0: the masks of
 // gatedrnn/engine/noise.py. Counter-based, so the result depends on the seed alone, not on how rows are split
 // over threads: each row gets a 64-bit key (splitmix64 of the seed and the row), and element j of the row is two
@@ -395,4 +426,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("keep_mask", &gatedrnn::keep_mask, "fill out (rows, W) with scale where uniform < keep[w], else 0");
   m.def("stream_step", &gatedrnn::stream_step,
         "(cell, x (B, I), h (L, B, P), c (L, B, H) or None, weights: 5 per layer) -> (y, h, c) or None");
+  m.def("scan_direct", &gatedrnn::scan_direct,
+        "gatedrnn::scan's arguments -> its 6 outputs, or None for anything but plain float32/float64 CPU tensors");
 }

@@ -1,0 +1,201 @@
+"""The layers' short ways into the fused kernel (`gatedrnn.engine.ops`): `scan_direct` (the engine's plain pybind
+entry, used where nothing needs a gradient and inside ScanFunction's forward) and `scan_differentiable`
+(ScanFunction.apply without its per-call signature binding). Each must give bit for bit what the operator gives,
+and step aside (the operator runs) wherever the dispatcher has work to do: a TorchDispatchMode, torch.func's
+transforms, the profiler, half precision, tensors that are not plain CPU float tensors."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import gatedrnn
+from gatedrnn.engine import _build, ops
+from gatedrnn.layers import aten
+
+from op_counter import GatedrnnOps
+
+library = _build.load()
+pytestmark = pytest.mark.skipif(library is None, reason="the fused engine is not built")
+
+LAYERS = {
+    "lstm": lambda: gatedrnn.LSTM(5, 7),
+    "lstm-proj-2layers-bi": lambda: gatedrnn.LSTM(5, 7, num_layers=2, proj_size=3, bidirectional=True),
+    "gru-bi": lambda: gatedrnn.GRU(5, 7, bidirectional=True),
+    "rnn-relu-2layers": lambda: gatedrnn.RNN(5, 7, num_layers=2, nonlinearity="relu"),
+    "peephole (aux)": lambda: gatedrnn.LSTM(5, 7, variant="peephole"),
+    "zoneout (eval)": lambda: gatedrnn.LSTM(5, 7, zoneout=0.2).eval(),
+}
+
+
+@pytest.fixture
+def direct_calls(monkeypatch):
+    """Counts scan_direct's calls that returned a result (the direct path taken) and those that declined."""
+    counts = {"taken": 0, "declined": 0}
+    original = library.scan_direct
+
+    def counting(*args):
+        out = original(*args)
+        counts["taken" if out is not None else "declined"] += 1
+        return out
+
+    monkeypatch.setattr(library, "scan_direct", counting)
+    return counts
+
+
+def _operator_only(monkeypatch):
+    """Force the operator path: the direct entry declines everything."""
+    monkeypatch.setattr(ops, "_direct_scan", lambda args: None)
+
+
+def _run(layer, x, hx=None, *, grad=False):
+    """(outputs and final states, parameter gradients) of one forward (and backward with grad)."""
+    layer.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(grad):
+        output, hidden = layer(x, hx)
+    flat = [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+    grads = []
+    if grad:
+        sum(t.square().sum() for t in flat).backward()
+        grads = [p.grad.clone() for p in layer.parameters()]
+    return [t.detach().clone() for t in flat], grads
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_direct_path_equals_the_operator_bit_for_bit(name, grad, direct_calls, monkeypatch):
+    torch.manual_seed(0)
+    layer = LAYERS[name]().double() if name == "gru-bi" else LAYERS[name]()
+    x = torch.randn(6, 3, 5, dtype=next(layer.parameters()).dtype)
+    hx_shape = (layer.num_layers * layer.num_directions, 3)
+    hx = None if name != "lstm" else (torch.randn(*hx_shape, 7), torch.randn(*hx_shape, 7))
+    direct = _run(layer, x, hx, grad=grad)
+    assert direct_calls["taken"] == layer.num_layers * layer.num_directions and direct_calls["declined"] == 0
+    _operator_only(monkeypatch)
+    with GatedrnnOps() as counted:  # the operator runs now (and the mode alone would also turn the direct path off)
+        operator = _run(layer, x, hx, grad=grad)
+    assert counted.counts["scan"] == layer.num_layers * layer.num_directions
+    for got, want in zip(direct[0] + direct[1], operator[0] + operator[1]):
+        assert torch.equal(got, want)
+
+
+def test_unbatched_input_batch_first_and_packed_take_it_too(direct_calls):
+    torch.manual_seed(1)
+    layer = gatedrnn.GRU(5, 7, batch_first=True)
+    with torch.no_grad():
+        layer(torch.randn(4, 5))
+        layer(torch.randn(2, 4, 5))
+        layer(torch.nn.utils.rnn.pack_sequence([torch.randn(4, 5), torch.randn(2, 5)]))
+    assert direct_calls == {"taken": 3, "declined": 0}
+
+
+def test_a_dispatch_mode_sees_the_operator(direct_calls):
+    """FakeTensorMode, FunctionalTensorMode, op counters: every TorchDispatchMode is a dispatcher feature."""
+    class Recording(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(2)
+    layer = gatedrnn.LSTM(5, 7)
+    x = torch.randn(4, 2, 5)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            want = layer(x)[0]
+            with Recording() as mode:
+                got = layer(x)[0]
+        assert "gatedrnn.scan.default" in mode.names
+        assert torch.equal(got, want)
+    assert direct_calls["taken"] == 2
+
+
+def test_torch_func_transforms_take_the_operator(direct_calls):
+    torch.manual_seed(3)
+    layer = gatedrnn.LSTM(5, 7)
+    xs = torch.randn(3, 4, 2, 5)  # (vmap, T, B, I)
+    with torch.no_grad():
+        mapped = torch.func.vmap(lambda x: layer(x)[0])(xs)
+        looped = torch.stack([layer(x)[0] for x in xs])
+    assert direct_calls["declined"] == 0 and direct_calls["taken"] == 3  # the loop only: vmap never asked
+    torch.testing.assert_close(mapped, looped, rtol=0, atol=1e-6)
+
+    params = dict(layer.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(layer, p, (xs[0],))[0].sum())(params)
+    layer.zero_grad(set_to_none=True)
+    layer(xs[0])[0].sum().backward()
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad)
+
+
+def test_the_profiler_records_the_operator(direct_calls):
+    layer = gatedrnn.GRU(5, 7)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        layer(torch.randn(3, 1, 5))
+    assert any(event.name == "gatedrnn::scan" for event in profile.events())
+    assert direct_calls["taken"] == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_runs_the_reference_and_the_entry_declines_it(dtype, direct_calls):
+    torch.manual_seed(4)
+    layer = gatedrnn.LSTM(5, 7).to(dtype)
+    with torch.no_grad():
+        output, _ = layer(torch.randn(3, 2, 5, dtype=dtype))
+    assert output.dtype == dtype and direct_calls == {"taken": 0, "declined": 0}
+    # the entry itself: None for what the kernel does not take, where the operator raises or dispatches elsewhere
+    w = layer.layer_weights(0)
+    x, h = torch.randn(3, 2, 5, dtype=dtype), torch.zeros(2, 7, dtype=dtype)
+    assert library.scan_direct("lstm", x, h, h, *w[:5], [], False, False, None, None, None, None) is None
+
+
+def test_the_entry_declines_what_is_not_a_plain_cpu_float_tensor():
+    torch.manual_seed(5)
+    w = gatedrnn.LSTM(5, 7).layer_weights(0)
+    x, h = torch.randn(3, 2, 5), torch.zeros(2, 7)
+
+    def call(x=x, h=h, c=h, w_ih=w.w_ih):
+        return library.scan_direct("lstm", x, h, c, w_ih, *w[1:5], [], False, False, None, None, None, None)
+
+    assert call() is not None
+    assert call(x=x.to("meta")) is None  # another device
+    assert call(c=h.double()) is None  # mixed dtypes: the operator's check names them
+    assert call(w_ih=w.w_ih.detach().to_sparse()) is None  # another layout
+    with torch._subclasses.fake_tensor.FakeTensorMode() as fake:
+        fake_x = fake.from_tensor(x)
+    assert call(x=fake_x) is None  # a Python dispatch key
+    with pytest.raises(RuntimeError, match=r"gatedrnn::scan: h0 should have shape \[2, 7\], got \[2, 6\]"):
+        call(h=torch.zeros(2, 6), c=torch.zeros(2, 7))  # a plain tensor of a wrong shape: the operator's own check
+
+
+def test_scan_differentiable_is_scan_function_apply():
+    torch.manual_seed(6)
+    layer = gatedrnn.LSTM(5, 7)
+    w = layer.layer_weights(0)
+    x = torch.randn(4, 2, 5, requires_grad=True)
+    h, c = torch.randn(2, 7, requires_grad=True), torch.randn(2, 7, requires_grad=True)
+    args = ("lstm", x, h, c, *w[:5], [], False, True, None, None, None, None)
+    results = []
+    for apply in (ops.scan_differentiable, ops.ScanFunction.apply):
+        y, h_n, c_n, *_ = apply(*args)
+        inputs = (x, h, c, *w[:4])
+        results.append([y, h_n, c_n, *torch.autograd.grad((y.sum() + h_n.square().sum() + c_n.sum()), inputs)])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+def test_onnx_flags_read_directly_agree_with_torch_onnx(monkeypatch):
+    import torch.onnx
+    from torch.onnx._internal.exporter import _flags
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    assert aten._onnx_flags() is not None  # this torch keeps them where aten reads them
+    assert aten._onnx_exporting() is False is torch.onnx.is_in_onnx_export()
+    monkeypatch.setattr(_flags, "_is_onnx_exporting", True)
+    assert aten._onnx_exporting() is True is torch.onnx.is_in_onnx_export()
+    monkeypatch.setattr(_flags, "_is_onnx_exporting", False)
+    monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
+    assert aten._onnx_exporting() is True is torch.onnx.is_in_onnx_export()
