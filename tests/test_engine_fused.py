@@ -429,6 +429,7 @@ def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkey
     decision = decisions[0]
     assert decision["blas_us"] > 0 and decision["own_us"] > 0 and decision["transposed"]
     assert decision["choice"] == ("own" if decision["own_us"] < decision["blas_us"] else "blas")
+    assert decision in gatedrnn.backend_info()["gemm"]["decisions"]
     monkeypatch.setenv("GATEDRNN_GEMM", "fast")
     with pytest.raises(ValueError, match="GATEDRNN_GEMM should be auto, blas or own, got 'fast'"):
         module(torch.randn(4, 6, 5))

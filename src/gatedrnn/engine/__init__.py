@@ -12,6 +12,7 @@ choice of path is made once, at trace time (call `torch._dynamo.reset()` after c
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -53,14 +54,18 @@ def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]
 def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Which path runs for tensors of `device` and `dtype`, and why.
 
-    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}, plus one entry per report in
+    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}, with the fused engine "gemm":
+    {"setting": GATEDRNN_GEMM, "decisions": [...]} (each step-GEMM shape timed so far in this process: dtype, N, K,
+    rows, transposed, blas_us, own_us, choice; see engine/csrc/README.md), plus one entry per report in
     BACKEND_REPORTS ("kernel_choice": which measured buckets of a plain LSTM run torch's kernel, and the rule).
     Building the extension, if not done yet, happens here.
     """
     reason = _reference_reason(torch.device(device), dtype)
     cache = str(_build.cache_dir())
     if reason is None:
-        info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache}
+        info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache,
+                "gemm": {"setting": os.environ.get("GATEDRNN_GEMM", "") or "auto",
+                         "decisions": list(getattr(_build.load(), "gemm_choices", list)())}}
     else:
         info = {"backend": "reference", "reason": reason, "build_dir": cache}
     return {**info, **{name: report() for name, report in BACKEND_REPORTS.items()}}
