@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cctype>
 #include <chrono>
 #include <cstddef>
@@ -16,6 +17,10 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 extern "C" {
 void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
@@ -150,6 +155,64 @@ void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta,
       c[j0] = beta == T(0) ? acc : acc + beta * c[j0];
     }
   }
+}
+
+// y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
+// weight's at batch 1-2 when it serves one or two steps (StepWeight: no transposed copy). Four rows at a time
+// with independent accumulators, each weight read once and in place; a BLAS call per gate block costs more in
+// dispatch than this whole pass at H <= 256.
+// Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of 15 dependent adds,
+// which at H <= 256 costs more than the FMAs).
+template <typename T, typename Vec>
+inline T lane_sum(const Vec& v) {
+#ifdef __AVX512F__
+  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+  else return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+#else
+  T sum = 0;
+  for (int i = 0; i < (int)(sizeof(Vec) / sizeof(T)); ++i) sum += v[i];
+  return sum;
+#endif
+}
+
+template <typename T>
+inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
+  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kLanes = 64 / sizeof(T);
+  Vec acc0{}, acc1{};
+  int k = 0;
+  for (; k + 2 * kLanes <= K; k += 2 * kLanes) {
+    acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
+    acc1 += *reinterpret_cast<const Vec*>(w + k + kLanes) * *reinterpret_cast<const Vec*>(x + k + kLanes);
+  }
+  acc0 += acc1;
+  T sum = lane_sum<T>(acc0);
+  for (; k < K; ++k) sum += w[k] * x[k];
+  return sum;
+}
+
+template <typename T>
+inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
+                       T* __restrict__ y) {
+  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
+  constexpr int kLanes = 64 / sizeof(T);
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) {
+    const T* w = W + r * K;
+    Vec a0{}, a1{}, a2{}, a3{};
+    int k = 0;
+    for (; k + kLanes <= K; k += kLanes) {
+      const Vec xv = *reinterpret_cast<const Vec*>(x + k);
+      a0 += *reinterpret_cast<const Vec*>(w + k) * xv;
+      a1 += *reinterpret_cast<const Vec*>(w + K + k) * xv;
+      a2 += *reinterpret_cast<const Vec*>(w + 2 * K + k) * xv;
+      a3 += *reinterpret_cast<const Vec*>(w + 3 * K + k) * xv;
+    }
+    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
+    for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
+    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
+  }
+  for (; r < r1; ++r) y[r] = dot_row(W + r * K, x, K);
 }
 
 // The engine's own GEMM for a weight used at every step: C (rows, N) = X (rows, K) W + beta C, W packed once per
@@ -309,12 +372,17 @@ class StepWeight {
   // scratch_slot: which of the thread's reusable transpose buffers this weight takes (one per StepWeight alive
   // at once in a thread: 0 for W_hh, 1 for W_hr, 2 for W_ih), so a call at batch 1 neither allocates nor
   // page-faults.
-  StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows, int scratch_slot = 0)
+  // calls: how many `compute` calls the weight serves (the steps); at batch 1-2 a weight of at most two calls
+  // (a decoding loop's one-step forward) is read in place by row dot products, not transposed first (the
+  // transpose cost more than the step's GEMV).
+  StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows, int scratch_slot = 0,
+             int64_t calls = INT64_MAX)
       : w_(w), trans_(w_transposed), N_(N), K_(K) {
     small_ = w != nullptr && max_rows <= kSmallRows && N >= 16 && K > 0;
+    in_place_ = small_ && trans_ && calls <= 2;
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
     if (w != nullptr && !small_ && N > 0 && K > 0) mode_ = GemmChoice::requested();
-    if (small_ && trans_) {  // the small kernel reads W as (K, N): transpose once per call
+    if (small_ && trans_ && !in_place_) {  // the small kernel reads W as (K, N): transpose once per call
       static thread_local std::vector<T> scratch[3];
       const size_t count = (size_t)N * K;
       // a weight above 16 MB gets its own buffer, freed with this object: the thread keeps no more than 3 x 16 MB
@@ -341,6 +409,19 @@ class StepWeight {
   // rows <= the n of the last `prepare`; safe to call from several threads on disjoint rows.
   void compute(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
     if (rows <= 0) return;
+    if (in_place_) {
+      for (int r = 0; r < rows; ++r) {
+        T* c = C + (int64_t)r * ldc;
+        if (beta == T(0)) {
+          gemv_rows4<T>(0, N_, K_, w_, X + (int64_t)r * ldx, c);
+        } else {
+          std::vector<T> product(N_);
+          gemv_rows4<T>(0, N_, K_, w_, X + (int64_t)r * ldx, product.data());
+          for (int j = 0; j < N_; ++j) c[j] = product[j] + beta * c[j];
+        }
+      }
+      return;
+    }
     if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, trans_ ? w_kn_ : w_, beta, C, ldc);
     if (panel_) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panel_buffer_.data(), beta, C, ldc);
     compute_blas(rows, X, ldx, beta, C, ldc);
@@ -456,7 +537,7 @@ class StepWeight {
   const T* w_;
   T* w_kn_ = nullptr;
   std::vector<T> own_;
-  bool trans_, use_pack_ = false, small_ = false, decided_ = false, panel_ = false;
+  bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false, panel_ = false;
   std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
   std::vector<T> panel_buffer_;
   int N_, K_, packed_n_ = -1;

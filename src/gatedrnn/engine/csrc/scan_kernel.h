@@ -352,8 +352,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     }
     return out;
   }
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1);  // m W_hrᵀ
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1, T_);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;

@@ -6,10 +6,6 @@
 #include <ATen/EmptyTensor.h>
 #include <torch/extension.h>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
-
 #include <optional>
 #include <vector>
 
@@ -17,63 +13,6 @@
 #include "cells.h"
 
 namespace gatedrnn {
-
-// y[r] = W[r] · x (+ V[r] · z when V) for rows [r0, r1) of row-major W (rows, K) and V (rows, KV): the
-// streaming GEMV at batch 1-2. Four rows at a time with independent accumulators, each weight read once
-// and in place; a BLAS call per gate block costs more in dispatch than this whole pass at H <= 256.
-// Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of 15 dependent adds,
-// which at H <= 256 costs more than the FMAs).
-template <typename T, typename Vec>
-inline T lane_sum(const Vec& v) {
-#ifdef __AVX512F__
-  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-  else return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
-#else
-  T sum = 0;
-  for (int i = 0; i < (int)(sizeof(Vec) / sizeof(T)); ++i) sum += v[i];
-  return sum;
-#endif
-}
-
-template <typename T>
-inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
-  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
-  constexpr int kLanes = 64 / sizeof(T);
-  Vec acc0{}, acc1{};
-  int k = 0;
-  for (; k + 2 * kLanes <= K; k += 2 * kLanes) {
-    acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
-    acc1 += *reinterpret_cast<const Vec*>(w + k + kLanes) * *reinterpret_cast<const Vec*>(x + k + kLanes);
-  }
-  acc0 += acc1;
-  T sum = lane_sum<T>(acc0);
-  for (; k < K; ++k) sum += w[k] * x[k];
-  return sum;
-}
-
-template <typename T>
-inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
-                       T* __restrict__ y) {
-  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
-  constexpr int kLanes = 64 / sizeof(T);
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const T* w = W + r * K;
-    Vec a0{}, a1{}, a2{}, a3{};
-    int k = 0;
-    for (; k + kLanes <= K; k += kLanes) {
-      const Vec xv = *reinterpret_cast<const Vec*>(x + k);
-      a0 += *reinterpret_cast<const Vec*>(w + k) * xv;
-      a1 += *reinterpret_cast<const Vec*>(w + K + k) * xv;
-      a2 += *reinterpret_cast<const Vec*>(w + 2 * K + k) * xv;
-      a3 += *reinterpret_cast<const Vec*>(w + 3 * K + k) * xv;
-    }
-    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
-    for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
-    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
-  }
-  for (; r < r1; ++r) y[r] = dot_row(W + r * K, x, K);
-}
 
 // x (B, I); h (L, B, P); c (L, B, H) or undefined; weights: per layer w_ih, w_hh, b_ih, b_hh, w_hr (None allowed).
 // Returns {y (B, P), h_next (L, B, P), c_next (L, B, H) or undefined}.
