@@ -220,7 +220,7 @@ def _direct_scan(args: tuple):
     ...), a __torch_function__ mode or subclass, a torch.func transform or the profiler (which records the
     operator), or when the C++ side declines the tensors (not plain float32/float64 CPU tensors of one dtype)."""
     if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
-            or torch.compiler.is_compiling() or torch._C._is_tracing() or torch.autograd.profiler._is_profiler_enabled
+            or torch.compiler.is_compiling() or torch._C._is_tracing() or torch._C._autograd._profiler_enabled()
             or torch._C._has_torch_function(args)):
         return None
     direct = getattr(_build.load(), "scan_direct", None)  # None: no engine (or a stand-in without the entry)

@@ -205,7 +205,7 @@ enum ForwardSplit : int { kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRe
 inline std::atomic<int> last_forward_split{kSerial};
 
 // scan_forward for unit_split_threads(...) > 1: one parallel region for the whole sequence. Thread k owns hidden
-// units [j0, j1) (multiples of a vector): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
+// units [j0, j1) (whole cache lines): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
 // block (from its own (P, units) copies of W_hh's rows, made once per call), runs the cell's pass on them
 // (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
 // from y_t, so one barrier per step separates writing y_t from reading it, and no buffer is reused while read.
@@ -216,7 +216,7 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
                         int64_t chunk) {
   constexpr int G = Cell::kGates;
   const int64_t GH = G * H, P = H, EH = Cell::kExtra * H;
-  constexpr int64_t kAlign = kVecBytes / sizeof(T);
+  constexpr int64_t kAlign = 64 / sizeof(T);  // whole cache lines per thread (no false sharing of y_t and c)
   SpinBarrier barrier;
   // No num_threads clause: a team size other than the pool's makes GOMP rebuild its pool (torch avoids it too).
 #pragma omp parallel
@@ -411,19 +411,26 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     if (c_hist_p) std::memcpy(c_hist_p + (t * B + b0) * CH, c_p + b0 * CH, sizeof(T) * r * CH);
   };
   // x W_ihᵀ for steps [first, first + steps) into dest, rows [r0, r1) of the chunk's (steps * B, GH).
+  // With several chunks, W_ih is packed once (w_ih_chunk, prepared before any call) rather than by BLAS at each.
   auto project_rows = [&](int64_t first, T* dest, int64_t r0, int64_t r1) {
+    if (chunk < T_) return w_ih_chunk.compute(static_cast<int>(r1 - r0), x_p + (first * B + r0) * I,
+                                              static_cast<int>(I), T(0), dest + r0 * GH, static_cast<int>(GH));
     gemm<T>(false, true, static_cast<int>(r1 - r0), static_cast<int>(GH), static_cast<int>(I), T(1),
             x_p + (first * B + r0) * I, static_cast<int>(I), w_ih_p, static_cast<int>(I), T(0), dest + r0 * GH,
             static_cast<int>(GH));
   };
 
-  if (row_region(packed, B, GH * (P + 8))) {
+  if (row_region(packed, B, GH * (P + 8)) && B * GH * (P + 8) < (int64_t(1) << 24)) {
     // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
     // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
+    // Above ~16M multiply-adds a step (B = 64, H >= 256) a region per step costs nothing in comparison, and
+    // BLAS's own threading of each chunk's x W_ihᵀ measured faster than two halves (B = 64, H = 512: ~5 %).
     last_forward_split.store(kRowRegion, std::memory_order_relaxed);
     const int call_rows = rows_per_call(B, GH * (P + 8));
     w_hh_step.prepare(static_cast<int>(B), call_rows);
     if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
+    const int64_t threads = at::get_num_threads();
+    if (chunk < T_) w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>((chunk * B + threads - 1) / threads));
 #pragma omp parallel
     {
       const int team = omp_get_num_threads(), k = omp_get_thread_num();
@@ -512,7 +519,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   // step are split over threads; a thread's rows add into its own), summed at the end. One per batch row was
   // B * DA values (1.2 MB for a LayerNorm LSTM at B = 64, H = 256), which pushed W_hh out of L2 at every step.
   const int64_t DA = Cell::kAux * H + (Cell::kOwnsBiasGrad ? 2 * GH : 0);
-  const int64_t slots = std::max(1, at::get_num_threads());
+  const int64_t slots = std::max({1, at::get_num_threads(), omp_get_max_threads()});  // >= any region's team
   at::Tensor daux_rows = DA ? at::zeros({slots, DA}, opts) : at::Tensor();
   // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
   at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
