@@ -372,14 +372,14 @@ class StepWeight {
   // scratch_slot: which of the thread's reusable transpose buffers this weight takes (one per StepWeight alive
   // at once in a thread: 0 for W_hh, 1 for W_hr, 2 for W_ih), so a call at batch 1 neither allocates nor
   // page-faults.
-  // calls: how many `compute` calls the weight serves (the steps); at batch 1-2 a weight of at most two calls
-  // (a decoding loop's one-step forward) is read in place by row dot products, not transposed first (the
-  // transpose cost more than the step's GEMV).
+  // calls: how many `compute` calls the weight serves (the steps); at batch 1-2 a weight of one call (a decoding
+  // loop's one-step forward) is read in place by row dot products, not transposed first (the transpose cost
+  // more than the step's GEMV).
   StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows, int scratch_slot = 0,
              int64_t calls = INT64_MAX)
       : w_(w), trans_(w_transposed), N_(N), K_(K) {
     small_ = w != nullptr && max_rows <= kSmallRows && N >= 16 && K > 0;
-    in_place_ = small_ && trans_ && calls <= 2;
+    in_place_ = small_ && trans_ && calls <= 1;
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
     if (w != nullptr && !small_ && N > 0 && K > 0) mode_ = GemmChoice::requested();
     if (small_ && trans_ && !in_place_) {  // the small kernel reads W as (K, N): transpose once per call
@@ -456,7 +456,9 @@ class StepWeight {
       if (panel_) pack_panels();
       return;
     }
-    if (static_cast<double>(rows) * N_ * K_ <= 6.4e7) {  // above ~0.1 s of timing, BLAS without asking
+    // Timed for the step GEMMs (rows per call <= 64: a step's rows, or a thread's share); above, the chunks of x W_ihᵀ
+    // (hundreds of rows), BLAS's large-GEMM kernels without asking (and without the timing's scratch memory).
+    if (rows <= 64) {
       std::vector<T> X(static_cast<size_t>(rows) * K_, T(0.5)), C(static_cast<size_t>(rows) * N_);
       prepare_blas(rows);
       pack_panels();
