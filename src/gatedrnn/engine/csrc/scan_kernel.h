@@ -334,13 +334,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   T* extra_p = extra.defined() ? extra.data_ptr<T>() : nullptr;
   T* rec_p = rec.data_ptr<T>();
   T* m_p = proj ? m.data_ptr<T>() : nullptr;
-  const bool plain = !packed && !proj && !zo && !rm_p;
-  if (unit_split_threads<Cell>(B, H, P, plain) > 1 && T_ > 0) {
-    last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
-    scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
-                                bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
-                                c_hist_p, extra_p, EW, cand_p, reverse, keep, chunk);
-    h.copy_(y[reverse ? 0 : T_ - 1]);
+  auto outputs = [&] {
     ScanForwardOut out;
     out.y = y;
     out.h_n = h;
@@ -351,6 +345,15 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       out.extra = extra;
     }
     return out;
+  };
+  const bool plain = !packed && !proj && !zo && !rm_p;
+  if (unit_split_threads<Cell>(B, H, P, plain) > 1 && T_ > 0) {
+    last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
+    scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
+                                bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
+                                c_hist_p, extra_p, EW, cand_p, reverse, keep, chunk);
+    h.copy_(y[reverse ? 0 : T_ - 1]);
+    return outputs();
   }
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1, T_);  // m W_hrᵀ
@@ -477,16 +480,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       }
     }
   }
-  ScanForwardOut out;
-  out.y = y;
-  out.h_n = h;
-  out.c_n = c;
-  if (keep) {
-    out.gates = gates.view({T_, B, GH});
-    out.c = c_hist;
-    out.extra = extra;
-  }
-  return out;
+  return outputs();
 }
 
 template <typename Cell, typename T>
