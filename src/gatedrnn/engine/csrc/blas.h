@@ -427,37 +427,25 @@ class StepWeight {
     compute_blas(rows, X, ldx, beta, C, ldc);
   }
 
-  void apply(int n, const T* X, int ldx, T beta, T* C, int ldc) {
-    prepare(n);
-    compute(n, X, ldx, beta, C, ldc);
-  }
-
-  bool runs_panel_gemm() const { return panel_; }
-
  private:
   // BLAS or PanelGemm for calls of `rows` rows: as GATEDRNN_GEMM says, else the faster of the two on this weight
   // (timed once per shape and process, on constant inputs; kept in GemmChoice).
   void decide(int rows) {
-    decide_uncounted(rows);
+    decided_ = true;
+    panel_ = prefers_panels(rows);
+    if (panel_) pack_panels();
+    else std::vector<T>().swap(panel_buffer_);  // (the timing packed it)
     (panel_ ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
   }
 
-  void decide_uncounted(int rows) {
-    decided_ = true;
-    if (mode_ != "auto") {
-      panel_ = mode_ == "own";
-      if (panel_) pack_panels();
-      return;
-    }
+  // Whether calls of `rows` rows run PanelGemm: GATEDRNN_GEMM if forced, else a known or a new measurement.
+  bool prefers_panels(int rows) {
+    if (mode_ != "auto") return mode_ == "own";
     GemmDecision decision{static_cast<int>(sizeof(T)), N_, K_, rows, trans_, -1.0, -1.0, false};
     GemmDecision known;
-    if (GemmChoice::instance().find(decision, known)) {
-      panel_ = known.own;
-      if (panel_) pack_panels();
-      return;
-    }
-    // Timed for the step GEMMs (rows per call <= 64: a step's rows, or a thread's share); above, the chunks of x W_ihᵀ
-    // (hundreds of rows), BLAS's large-GEMM kernels without asking (and without the timing's scratch memory).
+    if (GemmChoice::instance().find(decision, known)) return known.own;
+    // Timed for the step GEMMs (<= 64 rows a call: a step's rows, or a thread's share); above, the chunks of
+    // x W_ihᵀ (hundreds of rows) run BLAS's large-GEMM kernels without asking (nor the timing's scratch memory).
     if (rows <= 64) {
       std::vector<T> X(static_cast<size_t>(rows) * K_, T(0.5)), C(static_cast<size_t>(rows) * N_);
       prepare_blas(rows);
@@ -479,8 +467,7 @@ class StepWeight {
       decision.own = decision.own_us < decision.blas_us;
     }
     GemmChoice::instance().add(decision);
-    panel_ = decision.own;
-    if (!panel_) std::vector<T>().swap(panel_buffer_);
+    return decision.own;
   }
 
   void pack_panels() {

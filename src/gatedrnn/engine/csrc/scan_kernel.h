@@ -124,8 +124,7 @@ inline int64_t extra_width(int64_t H, int64_t P, bool zoneout) {
   return Cell::kExtra * H + (zoneout ? (Cell::kHasC ? H : 0) + (Cell::kReadsHNext ? P : 0) : 0);
 }
 
-// Runs body(b0, b1) over the active rows [0, n) of one step, split over threads when the step has enough
-// work (row_work: multiply-adds per row); inside a split, BLAS calls run single-threaded on their block.
+// Whether a step of n rows is split over threads: it has enough work (row_work: multiply-adds per row).
 inline bool splits_rows(int64_t n, int64_t row_work) {
   return at::get_num_threads() > 1 && n >= 8 && n * row_work >= (int64_t(1) << 19);
 }
@@ -142,6 +141,8 @@ inline bool row_region(bool packed, int64_t B, int64_t row_work) {
   return !packed && splits_rows(B, row_work) && !at::in_parallel_region();
 }
 
+// Runs body(b0, b1) over the active rows [0, n) of one step, split over threads when splits_rows; inside a
+// split, BLAS calls run single-threaded on their block.
 template <typename F>
 inline void for_row_blocks(int64_t n, int64_t row_work, const F& body) {
   const int threads = at::get_num_threads();
@@ -183,19 +184,19 @@ class SpinBarrier {
   int threads_ = 1;
 };
 
-// Threads for splitting a forward's hidden units over cores (scan_forward_units), or 0 to run it by rows.
+// Whether a forward splits its hidden units over threads (scan_forward_units) rather than running by rows.
 // At batch < 8 the row split does not apply and one core would read all of W_hh at every step: an LSTM's W_hh
-// (4H² floats) leaves L1 from H = 64 on (64 KB), and the step is then bound by reading it from L2. Split by units, each core
-// reads only its own rows of W_hh (its gates' rows for its units), the pointwise pass needs no other core's values,
-// and the cores meet once per step (the next step's GEMM reads all of h). Cells whose pass reads whole rows
-// (LayerNorm's statistics), extra parameters, a projection, masks on h or the state in the GEMM, packed input
-// and zoneout keep the row loop.
+// (4H² floats) leaves L1 from H = 64 on (64 KB), and the step is then bound by reading it from L2. Split by units,
+// each core reads only its own rows of W_hh (its gates' rows for its units), the pointwise pass needs no other
+// core's values, and the cores meet once per step (the next step's GEMM reads all of h). Cells whose pass reads
+// whole rows (LayerNorm's statistics), extra parameters, a projection, masks on h or the state in the GEMM, packed
+// input and zoneout keep the row loop.
 template <typename Cell>
-inline int unit_split_threads(int64_t B, int64_t H, int64_t P, bool plain) {
-  if (!plain || Cell::kAux != 0 || state_blocks<Cell>() != 1 || reads_state<Cell>() || P != H) return 0;
-  if (B < 1 || B >= 8 || at::in_parallel_region()) return 0;
+inline bool splits_units(int64_t B, int64_t H, int64_t P, bool plain) {
+  if (!plain || Cell::kAux != 0 || state_blocks<Cell>() != 1 || reads_state<Cell>() || P != H) return false;
+  if (B < 1 || B >= 8 || at::in_parallel_region()) return false;
   const int threads = at::get_num_threads();  // the region's team: each thread gets >= 64 units (at fewer, the
-  return threads >= 2 && threads * 64 <= H ? threads : 0;  // per-step meeting cost more than it saved)
+  return threads >= 2 && threads * 64 <= H;   // per-step meeting cost more than it saved)
 }
 
 // How the last forward on this process ran its steps (for tests and reports): kSerial (one thread, or BLAS's threads
@@ -204,7 +205,7 @@ inline int unit_split_threads(int64_t B, int64_t H, int64_t P, bool plain) {
 enum ForwardSplit : int { kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3 };
 inline std::atomic<int> last_forward_split{kSerial};
 
-// scan_forward for unit_split_threads(...) > 1: one parallel region for the whole sequence. Thread k owns hidden
+// scan_forward when splits_units: one parallel region for the whole sequence. Thread k owns hidden
 // units [j0, j1) (whole cache lines): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
 // block (from its own (P, units) copies of W_hh's rows, made once per call), runs the cell's pass on them
 // (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
@@ -347,7 +348,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     return out;
   };
   const bool plain = !packed && !proj && !zo && !rm_p;
-  if (unit_split_threads<Cell>(B, H, P, plain) > 1 && T_ > 0) {
+  const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
+  if (splits_units<Cell>(B, H, P, plain) && T_ > 0) {
     last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
     scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
                                 bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
@@ -423,17 +425,17 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
             static_cast<int>(GH));
   };
 
-  if (row_region(packed, B, GH * (P + 8)) && B * GH * (P + 8) < (int64_t(1) << 24)) {
+  if (row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24)) {
     // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
     // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
     // Above ~16M multiply-adds a step (B = 64, H >= 256) a region per step costs nothing in comparison, and
     // BLAS's own threading of each chunk's x W_ihᵀ measured faster than two halves (B = 64, H = 512: ~5 %).
     last_forward_split.store(kRowRegion, std::memory_order_relaxed);
-    const int call_rows = rows_per_call(B, GH * (P + 8));
+    const int call_rows = rows_per_call(B, row_work);
     w_hh_step.prepare(static_cast<int>(B), call_rows);
     if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
     const int64_t threads = at::get_num_threads();
-    if (chunk < T_) w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>((chunk * B + threads - 1) / threads));
+    w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>((chunk * B + threads - 1) / threads));
 #pragma omp parallel
     {
       const int team = omp_get_num_threads(), k = omp_get_thread_num();
@@ -454,7 +456,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       }
     }
   } else {
-    last_forward_split.store(splits_rows(B, GH * (P + 8)) ? kRowsPerStep : kSerial, std::memory_order_relaxed);
+    last_forward_split.store(splits_rows(B, row_work) ? kRowsPerStep : kSerial, std::memory_order_relaxed);
     int64_t chunk_start = -1;  // first step of the chunk held in `gates`
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s;
@@ -462,18 +464,14 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
         chunk_start = t / chunk * chunk;
         const int64_t steps = std::min(chunk, T_ - chunk_start);
-        T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
-        if (chunk < T_) {
-          w_ih_chunk.apply(steps * B, x_p + chunk_start * B * I, I, T(0), dest, GH);
-        } else {
-          project_rows(chunk_start, dest, 0, steps * B);
-        }
+        w_ih_chunk.prepare(static_cast<int>(steps * B));  // (nothing to prepare for a single chunk)
+        project_rows(chunk_start, gates_p + (keep ? chunk_start * B * GH : 0), 0, steps * B);
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
-      const int call_rows = rows_per_call(n, GH * (P + 8));
+      const int call_rows = rows_per_call(n, row_work);
       w_hh_step.prepare(static_cast<int>(n), call_rows);
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
-      for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
+      for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
       if (keep && n < B) {  // padded rows read as zeros in the trace
         std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
         if (extra_p) std::memset(extra_p + (t * B + n) * EW, 0, sizeof(T) * (B - n) * EW);
@@ -634,10 +632,11 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     if (dh_skip_p)
       for (int64_t k = b0 * P; k < b1 * P; ++k) dh_p[k] += dh_skip_p[k];
   };
-  if (row_region(packed, B, GH * (P + 8))) {
+  const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
+  if (row_region(packed, B, row_work)) {
     // Rows split over threads for the whole sequence in one parallel region (they never meet: no row reads
     // another's gradients); each thread adds into its own daux slot (at::get_thread_num()).
-    const int call_rows = rows_per_call(B, GH * (P + 8));
+    const int call_rows = rows_per_call(B, row_work);
     w_hh_step.prepare(static_cast<int>(B), call_rows);
     if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
 #pragma omp parallel
@@ -650,10 +649,10 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   } else {
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t n = packed ? batch_sizes[reverse ? s : T_ - 1 - s] : B;
-      const int call_rows = rows_per_call(n, GH * (P + 8));
+      const int call_rows = rows_per_call(n, row_work);
       w_hh_step.prepare(static_cast<int>(n), call_rows);
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
-      for_row_blocks(n, GH * (P + 8), [&](int64_t b0, int64_t b1) { step_rows(s, b0, b1); });
+      for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(s, b0, b1); });
     }
   }
 
