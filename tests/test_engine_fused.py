@@ -415,6 +415,42 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
         assert after[forced] > before[forced] and after[other] == before[other], (gemm, before, after)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,hidden,options", [
+    ("lstm", 37, {}),                     # 148 columns: a full panel and a partial one (whole registers, zeros past N)
+    ("gru", 50, {"bidirectional": True}),  # 150 columns, and reverse time
+    ("rnn_tanh", 130, {}),                # 130 columns: a full panel and 2 columns
+    ("lstm", 70, {"proj_size": 40}),      # W_hr (40, 70) as well, 2-3 panels of W_hh
+])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_batch_one_two_step_kernel_equals_torch(cell, hidden, options, batch, dtype):
+    """At batch 1-2 one thread runs h W_hhᵀ from W packed in column panels, read in alternating order from step to
+    step (SmallPanels): outputs, final states and every gradient equal torch.nn over 9 steps (both orders, several
+    panels, partial last panels)."""
+    torch.manual_seed(hidden + batch)
+    module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
+    x = torch.randn(9, batch, 12, dtype=dtype)
+    count = 2 if options.get("bidirectional") else 1
+    h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
+    c0 = torch.randn(count, batch, hidden, dtype=dtype)
+    fresh = lambda: (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
+        else h0.clone().requires_grad_()  # noqa: E731
+    weights = (torch.randn(9 * batch * 2 * hidden, dtype=dtype), torch.randn(2 * batch * 2 * hidden, dtype=dtype))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the serial path (two threads would split units at hidden >= 128)
+        got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
+        with torch.no_grad():
+            inference = module(x, fresh())
+    finally:
+        torch.set_num_threads(threads)
+    expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
+    for what, a, b in zip(("outputs", "gradients"), got, expected):
+        for k, (actual, wanted) in enumerate(zip(a, b)):
+            assert_close_scaled(actual, wanted, TOLERANCE[dtype], f"{cell} {what}[{k}]")
+    assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
+
+
 def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkeypatch):
     """Unforced (auto), each step weight's shape is timed once on BLAS and PanelGemm and the faster kept; the
     engine reports each decision with its timings. A value other than auto/blas/own is refused by name."""

@@ -230,19 +230,14 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
     const int64_t j0 = std::min<int64_t>(H, k * per), j1 = k == team - 1 ? H : std::min<int64_t>(H, j0 + per);
     const int units = static_cast<int>(j1 - j0);
     int sense = 0;
-    // this thread's rows of W_hh, gate block by gate block, transposed: (G, P, units); 16 rows at a time, so that
-    // the writes are contiguous (buffers kept per thread: no allocation or page faults at every call)
+    // this thread's rows of W_hh, gate block by gate block, in SmallPanels (G blocks of packed_size(units, P));
+    // buffers kept per thread: no allocation or page faults at every call
     static thread_local std::vector<T> w_own, rec;
-    w_own.resize(std::max<size_t>(w_own.size(), static_cast<size_t>(G) * P * units));
+    const size_t block = SmallPanels<T>::packed_size(units, static_cast<int>(P));
+    w_own.resize(std::max<size_t>(w_own.size(), G * block));
     rec.resize(std::max<size_t>(rec.size(), static_cast<size_t>(B) * GH));  // h W_hhᵀ, this thread's columns
-    for (int g = 0; g < G; ++g)
-      for (int u0 = 0; u0 < units; u0 += 16) {
-        const int rows = std::min(16, units - u0);
-        const T* src = w_hh_p + (g * H + j0 + u0) * P;
-        T* dst = w_own.data() + static_cast<size_t>(g) * P * units + u0;
-        for (int64_t p = 0; p < P; ++p)
-          for (int i = 0; i < rows; ++i) dst[p * units + i] = src[i * P + p];
-      }
+    for (int g = 0; g < G && units > 0; ++g)
+      SmallPanels<T>::pack(w_hh_p + (g * H + j0) * P, units, static_cast<int>(P), w_own.data() + g * block);
     int64_t chunk_start = -1;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s;
@@ -259,10 +254,12 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
         const T* h_in = s == 0 ? h0_p : y_p + (reverse ? t + 1 : t - 1) * B * P;
         T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
         T* y_t = y_p + t * B * P;
-        for (int g = 0; g < G; ++g)
-          small_rows_kn<T>(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
-                           w_own.data() + static_cast<size_t>(g) * P * units, T(0), rec.data() + g * H + j0,
-                           static_cast<int>(GH));
+        for (int i = 0; i < G; ++i) {  // every other step in reverse order (see SmallPanels)
+          const int g = s & 1 ? G - 1 - i : i;
+          SmallPanels<T>::compute(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
+                                  w_own.data() + g * block, T(0), rec.data() + g * H + j0, static_cast<int>(GH),
+                                  s & 1);
+        }
         for (int64_t b = 0; b < B; ++b) {
           RowForward<T> row{gates_t + b * GH + j0, rec.data() + b * GH + j0, bias_p + j0, rec_bias_p + j0,
                             h_in + b * P + j0, c_p ? c_p + b * H + j0 : nullptr, y_t + b * P + j0,
