@@ -22,7 +22,7 @@ from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.engine.noise import LayerNoise
-from gatedrnn.engine.ops import SCAN, scan_differentiable, scan_without_autograd
+from gatedrnn.engine.ops import SCAN, direct_entry, scan_differentiable, scan_without_autograd
 from gatedrnn.engine.scan import ScanResult
 
 
@@ -108,3 +108,19 @@ def run_layer_fused(
     if y.requires_grad:
         traced = type(traced)(*(_TraceHasNoGradient.apply(y, t) if t.grad_fn is None else t for t in traced))
     return ScanResult(y, state, traced)
+
+
+def run_stack_inference(cell: str, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
+                        weights: list[Optional[Tensor]], num_layers: int,
+                        bidirectional: bool) -> Optional[tuple[Tensor, Tensor, Optional[Tensor]]]:
+    """A whole stack of a plain cell (no extra parameters, no kernel_weights) on padded x (T, B, I) where nothing
+    needs a gradient, nothing is traced and no regulariser draws noise: every layer and direction in one call into
+    the engine (`stack_direct`), the same kernel and results as `run_layer_fused` layer by layer. h0, c0: (L * D, B,
+    ·) or None for zeros (c0 only for cells with a cell state); weights: LayerWeights' five per layer and direction,
+    layer-major. Returns (y (T, B, D * P), h_n (L * D, B, P), c_n (L * D, B, H) or None), or None where the call
+    must take the layer-by-layer path (a dispatch mode, a transform, the profiler, tensors the engine declines)."""
+    args = (x, h0, c0, *weights)
+    direct = direct_entry("stack_direct", args)
+    if direct is None:
+        return None
+    return direct(cell, x, h0, c0, CELL_SPECS[cell].has_cell_state, weights, num_layers, bidirectional)

@@ -214,16 +214,23 @@ torch.library.register_autograd(
 )
 
 
-def _direct_scan(args: tuple):
-    """`gatedrnn::scan`'s outputs from the engine's plain pybind entry (`scan_direct` in csrc/engine.cpp), or None
-    where the call must go through the dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor,
-    ...), a __torch_function__ mode or subclass, a torch.func transform or the profiler (which records the
-    operator), or when the C++ side declines the tensors (not plain float32/float64 CPU tensors of one dtype)."""
+def direct_entry(name: str, args: tuple):
+    """The engine's plain pybind entry `name` (csrc/engine.cpp), or None where a call must go through the
+    dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor, ...), a __torch_function__ mode or
+    subclass among `args`, a torch.func transform or the profiler (which records the operator), or without an
+    engine (or a stand-in without the entry)."""
     if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
             or torch.compiler.is_compiling() or torch._C._is_tracing() or torch._C._autograd._profiler_enabled()
             or torch._C._has_torch_function(args)):
         return None
-    direct = getattr(_build.load(), "scan_direct", None)  # None: no engine (or a stand-in without the entry)
+    return getattr(_build.load(), name, None)
+
+
+def _direct_scan(args: tuple):
+    """`gatedrnn::scan`'s outputs from `scan_direct`, or None where the call must go through the dispatcher
+    (`direct_entry`), or when the C++ side declines the tensors (not plain float32/float64 CPU tensors of one
+    dtype)."""
+    direct = direct_entry("scan_direct", args)
     return None if direct is None else direct(*args)
 
 

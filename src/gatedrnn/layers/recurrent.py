@@ -280,9 +280,18 @@ class RecurrentBase(nn.Module):
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
         batch = x.shape[1]
 
-        initial = self._initial_rows(hx, batch, batched, sorted_indices, x)
         # the engine's path for this call, chosen once for every layer (it reads GATEDRNN_BACKEND)
         fused = self.spec.fused and engine.runs_fused(x)
+        if fused and not packed and not trace:
+            stack = self._stack_inference(x, hx, batched)
+            if stack is not None:
+                y, h_n, c_n = stack
+                hidden = (h_n,) if c_n is None else (h_n, c_n)
+                if not batched:
+                    return y.squeeze(1), (tuple(h.squeeze(1) for h in hidden) if is_lstm else h_n.squeeze(1)), []
+                return (y.transpose(0, 1) if self.batch_first else y), (hidden if is_lstm else h_n), []
+
+        initial = self._initial_rows(hx, batch, batched, sorted_indices, x)
         mode, num_directions = self.mode, self.num_directions
         layer_input = x
         finals: list[tuple[Tensor, ...]] = []
@@ -318,6 +327,30 @@ class RecurrentBase(nn.Module):
         else:
             output = layer_input.transpose(0, 1) if self.batch_first else layer_input
         return output, (hidden if is_lstm else hidden[0]), traces
+
+    def _stack_inference(self, x: Tensor, hx, batched: bool) -> Optional[tuple[Tensor, Tensor, Optional[Tensor]]]:
+        """The whole stack in one call into the engine (`engine.run_stack_inference`) where nothing needs a
+        gradient and no regulariser draws noise, for x (T, B, I): (y (T, B, D * P), h_n, c_n or None), or None
+        where the layer-by-layer loop runs (it raises hx's errors; this path validates hx the same way)."""
+        if self.training and (self.weight_drop or (self.dropout and self.num_layers > 1)):
+            return None
+        if self._noise(x) is not None:
+            return None
+        weights: list[Optional[Tensor]] = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                w_ih, w_hh, b_ih, b_hh, w_hr, extra = self.layer_weights(layer, direction)
+                if extra or self.spec.kernel_weights is not None:  # cells with their own operands
+                    return None
+                weights += (w_ih, w_hh, b_ih, b_hh, w_hr)
+        if torch.is_grad_enabled():
+            raw = (hx,) if isinstance(hx, Tensor) else tuple(hx) if isinstance(hx, (tuple, list)) else ()
+            for t in (x, *raw, *weights):
+                if isinstance(t, Tensor) and t.requires_grad:
+                    return None
+        states = (None, None) if hx is None else self._initial_state(hx, x.shape[1], batched, None, x)
+        return engine.run_stack_inference(self.mode, x, states[0], states[1] if len(states) > 1 else None, weights,
+                                          self.num_layers, self.bidirectional)
 
     def _initial_rows(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> list[tuple[Tensor, ...]]:
         """`_initial_state` by row k = layer * D + direction: D*L tuples of (B, ·) tensors, each the state the
