@@ -1,5 +1,6 @@
 """The layers' short ways into the fused kernel (`gatedrnn.engine.ops`): `scan_direct` (the engine's plain pybind
-entry, used where nothing needs a gradient and inside ScanFunction's forward) and `scan_differentiable`
+entry, used where nothing needs a gradient and inside ScanFunction's forward), `stack_direct` (a whole stack's
+inference in one call, `gatedrnn.engine.run_stack_inference`) and `scan_differentiable`
 (ScanFunction.apply without its per-call signature binding). Each must give bit for bit what the operator gives,
 and step aside (the operator runs) wherever the dispatcher has work to do: a TorchDispatchMode, torch.func's
 transforms, the profiler, half precision, tensors that are not plain CPU float tensors."""
@@ -10,6 +11,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import gatedrnn
+from gatedrnn import engine
 from gatedrnn.engine import _build, ops
 from gatedrnn.layers import aten
 
@@ -30,16 +32,26 @@ LAYERS = {
 
 @pytest.fixture
 def direct_calls(monkeypatch):
-    """Counts scan_direct's calls that returned a result (the direct path taken) and those that declined."""
+    """Counts the layer-directions the direct entries ran (scan_direct: one a call; stack_direct, a whole stack's
+    inference: every layer and direction of the call) and the calls that declined."""
     counts = {"taken": 0, "declined": 0}
-    original = library.scan_direct
+    scan, stack = library.scan_direct, library.stack_direct
 
-    def counting(*args):
-        out = original(*args)
+    def counting_scan(*args):
+        out = scan(*args)
         counts["taken" if out is not None else "declined"] += 1
         return out
 
-    monkeypatch.setattr(library, "scan_direct", counting)
+    def counting_stack(cell, x, h0, c0, has_c, weights, num_layers, bidirectional):
+        out = stack(cell, x, h0, c0, has_c, weights, num_layers, bidirectional)
+        if out is None:
+            counts["declined"] += 1
+        else:
+            counts["taken"] += len(weights) // 5
+        return out
+
+    monkeypatch.setattr(library, "scan_direct", counting_scan)
+    monkeypatch.setattr(library, "stack_direct", counting_stack)
     return counts
 
 
@@ -199,3 +211,62 @@ def test_onnx_flags_read_directly_agree_with_torch_onnx(monkeypatch):
     monkeypatch.setattr(_flags, "_is_onnx_exporting", False)
     monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
     assert aten._onnx_exporting() is True is torch.onnx.is_in_onnx_export()
+
+
+STACKS = {
+    "lstm-proj-2layers-bi, hx": (lambda: gatedrnn.LSTM(5, 7, num_layers=2, proj_size=3, bidirectional=True), True),
+    "gru-3layers, batch_first": (lambda: gatedrnn.GRU(5, 7, num_layers=3, batch_first=True), False),
+    "rnn-bi, double, hx": (lambda: gatedrnn.RNN(5, 7, bidirectional=True, dtype=torch.float64), True),
+    "lstm, training, no regulariser": (lambda: gatedrnn.LSTM(5, 7, num_layers=2).train(), False),
+}
+
+
+@pytest.mark.parametrize("name", STACKS)
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
+def test_stack_inference_equals_the_layer_by_layer_path(name, batched, direct_calls, monkeypatch):
+    """Where nothing needs a gradient, a whole stack runs in one stack_direct call: outputs and final states equal
+    the layer-by-layer path bit for bit, and the states are tensors of their own (h_n.detach_() works, as in
+    torch.nn), not views."""
+    torch.manual_seed(7)
+    make, with_hx = STACKS[name]
+    layer = make()
+    dtype = layer.weight_ih_l0.dtype
+    count = layer.num_layers * layer.num_directions
+    x = torch.randn(6, 3, 5, dtype=dtype) if batched else torch.randn(6, 5, dtype=dtype)
+    rows = (count, 3) if batched else (count,)
+    hx = None
+    if with_hx:
+        h = torch.randn(*rows, layer.proj_size or 7, dtype=dtype)
+        hx = (h, torch.randn(*rows, 7, dtype=dtype)) if isinstance(layer, gatedrnn.LSTM) else h
+    with torch.no_grad():
+        fast = _flat(layer(x, hx))
+    assert direct_calls == {"taken": count, "declined": 0}
+    monkeypatch.setattr(engine, "run_stack_inference", lambda *args, **kwargs: None)
+    with torch.no_grad():
+        slow = _flat(layer(x, hx))
+    assert direct_calls["taken"] == 2 * count  # the layer-by-layer path: scan_direct per layer and direction
+    for got, want in zip(fast, slow):
+        assert torch.equal(got, want)
+    if batched:
+        for state in fast[1:]:
+            state.detach_()  # raises for a view
+
+
+def test_stack_inference_draws_noise_as_the_reference_does(direct_calls, monkeypatch):
+    """A regulariser that draws masks (zoneout while training) keeps the layer-by-layer path and draws each mask
+    once: under no_grad the same seed gives the reference scan's output."""
+    layer = gatedrnn.LSTM(5, 7, zoneout=0.3, recurrent_dropout=0.2).train()
+    x = torch.randn(6, 3, 5)
+    runs = []
+    for backend in ("", "reference"):
+        monkeypatch.setenv("GATEDRNN_BACKEND", backend)
+        torch.manual_seed(8)
+        with torch.no_grad():
+            runs.append(layer(x)[0])
+    assert direct_calls == {"taken": 1, "declined": 0}
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+
+
+def _flat(result) -> list[torch.Tensor]:
+    output, hidden = result
+    return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]

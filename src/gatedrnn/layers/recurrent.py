@@ -332,9 +332,10 @@ class RecurrentBase(nn.Module):
         """The whole stack in one call into the engine (`engine.run_stack_inference`) where nothing needs a
         gradient and no regulariser draws noise, for x (T, B, I): (y (T, B, D * P), h_n, c_n or None), or None
         where the layer-by-layer loop runs (it raises hx's errors; this path validates hx the same way)."""
-        if self.training and (self.weight_drop or (self.dropout and self.num_layers > 1)):
-            return None
-        if self._noise(x) is not None:
+        # `_noise`'s and `_noisy_weights`' conditions, without drawing anything (the loop below would draw again)
+        if self.zoneout != (0.0, 0.0) or (self.training and (
+                self.recurrent_dropout or self.candidate_dropout or self.weight_drop
+                or (self.dropout and self.num_layers > 1))):
             return None
         weights: list[Optional[Tensor]] = []
         for layer in range(self.num_layers):
