@@ -184,13 +184,14 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])  # no_grad: the one-call stack path's checks
 @pytest.mark.parametrize("case_id,factory,make_args,error,pattern", FORWARD_CASES, ids=[c[0] for c in FORWARD_CASES])
-def test_forward_rejects(case_id, factory, make_args, error, pattern, tripwires):
+def test_forward_rejects(case_id, factory, make_args, error, pattern, grad, tripwires):
     module = factory()
     before = _snapshot(module)
     input, hx = make_args()
     given = [(t, t.clone()) for t in _tensors((input, hx))]
-    with pytest.raises(error) as caught:
+    with pytest.raises(error) as caught, torch.set_grad_enabled(grad):
         module(input, hx)
     assert re.search(pattern, str(caught.value)), f"message {str(caught.value)!r} does not match {pattern!r}"
     _assert_untouched(module, before, given)

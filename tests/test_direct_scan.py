@@ -42,8 +42,8 @@ def direct_calls(monkeypatch):
         counts["taken" if out is not None else "declined"] += 1
         return out
 
-    def counting_stack(cell, x, h0, c0, has_c, weights, num_layers, bidirectional):
-        out = stack(cell, x, h0, c0, has_c, weights, num_layers, bidirectional)
+    def counting_stack(cell, x, h0, c0, has_c, weights, *sizes):
+        out = stack(cell, x, h0, c0, has_c, weights, *sizes)
         if out is None:
             counts["declined"] += 1
         else:

@@ -343,6 +343,7 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
     ("lstm", 1, 128, {}, "unit_region"),
     ("lstm", 5, 160, {"bidirectional": True}, "unit_region"),  # 160 units: 80 per thread, not whole vectors
     ("gru", 3, 128, {}, "unit_region"),
+    ("gru", 1, 130, {}, "unit_region"),                        # 80 and 50 units: a last panel of partial registers
     ("rnn_tanh", 2, 128, {}, "unit_region"),
     ("lstm", 1, 64, {}, "serial"),                             # too few units to split
     ("lstm", 2, 128, {"proj_size": 32}, "serial"),             # a projection needs every unit: rows only

@@ -399,6 +399,29 @@ def test_compile_fullgraph_no_break_no_recompile(cls, options):
     assert len(graphs) == 1 and "gatedrnn.scan.default" in graph_ops(graphs[0])
 
 
+@pytest.mark.parametrize("cls,options", LAYERS, ids=IDS)
+def test_compile_fullgraph_under_no_grad(cls, options):
+    """Inference compiled under no_grad (where eager runs a whole stack in one call into the engine): one graph
+    holding gatedrnn::scan, no break, outputs equal eager."""
+    _engine_built()
+    torch.manual_seed(2)
+    model = Regressor(cls, options).eval()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    x = torch.randn((4, 7, 6) if model.rnn.batch_first else (7, 4, 6))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-6, atol=1e-6)
+    assert dict(counters["graph_break"]) == {}
+    assert len(graphs) == 1 and "gatedrnn.scan.default" in graph_ops(graphs[0])
+
+
 def test_compile_inductor_training_step_matches_eager():
     """The default backend (inductor) around the operator, with a batch_first layer behind an input that needs
     a gradient (a non-contiguous x, and dx computed): optimiser steps equal eager's."""

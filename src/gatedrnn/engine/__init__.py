@@ -1,4 +1,5 @@
-"""The engine runs one layer in one direction over time. It only executes: the math is in `cells`.
+"""The engine runs one layer in one direction over time (`run_layer`), or, where nothing needs a gradient, a whole
+stack of a plain cell in one call (`run_stack_inference`). It only executes: the math is in `cells`.
 
 `run_layer` dispatches to the fused C++ engine (`gatedrnn.engine.fused`, built at first use) for CPU
 tensors of dtype float32 or float64, and to the reference scan (`gatedrnn.engine.scan`) otherwise:

@@ -219,9 +219,10 @@ def direct_entry(name: str, args: tuple):
     dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor, ...), a __torch_function__ mode or
     subclass among `args`, a torch.func transform or the profiler (which records the operator), or without an
     engine (or a stand-in without the entry)."""
+    if torch.compiler.is_compiling():  # first: dynamo folds it, and would trace the checks below
+        return None
     if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
-            or torch.compiler.is_compiling() or torch._C._is_tracing() or torch._C._autograd._profiler_enabled()
-            or torch._C._has_torch_function(args)):
+            or torch._C._is_tracing() or torch._C._autograd._profiler_enabled() or torch._C._has_torch_function(args)):
         return None
     return getattr(_build.load(), name, None)
 

@@ -280,9 +280,7 @@ class RecurrentBase(nn.Module):
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
         batch = x.shape[1]
 
-        # the engine's path for this call, chosen once for every layer (it reads GATEDRNN_BACKEND)
-        fused = self.spec.fused and engine.runs_fused(x)
-        if fused and not packed and not trace:
+        if not packed and not trace:
             stack = self._stack_inference(x, hx, batched)
             if stack is not None:
                 y, h_n, c_n = stack
@@ -292,6 +290,8 @@ class RecurrentBase(nn.Module):
                 return (y.transpose(0, 1) if self.batch_first else y), (hidden if is_lstm else h_n), []
 
         initial = self._initial_rows(hx, batch, batched, sorted_indices, x)
+        # the engine's path for this call, chosen once for every layer (it reads GATEDRNN_BACKEND)
+        fused = self.spec.fused and engine.runs_fused(x)
         mode, num_directions = self.mode, self.num_directions
         layer_input = x
         finals: list[tuple[Tensor, ...]] = []
@@ -330,28 +330,32 @@ class RecurrentBase(nn.Module):
 
     def _stack_inference(self, x: Tensor, hx, batched: bool) -> Optional[tuple[Tensor, Tensor, Optional[Tensor]]]:
         """The whole stack in one call into the engine (`engine.run_stack_inference`) where nothing needs a
-        gradient and no regulariser draws noise, for x (T, B, I): (y (T, B, D * P), h_n, c_n or None), or None
-        where the layer-by-layer loop runs (it raises hx's errors; this path validates hx the same way)."""
-        # `_noise`'s and `_noisy_weights`' conditions, without drawing anything (the loop below would draw again)
+        gradient, no regulariser draws noise and the fused engine runs x (T, B, I): (y (T, B, D * P), h_n, c_n or
+        None), or None where the layer-by-layer loop runs. The cheap checks come first: a training step returns
+        None before reading a weight (a parametrized weight is computed once per forward, by the loop) or hx."""
+        if torch.compiler.is_compiling() or self.spec.kernel_weights is not None or self.spec.extra_params:
+            return None  # compiled: the operator, which the graph records; cells with their own operands
+        # `_noise`'s and `_noisy_weights`' conditions, without drawing anything (the loop would draw again)
         if self.zoneout != (0.0, 0.0) or (self.training and (
                 self.recurrent_dropout or self.candidate_dropout or self.weight_drop
                 or (self.dropout and self.num_layers > 1))):
             return None
+        if torch.is_grad_enabled():
+            raw = (hx,) if isinstance(hx, Tensor) else tuple(hx) if isinstance(hx, (tuple, list)) else ()
+            for t in (x, *raw, *self.parameters()):
+                if isinstance(t, Tensor) and t.requires_grad:
+                    return None
+        # hx's checks before the engine's first build, in the loop's order
+        states = (None, None) if hx is None else self._initial_state(hx, x.shape[1], batched, None, x)
+        if not (self.spec.fused and engine.runs_fused(x)):
+            return None
         weights: list[Optional[Tensor]] = []
         for layer in range(self.num_layers):
             for direction in range(self.num_directions):
-                w_ih, w_hh, b_ih, b_hh, w_hr, extra = self.layer_weights(layer, direction)
-                if extra or self.spec.kernel_weights is not None:  # cells with their own operands
-                    return None
-                weights += (w_ih, w_hh, b_ih, b_hh, w_hr)
-        if torch.is_grad_enabled():
-            raw = (hx,) if isinstance(hx, Tensor) else tuple(hx) if isinstance(hx, (tuple, list)) else ()
-            for t in (x, *raw, *weights):
-                if isinstance(t, Tensor) and t.requires_grad:
-                    return None
-        states = (None, None) if hx is None else self._initial_state(hx, x.shape[1], batched, None, x)
+                weights += self.layer_weights(layer, direction)[:5]
         return engine.run_stack_inference(self.mode, x, states[0], states[1] if len(states) > 1 else None, weights,
-                                          self.num_layers, self.bidirectional)
+                                          self.num_layers, self.bidirectional, self.proj_size or self.hidden_size,
+                                          self.hidden_size)
 
     def _initial_rows(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> list[tuple[Tensor, ...]]:
         """`_initial_state` by row k = layer * D + direction: D*L tuples of (B, ·) tensors, each the state the

@@ -102,6 +102,17 @@ inline constexpr int kVecBytes = 32;
 inline constexpr int kVecBytes = 16;
 #endif
 
+// Room for `count` values in `buffer` (grown when needed) from an address aligned to 64 bytes: the kernels read
+// their packed weights as whole registers, and a 64-byte load 16 bytes off a cache line reads two lines (the
+// batch-1 step at H = 64 measured 0.49 against 0.69 us a step; benchmarks/micro/step_gemv.cpp).
+template <typename T>
+T* aligned_room(std::vector<T>& buffer, size_t count) {
+  constexpr size_t kPad = 64 / sizeof(T);
+  if (buffer.size() < count + kPad) buffer.resize(count + kPad);
+  const size_t off_line = reinterpret_cast<uintptr_t>(buffer.data()) % 64;
+  return buffer.data() + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
+}
+
 // A vector of x in every lane. Written x − 0, which is x for every x and folds to one broadcast; 0 + x is not x
 // at x = −0, so `Vec{} + x` cost an add (on the FMA ports) before every broadcast.
 template <typename Vec, typename T>
@@ -187,13 +198,13 @@ struct SmallPanels {
     }
   }
 
-  // reverse: the panels last to first (see above; the results are the same either way)
+  // reverse: the first row's panels last to first (see above; the results are the same either way)
   static void compute(int n, int N, int K, const T* X, int ldx, const T* packed, T beta, T* C, int ldc,
                       bool reverse) {
     const int panels = (N + kWidth - 1) / kWidth;
     for (int r = 0; r < n; ++r)
-      for (int i = 0; i < panels; ++i) {
-        const int n0 = (reverse ? panels - 1 - i : i) * kWidth;
+      for (int i = 0; i < panels; ++i) {  // a second row starts where the first ended
+        const int n0 = (reverse != (r & 1) ? panels - 1 - i : i) * kWidth;
         panel<kNV>(N, K, X + (int64_t)r * ldx, packed + (size_t)n0 * K, beta, C + (int64_t)r * ldc, n0);
       }
   }
@@ -453,8 +464,7 @@ class StepWeight {
       const size_t count = SmallPanels<T>::packed_size(N, K);
       // a weight above 16 MB gets its own buffer, freed with this object: the thread keeps no more than 3 x 16 MB
       std::vector<T>& buffer = count * sizeof(T) > (size_t(16) << 20) ? own_ : scratch[std::clamp(scratch_slot, 0, 2)];
-      if (buffer.size() < count) buffer.resize(count);
-      small_panels_ = buffer.data();
+      small_panels_ = aligned_room(buffer, count);
       SmallPanels<T>::pack(w, N, K, small_panels_);
     }
   }
@@ -493,7 +503,7 @@ class StepWeight {
       return SmallPanels<T>::compute(rows, N_, K_, X, ldx, small_panels_, beta, C, ldc, reverse);
     }
     if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, w_, beta, C, ldc);
-    if (panel_) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panel_buffer_.data(), beta, C, ldc);
+    if (panel_) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panels_, beta, C, ldc);
     compute_blas(rows, X, ldx, beta, C, ldc);
   }
 
@@ -504,7 +514,7 @@ class StepWeight {
     decided_ = true;
     panel_ = prefers_panels(rows);
     if (panel_) pack_panels();
-    else std::vector<T>().swap(panel_buffer_);  // (the timing packed it)
+    else std::vector<T>().swap(panel_buffer_), panels_ = nullptr;  // (the timing packed it)
     (panel_ ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
   }
 
@@ -521,7 +531,7 @@ class StepWeight {
       prepare_blas(rows);
       pack_panels();
       auto blas = [&] { compute_blas(rows, X.data(), K_, T(0), C.data(), N_); };
-      auto own = [&] { PanelGemm<T>::compute(rows, N_, K_, X.data(), K_, panel_buffer_.data(), T(0), C.data(), N_); };
+      auto own = [&] { PanelGemm<T>::compute(rows, N_, K_, X.data(), K_, panels_, T(0), C.data(), N_); };
       auto elapsed_us = [](auto&& run) {
         const auto start = std::chrono::steady_clock::now();
         run();
@@ -541,9 +551,9 @@ class StepWeight {
   }
 
   void pack_panels() {
-    if (!panel_buffer_.empty()) return;
-    panel_buffer_.resize(PanelGemm<T>::packed_size(N_, K_));
-    PanelGemm<T>::pack(w_, trans_, N_, K_, panel_buffer_.data());
+    if (panels_ != nullptr) return;
+    panels_ = aligned_room(panel_buffer_, PanelGemm<T>::packed_size(N_, K_));
+    PanelGemm<T>::pack(w_, trans_, N_, K_, panels_);
   }
 
   void prepare_blas(int n) {
@@ -581,11 +591,13 @@ class StepWeight {
   static constexpr int kSmallRows = 2;
   const T* w_;
   T* small_panels_ = nullptr;            // SmallPanels of W (batch 1-2, W (N, K)), else null
-  mutable std::atomic<unsigned> small_calls_{0};  // its parity orders the panels (calls may come from two threads)
+  // its parity orders the panels; atomic, as `compute` may be called from several threads (on disjoint rows)
+  mutable std::atomic<unsigned> small_calls_{0};
   std::vector<T> own_;
   bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false, panel_ = false;
   std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
   std::vector<T> panel_buffer_;
+  T* panels_ = nullptr;  // PanelGemm's packed W in panel_buffer_ (64-byte aligned), null before packing
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;
   size_t capacity_ = 0;

@@ -339,13 +339,14 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
 // padded x (T, B, I), as one pybind call (`gatedrnn.engine.fused.run_stack_inference`): per layer and direction
 // the kernel of scan_direct, with the layer's Python loop, its state slicing and the stacking of h_n moved here
 // (~40 us a forward at batch 1 on a 2-core VM, where the whole batch-1 step costs ~1 us). h0, c0: (L * D, B, ·) or
-// None for zeros; weights: 5 per layer and direction (LayerWeights' order), layer-major. Returns y (T, B, D * P),
+// None for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
+// layer-major. Returns y (T, B, D * P),
 // h_n (L * D, B, P) and c_n (L * D, B, H) (undefined without c0's cell state, i.e. for cells without c: None in
 // Python), or None where scan_direct would decline the tensors.
 std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
                                   const c10::optional<at::Tensor>& c0, bool has_c,
                                   const std::vector<c10::optional<at::Tensor>>& weights, int64_t num_layers,
-                                  bool bidirectional) {
+                                  bool bidirectional, int64_t out_size, int64_t hidden_size) {
   const at::ScalarType dtype = x.scalar_type();
   const int64_t D = bidirectional ? 2 : 1, count = num_layers * D;
   if ((dtype != at::kFloat && dtype != at::kDouble) || !plain_operand(x, dtype) || x.dim() != 3 || num_layers < 1 ||
@@ -368,10 +369,10 @@ std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, 
     for (int64_t d = 0; d < D; ++d) {
       const int64_t k = layer * D + d;
       const c10::optional<at::Tensor>* w = &weights[5 * k];
-      const int64_t P = w[1]->size(1), H = w[4].has_value() ? w[4]->size(1) : P;
-      const at::Tensor h_start = h0.has_value() ? (*h0)[k] : at::zeros({B, P}, x.options());
-      const c10::optional<at::Tensor> c_start =
-          !has_c ? none : c10::optional<at::Tensor>(c0.has_value() ? (*c0)[k] : at::zeros({B, H}, x.options()));
+      // zeros of the module's sizes (not the weights'): a replaced weight of a wrong shape gets scan_op's message
+      const at::Tensor h_start = h0.has_value() ? (*h0)[k] : at::zeros({B, out_size}, x.options());
+      const c10::optional<at::Tensor> c_start = !has_c ? none : c10::optional<at::Tensor>(
+          c0.has_value() ? (*c0)[k] : at::zeros({B, hidden_size}, x.options()));
       auto [y, h_n, c_n, gates, c_hist, extra] = scan_op(cell, input, h_start, c_start, *w[0], *w[1], w[2], w[3],
                                                          w[4], {}, d == 1, false, none, none, none, none);
       outputs.push_back(y);
@@ -476,7 +477,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(cell, x (B, I), h (L, B, P), c (L, B, H) or None, weights: 5 per layer) -> (y, h, c) or None");
   m.def("stack_direct", &gatedrnn::stack_direct,
         "(cell, x (T, B, I), h0, c0 (L*D, B, ·) or None, has_c, weights: 5 per layer and direction, num_layers, "
-        "bidirectional) -> (y, h_n, c_n) or None");
+        "bidirectional, out_size, hidden_size) -> (y, h_n, c_n) or None");
   m.def("scan_direct", &gatedrnn::scan_direct,
         "gatedrnn::scan's arguments -> its 6 outputs, or None for anything but plain float32/float64 CPU tensors");
 }

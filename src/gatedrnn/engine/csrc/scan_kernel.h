@@ -207,7 +207,7 @@ inline std::atomic<int> last_forward_split{kSerial};
 
 // scan_forward when splits_units: one parallel region for the whole sequence. Thread k owns hidden
 // units [j0, j1) (whole cache lines): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
-// block (from its own (P, units) copies of W_hh's rows, made once per call), runs the cell's pass on them
+// block (from its own copy of W_hh's rows in SmallPanels, made once per call), runs the cell's pass on them
 // (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
 // from y_t, so one barrier per step separates writing y_t from reading it, and no buffer is reused while read.
 template <typename Cell, typename T>
@@ -234,10 +234,10 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
     // buffers kept per thread: no allocation or page faults at every call
     static thread_local std::vector<T> w_own, rec;
     const size_t block = SmallPanels<T>::packed_size(units, static_cast<int>(P));
-    w_own.resize(std::max<size_t>(w_own.size(), G * block));
+    T* const own = aligned_room(w_own, G * block);
     rec.resize(std::max<size_t>(rec.size(), static_cast<size_t>(B) * GH));  // h W_hhᵀ, this thread's columns
     for (int g = 0; g < G && units > 0; ++g)
-      SmallPanels<T>::pack(w_hh_p + (g * H + j0) * P, units, static_cast<int>(P), w_own.data() + g * block);
+      SmallPanels<T>::pack(w_hh_p + (g * H + j0) * P, units, static_cast<int>(P), own + g * block);
     int64_t chunk_start = -1;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s;
@@ -257,7 +257,7 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
         for (int i = 0; i < G; ++i) {  // every other step in reverse order (see SmallPanels)
           const int g = s & 1 ? G - 1 - i : i;
           SmallPanels<T>::compute(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
-                                  w_own.data() + g * block, T(0), rec.data() + g * H + j0, static_cast<int>(GH),
+                                  own + g * block, T(0), rec.data() + g * H + j0, static_cast<int>(GH),
                                   s & 1);
         }
         for (int64_t b = 0; b < B; ++b) {
