@@ -1,12 +1,16 @@
-// The batch-1 step GEMV c (N) = W x for the layouts the engine weighed (engine/csrc/README.md quotes these runs).
-// Standalone, single thread; N = 4H rows of W_hh, K = H (or the columns given).
+// The batch-1 step GEMV c (N) = W x with the engine's kernels (engine/csrc/blas.h), for the layouts the engine
+// weighed; engine/csrc/README.md quotes these runs. Standalone (no torch), one thread; N = 4 H rows, K = H columns
+// (or the K given).
 //   g++ -O3 -march=native -mprefer-vector-width=512 -std=c++20 benchmarks/micro/step_gemv.cpp -o /tmp/step_gemv
 //   /tmp/step_gemv 64          # W_hh of an LSTM at H = 64: N = 256, K = 64
 //   /tmp/step_gemv 256 512     # a whole H = 256 streaming step: [W_ih | W_hh], N = 1024, K = 512
-// Layouts: "transposed" is W as (K, N) read in blocks of 8 registers (the kernel before SmallPanels); "panels" is
-// SmallPanels' (K, 8 registers) column panels, in one order or alternating from step to step; "bf16 panels" stores
-// the panels as bfloat16 and widens them to float in registers (a compact copy for streaming, weighed and not
-// adopted: see the README).
+//   /tmp/step_gemv 64 64 16    # the weights 16 bytes off a cache line (the engine aligns its copies to 64 bytes)
+// Layouts:
+//   rows (N, K) in place      gemv_rows4: row dot products on W as stored (the streaming step's kernel)
+//   transposed (K, N)         small_rows_kn on a transposed copy (the sequence kernel before SmallPanels)
+//   panels[, alternating]     SmallPanels: column panels of 8 registers, in one order or alternating by step
+//   bf16 panels, alternating  the same panels stored as bfloat16, widened to float in registers (a compact copy for
+//                             streaming: weighed, not adopted)
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -15,44 +19,35 @@
 #include <cstring>
 #include <vector>
 
-constexpr int kLanes = 16, kNV = 8, kWidth = kNV * kLanes;  // 512-bit registers of float
-typedef float Vec __attribute__((vector_size(64)));
-typedef uint32_t VecU __attribute__((vector_size(64)));
-typedef uint16_t VecH __attribute__((vector_size(32)));
+#include "../../src/gatedrnn/engine/csrc/blas.h"
 
-static inline Vec splat(float x) { return x - Vec{}; }
+using gatedrnn::SmallPanels;
+using Panels = SmallPanels<float>;
+constexpr int kLanes = Panels::kLanes, kWidth = Panels::kWidth;
+typedef float Vec __attribute__((vector_size(gatedrnn::kVecBytes), aligned(4)));
+typedef uint32_t VecU __attribute__((vector_size(gatedrnn::kVecBytes)));
+typedef uint16_t VecH __attribute__((vector_size(gatedrnn::kVecBytes / 2)));
 
-static void transposed(int N, int K, const float* x, const float* w_kn, float* c, bool) {
-  for (int n0 = 0; n0 < N; n0 += kWidth) {
-    Vec acc[kNV] = {};
-    for (int k = 0; k < K; ++k) {
-      const Vec a = splat(x[k]);
-      const Vec* w = reinterpret_cast<const Vec*>(w_kn + (size_t)k * N + n0);
-      for (int u = 0; u < kNV; ++u) acc[u] += a * w[u];
-    }
-    std::memcpy(c + n0, acc, sizeof(acc));
-  }
+// `count` values from an address `offset` bytes past a 64-byte boundary (never freed: one run per process)
+template <typename T>
+static T* buffer(size_t count, int offset) {
+  char* base = static_cast<char*>(std::aligned_alloc(64, (count * sizeof(T) + offset + 63) / 64 * 64));
+  return reinterpret_cast<T*>(base + offset);
 }
 
-template <typename W>
-static void panels(int N, int K, const float* x, const W* packed, float* c, bool reverse) {
+// SmallPanels::compute's loop over bfloat16 panels (full panels only: N a multiple of kWidth)
+static void bf16_panels(int N, int K, const float* x, const uint16_t* packed, float* c, bool reverse) {
   const int count = N / kWidth;
   for (int i = 0; i < count; ++i) {
     const int n0 = (reverse ? count - 1 - i : i) * kWidth;
-    const W* panel = packed + (size_t)n0 * K;
-    Vec acc[kNV] = {};
+    const uint16_t* panel = packed + (size_t)n0 * K;
+    Vec acc[Panels::kNV] = {};
     for (int k = 0; k < K; ++k) {
-      const Vec a = splat(x[k]);
-      for (int u = 0; u < kNV; ++u) {
-        Vec w;
-        if constexpr (sizeof(W) == 4) {
-          std::memcpy(&w, panel + (size_t)k * kWidth + u * kLanes, sizeof(w));
-        } else {  // bfloat16: the high half of a float
-          VecH h;
-          std::memcpy(&h, panel + (size_t)k * kWidth + u * kLanes, sizeof(h));
-          w = (Vec)(__builtin_convertvector(h, VecU) << 16);
-        }
-        acc[u] += a * w;
+      const Vec a = gatedrnn::splat<Vec>(x[k]);
+      for (int u = 0; u < Panels::kNV; ++u) {
+        VecH h;
+        std::memcpy(&h, panel + (size_t)k * kWidth + u * kLanes, sizeof(h));
+        acc[u] += a * (Vec)(__builtin_convertvector(h, VecU) << 16);
       }
     }
     std::memcpy(c + n0, acc, sizeof(acc));
@@ -75,30 +70,35 @@ static double us_per_step(F&& step, std::vector<float>& x, const std::vector<flo
 
 int main(int argc, char** argv) {
   const int H = argc > 1 ? std::atoi(argv[1]) : 64, N = 4 * H, K = argc > 2 ? std::atoi(argv[2]) : H;
+  const int offset = argc > 3 ? std::atoi(argv[3]) : 0;
   if (N % kWidth != 0) return std::fprintf(stderr, "4 H should be a multiple of %d\n", kWidth), 1;
-  std::vector<float> w((size_t)N * K), w_kn(w.size()), pan(w.size()), x(K, 0.01f), c(N);
-  std::vector<uint16_t> pan16(w.size());
-  for (size_t i = 0; i < w.size(); ++i) w[i] = (float)((i * 7919) % 1000) * 1e-4f;  // W (N, K)
+  const size_t size = (size_t)N * K;
+  std::vector<float> x(K, 0.01f), c(N);
+  float* w = buffer<float>(size, offset);      // (N, K), as a parameter is stored
+  float* w_kn = buffer<float>(size, offset);   // (K, N)
+  float* panels = buffer<float>(size, offset);
+  uint16_t* panels16 = buffer<uint16_t>(size, offset);
+  for (size_t i = 0; i < size; ++i) w[i] = (float)((i * 7919) % 1000) * 1e-4f;
   for (int n = 0; n < N; ++n)
-    for (int k = 0; k < K; ++k) {
-      const float v = w[(size_t)n * K + k];
-      w_kn[(size_t)k * N + n] = v;
-      const size_t at = (size_t)(n / kWidth) * kWidth * K + (size_t)k * kWidth + n % kWidth;
-      pan[at] = v;
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      pan16[at] = (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);  // round to nearest even
-    }
-  std::printf("N = %d, K = %d (%zu KB of float weights), best of 30 runs of 500 steps:\n", N, K, w.size() * 4 / 1024);
+    for (int k = 0; k < K; ++k) w_kn[(size_t)k * N + n] = w[(size_t)n * K + k];
+  Panels::pack(w, N, K, panels);
+  for (size_t i = 0; i < size; ++i) {  // round to nearest even
+    uint32_t bits;
+    std::memcpy(&bits, &panels[i], 4);
+    panels16[i] = (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+  }
+  std::printf("N = %d, K = %d (%zu KB of float weights, %d bytes off a cache line), best of 30 runs of 500 steps:\n",
+              N, K, size * 4 / 1024, offset);
   const struct { const char* name; int kind; bool alternate; } layouts[] = {
-      {"transposed (K, N)", 0, false}, {"panels", 1, false}, {"panels, alternating", 1, true},
-      {"bf16 panels, alternating", 2, true}};
+      {"rows (N, K) in place", 0, false}, {"transposed (K, N)", 1, false}, {"panels", 2, false},
+      {"panels, alternating", 2, true}, {"bf16 panels, alternating", 3, true}};
   for (const auto& layout : layouts) {
     const double us = us_per_step([&](int s) {
       const bool reverse = layout.alternate && (s & 1);
-      if (layout.kind == 0) transposed(N, K, x.data(), w_kn.data(), c.data(), reverse);
-      else if (layout.kind == 1) panels(N, K, x.data(), pan.data(), c.data(), reverse);
-      else panels(N, K, x.data(), pan16.data(), c.data(), reverse);
+      if (layout.kind == 0) gatedrnn::gemv_rows4<float>(0, N, K, w, x.data(), c.data());
+      else if (layout.kind == 1) gatedrnn::small_rows_kn<float>(1, N, K, x.data(), K, w_kn, 0.0f, c.data(), N);
+      else if (layout.kind == 2) Panels::compute(1, N, K, x.data(), K, panels, 0.0f, c.data(), N, reverse);
+      else bf16_panels(N, K, x.data(), panels16, c.data(), reverse);
     }, x, c);
     std::printf("  %-26s %8.3f us a step\n", layout.name, us);
   }
