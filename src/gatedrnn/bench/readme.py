@@ -33,14 +33,14 @@ REGULARISER_RESULTS = Path("docs/results/regulariser_study.json")
 REGULARISER_EARLIER = Path("docs/results/regulariser_study_120k.json")
 GREFF_RESULTS = Path("docs/results/greff_study.json")
 # The run whose variant cases (`gatedrnn.bench.cases.LAYER_VARIANTS`) the variants block shows.
-VARIANT_RUN = Path("benchmarks/results/2026-11-30-6.json")
+VARIANT_RUN = Path("benchmarks/results/2026-11-30-7.json")
 # Variant cases measured again on their own (`gatedrnn bench --only ... --out ...`), shown under the table (none
 # for the current run).
 VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
-    (Path("benchmarks/results/2026-11-30-6.json"), None),
+    (Path("benchmarks/results/2026-11-30-7.json"), None),
     (Path("benchmarks/results/2026-11-30-5.json"), None),
     (Path("benchmarks/results/2026-11-25-2.json"), Path("benchmarks/results/2026-11-25-3.json")),
 )
