@@ -398,20 +398,11 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
     for cell, batch, hidden, options in cases:
         torch.manual_seed(batch)
         module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
-        x = torch.randn(6, batch, 12, dtype=dtype)
-        count = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
-        h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
-        c0 = torch.randn(count, batch, hidden, dtype=dtype)
-        fresh = lambda: (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
-            else h0.clone().requires_grad_()  # noqa: E731
-        weights = (torch.randn(6 * batch * 2 * hidden, dtype=dtype), torch.randn(4 * batch * 2 * hidden, dtype=dtype))
+        x, fresh, weights = _inputs(cell, 6, batch, hidden, options, dtype)
         before = library.gemm_weights()
         got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
         after = library.gemm_weights()
-        expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
-        for what, a, b in zip(("outputs", "gradients"), got, expected):
-            for k, (actual, wanted) in enumerate(zip(a, b)):
-                assert_close_scaled(actual, wanted, TOLERANCE[dtype], f"{cell} {what}[{k}]")
+        _assert_runs_close(cell, got, run(reference, x.clone().requires_grad_(), fresh(), None, weights), dtype)
         forced, other = (1, 0) if gemm == "own" else (0, 1)
         assert after[forced] > before[forced] and after[other] == before[other], (gemm, before, after)
 
@@ -430,13 +421,7 @@ def test_batch_one_two_step_kernel_equals_torch(cell, hidden, options, batch, dt
     panels, partial last panels)."""
     torch.manual_seed(hidden + batch)
     module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
-    x = torch.randn(9, batch, 12, dtype=dtype)
-    count = 2 if options.get("bidirectional") else 1
-    h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
-    c0 = torch.randn(count, batch, hidden, dtype=dtype)
-    fresh = lambda: (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
-        else h0.clone().requires_grad_()  # noqa: E731
-    weights = (torch.randn(9 * batch * 2 * hidden, dtype=dtype), torch.randn(2 * batch * 2 * hidden, dtype=dtype))
+    x, fresh, weights = _inputs(cell, 9, batch, hidden, options, dtype)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # the serial path (two threads would split units at hidden >= 128)
@@ -446,10 +431,30 @@ def test_batch_one_two_step_kernel_equals_torch(cell, hidden, options, batch, dt
     finally:
         torch.set_num_threads(threads)
     expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
+    _assert_runs_close(cell, got, expected, dtype)
+    assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
+
+
+def _inputs(cell: str, steps: int, batch: int, hidden: int, options: dict, dtype):
+    """x (steps, batch, 12), a function making fresh leaf copies of one random hx, and `run`'s loss weights."""
+    x = torch.randn(steps, batch, 12, dtype=dtype)
+    count = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
+    h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
+    c0 = torch.randn(count, batch, hidden, dtype=dtype)
+
+    def fresh():
+        return (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
+            else h0.clone().requires_grad_()
+
+    weights = (torch.randn(steps * batch * 2 * hidden, dtype=dtype), torch.randn(4 * batch * 2 * hidden, dtype=dtype))
+    return x, fresh, weights
+
+
+def _assert_runs_close(cell: str, got, expected, dtype) -> None:
+    """`run`'s outputs and gradients of ours equal torch.nn's, each within TOLERANCE scaled to its magnitude."""
     for what, a, b in zip(("outputs", "gradients"), got, expected):
         for k, (actual, wanted) in enumerate(zip(a, b)):
             assert_close_scaled(actual, wanted, TOLERANCE[dtype], f"{cell} {what}[{k}]")
-    assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
 
 
 def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkeypatch):
