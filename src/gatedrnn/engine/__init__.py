@@ -26,8 +26,8 @@ from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.scan import ScanResult, scan_reference
 from gatedrnn.engine.step import step_layers
 
-__all__ = ["LayerNoise", "ScanResult", "backend_info", "run_layer", "run_stack_inference", "runs_fused", "scan_reference",
-           "step_layers"]
+__all__ = ["LayerNoise", "ScanResult", "backend_info", "run_layer", "run_stack_inference", "runs_fused",
+           "scan_reference", "step_layers"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 # Reports that upper layers add to backend_info() (the engine never imports them): name -> () -> dict.

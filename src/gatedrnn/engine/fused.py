@@ -117,8 +117,9 @@ def run_stack_inference(cell: str, x: Tensor, h0: Optional[Tensor], c0: Optional
     needs a gradient, nothing is traced and no regulariser draws noise: every layer and direction in one call into
     the engine (`stack_direct`), the same kernel and results as `run_layer_fused` layer by layer. h0, c0: (L * D, B,
     ·) or None for zeros of (B, out_size) and (B, hidden_size) (c0 only for cells with a cell state); weights:
-    LayerWeights' five per layer and direction, layer-major. Returns (y (T, B, D * P), h_n (L * D, B, P), c_n (L * D, B, H) or None), or None where the call
-    must take the layer-by-layer path (a dispatch mode, a transform, the profiler, tensors the engine declines)."""
+    LayerWeights' five per layer and direction, layer-major. Returns (y (T, B, D * P), h_n (L * D, B, P), c_n
+    (L * D, B, H) or None), or None where the call must take the layer-by-layer path (a dispatch mode, a
+    transform, the profiler, tensors the engine declines)."""
     args = (x, h0, c0, *weights)
     direct = direct_entry("stack_direct", args)
     if direct is None:

@@ -104,7 +104,7 @@ inline constexpr int kVecBytes = 16;
 
 // Room for `count` values in `buffer` (grown when needed) from an address aligned to 64 bytes: the kernels read
 // their packed weights as whole registers, and a 64-byte load 16 bytes off a cache line reads two lines (the
-// batch-1 step at H = 64 measured 0.49 against 0.69 us a step; benchmarks/micro/step_gemv.cpp).
+// batch-1 step at H = 64: 0.45 against 0.70 us; benchmarks/micro/step_gemv.cpp, table in csrc/README.md).
 template <typename T>
 T* aligned_room(std::vector<T>& buffer, size_t count) {
   constexpr size_t kPad = 64 / sizeof(T);
@@ -173,7 +173,8 @@ void small_rows_kn(int n, int N, int K, const T* X, int ldx, const T* W, T beta,
 // kWidth) contiguous, zeros past N. A step reads the whole weight once per row, in order (the prefetchers follow
 // one stream; the plain transpose (K, N) read 8 registers of each row, 4 N bytes apart), and every other step in
 // the opposite panel order: a weight a little larger than L1 (W_hh at H = 64 is 64 KB, L1 32-48 KB) then starts
-// each step on the panels the last step read most recently, still in L1 (batch 1, H = 64: 1.06 -> 0.68 µs a step).
+// each step on the panels the last step read most recently, still in L1 (batch 1, H = 64, aligned: 0.54 µs a step
+// for the transpose, 0.45 µs for the panels; csrc/README.md).
 // Each column sums k in order in one accumulator, so the panel order changes no result.
 template <typename T>
 struct SmallPanels {
@@ -184,8 +185,8 @@ struct SmallPanels {
   static int panel_width(int N, int n0) { return std::min(kWidth, (N - n0 + kLanes - 1) / kLanes * kLanes); }
   static size_t packed_size(int N, int K) { return (size_t)K * ((N + kLanes - 1) / kLanes * kLanes); }
 
-  // out (packed_size) from W (N, K) row-major. Per panel, k outer: the kWidth rows read at one k share cache
-  // lines with the next 15 k (they stay in L1), and the writes are contiguous.
+  // out (packed_size) from W (N, K) row-major. Per panel, k outer: the kWidth rows read at one k share their
+  // cache lines with the next k's (they stay in L1), and the writes are contiguous.
   static void pack(const T* __restrict__ w, int N, int K, T* __restrict__ out) {
     for (int n0 = 0; n0 < N; n0 += kWidth) {
       const int stride = panel_width(N, n0), width = std::min(stride, N - n0);

@@ -338,11 +338,10 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
 // A whole stack's forward where nothing needs a gradient, nothing is traced and no regulariser draws noise, on a
 // padded x (T, B, I), as one pybind call (`gatedrnn.engine.fused.run_stack_inference`): per layer and direction
 // the kernel of scan_direct, with the layer's Python loop, its state slicing and the stacking of h_n moved here
-// (~40 us a forward at batch 1 on a 2-core VM, where the whole batch-1 step costs ~1 us). h0, c0: (L * D, B, ·) or
-// None for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
-// layer-major. Returns y (T, B, D * P),
-// h_n (L * D, B, P) and c_n (L * D, B, H) (undefined without c0's cell state, i.e. for cells without c: None in
-// Python), or None where scan_direct would decline the tensors.
+// (~30 us a forward at batch 1 on a 2-core VM, where a batch-1 step costs ~1 us). h0, c0: (L * D, B, ·) or None
+// for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
+// layer-major. Returns y (T, B, D * P), h_n (L * D, B, P) and c_n (L * D, B, H) (undefined, None in Python, for
+// cells without a cell state), or None where scan_direct would decline the tensors.
 std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
                                   const c10::optional<at::Tensor>& c0, bool has_c,
                                   const std::vector<c10::optional<at::Tensor>>& weights, int64_t num_layers,
