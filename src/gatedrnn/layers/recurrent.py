@@ -278,18 +278,30 @@ class RecurrentBase(nn.Module):
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
-        batch = x.shape[1]
 
-        if not packed and not trace:
-            stack = self._stack_inference(x, hx, batched)
-            if stack is not None:
-                y, h_n, c_n = stack
-                hidden = (h_n,) if c_n is None else (h_n, c_n)
-                if not batched:
-                    return y.squeeze(1), (tuple(h.squeeze(1) for h in hidden) if is_lstm else h_n.squeeze(1)), []
-                return (y.transpose(0, 1) if self.batch_first else y), (hidden if is_lstm else h_n), []
+        stack = None if packed or trace else self._stack_inference(x, hx, batched)
+        if stack is not None:
+            layer_input, h_n, c_n = stack
+            hidden, traces = ((h_n,) if c_n is None else (h_n, c_n)), []
+        else:
+            layer_input, hidden, traces = self._run_layers(x, hx, batched, batch_sizes, sorted_indices, trace)
+        if unsorted_indices is not None:
+            hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
+        if packed:
+            output = PackedSequence(
+                padded_to_packed(layer_input, input.batch_sizes), input.batch_sizes, sorted_indices, unsorted_indices
+            )
+        elif not batched:
+            output = layer_input.squeeze(1)
+            hidden = tuple(h.squeeze(1) for h in hidden)
+        else:
+            output = layer_input.transpose(0, 1) if self.batch_first else layer_input
+        return output, (hidden if is_lstm else hidden[0]), traces
 
-        initial = self._initial_rows(hx, batch, batched, sorted_indices, x)
+    def _run_layers(self, x: Tensor, hx, batched: bool, batch_sizes, sorted_indices, trace: bool):
+        """Layer by layer, direction by direction through `engine.run_layer`, for x (T, B, I): (the last layer's
+        output (T, B, D * P), the final states as (D * L, B, ·) tensors, traces[layer][direction])."""
+        initial = self._initial_rows(hx, x.shape[1], batched, sorted_indices, x)
         # the engine's path for this call, chosen once for every layer (it reads GATEDRNN_BACKEND)
         fused = self.spec.fused and engine.runs_fused(x)
         mode, num_directions = self.mode, self.num_directions
@@ -312,21 +324,9 @@ class RecurrentBase(nn.Module):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
             traces.append(layer_traces)
-
         # copies, not views, also for one layer: torch.nn's h_n takes h_n.detach_() and in-place updates
         hidden = tuple([torch.stack([f[j] for f in finals]) for j in range(len(finals[0]))])  # (D*L, B, ·)
-        if unsorted_indices is not None:
-            hidden = tuple(h.index_select(1, unsorted_indices) for h in hidden)
-        if packed:
-            output = PackedSequence(
-                padded_to_packed(layer_input, input.batch_sizes), input.batch_sizes, sorted_indices, unsorted_indices
-            )
-        elif not batched:
-            output = layer_input.squeeze(1)
-            hidden = tuple(h.squeeze(1) for h in hidden)
-        else:
-            output = layer_input.transpose(0, 1) if self.batch_first else layer_input
-        return output, (hidden if is_lstm else hidden[0]), traces
+        return layer_input, hidden, traces
 
     def _stack_inference(self, x: Tensor, hx, batched: bool) -> Optional[tuple[Tensor, Tensor, Optional[Tensor]]]:
         """The whole stack in one call into the engine (`engine.run_stack_inference`) where nothing needs a

@@ -235,10 +235,6 @@ struct SmallPanels {
   }
 };
 
-// y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
-// weight's at batch 1-2 when it serves one or two steps (StepWeight: no transposed copy). Four rows at a time
-// with independent accumulators, each weight read once and in place; a BLAS call per gate block costs more in
-// dispatch than this whole pass at H <= 256.
 // Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of 15 dependent adds,
 // which at H <= 256 costs more than the FMAs).
 template <typename T, typename Vec>
@@ -269,6 +265,10 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
   return sum;
 }
 
+// y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
+// weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). Four rows at a time
+// with independent accumulators, each weight read once and in place; a BLAS call per gate block costs more in
+// dispatch than this whole pass at H <= 256.
 template <typename T>
 inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
                        T* __restrict__ y) {
@@ -479,7 +479,7 @@ class StepWeight {
   void prepare(int n, int rows_per_call = 0) {
     if (mode_.empty() || n <= 0) return;  // no weight, or the small kernel (batch 1-2)
     if (!decided_) decide(rows_per_call > 0 ? rows_per_call : n);
-    if (panel_) return;
+    if (panels_ != nullptr) return;
     prepare_blas(n);
   }
 
@@ -504,7 +504,7 @@ class StepWeight {
       return SmallPanels<T>::compute(rows, N_, K_, X, ldx, small_panels_, beta, C, ldc, reverse);
     }
     if (small_) return small_rows_kn<T>(rows, N_, K_, X, ldx, w_, beta, C, ldc);
-    if (panel_) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panels_, beta, C, ldc);
+    if (panels_ != nullptr) return PanelGemm<T>::compute(rows, N_, K_, X, ldx, panels_, beta, C, ldc);
     compute_blas(rows, X, ldx, beta, C, ldc);
   }
 
@@ -513,10 +513,10 @@ class StepWeight {
   // (timed once per shape and process, on constant inputs; kept in GemmChoice).
   void decide(int rows) {
     decided_ = true;
-    panel_ = prefers_panels(rows);
-    if (panel_) pack_panels();
+    const bool own = prefers_panels(rows);
+    if (own) pack_panels();
     else std::vector<T>().swap(panel_buffer_), panels_ = nullptr;  // (the timing packed it)
-    (panel_ ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
+    (own ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
   }
 
   // Whether calls of `rows` rows run PanelGemm: GATEDRNN_GEMM if forced, else a known or a new measurement.
@@ -595,10 +595,11 @@ class StepWeight {
   // its parity orders the panels; atomic, as `compute` may be called from several threads (on disjoint rows)
   mutable std::atomic<unsigned> small_calls_{0};
   std::vector<T> own_;
-  bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false, panel_ = false;
+  bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false;
   std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
   std::vector<T> panel_buffer_;
-  T* panels_ = nullptr;  // PanelGemm's packed W in panel_buffer_ (64-byte aligned), null before packing
+  // PanelGemm's packed W in panel_buffer_ (64-byte aligned): set once `decide` chose PanelGemm (or while timing it)
+  T* panels_ = nullptr;
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;
   size_t capacity_ = 0;

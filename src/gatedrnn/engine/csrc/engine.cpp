@@ -272,6 +272,14 @@ Three step_op(c10::string_view cell_name, const at::Tensor& x, const at::Tensor&
   return step_layers(std::string(cell_name), x, h, c, weights);
 }
 
+// A float32/float64 CPU strided tensor of `dtype` that the dispatcher would hand straight to the CPU kernel:
+// no functorch wrapper, no Python dispatch key (a subclass, FakeTensor), not a lazily conjugated/negated view.
+bool plain_operand(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
+         !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
+         !t.key_set().has(c10::DispatchKey::Python);
+}
+
 // One streaming step as a plain pybind call (`gatedrnn.layers.streaming`): the dispatcher boxes the operator's
 // arguments (a string and a list of optional tensors) at every call, which at batch 1 costs more than the step's
 // arithmetic. Returns None for anything but plain, same-dtype float32/float64 CPU tensors of the shapes the first
@@ -283,14 +291,10 @@ std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, c
                                  const std::vector<c10::optional<at::Tensor>>& weights) {
   const at::ScalarType dtype = x.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
-  auto plain = [dtype](const at::Tensor& t) {
-    return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
-           !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
-           !t.key_set().has(c10::DispatchKey::Python);
-  };
-  if (!plain(x) || !plain(h) || (c.has_value() && !plain(*c))) return std::nullopt;
+  if (!plain_operand(x, dtype) || !plain_operand(h, dtype) || (c.has_value() && !plain_operand(*c, dtype)))
+    return std::nullopt;
   for (const c10::optional<at::Tensor>& w : weights)
-    if (w.has_value() && !plain(*w)) return std::nullopt;
+    if (w.has_value() && !plain_operand(*w, dtype)) return std::nullopt;
   // shapes the first layer implies (step_layers checks every layer): x (B, I), h (L, B, P), c (L, B, H)
   const int64_t L = static_cast<int64_t>(weights.size()) / 5;
   if (L < 1 || static_cast<int64_t>(weights.size()) != 5 * L || !weights[0].has_value() || !weights[1].has_value() ||
@@ -302,14 +306,6 @@ std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, c
   if (c.has_value() && (c->dim() != 3 || c->size(0) != L || c->size(1) != B || c->size(2) != H)) return std::nullopt;
   pybind11::gil_scoped_release no_gil;  // as the operator's Python binding does while its kernel runs
   return step_layers(cell, x, h, c, weights);
-}
-
-// A float32/float64 CPU strided tensor of `dtype` that the dispatcher would hand straight to the CPU kernel:
-// no functorch wrapper, no Python dispatch key (a subclass, FakeTensor), not a lazily conjugated/negated view.
-bool plain_operand(const at::Tensor& t, at::ScalarType dtype) {
-  return t.defined() && t.device().is_cpu() && t.layout() == at::kStrided && t.scalar_type() == dtype &&
-         !t.is_conj() && !t.is_neg() && !t.key_set().has_any(c10::functorch_transforms_ks) &&
-         !t.key_set().has(c10::DispatchKey::Python);
 }
 
 // gatedrnn::scan's forward without autograd as a plain pybind call (`gatedrnn.engine.fused`, nothing needing a
@@ -338,7 +334,7 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
 // A whole stack's forward where nothing needs a gradient, nothing is traced and no regulariser draws noise, on a
 // padded x (T, B, I), as one pybind call (`gatedrnn.engine.fused.run_stack_inference`): per layer and direction
 // the kernel of scan_direct, with the layer's Python loop, its state slicing and the stacking of h_n moved here
-// (~30 us a forward at batch 1 on a 2-core VM, where a batch-1 step costs ~1 us). h0, c0: (L * D, B, ·) or None
+// (~40 us a forward at batch 1 on a 2-core VM, where a batch-1 step costs ~1 us: benchmarks/micro/stack_call.py). h0, c0: (L * D, B, ·) or None
 // for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
 // layer-major. Returns y (T, B, D * P), h_n (L * D, B, P) and c_n (L * D, B, H) (undefined, None in Python, for
 // cells without a cell state), or None where scan_direct would decline the tensors.
