@@ -1,7 +1,7 @@
 """The engine cache under attack: truncated, half-written, planted or shared libraries, a symlinked lock,
 a missing compiler, an unwritable folder, two threads at the first call, a misspelt GATEDRNN_BACKEND.
 
-Each test copies the built cache folder (object files included, so a rebuild only relinks: seconds) into
+Each test copies the built cache folder (object files included, so a rebuild only relinks: seconds; see `built`) into
 tmp_path and runs a fresh Python process on it, since a bad library kills the process that loads it.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 import gatedrnn
 from gatedrnn.cli import main
@@ -37,10 +38,27 @@ print(json.dumps({"info": info, "warnings": [str(w.message) for w in caught if "
 
 
 @pytest.fixture(scope="module")
-def built() -> Path:
-    """The folder holding this build key's library (built now if needed)."""
+def built(tmp_path_factory) -> Path:
+    """The folder holding this build key's library, built from this checkout's sources.
+
+    A copy only relinks when its build.ninja names the same source and torch paths. The build key hashes the
+    sources' contents, not their path, so the shared cache may hold a library built from another checkout (or
+    another venv); its copies would each recompile everything (~1.5 min) into a different binary (__FILE__
+    strings). Then one private build is made here instead, once."""
     assert _build.load() is not None, f"the fused engine did not build: {_build.error()}"
-    return _build.cache_dir() / f"fused-{_build.build_key()}"
+    folder = _build.cache_dir() / f"fused-{_build.build_key()}"
+    ninja = folder / "build" / "build.ninja"
+    wanted = (str(Path(_build.__file__).parent / "csrc"), cpp_extension.include_paths()[0])
+    if ninja.is_file() and all(path in ninja.read_text() for path in wanted):
+        return folder
+    root = tmp_path_factory.mktemp("own-build") / "cache"
+    root.mkdir(mode=0o700)
+    env = {**os.environ, "GATEDRNN_CACHE_DIR": str(root), "PYTHONPATH": SRC}
+    env.pop("GATEDRNN_BACKEND", None)
+    done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"the private build failed: {done.stderr[-2000:]}"
+    return root / folder.name
 
 
 def copy_cache(built: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -76,7 +94,7 @@ def test_truncated_library_is_rebuilt_not_loaded(built: Path, tmp_path: Path) ->
     code, answer, err = probe(root)
     assert code == 0, f"the process died (exit {code}; -7 is SIGBUS): {err[-2000:]}"
     assert answer["info"]["backend"] == "fused" and answer["warnings"] == []
-    assert library.stat().st_size == size and _build.intact(library)
+    assert library.stat().st_size > size // 2 and _build.intact(library)  # rebuilt, and recorded
     assert err.count("compiling the fused C++ engine") == 1 and "once per machine" in err
 
 
