@@ -102,7 +102,8 @@ struct RowBackward {
 };
 
 // Calls f.template operator()<kSave, kCand>() for the runtime flags of a row pass: a loop with `if (a.save)` or
-// `cand ? … : …` inside vectorises only with masked stores and a test per vector (~3x slower at H = 128).
+// `cand ? … : …` inside vectorises only with masked loads and stores and a test per vector (~3x slower at H = 128),
+// and on NEON and SSE2, which have no masked loads and stores, not at all.
 template <typename F>
 inline void with_row_flags(bool save, bool cand, const F& f) {
   if (save) cand ? f.template operator()<true, true>() : f.template operator()<true, false>();
@@ -144,6 +145,12 @@ struct LSTMCell {
   }
 
   static void backward(int H, const RowBackward<T>& a) {
+    with_row_flags(a.m != nullptr, a.cand != nullptr,
+                   [&]<bool kM, bool kCand>() { backward_pass<kM, kCand>(H, a); });
+  }
+
+  template <bool kM, bool kCand>
+  static void backward_pass(int H, const RowBackward<T>& a) {
     const T* __restrict__ gate = a.gates;
     const T* __restrict__ c = a.c;
     const T* __restrict__ c_prev = a.c_prev;
@@ -155,9 +162,9 @@ struct LSTMCell {
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
       const T i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j];
-      const T keep = cand ? cand[j] : T(1);
+      const T keep = kCand ? cand[j] : T(1);
       const T tanh_c = tanh_(c[j]);
-      if (m) m[j] = o * tanh_c;                                 // h_next = o ⊙ tanh(c_next)
+      if constexpr (kM) m[j] = o * tanh_c;                                 // h_next = o ⊙ tanh(c_next)
       const T do_ = dh[j] * tanh_c;
       const T dc = dc_io[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
       const T di = dc * g * keep, dg = dc * i * keep, df = dc * c_prev[j];  // c_next = f ⊙ c + i ⊙ (g ⊙ keep)
@@ -178,6 +185,14 @@ struct GRUCell {
   static constexpr bool kCandidate = true;
 
   static void forward(int H, int units, const RowForward<T>& a) {
+    with_row_flags(a.save, a.cand != nullptr, [&]<bool kSave, bool kCand>() {
+      if (a.extra) pass<kSave, kCand, true>(H, units, a);
+      else pass<kSave, kCand, false>(H, units, a);
+    });
+  }
+
+  template <bool kSave, bool kCand, bool kHn>
+  static void pass(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
@@ -192,13 +207,19 @@ struct GRUCell {
       const T z = sigmoid(pre[H + j] + rec[H + j] + bias[H + j]);
       const T hn = rec[2 * H + j] + b_hn[j];                     // W_hn h + b_hn
       const T n = tanh_(pre[2 * H + j] + bias[2 * H + j] + r * hn);
-      if (a.save) pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
-      if (hn_out) hn_out[j] = hn;
-      h_next[j] = (T(1) - z) * (cand ? n * cand[j] : n) + z * h[j];
+      if constexpr (kSave) pre[j] = r, pre[H + j] = z, pre[2 * H + j] = n;
+      if constexpr (kHn) hn_out[j] = hn;
+      h_next[j] = (T(1) - z) * (kCand ? n * cand[j] : n) + z * h[j];
     }
   }
 
   static void backward(int H, const RowBackward<T>& a) {
+    if (a.cand) backward_pass<true>(H, a);
+    else backward_pass<false>(H, a);
+  }
+
+  template <bool kCand>
+  static void backward_pass(int H, const RowBackward<T>& a) {
     const T* __restrict__ gate = a.gates;
     const T* __restrict__ hn = a.extra;
     const T* __restrict__ h = a.h_prev;
@@ -210,7 +231,7 @@ struct GRUCell {
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
       const T r = gate[j], z = gate[H + j], n = gate[2 * H + j];
-      const T keep = cand ? cand[j] : T(1);
+      const T keep = kCand ? cand[j] : T(1);
       const T dz = dh[j] * (h[j] - n * keep);                    // h_next = (1 − z) ⊙ (n ⊙ keep) + z ⊙ h
       const T dn = dh[j] * (T(1) - z) * keep;
       dh_prev[j] = dh[j] * z;
@@ -247,7 +268,10 @@ struct RNNCell {
     const T* __restrict__ dh = a.dh;
     T* __restrict__ dG = a.dgate_x;
 #pragma GCC ivdep
-    for (int j = 0; j < H; ++j) dG[j] = kRelu ? (h[j] > T(0) ? dh[j] : T(0)) : dh[j] * (T(1) - h[j] * h[j]);
+    for (int j = 0; j < H; ++j) {
+      const T dh_j = dh[j];  // read unconditionally: a load under `h > 0` vectorises only with masked loads
+      dG[j] = kRelu ? (h[j] > T(0) ? dh_j : T(0)) : dh_j * (T(1) - h[j] * h[j]);
+    }
   }
 };
 
@@ -268,6 +292,11 @@ struct PeepholeLSTMCell {
   static constexpr int kPi = 0, kPf = kI, kPo = kI + kF;                     // peephole block offsets
 
   static void forward(int H, int units, const RowForward<T>& a) {
+    with_row_flags(a.save, a.cand != nullptr, [&]<bool kSave, bool kCand>() { pass<kSave, kCand>(H, units, a); });
+  }
+
+  template <bool kSave, bool kCand>
+  static void pass(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
@@ -282,9 +311,9 @@ struct PeepholeLSTMCell {
       const T f = kF ? sigmoid(z(kBf, j) + p[kPf * H + j] * c_prev) : T(1);
       const T i = kI ? sigmoid(z(kBi, j) + p[kPi * H + j] * c_prev) : (V == Greff::kCIFG ? T(1) - f : T(1));
       const T g = V == Greff::kNIAF ? z(kBg, j) : tanh_(z(kBg, j));
-      const T c_next = f * c_prev + i * (cand ? g * cand[j] : g);
+      const T c_next = f * c_prev + i * (kCand ? g * cand[j] : g);
       const T o = kO ? sigmoid(z(kBo, j) + p[kPo * H + j] * c_next) : T(1);
-      if (a.save) {
+      if constexpr (kSave) {
         if (kI) pre[kBi * H + j] = i;
         if (kF) pre[kBf * H + j] = f;
         pre[kBg * H + j] = g;
@@ -296,6 +325,12 @@ struct PeepholeLSTMCell {
   }
 
   static void backward(int H, const RowBackward<T>& a) {
+    with_row_flags(a.m != nullptr, a.cand != nullptr,
+                   [&]<bool kM, bool kCand>() { backward_pass<kM, kCand>(H, a); });
+  }
+
+  template <bool kM, bool kCand>
+  static void backward_pass(int H, const RowBackward<T>& a) {
     const T* __restrict__ gate = a.gates;
     const T* __restrict__ c = a.c;
     const T* __restrict__ c_prev = a.c_prev;
@@ -308,12 +343,12 @@ struct PeepholeLSTMCell {
     const T* __restrict__ cand = a.cand;
 #pragma GCC ivdep
     for (int j = 0; j < H; ++j) {
-      const T keep = cand ? cand[j] : T(1);
+      const T keep = kCand ? cand[j] : T(1);
       const T f = kF ? gate[kBf * H + j] : T(1);
       const T i = kI ? gate[kBi * H + j] : (V == Greff::kCIFG ? T(1) - f : T(1));
       const T g = gate[kBg * H + j], o = kO ? gate[kBo * H + j] : T(1);
       const T act_c = V == Greff::kNOAF ? c[j] : tanh_(c[j]);                  // h = o ⊙ act(c_next)
-      if (m) m[j] = o * act_c;
+      if constexpr (kM) m[j] = o * act_c;
       const T do_pre = kO ? dh[j] * act_c * o * (T(1) - o) : T(0);
       T dc = dc_io[j] + dh[j] * o * (V == Greff::kNOAF ? T(1) : T(1) - act_c * act_c);
       if (kO) dc += do_pre * p[kPo * H + j];                                   // o peeks at c_next
@@ -660,7 +695,15 @@ struct SLSTMCell {
                         kOwnsBiasGrad = false;
   static constexpr bool kCandidate = false;
 
+  // Unswitched like the others; with `if (a.save)` / `if (extra)` in the loop GCC 12 also died with an internal
+  // error (const_vector_mask_from_tree) once -fno-trapping-math let it vectorise the loop.
   static void forward(int H, int units, const RowForward<T>& a) {
+    with_row_flags(a.save, a.extra != nullptr,
+                   [&]<bool kSave, bool kExtraOut>() { pass<kSave, kExtraOut>(H, units, a); });
+  }
+
+  template <bool kSave, bool kExtraOut>
+  static void pass(int H, int units, const RowForward<T>& a) {
     T* __restrict__ pre = a.gates;
     const T* __restrict__ rec = a.rec;
     const T* __restrict__ bias = a.bias;
@@ -683,8 +726,8 @@ struct SLSTMCell {
       const T f = exp_(std::min(f_exponent, T(0)));
       const T c_next = f * c + i * z;
       const T n_next = f * n + i;
-      if (a.save) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = z, pre[3 * H + j] = o;
-      if (extra) {
+      if constexpr (kSave) pre[j] = i, pre[H + j] = f, pre[2 * H + j] = z, pre[3 * H + j] = o;
+      if constexpr (kExtraOut) {
         extra[j] = take_input ? (f_exponent > T(0) ? T(2) : T(1)) : T(0);
         extra[H + j] = kExpForget ? T(1) : sigmoid(-f_tilde);  // d logsigmoid(f̃) / d f̃ = 1 − σ(f̃)
       }

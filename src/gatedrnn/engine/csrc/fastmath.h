@@ -10,7 +10,11 @@
 
 namespace gatedrnn {
 
-inline float exp_approx(float x) {
+// Always inlined: a call left in a pointwise loop (GCC's inliner gives up once a unit holds many cell passes)
+// keeps the whole loop scalar ("statement clobbers memory").
+#define GATEDRNN_MATH inline __attribute__((always_inline))
+
+GATEDRNN_MATH float exp_approx(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   // x = n ln2 + r, |r| <= ln2/2; n rounded with the 1.5 * 2^23 trick (std::floor blocks vectorisation)
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -31,7 +35,7 @@ inline float exp_approx(float x) {
 // throughput of ~10 cycles, and five of them per unit made the division most of an LSTM's pointwise pass. A
 // bit-level first guess (relative error < 12.5%) and three Newton steps r ← r (2 − d r), each squaring the error,
 // the last on the exact residual: within 1 ulp of 1 / d. Vectorises (an integer subtract and FMAs).
-inline float reciprocal(float d) {
+GATEDRNN_MATH float reciprocal(float d) {
   d = std::min(d, 1e38f);  // keeps the guess's exponent in range (d ≤ e^88 + 1 here anyway)
   float r = std::bit_cast<float>(0x7EF311C3 - std::bit_cast<int32_t>(d));
   r = r * (2.0f - d * r);
@@ -48,12 +52,12 @@ inline float reciprocal(float d) {
 // Below -88 exp_approx(-x) saturates at e^88 and 1/(1+e^88) would be a tiny non-zero number; torch.nn's
 // sigmoid reaches exactly 0 there (e^-x overflows to inf), so that a gate saturated by an infinite input
 // has a zero derivative and the weight gradient is 0 * inf = NaN, as in torch.nn (not +-inf).
-inline float sigmoid(float x) {
+GATEDRNN_MATH float sigmoid(float x) {
   const float s = reciprocal(1.0f + exp_approx(-x));
   return x < -88.0f ? 0.0f : s;
 }
 
-inline float tanh_(float x) {
+GATEDRNN_MATH float tanh_(float x) {
   const float ax = std::fabs(x);
   const float z = x * x;
   float small = -5.70498872745e-3f;  // Cephes tanhf, |x| < 0.625
@@ -66,16 +70,16 @@ inline float tanh_(float x) {
   return ax < 0.625f ? small : std::copysign(large, x);
 }
 
-inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-inline double tanh_(double x) { return std::tanh(x); }
+GATEDRNN_MATH double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+GATEDRNN_MATH double tanh_(double x) { return std::tanh(x); }
 
 // exp for the sLSTM's stabilised gates (arguments <= 0 but at a first step)
-inline float exp_(float x) { return exp_approx(x); }
-inline double exp_(double x) { return std::exp(x); }
+GATEDRNN_MATH float exp_(float x) { return exp_approx(x); }
+GATEDRNN_MATH double exp_(double x) { return std::exp(x); }
 
 // log(1 + u) for u in [0, 1] (Cephes logf's polynomial: 1 + u = m 2^e with m in [√½, √2), e in {0, 1}, a degree-9
 // polynomial in m − 1, 1-3 ulp); no bit manipulation, so GCC vectorises it inside a loop together with exp_approx
-inline float log1p_unit(float u) {
+GATEDRNN_MATH float log1p_unit(float u) {
   const float e = u > 0.41421356237f ? 1.0f : 0.0f;
   const float r = (1.0f + u) * (1.0f - 0.5f * e) - 1.0f, z = r * r;
   float y = 7.0376836292e-2f;
@@ -94,7 +98,7 @@ inline float log1p_unit(float u) {
 }
 
 // log σ(x) = min(x, 0) − log(1 + exp(−|x|)), finite for every x (torch's logsigmoid)
-inline float log_sigmoid(float x) { return (x < 0.0f ? x : 0.0f) - log1p_unit(exp_approx(-std::fabs(x))); }
-inline double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
+GATEDRNN_MATH float log_sigmoid(float x) { return (x < 0.0f ? x : 0.0f) - log1p_unit(exp_approx(-std::fabs(x))); }
+GATEDRNN_MATH double log_sigmoid(double x) { return std::min(x, 0.0) - std::log1p(std::exp(-std::abs(x))); }
 
 }  // namespace gatedrnn
