@@ -48,7 +48,7 @@ def built(tmp_path_factory) -> Path:
     assert _build.load() is not None, f"the fused engine did not build: {_build.error()}"
     folder = _build.cache_dir() / f"fused-{_build.build_key()}"
     ninja = folder / "build" / "build.ninja"
-    wanted = (str(Path(_build.__file__).parent / "csrc"), cpp_extension.include_paths()[0])
+    wanted = (str(_build.CSRC), cpp_extension.include_paths()[0])
     if ninja.is_file() and all(path in ninja.read_text() for path in wanted):
         return folder
     root = tmp_path_factory.mktemp("own-build") / "cache"

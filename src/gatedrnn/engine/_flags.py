@@ -20,8 +20,9 @@ from typing import Optional
 
 # -fno-trapping-math: the cells' selects (the clamps in exp_approx, tanh's two branches) become vector blends only
 # when a comparison may not trap. Without it GCC if-converts them with AVX-512's masks alone: on AVX2 (AMD Zen,
-# Intel before AVX-512), SSE2 and NEON every pointwise pass stayed scalar ("control flow in loop"), a third of an
-# LSTM's inference time on a Zen 3. No result changes: only floating-point exception flags, which nothing reads.
+# Intel before AVX-512), SSE2 and NEON every pointwise pass stayed scalar ("control flow in loop"; an LSTM's
+# inference at B = 16 took 2x as long on a Zen 3). No result changes: only floating-point exception flags, which
+# nothing reads.
 COMMON = ("-O3", "-fno-trapping-math", "-fopenmp", "-DNDEBUG")
 LDFLAGS = ("-fopenmp",)
 X86_LEVELS = {

@@ -101,9 +101,9 @@ struct RowBackward {
   const T* cand;     // candidate dropout mask of this step and row (H), or nullptr
 };
 
-// Calls f.template operator()<kSave, kCand>() for the runtime flags of a row pass: a loop with `if (a.save)` or
-// `cand ? … : …` inside vectorises only with masked loads and stores and a test per vector (~3x slower at H = 128),
-// and on NEON and SSE2, which have no masked loads and stores, not at all.
+// Calls f.template operator()<A, B>() for two runtime flags of a row pass (save and cand, or m and cand, ...): a
+// loop with `if (a.save)` or `cand ? … : …` inside vectorises only with masked loads and stores and a test per
+// vector (~3x slower at H = 128), and on NEON and SSE2, which have no masked loads and stores, not at all.
 template <typename F>
 inline void with_row_flags(bool save, bool cand, const F& f) {
   if (save) cand ? f.template operator()<true, true>() : f.template operator()<true, false>();
