@@ -235,30 +235,37 @@ struct SmallPanels {
   }
 };
 
-// Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of 15 dependent adds,
-// which at H <= 256 costs more than the FMAs).
+// Sum of one vector's lanes as a log-depth tree (a lane-by-lane loop is a chain of dependent adds, which at
+// H <= 256 costs more than the FMAs): AVX-512's reduce for a 64-byte vector, else halving in place.
 template <typename T, typename Vec>
 inline T lane_sum(const Vec& v) {
 #ifdef __AVX512F__
-  if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-  else return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
-#else
-  T sum = 0;
-  for (int i = 0; i < (int)(sizeof(Vec) / sizeof(T)); ++i) sum += v[i];
-  return sum;
+  if constexpr (sizeof(Vec) == 64) {
+    if constexpr (sizeof(T) == 4) return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+    else return _mm512_reduce_add_pd(reinterpret_cast<__m512d>(v));
+  }
 #endif
+  constexpr int n = sizeof(Vec) / sizeof(T);
+  T lanes[n];
+  std::memcpy(lanes, &v, sizeof(Vec));
+  for (int width = n / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+  return lanes[0];
 }
 
+// Vectors of one register (kVecBytes): 64-byte vectors on AVX2 or NEON become several registers per value, and
+// GCC spilled them (gemv_rows4 at 2 MB of weights took 8x as long as the register-wide panels on a Zen 3).
 template <typename T>
 inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
-  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
-  constexpr int kLanes = 64 / sizeof(T);
+  typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+  constexpr int kLanes = kVecBytes / sizeof(T);
   Vec acc0{}, acc1{};
   int k = 0;
   for (; k + 2 * kLanes <= K; k += 2 * kLanes) {
     acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
     acc1 += *reinterpret_cast<const Vec*>(w + k + kLanes) * *reinterpret_cast<const Vec*>(x + k + kLanes);
   }
+  for (; k + kLanes <= K; k += kLanes) acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
   acc0 += acc1;
   T sum = lane_sum<T>(acc0);
   for (; k < K; ++k) sum += w[k] * x[k];
@@ -267,26 +274,38 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
 
 // y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
 // weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). Four rows at a time
-// with independent accumulators, each weight read once and in place; a BLAS call per gate block costs more in
+// with independent accumulators (two registers per row where a register is narrower than 64 bytes, so 8 FMA
+// chains hide the FMA latency), each weight read once and in place; a BLAS call per gate block costs more in
 // dispatch than this whole pass at H <= 256.
 template <typename T>
 inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
                        T* __restrict__ y) {
-  typedef T Vec __attribute__((vector_size(64), aligned(sizeof(T))));
-  constexpr int kLanes = 64 / sizeof(T);
+  typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+  constexpr int kLanes = kVecBytes / sizeof(T);
+  constexpr int kStep = kVecBytes == 64 ? kLanes : 2 * kLanes;
+  auto load = [](const T* p) { return *reinterpret_cast<const Vec*>(p); };
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T* w = W + r * K;
-    Vec a0{}, a1{}, a2{}, a3{};
+    Vec a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
     int k = 0;
-    for (; k + kLanes <= K; k += kLanes) {
-      const Vec xv = *reinterpret_cast<const Vec*>(x + k);
-      a0 += *reinterpret_cast<const Vec*>(w + k) * xv;
-      a1 += *reinterpret_cast<const Vec*>(w + K + k) * xv;
-      a2 += *reinterpret_cast<const Vec*>(w + 2 * K + k) * xv;
-      a3 += *reinterpret_cast<const Vec*>(w + 3 * K + k) * xv;
+    for (; k + kStep <= K; k += kStep) {
+      const Vec xv = load(x + k);
+      a0 += load(w + k) * xv, a1 += load(w + K + k) * xv, a2 += load(w + 2 * K + k) * xv;
+      a3 += load(w + 3 * K + k) * xv;
+      if constexpr (kStep > kLanes) {
+        const int k2 = k + kLanes;
+        const Vec xv2 = load(x + k2);
+        b0 += load(w + k2) * xv2, b1 += load(w + K + k2) * xv2, b2 += load(w + 2 * K + k2) * xv2;
+        b3 += load(w + 3 * K + k2) * xv2;
+      }
     }
-    T s0 = lane_sum<T>(a0), s1 = lane_sum<T>(a1), s2 = lane_sum<T>(a2), s3 = lane_sum<T>(a3);
+    for (; k + kLanes <= K; k += kLanes) {
+      const Vec xv = load(x + k);
+      a0 += load(w + k) * xv, a1 += load(w + K + k) * xv, a2 += load(w + 2 * K + k) * xv;
+      a3 += load(w + 3 * K + k) * xv;
+    }
+    T s0 = lane_sum<T>(a0 + b0), s1 = lane_sum<T>(a1 + b1), s2 = lane_sum<T>(a2 + b2), s3 = lane_sum<T>(a3 + b3);
     for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
     y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
   }
