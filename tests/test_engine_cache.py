@@ -1,8 +1,8 @@
 """The engine cache under attack: truncated, half-written, planted or shared libraries, a symlinked lock,
 a missing compiler, an unwritable folder, two threads at the first call, a misspelt GATEDRNN_BACKEND.
 
-Each test copies the built cache folder (object files included, so a rebuild only relinks: seconds; see `built`) into
-tmp_path and runs a fresh Python process on it, since a bad library kills the process that loads it.
+Each test copies the built cache folder (object files included, so a rebuild only relinks: seconds; see
+`built`) into tmp_path and runs a fresh Python process on it, since a bad library kills the process that loads it.
 """
 from __future__ import annotations
 
@@ -53,10 +53,8 @@ def built(tmp_path_factory) -> Path:
         return folder
     root = tmp_path_factory.mktemp("own-build") / "cache"
     root.mkdir(mode=0o700)
-    env = {**os.environ, "GATEDRNN_CACHE_DIR": str(root), "PYTHONPATH": SRC}
-    env.pop("GATEDRNN_BACKEND", None)
-    done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=cache_env(root), capture_output=True,
+                          text=True, timeout=900)
     assert done.returncode == 0, f"the private build failed: {done.stderr[-2000:]}"
     return root / folder.name
 
@@ -69,9 +67,15 @@ def copy_cache(built: Path, tmp_path: Path) -> tuple[Path, Path]:
     return root, root / built.name / f"gatedrnn_fused_{_build.build_key()}.so"
 
 
-def start_probe(root: Path, *, path: str | None = None, setup: str = "") -> subprocess.Popen:
+def cache_env(root: Path) -> dict[str, str]:
+    """This process's environment for a child on cache `root`, importing this checkout, default backend."""
     env = {**os.environ, "GATEDRNN_CACHE_DIR": str(root), "PYTHONPATH": SRC}
     env.pop("GATEDRNN_BACKEND", None)
+    return env
+
+
+def start_probe(root: Path, *, path: str | None = None, setup: str = "") -> subprocess.Popen:
+    env = cache_env(root)
     if path is not None:
         env["PATH"] = path
         env.pop("CXX", None)
@@ -220,9 +224,8 @@ def test_an_unwritable_cache_folder_is_not_blamed_on_the_compiler(tmp_path: Path
 def test_gatedrnn_build_prints_where_and_how_long(built: Path, tmp_path: Path) -> None:
     root, library = copy_cache(built, tmp_path)
     library.unlink()
-    env = {**os.environ, "GATEDRNN_CACHE_DIR": str(root), "PYTHONPATH": SRC}
-    done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([sys.executable, "-m", "gatedrnn", "build"], env=cache_env(root), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith(f"fused C++ engine ready: {library} (") and done.stdout.strip().endswith(" s)")
     assert _build.intact(library)

@@ -265,7 +265,8 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
     acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
     acc1 += *reinterpret_cast<const Vec*>(w + k + kLanes) * *reinterpret_cast<const Vec*>(x + k + kLanes);
   }
-  for (; k + kLanes <= K; k += kLanes) acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
+  for (; k + kLanes <= K; k += kLanes)
+    acc0 += *reinterpret_cast<const Vec*>(w + k) * *reinterpret_cast<const Vec*>(x + k);
   acc0 += acc1;
   T sum = lane_sum<T>(acc0);
   for (; k < K; ++k) sum += w[k] * x[k];

@@ -164,7 +164,7 @@ struct LSTMCell {
       const T i = gate[j], f = gate[H + j], g = gate[2 * H + j], o = gate[3 * H + j];
       const T keep = kCand ? cand[j] : T(1);
       const T tanh_c = tanh_(c[j]);
-      if constexpr (kM) m[j] = o * tanh_c;                                 // h_next = o ⊙ tanh(c_next)
+      if constexpr (kM) m[j] = o * tanh_c;                      // h_next = o ⊙ tanh(c_next)
       const T do_ = dh[j] * tanh_c;
       const T dc = dc_io[j] + dh[j] * o * (T(1) - tanh_c * tanh_c);
       const T di = dc * g * keep, dg = dc * i * keep, df = dc * c_prev[j];  // c_next = f ⊙ c + i ⊙ (g ⊙ keep)
