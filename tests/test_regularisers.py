@@ -12,6 +12,7 @@ definitions written out here with torch ops:
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 
 import pytest
@@ -357,6 +358,10 @@ def _ddp_worker(rank: int, directory: str) -> None:
         grads = {n: p.grad.clone() for n, p in module.named_parameters()}
         optimizer.step()
         torch.save({"grads": grads, "weights": module.state_dict()}, f"{directory}/rank{rank}.pt")
+        # the wrapper (its reducer) before the group: a reducer dropping the group's last reference with the GIL
+        # held can wait forever for a gloo thread that waits for the GIL (gatedrnn.train.trainer.leave_process_group)
+        del model
+        gc.collect()
     finally:
         dist.destroy_process_group()
 

@@ -176,12 +176,8 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, TrainingError) as error:  # a full disk, a loss that became NaN
         raise CLIError(str(error)) from None
     finally:
-        if trainer.world > 1:
-            import torch.distributed as dist
-
-            if finished:  # both ranks tear down together: a rank that left first sometimes hung its peer's exit
-                dist.barrier()
-            dist.destroy_process_group()
+        if not finished:  # fit left the process group itself when it finished (Trainer.leave_group)
+            trainer.leave_group(together=False)
     if not args.quiet and trainer.rank == 0:
         metric = result.task.info.metric
         print(f"{config.task} {config.cell}: best epoch {result.best_epoch}, val {metric} "

@@ -11,6 +11,7 @@ the DataLoader has its own generator, so nothing else advances the random stream
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import math
@@ -61,16 +62,18 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def distributed_context() -> tuple[int, int]:
-    """(rank, world size); joins the gloo process group when launched by torchrun with WORLD_SIZE > 1."""
+def distributed_context() -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group); joins the gloo process group when
+    launched by torchrun with WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group(backend="gloo")
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), created
 
 
 def check_writable_dir(path: Path) -> None:
@@ -99,7 +102,7 @@ class Trainer:
         self.config = validate(config)
         self.out_dir = Path(config.out_dir)
         self.description = description or f"{config.task} {config.cell}"
-        self.rank, self.world = distributed_context()
+        self.rank, self.world, self.owns_group = distributed_context()
         if config.batch_size % self.world:
             raise ConfigError(f"batch_size {config.batch_size} should be divisible by the {self.world} processes")
         if task is None:
@@ -221,6 +224,24 @@ class Trainer:
         except OSError as error:  # a full disk, a quota, a read-only mount: the previous checkpoint is untouched
             raise ckpt.CheckpointError(f"cannot write the checkpoint {str(self.out_dir / name)!r}: "
                                        f"{error.strerror or error}; the previous checkpoint there, if any, is intact") from None
+
+    def leave_group(self, *, together: bool) -> None:
+        """The end of a DDP run (fit calls it; after a failure, the caller): with `together`, every rank meets
+        first; then this rank drops its DistributedDataParallel wrapper before the process group goes. In that
+        order: when the wrapper's reducer held the group's last reference, destroying it (with the GIL held) waited
+        for gloo's worker threads while one of them waited for the GIL to free a finished collective, and the rank
+        never exited (seen in CI under torchrun). A group this trainer created is destroyed here, while the
+        interpreter is whole; one the caller created is left to the caller. Safe to call twice."""
+        if self.world <= 1:
+            return
+        import torch.distributed as dist
+
+        if together and dist.is_initialized():
+            dist.barrier()  # a rank tearing down gloo while rank 0 still writes can abort
+        self.model = self.module
+        gc.collect()  # the wrapper and its reducer now, should a reference cycle hold them
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
 
     def _rank_weight_digests(self) -> list[str]:
         """sha256 of the final weights on every rank (rank order): a check that DDP kept them identical."""
@@ -345,10 +366,8 @@ class Trainer:
                            "world_size": self.world, "rank_weight_digests": rank_digests}
                 ckpt.atomic_write_bytes(self.out_dir / "results.json",
                                         json.dumps(results, indent=2, default=str).encode())
-            if self.world > 1:  # leave together: a rank tearing down gloo while rank 0 still writes can abort
-                import torch.distributed as dist
-
-                dist.barrier()
+            if self.world > 1:
+                self.leave_group(together=True)
         finally:
             recorder.close()
         return TrainResult(out_dir=self.out_dir, model=self.module, task=self.task, val=self.best_val, test=test,
