@@ -412,6 +412,43 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,steps,batch,input_size,hidden,split", [
+    ("lstm", 80, 9, 300, 100, "serial"),  # x W_ihᵀ in 2 chunks, each split over the threads; K = 300: 2 blocks
+    ("gru", 6, 16, 20, 260, "row_region"),  # rows split for the sequence; W_hh's K = 260: 2 blocks, 5-row tiles
+])
+def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch, input_size, hidden, split, dtype,
+                                                             monkeypatch):
+    """PanelGemm (forced) where K spans several blocks of packed X rows and a last short block, with row
+    remainders, and where the chunks of x W_ihᵀ are split over two threads by the engine: outputs, final states
+    and every gradient equal torch.nn."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", "own")
+    torch.manual_seed(hidden)
+    module, reference = make_pair(cell, input_size, hidden, dtype=dtype)
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
+    h0 = torch.randn(1, batch, hidden, dtype=dtype)
+    c0 = torch.randn(1, batch, hidden, dtype=dtype)
+
+    def fresh():
+        return (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
+            else h0.clone().requires_grad_()
+
+    weights = (torch.randn(steps * batch * hidden, dtype=dtype), torch.randn(2 * batch * hidden, dtype=dtype))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
+        assert library.last_forward_split() == split
+        with torch.no_grad():
+            inference = module(x, fresh())
+    finally:
+        torch.set_num_threads(threads)
+    expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
+    _assert_runs_close(cell, got, expected, dtype)
+    assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,hidden,options", [
     ("lstm", 37, {}),                     # 148 columns: a full panel and a partial one (whole registers, zeros past N)
     ("gru", 50, {"bidirectional": True}),  # 150 columns, and reverse time

@@ -9,7 +9,8 @@ JSON layout (schema 1), all times in seconds:
                 "max_abs_diff", "ratios": {peer: peer median / gatedrnn median}, "best_peer", "ratio",
                 "target": {...} | None, "met": bool | None}],
      "memory": [{"name", "shape", "impls": {impl: {"peak_delta_bytes", "samples_bytes", ...}},
-                 "ratio", "target", "met"}]}
+                 "ratio", "target", "met"}],
+     "gemm_decisions": [{"dtype", "N", "K", "rows", "transposed", "blas_us", "own_us", "choice"}]}
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Callable, Optional
 
 import torch
 
+import gatedrnn
 from gatedrnn.bench import cases as case_module
 from gatedrnn.bench.cases import BEST_PEER, MEMORY_TARGET, OURS, TORCH, Case, Target
 from gatedrnn.bench.environment import environment
@@ -183,6 +185,8 @@ def _run(config: BenchConfig, log: Callable[[str], None]) -> dict:
         log(f"[memory {time.perf_counter() - started:4.0f} s] {record['name']}: nn.LSTM / gatedrnn peak = {ratio}")
     result["elapsed_s"] = time.perf_counter() - started
     result["load_average_end"] = list(os.getloadavg())
+    # the GEMMs the engine chose while the cases ran, with their timings (the environment's copy was taken before)
+    result["gemm_decisions"] = gatedrnn.backend_info()["gemm"]["decisions"]
     return result
 
 

@@ -37,6 +37,8 @@ void sgemm_pack_(const char*, const char*, const int*, const int*, const int*, c
                  float*) __attribute__((weak));
 void sgemm_compute_(const char*, const char*, const int*, const int*, const int*, const float*, const int*,
                     const float*, const int*, const float*, float*, const int*) __attribute__((weak));
+// MKL's thread count for calls from this thread (0: back to the global setting); returns the previous one
+int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
 }
 
 namespace gatedrnn {
@@ -498,10 +500,14 @@ class StepWeight {
   // size at which BLAS and PanelGemm are timed against each other at the first use of this shape. Serial.
   void prepare(int n, int rows_per_call = 0) {
     if (mode_.empty() || n <= 0) return;  // no weight, or the small kernel (batch 1-2)
-    if (!decided_) decide(rows_per_call > 0 ? rows_per_call : n);
+    if (!decided_) decide(rows_per_call > 0 ? rows_per_call : n, rows_per_call > 0 && rows_per_call < n);
     if (panels_ != nullptr) return;
     prepare_blas(n);
   }
+
+  // Whether `compute` runs PanelGemm, on the calling thread alone (a caller splits rows over threads itself),
+  // rather than BLAS (which threads a call made outside a parallel region). Known after `prepare`.
+  bool runs_panels() const { return panels_ != nullptr; }
 
   // rows <= the n of the last `prepare`; safe to call from several threads on disjoint rows.
   void compute(int rows, const T* X, int ldx, T beta, T* C, int ldc) const {
@@ -531,24 +537,27 @@ class StepWeight {
  private:
   // BLAS or PanelGemm for calls of `rows` rows: as GATEDRNN_GEMM says, else the faster of the two on this weight
   // (timed once per shape and process, on constant inputs; kept in GemmChoice).
-  void decide(int rows) {
+  void decide(int rows, bool split) {
     decided_ = true;
-    const bool own = prefers_panels(rows);
+    const bool own = prefers_panels(rows, split);
     if (own) pack_panels();
     else std::vector<T>().swap(panel_buffer_), panels_ = nullptr;  // (the timing packed it)
     (own ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
   }
 
   // Whether calls of `rows` rows run PanelGemm: GATEDRNN_GEMM if forced, else a known or a new measurement.
-  bool prefers_panels(int rows) {
+  // split: the calls run on a thread's share of the rows, each thread calling at once, so BLAS is timed on one
+  // thread as it then runs (inside a parallel region MKL does not thread); otherwise BLAS threads as it would.
+  bool prefers_panels(int rows, bool split) {
     if (mode_ != "auto") return mode_ == "own";
     GemmDecision decision{static_cast<int>(sizeof(T)), N_, K_, rows, trans_, -1.0, -1.0, false};
     GemmDecision known;
     if (GemmChoice::instance().find(decision, known)) return known.own;
-    // Timed for the step GEMMs (<= 64 rows a call: a step's rows, or a thread's share); above, the chunks of
-    // x W_ihᵀ (hundreds of rows) run BLAS's large-GEMM kernels without asking (nor the timing's scratch memory).
-    if (rows <= 64) {
+    // Timed for the step GEMMs (a step's rows, or a thread's share) and the chunks of x W_ihᵀ (a thread's share of
+    // up to kTimedRows rows); above, BLAS's large-GEMM kernels run without asking (nor the timing's scratch).
+    if (rows <= kTimedRows) {
       std::vector<T> X(static_cast<size_t>(rows) * K_, T(0.5)), C(static_cast<size_t>(rows) * N_);
+      const int mkl_threads = split && MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : -1;
       prepare_blas(rows);
       pack_panels();
       auto blas = [&] { compute_blas(rows, X.data(), K_, T(0), C.data(), N_); };
@@ -559,13 +568,15 @@ class StepWeight {
         return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
       };
       blas(), own(), blas(), own();  // warm: caches, MKL's first-call setup
-      // interleaved, best of each: a burst of load on a shared machine hits both alike
+      // interleaved, best of each: a burst of load on a shared machine hits both alike (fewer rounds for the
+      // large shapes, whose single calls take milliseconds)
       decision.blas_us = decision.own_us = 1e300;
-      for (int i = 0; i < 15; ++i) {
+      for (int i = 0, rounds = rows <= 64 ? 15 : 7; i < rounds; ++i) {
         decision.blas_us = std::min(decision.blas_us, elapsed_us(blas));
         decision.own_us = std::min(decision.own_us, elapsed_us(own));
       }
       decision.own = decision.own_us < decision.blas_us;
+      if (mkl_threads >= 0) MKL_Set_Num_Threads_Local(mkl_threads);
     }
     GemmChoice::instance().add(decision);
     return decision.own;
@@ -609,7 +620,7 @@ class StepWeight {
     gemm<T>(false, trans_, rows, N_, K_, T(1), X, ldx, w_, ldw, beta, C, ldc);
   }
 
-  static constexpr int kSmallRows = 2;
+  static constexpr int kSmallRows = 2, kTimedRows = 512;
   const T* w_;
   T* small_panels_ = nullptr;            // SmallPanels of W (batch 1-2, W (N, K)), else null
   // its parity orders the panels; atomic, as `compute` may be called from several threads (on disjoint rows)

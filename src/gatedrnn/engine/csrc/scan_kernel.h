@@ -454,6 +454,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     }
   } else {
     last_forward_split.store(splits_rows(B, row_work) ? kRowsPerStep : kSerial, std::memory_order_relaxed);
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
     int64_t chunk_start = -1;  // first step of the chunk held in `gates`
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s;
@@ -461,8 +462,14 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
         chunk_start = t / chunk * chunk;
         const int64_t steps = std::min(chunk, T_ - chunk_start);
-        w_ih_chunk.prepare(static_cast<int>(steps * B));  // (nothing to prepare for a single chunk)
-        project_rows(chunk_start, gates_p + (keep ? chunk_start * B * GH : 0), 0, steps * B);
+        // (nothing to prepare for a single chunk); BLAS threads each chunk itself, PanelGemm is split here
+        const int64_t rows = steps * B, share = (rows + threads - 1) / threads;
+        T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
+        w_ih_chunk.prepare(static_cast<int>(rows), static_cast<int>(threads > 1 && rows >= 16 ? share : rows));
+        if (w_ih_chunk.runs_panels() && threads > 1 && rows >= 16)
+          at::parallel_for(0, rows, share, [&](int64_t r0, int64_t r1) { project_rows(chunk_start, dest, r0, r1); });
+        else
+          project_rows(chunk_start, dest, 0, rows);
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
       const int call_rows = rows_per_call(n, row_work);
