@@ -414,38 +414,20 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,steps,batch,input_size,hidden,split", [
     ("lstm", 80, 9, 300, 100, "serial"),  # x W_ihᵀ in 2 chunks, each split over the threads; K = 300: 2 blocks
-    ("gru", 6, 16, 20, 260, "row_region"),  # rows split for the sequence; W_hh's K = 260: 2 blocks, 5-row tiles
+    ("gru", 6, 16, 20, 260, "row_region"),  # rows split for the sequence (8 a thread: a tile and 2 rows); K = 260
 ])
 def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch, input_size, hidden, split, dtype,
                                                              monkeypatch):
-    """PanelGemm (forced) where K spans several blocks of packed X rows and a last short block, with row
-    remainders, and where the chunks of x W_ihᵀ are split over two threads by the engine: outputs, final states
-    and every gradient equal torch.nn."""
+    """PanelGemm (forced) where K spans a full block (kKC = 256 columns) and a short one, with row remainders, and
+    where the chunks of x W_ihᵀ are split over two threads by the engine: outputs, final states and every gradient
+    equal torch.nn."""
     library = _build.load()
     monkeypatch.setenv("GATEDRNN_GEMM", "own")
     torch.manual_seed(hidden)
     module, reference = make_pair(cell, input_size, hidden, dtype=dtype)
-    x = torch.randn(steps, batch, input_size, dtype=dtype)
-    h0 = torch.randn(1, batch, hidden, dtype=dtype)
-    c0 = torch.randn(1, batch, hidden, dtype=dtype)
-
-    def fresh():
-        return (h0.clone().requires_grad_(), c0.clone().requires_grad_()) if cell == "lstm" \
-            else h0.clone().requires_grad_()
-
-    weights = (torch.randn(steps * batch * hidden, dtype=dtype), torch.randn(2 * batch * hidden, dtype=dtype))
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
-        assert library.last_forward_split() == split
-        with torch.no_grad():
-            inference = module(x, fresh())
-    finally:
-        torch.set_num_threads(threads)
-    expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
-    _assert_runs_close(cell, got, expected, dtype)
-    assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
+    x, fresh, weights = _inputs(cell, steps, batch, hidden, {}, dtype, input_size=input_size)
+    _assert_equals_torch_on_threads(2, module, reference, x, fresh, weights, cell, dtype,
+                                    check=lambda: library.last_forward_split() == split)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -463,22 +445,32 @@ def test_batch_one_two_step_kernel_equals_torch(cell, hidden, options, batch, dt
     torch.manual_seed(hidden + batch)
     module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
     x, fresh, weights = _inputs(cell, 9, batch, hidden, options, dtype)
-    threads = torch.get_num_threads()
+    # one thread: the serial path (two threads would split units at hidden >= 128)
+    _assert_equals_torch_on_threads(1, module, reference, x, fresh, weights, cell, dtype)
+
+
+def _assert_equals_torch_on_threads(threads: int, module, reference, x, fresh, weights, cell: str, dtype, *,
+                                    check=lambda: True) -> None:
+    """`run` and a no_grad forward of `module` on `threads` threads (then `check()` holds) equal `run` of the
+    torch.nn `reference`."""
+    before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)  # the serial path (two threads would split units at hidden >= 128)
+        torch.set_num_threads(threads)
         got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
+        assert check(), "the forward did not take the path this test is for"
         with torch.no_grad():
             inference = module(x, fresh())
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     expected = run(reference, x.clone().requires_grad_(), fresh(), None, weights)
     _assert_runs_close(cell, got, expected, dtype)
     assert_close_scaled(inference[0], expected[0][0], TOLERANCE[dtype], f"{cell} no_grad output")
 
 
-def _inputs(cell: str, steps: int, batch: int, hidden: int, options: dict, dtype):
-    """x (steps, batch, 12), a function making fresh leaf copies of one random hx, and `run`'s loss weights."""
-    x = torch.randn(steps, batch, 12, dtype=dtype)
+def _inputs(cell: str, steps: int, batch: int, hidden: int, options: dict, dtype, input_size: int = 12):
+    """x (steps, batch, input_size), a function making fresh leaf copies of one random hx, and `run`'s loss
+    weights."""
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
     count = options.get("num_layers", 1) * (2 if options.get("bidirectional") else 1)
     h0 = torch.randn(count, batch, options.get("proj_size") or hidden, dtype=dtype)
     c0 = torch.randn(count, batch, hidden, dtype=dtype)
