@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+import gatedrnn
 from gatedrnn.bench import cases as bench_cases
 from gatedrnn.bench.cases import BEST_PEER, ORT, OURS, TORCH, Case, Shape, Target, flop_count
 from gatedrnn.bench.render import README_BEGIN, README_END, render_markdown, render_terminal, update_readme
@@ -40,6 +42,8 @@ def quick_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     out = folder / "result.json"
     out.write_text(EXISTING)
+    with torch.no_grad():  # a step GEMM (batch 8) chosen in this process, so the run has a decision to record
+        gatedrnn.GRU(4, 32)(torch.zeros(3, 8, 4))
     code, printed = _cli("--quick", "--repeats", str(REPEATS), "--threads", "2", "--out", str(out))
     assert code == 0
     written = folder / "result-2.json"
@@ -68,6 +72,15 @@ def test_json_records_the_environment(quick_run):
     sgemm = result["sgemm"]
     assert len(sgemm["times_s"]) >= REPEATS
     assert sgemm["gflops"] == pytest.approx(sgemm["flops"] / statistics.median(sgemm["times_s"]) / 1e9)
+
+
+def test_json_records_the_gemm_decisions_made_by_the_end_of_the_run(quick_run):
+    recorded = quick_run[2]["gemm_decisions"]
+    if gatedrnn.backend_info()["backend"] == "fused":
+        assert recorded, "the GRU at batch 8 before the run chose a step GEMM"
+    assert recorded == gatedrnn.backend_info()["gemm"]["decisions"][: len(recorded)]  # (later tests may add more)
+    for decision in recorded:
+        assert decision["choice"] in ("blas", "own")
 
 
 def test_every_case_is_measured_with_the_requested_repeats(quick_run):

@@ -131,3 +131,36 @@ def test_two_processes_killed_mid_epoch_resume_exactly(tmp_path: Path) -> None:
     assert (killed / "steps.csv").read_text() == (straight / "steps.csv").read_text()
     a, b = weights(straight / "last"), weights(killed / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _caller_owned_group_worker(rank: int, directory: str) -> None:
+    """One rank of a script that makes its own gloo group, trains with Trainer, then uses the group again."""
+    import torch.distributed as dist
+
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{directory}/store", rank=rank, world_size=2)
+    try:
+        config = TrainConfig(task="adding", task_options={"seq_len": 5, "n_train": 32, "n_val": 16, "n_test": 16},
+                             cell="gru", hidden_size=4, batch_size=8, epochs=1, lr=0.02, tensorboard=False,
+                             progress=False, out_dir=f"{directory}/run")
+        trainer = Trainer(config)
+        trainer.fit()
+        still_there = dist.is_initialized()
+        total = torch.tensor([float(rank + 1)])
+        dist.all_reduce(total)  # the caller's group still works after fit
+        torch.save({"owns": trainer.owns_group, "initialized": still_there,
+                    "unwrapped": trainer.model is trainer.module, "sum": float(total)}, f"{directory}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fit_leaves_a_group_the_caller_made_and_drops_its_wrapper(tmp_path: Path) -> None:
+    """Trainer.leave_group at the end of fit: the DDP wrapper is dropped on every rank (before any group could go),
+    and a process group the caller created stays initialised and usable; only one fit created is destroyed."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_caller_owned_group_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == {"owns": False, "initialized": True, "unwrapped": True,
+                                                             "sum": 3.0}

@@ -52,13 +52,15 @@ struct PackedX {
     }
   }
   template <int MR = kMR - 1>
-  static void remainder(int rows, int K, const float* xp, const float* panel, float beta, float* C, int ldc, int width) {
+  static void remainder(int rows, int K, const float* xp, const float* panel, float beta, float* C, int ldc,
+                        int width) {
     if constexpr (MR >= 1) {
       if (rows == MR) return tile<MR>(K, xp, panel, beta, C, ldc, width);
       remainder<MR - 1>(rows, K, xp, panel, beta, C, ldc, width);
     }
   }
-  static void compute(int rows, int N, int K, const float* X, int ldx, const float* packed, float beta, float* C, int ldc) {
+  static void compute(int rows, int N, int K, const float* X, int ldx, const float* packed, float beta, float* C,
+                      int ldc) {
     constexpr int kKC = 16384 / (kPanel * sizeof(float)) / 8 * 8;
     static thread_local std::vector<float> xbuf;
     const int tiles = (rows + kMR - 1) / kMR;
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
   for (int round = 0; round < 7; ++round)  // interleaved: a burst of load on a shared machine hits both alike
     t_old = std::min(t_old, best_us(old_kernel, 5)), t_new = std::min(t_new, best_us(new_kernel, 5));
   const double flop = 2.0 * rows * N * K;
-  std::printf("rows %d, N %d, K %d: PanelGemm (X rows in place) %.0f us (%.1f GF/s), X packed first %.0f us (%.1f GF/s): %.2fx; "
-              "max |difference| %.1e\n", rows, N, K, t_old, flop / t_old / 1e3, t_new, flop / t_new / 1e3,
-              t_old / t_new, diff);
+  std::printf("rows %d, N %d, K %d: PanelGemm (X rows in place) %.0f us (%.1f GF/s), "
+              "X packed first %.0f us (%.1f GF/s): %.2fx; max |difference| %.1e\n",
+              rows, N, K, t_old, flop / t_old / 1e3, t_new, flop / t_new / 1e3, t_old / t_new, diff);
 }
