@@ -270,3 +270,51 @@ def test_stack_inference_draws_noise_as_the_reference_does(direct_calls, monkeyp
 def _flat(result) -> list[torch.Tensor]:
     output, hidden = result
     return [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+PLAIN = {
+    "lstm-2layers-bi-proj, batch_first": lambda: gatedrnn.LSTM(5, 7, num_layers=2, bidirectional=True, proj_size=3,
+                                                               batch_first=True),
+    "gru, double": lambda: gatedrnn.GRU(5, 7, dtype=torch.float64),
+    "rnn-relu-2layers, no bias": lambda: gatedrnn.RNN(5, 7, num_layers=2, nonlinearity="relu", bias=False),
+    "lstm, parametrized W_hh": lambda: torch.nn.utils.parametrizations.weight_norm(gatedrnn.LSTM(5, 7),
+                                                                                   name="weight_hh_l0"),
+    "lstm, training, no regulariser": lambda: gatedrnn.LSTM(5, 7).train(),
+}
+
+
+@pytest.mark.parametrize("name", PLAIN)
+def test_plain_inference_equals_the_general_path(name, direct_calls, monkeypatch):
+    """forward's inline path for inference (no_grad, a batched tensor, no hx: `_plain_inference`) runs the stack in
+    one stack_direct call and returns what the general path returns, bit for bit, in the same structure."""
+    torch.manual_seed(9)
+    layer = PLAIN[name]()
+    dtype = layer.weight_ih_l0.dtype
+    x = torch.randn(3, 6, 5, dtype=dtype) if layer.batch_first else torch.randn(6, 3, 5, dtype=dtype)
+    with torch.no_grad():
+        plain = layer._plain_inference(x)
+        assert plain is not None
+        monkeypatch.setattr(type(layer), "_plain_inference", lambda self, input: None)
+        general = layer(x)
+    assert direct_calls["declined"] == 0
+    assert type(plain[1]) is type(general[1])
+    for got, want in zip(_flat(plain), _flat(general)):
+        assert got.shape == want.shape and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("case", ["zoneout", "peephole", "int input", "2-D input", "wrong size", "no steps",
+                                  "autocast", "GATEDRNN_BACKEND=reference", "floor=torch"])
+def test_plain_inference_declines_what_the_general_path_must_handle(case, monkeypatch):
+    """Anything the inline path does not serve exactly as the general path would returns None before computing:
+    the general path then runs (torch's op, the reference loop, the layer-by-layer noise) or raises its message."""
+    layer = {"zoneout": lambda: gatedrnn.LSTM(5, 7, zoneout=0.1).eval(),
+             "peephole": lambda: gatedrnn.LSTM(5, 7, variant="peephole")}.get(case, lambda: gatedrnn.LSTM(5, 7))()
+    x = {"int input": torch.ones(6, 3, 5, dtype=torch.int64), "2-D input": torch.randn(6, 5),
+         "wrong size": torch.randn(6, 3, 4), "no steps": torch.randn(0, 3, 5)}.get(case, torch.randn(6, 3, 5))
+    if case == "GATEDRNN_BACKEND=reference":
+        monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    if case == "floor=torch":
+        monkeypatch.setenv("GATEDRNN_TORCH_FLOOR", "torch")
+    monkeypatch.setattr(engine, "run_stack_inference", lambda *args: pytest.fail("the engine was called"))
+    with torch.no_grad(), torch.autocast("cpu", enabled=case == "autocast"):
+        assert layer._plain_inference(x) is None
