@@ -35,7 +35,7 @@ GATEDRNN_MATH float exp_approx(float x) {
 // throughput of ~10 cycles, and five of them per unit made the division most of an LSTM's pointwise pass. A
 // bit-level first guess (relative error < 12.5%) and three Newton steps r ← r (2 − d r), each squaring the error,
 // the last on the exact residual: within 1 ulp of 1 / d. Vectorises (an integer subtract and FMAs).
-GATEDRNN_MATH float reciprocal(float d) {
+GATEDRNN_MATH float reciprocal_newton(float d) {
   d = std::min(d, 1e38f);  // keeps the guess's exponent in range (d ≤ e^88 + 1 here anyway)
   float r = std::bit_cast<float>(0x7EF311C3 - std::bit_cast<int32_t>(d));
   r = r * (2.0f - d * r);
@@ -46,6 +46,18 @@ GATEDRNN_MATH float reciprocal(float d) {
   return std::fma(r, std::fma(-d, r, 1.0f), r);
 #else  // no FMA instruction (the SSE2 baseline build): std::fma would be a libm call; 1 - 1 * r is exact anyway
   return r + r * (1.0f - d * r);
+#endif
+}
+
+// The cells' 1 / d: reciprocal_newton where vectors are 512 bits wide and on other architectures; x86 without
+// AVX-512 (AVX2, SSE) divides: there vdivps issues every ~3.5-5 cycles on a unit of its own, beside the FMA pipes,
+// and an LSTM's pointwise pass ran 1.4x faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). 1 / d is
+// correctly rounded, so no less exact, and 1 / 1 is 1 either way.
+GATEDRNN_MATH float reciprocal(float d) {
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX512F__)
+  return 1.0f / d;
+#else
+  return reciprocal_newton(d);
 #endif
 }
 
