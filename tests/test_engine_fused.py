@@ -389,6 +389,45 @@ def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, option
         assert_close_scaled(two, one, TOLERANCE[dtype], f"{cell}, two threads against one: {what}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,batch,hidden,options", [
+    ("lstm", 1, 64, {}),
+    ("gru", 2, 32, {"bidirectional": True}),  # reverse time: the blocks are projected from the last
+    ("lstm", 3, 40, {"proj_size": 16}),
+    ("layernorm_lstm", 1, 32, {}),
+])
+@pytest.mark.parametrize("grad", [True, False], ids=["train", "no_grad"])
+def test_fused_equals_one_thread_when_projecting_ahead(cell, batch, hidden, options, grad, dtype):
+    """Below batch 8, where no split of the steps applies, a second thread computes x W_ihᵀ block by block ahead of
+    the steps (37 of them: blocks of 8 / batch steps and a short last one): outputs, final states and, training,
+    every gradient equal the one-thread run, and the engine reports the split."""
+    library = _build.load()
+    torch.manual_seed(batch + hidden)
+    plain = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}
+    module = (plain[cell](10, hidden, dtype=dtype, **options) if cell in plain
+              else make_module(cell, 10, hidden, dtype=dtype, **options))
+    x = torch.randn(37, batch, 10, dtype=dtype, requires_grad=grad)
+    threads = torch.get_num_threads()
+    runs, splits = [], []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            with torch.set_grad_enabled(grad):
+                output, state = module(x)
+            splits.append(library.last_forward_split())
+            states = state if isinstance(state, tuple) else (state,)
+            grads = ()
+            if grad:
+                loss = output.square().sum() + sum(s.sum() for s in states)
+                grads = torch.autograd.grad(loss, [x, *module.parameters()])
+            runs.append((output, *states, *grads))
+    finally:
+        torch.set_num_threads(threads)
+    assert splits == ["serial", "project_ahead"]
+    for k, (one, two) in enumerate(zip(*runs)):
+        assert_close_scaled(two, one, TOLERANCE[dtype], f"{cell}, projected ahead against one thread: tensor {k}")
+
+
 @pytest.mark.parametrize("gemm", ["blas", "own"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
