@@ -45,7 +45,7 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
 
 at::Tensor opt(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
 
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : at::empty({0}, like.options()); }
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : cpu_empty({0}, like.options()); }
 
 // The operators are public (they appear in exported graphs and can be called directly): every shape the
 // kernels index with is checked here, so a wrong one raises instead of reading out of bounds.
@@ -338,6 +338,20 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
 // for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
 // layer-major. Returns y (T, B, D * P), h_n (L * D, B, P) and c_n (L * D, B, H) (undefined, None in Python, for
 // cells without a cell state), or None where scan_direct would decline the tensors.
+// (L * D, B, ·) from L * D final states of one shape (at::stack without the dispatcher: see cpu_empty)
+at::Tensor stacked(const std::vector<at::Tensor>& states) {
+  std::vector<int64_t> sizes = states[0].sizes().vec();
+  sizes.insert(sizes.begin(), static_cast<int64_t>(states.size()));
+  at::Tensor out = cpu_empty(sizes, states[0].options());
+  char* dest = static_cast<char*>(out.data_ptr());
+  for (const at::Tensor& state : states) {
+    const at::Tensor part = state.contiguous();
+    if (part.nbytes() > 0) std::memcpy(dest, part.data_ptr(), part.nbytes());
+    dest += part.nbytes();
+  }
+  return out;
+}
+
 std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
                                   const c10::optional<at::Tensor>& c0, bool has_c,
                                   const std::vector<c10::optional<at::Tensor>>& weights, int64_t num_layers,
@@ -365,9 +379,9 @@ std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, 
       const int64_t k = layer * D + d;
       const c10::optional<at::Tensor>* w = &weights[5 * k];
       // zeros of the module's sizes (not the weights'): a replaced weight of a wrong shape gets scan_op's message
-      const at::Tensor h_start = h0.has_value() ? (*h0)[k] : at::zeros({B, out_size}, x.options());
+      const at::Tensor h_start = h0.has_value() ? (*h0)[k] : cpu_zeros({B, out_size}, x.options());
       const c10::optional<at::Tensor> c_start = !has_c ? none : c10::optional<at::Tensor>(
-          c0.has_value() ? (*c0)[k] : at::zeros({B, hidden_size}, x.options()));
+          c0.has_value() ? (*c0)[k] : cpu_zeros({B, hidden_size}, x.options()));
       auto [y, h_n, c_n, gates, c_hist, extra] = scan_op(cell, input, h_start, c_start, *w[0], *w[1], w[2], w[3],
                                                          w[4], {}, d == 1, false, none, none, none, none);
       outputs.push_back(y);
@@ -376,7 +390,7 @@ std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, 
     }
     input = D == 1 ? outputs[0] : at::cat(outputs, 2);
   }
-  return Three{input, at::stack(h_finals), has_c ? at::stack(c_finals) : at::Tensor()};
+  return Three{input, stacked(h_finals), has_c ? stacked(c_finals) : at::Tensor()};
 }
 
 // Fills out (rows, W) with `scale` where a uniform draw in [0, 1) is below keep[w], else 0: the masks of

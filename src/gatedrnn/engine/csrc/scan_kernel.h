@@ -27,6 +27,7 @@
 // daux accumulator, after the kAux blocks (db_ih then db_hh, G*H each), and they are read from there.
 #pragma once
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <omp.h>
 #include <torch/extension.h>
@@ -104,15 +105,33 @@ class BlockCache {
   size_t held_ = 0;
 };
 
+// Tensors the kernels make, without the dispatcher (at::detail::empty_cpu): a forward at batch 1 made ~20 (buffers,
+// states, the folded biases, stacked states), and each at::empty / zeros / clone through the dispatcher cost
+// ~0.5-1 µs, ~10% of an inference call at B = 1, T = 100 on a Zen 3. The engine's tensors are CPU tensors.
+inline at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  return at::detail::empty_cpu(sizes, c10::typeMetaToScalarType(opts.dtype()), false, std::nullopt);
+}
+inline at::Tensor cpu_zeros(at::IntArrayRef sizes, const at::TensorOptions& opts) {
+  at::Tensor t = cpu_empty(sizes, opts);
+  if (t.numel() > 0) std::memset(t.data_ptr(), 0, t.nbytes());
+  return t;
+}
+inline at::Tensor cpu_clone(const at::Tensor& t) {  // a contiguous copy
+  if (!t.is_contiguous()) return t.clone(at::MemoryFormat::Contiguous);
+  at::Tensor copy = cpu_empty(t.sizes(), t.options());
+  if (t.numel() > 0) std::memcpy(copy.data_ptr(), t.data_ptr(), t.nbytes());
+  return copy;
+}
+
 // A sequence-long buffer (the saved gates, c and extra blocks; backward's gate gradients): from BlockCache above
 // 4 MB, else torch's allocator; zeroed when asked (packed input).
 inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, bool zero) {
   int64_t count = 1;
   for (int64_t d : shape) count *= d;
   const size_t bytes = static_cast<size_t>(count) * opts.dtype().itemsize();
-  if (bytes < (size_t(4) << 20)) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  if (bytes < (size_t(4) << 20)) return zero ? cpu_zeros(shape, opts) : cpu_empty(shape, opts);
   const auto [data, capacity] = BlockCache::instance().take(bytes);
-  if (data == nullptr) return zero ? at::zeros(shape, opts) : at::empty(shape, opts);
+  if (data == nullptr) return zero ? cpu_zeros(shape, opts) : cpu_empty(shape, opts);
   if (zero) std::memset(data, 0, bytes);
   const size_t held = capacity;
   return at::from_blob(data, shape, [held](void* p) { BlockCache::instance().give_back(p, held); }, opts);
@@ -214,10 +233,10 @@ inline std::atomic<int> last_forward_split{kSerial};
 // GEMM of T * B rows), then the recurrence on one; overlapped, the recurrence starts at once and the projection
 // leaves its path (LSTM, B = 1, T = 100, I = H = 64 on a Zen 3: 190 -> 150 us). Needs every step's rows of
 // x W_ihᵀ at once in the gates buffer (a backward keeps them anyway; without one, a single chunk).
-inline int64_t ahead_block(int64_t B) { return std::max<int64_t>(1, 8 / B); }  // steps a block: ~8 rows
+inline int64_t ahead_block(int64_t B) { return std::max<int64_t>(1, 8 / std::max<int64_t>(B, 1)); }  // ~8 rows
 
 inline bool projects_ahead(bool packed, int64_t T_, int64_t B, int64_t chunk, bool keep, bool split) {
-  return !packed && !split && B < 8 && T_ >= 2 * ahead_block(B) && (keep || chunk >= T_) &&
+  return !packed && !split && B >= 1 && B < 8 && T_ >= 2 * ahead_block(B) && (keep || chunk >= T_) &&
          at::get_num_threads() > 1 && !at::in_parallel_region();
 }
 
@@ -309,36 +328,39 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // when the pointwise pass reads it; without a backward only one chunk is allocated.
   const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
   const at::Tensor gates = keep ? sequence_buffer({T_ * B, GH}, opts, false)
-                                : at::empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
+                                : cpu_empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
   const int64_t folded = GH - Cell::kRecBias * H;
-  at::Tensor bias = at::zeros({GH}, opts), rec_bias = at::zeros({std::max<int64_t>(1, Cell::kRecBias * H)}, opts);
+  // b_ih + b_hh folded (zeros without biases; b_ih, b_hh contiguous, the layer's dtype: scan_op)
+  at::Tensor bias = cpu_zeros({GH}, opts), rec_bias = cpu_zeros({std::max<int64_t>(1, Cell::kRecBias * H)}, opts);
   if (b_ih.defined()) {
-    bias.copy_(b_ih);
-    bias.narrow(0, 0, folded).add_(b_hh.narrow(0, 0, folded));
-    if (Cell::kRecBias) rec_bias.copy_(b_hh.narrow(0, folded, Cell::kRecBias * H));
+    const T* b_i = b_ih.data_ptr<T>();
+    const T* b_h = b_hh.data_ptr<T>();
+    T* folded_p = bias.data_ptr<T>();
+    for (int64_t k = 0; k < GH; ++k) folded_p[k] = k < folded ? b_i[k] + b_h[k] : b_i[k];
+    std::copy_n(b_h + folded, Cell::kRecBias * H, rec_bias.data_ptr<T>());
   }
-  at::Tensor y = packed ? at::zeros({T_, B, P}, opts) : at::empty({T_, B, P}, opts);
-  at::Tensor h = h0.clone();
-  at::Tensor c = Cell::kHasC ? c0.clone() : at::Tensor();
+  at::Tensor y = packed ? cpu_zeros({T_, B, P}, opts) : cpu_empty({T_, B, P}, opts);
+  at::Tensor h = cpu_clone(h0);
+  at::Tensor c = Cell::kHasC ? cpu_clone(c0) : at::Tensor();
   const int64_t CH = state_blocks<Cell>() * H;  // width of a row of the cell-state buffer (sLSTM: [c | n | m])
   at::Tensor c_hist, extra;
   if (keep && Cell::kHasC) c_hist = sequence_buffer({T_, B, CH}, opts, packed);
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
   if (keep && EW) extra = sequence_buffer({T_, B, EW}, opts, false);
-  at::Tensor rec = at::empty({B, GH}, opts);
+  at::Tensor rec = cpu_empty({B, GH}, opts);
   // scratch: h ⊙ rec_mask (B, P), and c_{t-1} under zoneout (B, H)
-  at::Tensor h_masked = rec_mask.defined() ? at::empty({B, P}, opts) : at::Tensor();
-  at::Tensor c_prev = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor h_masked = rec_mask.defined() ? cpu_empty({B, P}, opts) : at::Tensor();
+  at::Tensor c_prev = zo && Cell::kHasC ? cpu_empty({B, H}, opts) : at::Tensor();
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
   const T* zo_p = zo ? zoneout.data_ptr<T>() : nullptr;
   const T* rm_p = rec_mask.defined() ? rec_mask.data_ptr<T>() : nullptr;
   const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* hm_p = rec_mask.defined() ? h_masked.data_ptr<T>() : nullptr;
-  at::Tensor h_read = kReadsState ? at::empty({B, RW}, opts) : at::Tensor();  // [h (⊙ m) | a′] rows, kRecState
+  at::Tensor h_read = kReadsState ? cpu_empty({B, RW}, opts) : at::Tensor();  // [h (⊙ m) | a′] rows, kRecState
   T* hr_p = kReadsState ? h_read.data_ptr<T>() : nullptr;
   T* cprev_p = c_prev.defined() ? c_prev.data_ptr<T>() : nullptr;
-  at::Tensor m = proj ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor m = proj ? cpu_empty({B, H}, opts) : at::Tensor();
 
   T* gates_p = gates.data_ptr<T>();
   T* y_p = y.data_ptr<T>();
@@ -367,7 +389,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
                                 bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
                                 c_hist_p, extra_p, EW, cand_p, reverse, keep, chunk);
-    h.copy_(y[reverse ? 0 : T_ - 1]);
+    std::memcpy(h_p, y_p + (reverse ? 0 : T_ - 1) * B * P, sizeof(T) * B * P);
     return outputs();
   }
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
@@ -560,13 +582,13 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
 
   at::Tensor dgate_x = buffer({T_, B, GH});
   at::Tensor dgate_h = Cell::kSplitGrad ? buffer({T_, B, GH}) : dgate_x;
-  at::Tensor dgate_first = at::zeros({B, GH}, opts);  // dG_h at each row's first step (paired with h0)
-  at::Tensor dh = dh_n.clone();                        // dL/dh carried backwards in time, (B, P)
-  at::Tensor dc = Cell::kHasC ? dc_n.clone() : at::Tensor();  // (B, CH)
+  at::Tensor dgate_first = cpu_zeros({B, GH}, opts);  // dG_h at each row's first step (paired with h0)
+  at::Tensor dh = cpu_clone(dh_n);                        // dL/dh carried backwards in time, (B, P)
+  at::Tensor dc = Cell::kHasC ? cpu_clone(dc_n) : at::Tensor();  // (B, CH)
   const int64_t CH = state_blocks<Cell>() * H;
-  at::Tensor dh_hist = proj ? buffer({T_, B, P}) : at::empty({B, P}, opts);  // dL/dh per step (proj) or scratch
+  at::Tensor dh_hist = proj ? buffer({T_, B, P}) : cpu_empty({B, P}, opts);  // dL/dh per step (proj) or scratch
   at::Tensor m_hist = proj ? buffer({T_, B, H}) : at::Tensor();
-  at::Tensor dm = proj ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor dm = proj ? cpu_empty({B, H}, opts) : at::Tensor();
   const bool zo = zoneout.defined();
   const int64_t EW = extra_width<Cell>(H, P, zo), ZW = P + (Cell::kHasC ? H : 0);
   // accumulators of dL/daux (kAux*H) [+ dL/db_ih, dL/db_hh (2*GH) for kOwnsBiasGrad], one per thread (rows of a
@@ -574,12 +596,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   // B * DA values (1.2 MB for a LayerNorm LSTM at B = 64, H = 256), which pushed W_hh out of L2 at every step.
   const int64_t DA = Cell::kAux * H + (Cell::kOwnsBiasGrad ? 2 * GH : 0);
   const int64_t slots = std::max({1, at::get_num_threads(), omp_get_max_threads()});  // >= any region's team
-  at::Tensor daux_rows = DA ? at::zeros({slots, DA}, opts) : at::Tensor();
+  at::Tensor daux_rows = DA ? cpu_zeros({slots, DA}, opts) : at::Tensor();
   // zoneout: the parts of dL/dh_prev, dL/dc_prev that skip the cell (B, P), (B, H); rec_mask: dG W_hh (B, P)
-  at::Tensor dh_skip = zo ? at::empty({B, P}, opts) : at::Tensor();
-  at::Tensor dc_skip = zo && Cell::kHasC ? at::empty({B, H}, opts) : at::Tensor();
+  at::Tensor dh_skip = zo ? cpu_empty({B, P}, opts) : at::Tensor();
+  at::Tensor dc_skip = zo && Cell::kHasC ? cpu_empty({B, H}, opts) : at::Tensor();
   // dG W_hh before it is split or masked: (B, P), or (B, RW) = [dh | da′] for kRecState
-  at::Tensor dh_rec = rec_mask.defined() || kReadsState ? at::empty({B, RW}, opts) : at::Tensor();
+  at::Tensor dh_rec = rec_mask.defined() || kReadsState ? cpu_empty({B, RW}, opts) : at::Tensor();
   const T* aux_p = aux.defined() ? aux.data_ptr<T>() : nullptr;
   const T* cand_p = cand_mask.defined() ? cand_mask.data_ptr<T>() : nullptr;
   T* daux_p = DA ? daux_rows.data_ptr<T>() : nullptr;
