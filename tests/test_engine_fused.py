@@ -355,30 +355,45 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cell,batch,hidden,options,split", SPLIT_CASES, ids=lambda v: str(v))
-def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, options, split, dtype):
-    """Two threads split a forward's steps by hidden units (batch < 8) or by rows in one region (whole sequence);
-    outputs, final state and every gradient equal the one-thread run, and the engine reports the split it took."""
-    library = _build.load()
-    torch.manual_seed(11)
+def _make_plain_or_variant(cell: str, input_size: int, hidden: int, dtype, options: dict):
     plain = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn_tanh": gatedrnn.RNN}
-    module = (plain[cell](24, hidden, dtype=dtype, **options) if cell in plain
-              else make_module(cell, 24, hidden, dtype=dtype, **options)).train()
-    x = torch.randn(7, batch, 24, dtype=dtype, requires_grad=True)
+    return (plain[cell](input_size, hidden, dtype=dtype, **options) if cell in plain
+            else make_module(cell, input_size, hidden, dtype=dtype, **options))
+
+
+def _runs_on_one_and_two_threads(module, x, grad: bool):
+    """The module's forward on x with 1, then 2 threads (the same noise masks in both): ([(output, *states, and with
+    grad the gradients of a loss with respect to x and every parameter)] per run, the engine's split per run)."""
+    library = _build.load()
     threads = torch.get_num_threads()
     runs, splits = [], []
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
             torch.manual_seed(12)  # the same zoneout / dropout masks in both runs
-            output, state = module(x)
+            with torch.set_grad_enabled(grad):
+                output, state = module(x)
             splits.append(library.last_forward_split())
             states = state if isinstance(state, tuple) else (state,)
-            loss = output.square().sum() + sum(s.sum() for s in states)
-            runs.append((output, *states, *torch.autograd.grad(loss, [x, *module.parameters()])))
+            grads = ()
+            if grad:
+                loss = output.square().sum() + sum(s.sum() for s in states)
+                grads = torch.autograd.grad(loss, [x, *module.parameters()])
+            runs.append((output, *states, *grads))
     finally:
         torch.set_num_threads(threads)
+    return runs, splits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,batch,hidden,options,split", SPLIT_CASES, ids=lambda v: str(v))
+def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, options, split, dtype):
+    """Two threads split a forward's steps by hidden units (batch < 8) or by rows in one region (whole sequence);
+    outputs, final state and every gradient equal the one-thread run, and the engine reports the split it took."""
+    torch.manual_seed(11)
+    module = _make_plain_or_variant(cell, 24, hidden, dtype, options).train()
+    x = torch.randn(7, batch, 24, dtype=dtype, requires_grad=True)
+    runs, splits = _runs_on_one_and_two_threads(module, x, grad=True)
     assert splits == ["serial", split]
     # scaled to each tensor's largest value: BLAS may sum in another order with two threads (MKL does on an AMD
     # EPYC: y moves by ~5e-7, a weight gradient of values up to 42 by 4e-5), as torch.nn's results do
@@ -401,28 +416,10 @@ def test_fused_equals_one_thread_when_projecting_ahead(cell, batch, hidden, opti
     """Below batch 8, where no split of the steps applies, a second thread computes x W_ihᵀ block by block ahead of
     the steps (37 of them: blocks of 8 / batch steps and a short last one): outputs, final states and, training,
     every gradient equal the one-thread run, and the engine reports the split."""
-    library = _build.load()
     torch.manual_seed(batch + hidden)
-    plain = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU}
-    module = (plain[cell](10, hidden, dtype=dtype, **options) if cell in plain
-              else make_module(cell, 10, hidden, dtype=dtype, **options))
+    module = _make_plain_or_variant(cell, 10, hidden, dtype, options)
     x = torch.randn(37, batch, 10, dtype=dtype, requires_grad=grad)
-    threads = torch.get_num_threads()
-    runs, splits = [], []
-    try:
-        for count in (1, 2):
-            torch.set_num_threads(count)
-            with torch.set_grad_enabled(grad):
-                output, state = module(x)
-            splits.append(library.last_forward_split())
-            states = state if isinstance(state, tuple) else (state,)
-            grads = ()
-            if grad:
-                loss = output.square().sum() + sum(s.sum() for s in states)
-                grads = torch.autograd.grad(loss, [x, *module.parameters()])
-            runs.append((output, *states, *grads))
-    finally:
-        torch.set_num_threads(threads)
+    runs, splits = _runs_on_one_and_two_threads(module, x, grad=grad)
     assert splits == ["serial", "project_ahead"]
     for k, (one, two) in enumerate(zip(*runs)):
         assert_close_scaled(two, one, TOLERANCE[dtype], f"{cell}, projected ahead against one thread: tensor {k}")
