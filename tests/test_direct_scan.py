@@ -302,14 +302,21 @@ def test_plain_inference_equals_the_general_path(name, direct_calls, monkeypatch
         assert got.shape == want.shape and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("case", ["zoneout", "peephole", "int input", "2-D input", "wrong size", "no steps",
-                                  "autocast", "GATEDRNN_BACKEND=reference", "floor=torch"])
+class _OwnWeights(gatedrnn.LSTM):
+    def layer_weights(self, layer, direction=0):  # a subclass that hands the engine other weights
+        weights = super().layer_weights(layer, direction)
+        return weights._replace(w_hh=2 * weights.w_hh)
+
+
+@pytest.mark.parametrize("case", ["zoneout", "peephole", "float64 input", "2-D input", "wrong size", "no steps",
+                                  "autocast", "GATEDRNN_BACKEND=reference", "floor=torch", "own layer_weights"])
 def test_plain_inference_declines_what_the_general_path_must_handle(case, monkeypatch):
     """Anything the inline path does not serve exactly as the general path would returns None before computing:
     the general path then runs (torch's op, the reference loop, the layer-by-layer noise) or raises its message."""
     layer = {"zoneout": lambda: gatedrnn.LSTM(5, 7, zoneout=0.1).eval(),
-             "peephole": lambda: gatedrnn.LSTM(5, 7, variant="peephole")}.get(case, lambda: gatedrnn.LSTM(5, 7))()
-    x = {"int input": torch.ones(6, 3, 5, dtype=torch.int64), "2-D input": torch.randn(6, 5),
+             "peephole": lambda: gatedrnn.LSTM(5, 7, variant="peephole"),
+             "own layer_weights": lambda: _OwnWeights(5, 7)}.get(case, lambda: gatedrnn.LSTM(5, 7))()
+    x = {"float64 input": torch.randn(6, 3, 5, dtype=torch.float64), "2-D input": torch.randn(6, 5),
          "wrong size": torch.randn(6, 3, 4), "no steps": torch.randn(0, 3, 5)}.get(case, torch.randn(6, 3, 5))
     if case == "GATEDRNN_BACKEND=reference":
         monkeypatch.setenv("GATEDRNN_BACKEND", "reference")

@@ -410,6 +410,7 @@ def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, option
     ("gru", 2, 32, {"bidirectional": True}),  # reverse time: the blocks are projected from the last
     ("lstm", 3, 40, {"proj_size": 16}),
     ("layernorm_lstm", 1, 32, {}),
+    ("gru", 6, 16, {}),  # blocks of one step
 ])
 @pytest.mark.parametrize("grad", [True, False], ids=["train", "no_grad"])
 def test_fused_equals_one_thread_when_projecting_ahead(cell, batch, hidden, options, grad, dtype):
@@ -423,6 +424,17 @@ def test_fused_equals_one_thread_when_projecting_ahead(cell, batch, hidden, opti
     assert splits == ["serial", "project_ahead"]
     for k, (one, two) in enumerate(zip(*runs)):
         assert_close_scaled(two, one, TOLERANCE[dtype], f"{cell}, projected ahead against one thread: tensor {k}")
+
+
+def test_no_projection_ahead_where_the_sequence_does_not_fit_one_chunk():
+    """Without a backward, x W_ihᵀ is kept one chunk at a time (2^18 values: 1024 steps of an LSTM at B = 1, H = 64):
+    a longer sequence cannot have every step projected ahead, and runs serially, equal to one thread."""
+    torch.manual_seed(3)
+    module = gatedrnn.LSTM(4, 64)
+    runs, splits = _runs_on_one_and_two_threads(module, torch.randn(1100, 1, 4), grad=False)
+    assert splits == ["serial", "serial"]
+    for one, two in zip(*runs):
+        assert_close_scaled(two, one, TOLERANCE[torch.float32], "a sequence longer than a chunk")
 
 
 @pytest.mark.parametrize("gemm", ["blas", "own"])

@@ -257,6 +257,8 @@ class RecurrentBase(nn.Module):
                 or (self.training and (self.recurrent_dropout or self.candidate_dropout or self.weight_drop
                                        or (self.dropout and self.num_layers > 1)))):
             return None
+        if type(self).layer_weights is not RecurrentBase.layer_weights:
+            return None  # a subclass's own weights: the general path asks it
         if torch_floor.runs_torch(self, input, None) or not engine.runs_fused(input):
             return None
         weights: list[Optional[Tensor]] = []

@@ -498,9 +498,12 @@ class StepWeight {
   // Make `compute` ready for row blocks of a step with n active rows (re-packs when n changes), each call of
   // `compute` taking about rows_per_call of them (n when 0; fewer when a step's rows are split over threads): the
   // size at which BLAS and PanelGemm are timed against each other at the first use of this shape. Serial.
-  void prepare(int n, int rows_per_call = 0) {
+  // single_thread: the calls run inside a parallel region although one call takes every row (BLAS is then timed
+  // on one thread, as for a split step).
+  void prepare(int n, int rows_per_call = 0, bool single_thread = false) {
     if (mode_.empty() || n <= 0) return;  // no weight, or the small kernel (batch 1-2)
-    if (!decided_) decide(rows_per_call > 0 ? rows_per_call : n, rows_per_call > 0 && rows_per_call < n);
+    if (!decided_)
+      decide(rows_per_call > 0 ? rows_per_call : n, single_thread || (rows_per_call > 0 && rows_per_call < n));
     if (panels_ != nullptr) return;
     prepare_blas(n);
   }

@@ -331,13 +331,6 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
                  cand_mask);
 }
 
-// A whole stack's forward where nothing needs a gradient, nothing is traced and no regulariser draws noise, on a
-// padded x (T, B, I), as one pybind call (`gatedrnn.engine.fused.run_stack_inference`): per layer and direction
-// the kernel of scan_direct, with the layer's Python loop, its state slicing and the stacking of h_n moved here
-// (~40 us a forward at batch 1 on a 2-core VM, where a batch-1 step costs ~1 us: benchmarks/micro/stack_call.py). h0, c0: (L * D, B, ·) or None
-// for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
-// layer-major. Returns y (T, B, D * P), h_n (L * D, B, P) and c_n (L * D, B, H) (undefined, None in Python, for
-// cells without a cell state), or None where scan_direct would decline the tensors.
 // (L * D, B, ·) from L * D final states of one shape (at::stack without the dispatcher: see cpu_empty)
 at::Tensor stacked(const std::vector<at::Tensor>& states) {
   std::vector<int64_t> sizes = states[0].sizes().vec();
@@ -345,6 +338,7 @@ at::Tensor stacked(const std::vector<at::Tensor>& states) {
   at::Tensor out = cpu_empty(sizes, states[0].options());
   char* dest = static_cast<char*>(out.data_ptr());
   for (const at::Tensor& state : states) {
+    TORCH_CHECK(state.sizes() == states[0].sizes(), "stack_direct: final states of different shapes");
     const at::Tensor part = state.contiguous();
     if (part.nbytes() > 0) std::memcpy(dest, part.data_ptr(), part.nbytes());
     dest += part.nbytes();
@@ -352,6 +346,13 @@ at::Tensor stacked(const std::vector<at::Tensor>& states) {
   return out;
 }
 
+// A whole stack's forward where nothing needs a gradient, nothing is traced and no regulariser draws noise, on a
+// padded x (T, B, I), as one pybind call (`gatedrnn.engine.fused.run_stack_inference`): per layer and direction
+// the kernel of scan_direct, with the layer's Python loop, its state slicing and the stacking of h_n moved here
+// (~40 us a forward at batch 1 on a 2-core VM, where a batch-1 step costs ~1 us: benchmarks/micro/stack_call.py). h0, c0: (L * D, B, ·) or None
+// for zeros of (B, out_size) and (B, hidden_size); weights: 5 per layer and direction (LayerWeights' order),
+// layer-major. Returns y (T, B, D * P), h_n (L * D, B, P) and c_n (L * D, B, H) (undefined, None in Python, for
+// cells without a cell state), or None where scan_direct would decline the tensors.
 std::optional<Three> stack_direct(const std::string& cell, const at::Tensor& x, const c10::optional<at::Tensor>& h0,
                                   const c10::optional<at::Tensor>& c0, bool has_c,
                                   const std::vector<c10::optional<at::Tensor>>& weights, int64_t num_layers,

@@ -107,7 +107,8 @@ class BlockCache {
 
 // Tensors the kernels make, without the dispatcher (at::detail::empty_cpu): a forward at batch 1 made ~20 (buffers,
 // states, the folded biases, stacked states), and each at::empty / zeros / clone through the dispatcher cost
-// ~0.5-1 µs, ~10% of an inference call at B = 1, T = 100 on a Zen 3. The engine's tensors are CPU tensors.
+// ~1-2 µs on the AMD EPYC (Zen 3), ~15% of an inference call at B = 1, T = 100 there. The engine's tensors are
+// CPU tensors.
 inline at::Tensor cpu_empty(at::IntArrayRef sizes, const at::TensorOptions& opts) {
   return at::detail::empty_cpu(sizes, c10::typeMetaToScalarType(opts.dtype()), false, std::nullopt);
 }
@@ -492,11 +493,15 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     }
   } else if (projects_ahead(packed, T_, B, chunk, keep, splits_rows(B, row_work))) {
     last_forward_split.store(kProjectAhead, std::memory_order_relaxed);
-    w_hh_step.prepare(static_cast<int>(B), static_cast<int>(B));
-    if (proj) w_hr_step.prepare(static_cast<int>(B), static_cast<int>(B));
+    // (inside the region below BLAS runs on one thread: its GEMMs are timed so)
+    w_hh_step.prepare(static_cast<int>(B), static_cast<int>(B), true);
+    if (proj) w_hr_step.prepare(static_cast<int>(B), static_cast<int>(B), true);
     // Block b (steps [b * block, ...)): 0 free, 1 taken, 2 done. The helpers take blocks in the steps' order; the
-    // stepping thread takes a block that no helper has started itself (the first, or all of them with a team
-    // of one), so it never waits for a helper that is not running.
+    // stepping thread computes a block that no helper has started itself (the first, or all of them with a team
+    // of one), so it never waits for a block nobody computes; it waits only for one a helper is computing (which
+    // a busy machine may deschedule for a time slice). The whole team enters the region, as in every region of the
+    // engine (a team size other than the pool's makes GOMP rebuild its pool); past two threads the extra helpers
+    // find the blocks taken and wait at the region's end.
     const int64_t block = ahead_block(B), blocks = (T_ + block - 1) / block;
     std::vector<std::atomic<int>> state(blocks);
     auto project_block = [&](int64_t b) {
@@ -512,7 +517,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     };
 #pragma omp parallel
     {
-      const int team = omp_get_num_threads(), k = omp_get_thread_num();
+      const int k = omp_get_thread_num();
       at::internal::ThreadIdGuard thread_id(k);
       if (k == 0) {  // the calling thread (its StepWeights' buffers are its own): the steps
         for (int64_t s = 0; s < T_; ++s) {
