@@ -45,7 +45,9 @@ auto dispatch(const std::string& cell, const at::Tensor& like, Fn&& fn) {
 
 at::Tensor opt(const c10::optional<at::Tensor>& t) { return t.has_value() ? t->contiguous() : at::Tensor(); }
 
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) { return t.defined() ? t : cpu_empty({0}, like.options()); }
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
+  return t.defined() ? t : cpu_empty({0}, like.options());
+}
 
 // The operators are public (they appear in exported graphs and can be called directly): every shape the
 // kernels index with is checked here, so a wrong one raises instead of reading out of bounds.

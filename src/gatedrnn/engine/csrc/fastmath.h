@@ -50,9 +50,10 @@ GATEDRNN_MATH float reciprocal_newton(float d) {
 }
 
 // The cells' 1 / d: reciprocal_newton where vectors are 512 bits wide and on other architectures; x86 without
-// AVX-512 (AVX2, SSE) divides: there vdivps issues every ~3.5-5 cycles on a unit of its own, beside the FMA pipes,
-// and an LSTM's pointwise pass ran 1.4x faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). 1 / d is
-// correctly rounded, so no less exact, and 1 / 1 is 1 either way.
+// AVX-512 (AVX2, SSE) divides: there vdivps issues every ~3.5-5 cycles on a unit of its own (Zen 3, Skylake;
+// Haswell's 256-bit divide takes ~14, not measured), beside the FMA pipes, and an LSTM's pointwise pass ran 1.4x
+// faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). 1 / d is correctly rounded, so no less exact, and
+// 1 / 1 is 1 either way.
 GATEDRNN_MATH float reciprocal(float d) {
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX512F__)
   return 1.0f / d;
