@@ -253,9 +253,7 @@ class RecurrentBase(nn.Module):
         if (weight is None or input.dim() != 3 or input.dtype is not weight.dtype or not input.is_cpu
                 or input.shape[-1] != self.input_size or input.shape[1 if self.batch_first else 0] == 0):
             return None
-        if (not spec.fused or spec.kernel_weights is not None or spec.extra_params or self.zoneout != (0.0, 0.0)
-                or (self.training and (self.recurrent_dropout or self.candidate_dropout or self.weight_drop
-                                       or (self.dropout and self.num_layers > 1)))):
+        if not spec.fused or not self._one_call_serves():
             return None
         if type(self).layer_weights is not RecurrentBase.layer_weights:
             return None  # a subclass's own weights: the general path asks it
@@ -375,13 +373,8 @@ class RecurrentBase(nn.Module):
         gradient, no regulariser draws noise and the fused engine runs x (T, B, I): (y (T, B, D * P), h_n, c_n or
         None), or None where the layer-by-layer loop runs. The cheap checks come first: a training step returns
         None before reading a weight (a parametrized weight is computed once per forward, by the loop) or hx."""
-        if torch.compiler.is_compiling() or self.spec.kernel_weights is not None or self.spec.extra_params:
-            return None  # compiled: the operator, which the graph records; cells with their own operands
-        # `_noise`'s and `_noisy_weights`' conditions, without drawing anything (the loop would draw again)
-        if self.zoneout != (0.0, 0.0) or (self.training and (
-                self.recurrent_dropout or self.candidate_dropout or self.weight_drop
-                or (self.dropout and self.num_layers > 1))):
-            return None
+        if torch.compiler.is_compiling() or not self._one_call_serves():
+            return None  # compiled: the operator, which the graph records
         if torch.is_grad_enabled():
             raw = (hx,) if isinstance(hx, Tensor) else tuple(hx) if isinstance(hx, (tuple, list)) else ()
             for t in (x, *raw, *self.parameters()):
@@ -398,6 +391,15 @@ class RecurrentBase(nn.Module):
         return engine.run_stack_inference(self.mode, x, states[0], states[1] if len(states) > 1 else None, weights,
                                           self.num_layers, self.bidirectional, self.proj_size or self.hidden_size,
                                           self.hidden_size)
+
+    def _one_call_serves(self) -> bool:
+        """Whether the layer's configuration lets one engine call run the whole stack: a cell without operands of
+        its own, and no regulariser that draws noise in this mode (`_noise`'s and `_noisy_weights`' conditions,
+        without drawing anything: the loop would draw again)."""
+        spec = self.spec
+        return not (spec.kernel_weights is not None or spec.extra_params or self.zoneout != (0.0, 0.0)
+                    or (self.training and (self.recurrent_dropout or self.candidate_dropout or self.weight_drop
+                                           or (self.dropout and self.num_layers > 1))))
 
     def _initial_rows(self, hx, batch: int, batched: bool, sorted_indices, x: Tensor) -> list[tuple[Tensor, ...]]:
         """`_initial_state` by row k = layer * D + direction: D*L tuples of (B, ·) tensors, each the state the
