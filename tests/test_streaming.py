@@ -146,14 +146,17 @@ def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
 
 
 class _CountingStreamer:
-    """Stands in for the engine's library in `gatedrnn.layers.streaming`: the real stream_step, counted."""
+    """Stands in for the engine's library in `gatedrnn.layers.streaming`: the real stream_step, counted.
+    asked: calls; steps: calls it served (it returns None for what it declines)."""
 
     def __init__(self, library) -> None:
-        self.library, self.steps = library, 0
+        self.library, self.asked, self.steps = library, 0, 0
 
     def stream_step(self, *args):
-        self.steps += 1
-        return self.library.stream_step(*args)
+        self.asked += 1
+        out = self.library.stream_step(*args)
+        self.steps += out is not None
+        return out
 
 
 @pytest.fixture
@@ -254,7 +257,7 @@ def test_half_precision_steps_on_the_reference_path(dtype, counted_streamers):
             y, state = module.step(x[t], state)
         expected, _ = module(x)
     torch.testing.assert_close(y, expected[-1], rtol=1e-2, atol=1e-2)
-    assert counted_streamers.steps == 2  # asked, and it declined
+    assert (counted_streamers.asked, counted_streamers.steps) == (2, 0)  # asked, and it declined
 
 
 def test_streaming_holds_no_parameter(counted_streamers):
@@ -307,3 +310,60 @@ def test_one_call_steps_read_parametrized_weights(counted_streamers):
     assert counted_streamers.steps == 1
     assert torch.equal(fast, slow)
     torch.testing.assert_close(fast, expected[0])
+
+
+@pytest.mark.parametrize("cls,options", [(gatedrnn.LSTM, {"bias": False}), (gatedrnn.GRU, {"bias": False}),
+                                         (gatedrnn.LSTM, {"bias": False, "proj_size": 3})],
+                         ids=["lstm", "gru", "lstm-proj"])
+def test_one_call_steps_without_bias(cls, options, counted_streamers):
+    """bias=False: the step kernel gets no bias slots (the names of absent weights come from the settings)."""
+    torch.manual_seed(7)
+    module = cls(4, 6, num_layers=2, **options).eval()
+    x = torch.randn(4, 3, 4)
+    state = initial_state(module, 3, torch.float32)
+    with torch.no_grad():
+        expected, expected_state = module(x, state)
+        outputs = []
+        for t in range(x.shape[0]):
+            y, state = module.step(x[t], state)
+            outputs.append(y)
+    assert counted_streamers.steps == x.shape[0]
+    torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(as_tuple(state), as_tuple(expected_state)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_one_call_steps_decline_the_reference_backend(monkeypatch, counted_streamers):
+    """GATEDRNN_BACKEND=reference, set while streaming, reaches the C++ call (it reads the variable at every call):
+    the step then runs the cell functions, as forward does."""
+    torch.manual_seed(8)
+    module = gatedrnn.GRU(4, 6).eval()
+    x, state = torch.randn(2, 4), torch.randn(1, 2, 6)
+    with torch.no_grad():
+        fast, _ = module.step(x, state)
+        monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+        reference, _ = module.step(x, state)
+        monkeypatch.setenv("GATEDRNN_BACKEND", "fused")
+        again, _ = module.step(x, state)
+    assert (counted_streamers.asked, counted_streamers.steps) == (3, 2)
+    torch.testing.assert_close(reference, fast, rtol=1e-5, atol=1e-5)
+    assert torch.equal(again, fast)
+
+
+def test_one_call_steps_decline_an_own_layer_weights():
+    """A subclass that overrides layer_weights steps with what its layer_weights returns, as its forward does."""
+
+    class HalvedRecurrent(gatedrnn.LSTM):
+        def layer_weights(self, layer, direction=0):
+            weights = super().layer_weights(layer, direction)
+            return weights._replace(w_hh=0.5 * weights.w_hh)
+
+    torch.manual_seed(9)
+    module = HalvedRecurrent(4, 6).eval()
+    x = torch.randn(3, 2, 4)
+    state = initial_state(module, 2, torch.float32)
+    with torch.no_grad():
+        expected, _ = module(x, state)
+        for t in range(x.shape[0]):
+            y, state = module.step(x[t], state)
+    torch.testing.assert_close(y, expected[-1], rtol=1e-5, atol=1e-5)

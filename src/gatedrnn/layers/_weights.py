@@ -12,6 +12,7 @@ KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 _NAMES: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 _FLAT: dict[int, tuple[str, ...]] = {}
+_STREAM: dict[tuple[int, bool, bool], tuple[Optional[str], ...]] = {}
 
 
 def weight_names(layer: int, direction: int, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -45,3 +46,20 @@ def read_weight(module, name: str) -> Optional[Tensor]:
             and type(module).__getattr__ is Module.__getattr__ and not hasattr(type(module), name)):
         return None
     return getattr(module, name, None)
+
+
+def stream_weights(module) -> list[Optional[Tensor]]:
+    """The weights of a unidirectional stack in `flat_weight_names` order, None where the layer has no such weight
+    (bias=False, no proj_size), read now as forward reads them: the streaming step kernel's weight list. A step at
+    batch 1 costs a few µs, so the names of absent weights are known from the layer's settings, not looked up."""
+    key = (module.num_layers, module.bias, bool(module.proj_size))
+    names = _STREAM.get(key)
+    if names is None:
+        names = _STREAM[key] = tuple(
+            None if (kind.startswith("bias") and not key[1]) or (kind == "weight_hr" and not key[2]) else name
+            for name in flat_weight_names(key[0]) for kind in [name.rsplit("_", 1)[0]])
+    params = module._parameters
+    try:
+        return [name and params[name] for name in names]
+    except KeyError:  # a weight that is not a registered parameter (torch.nn.utils.parametrize)
+        return [name and read_weight(module, name) for name in names]

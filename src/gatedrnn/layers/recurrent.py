@@ -283,7 +283,8 @@ class RecurrentBase(nn.Module):
     def step(self, x: Tensor, state: Optional[State] = None):
         """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None = zeros).
         Returns (y (N, H_out) or (H_out,), new_state). See `gatedrnn.layers.streaming`."""
-        return streaming.step(self, x, state)
+        # a subclass's own layer_weights is what forward and the general step read; the fast path reads parameters
+        return streaming.step(self, x, state, fast=type(self).layer_weights is RecurrentBase.layer_weights)
 
     def _check_input(self, input: Tensor, *, any_dtype: bool = False) -> bool:
         """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""

@@ -13,7 +13,6 @@ step functions run and autograd differentiates them.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Union
 
 import torch
@@ -26,16 +25,18 @@ from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ShapeError, active_regularisers, check_floating, check_step_input, refuse_bidirectional_step,
 )
-from gatedrnn.layers._weights import flat_weight_names, read_weight
+from gatedrnn.layers._weights import stream_weights
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
-def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
-    """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format."""
-    fast = _streamed(module, x, state)
-    if fast is not None:
-        return fast
+def step(module, x: Tensor, state: Optional[State] = None, *, fast: bool = True) -> tuple[Tensor, State]:
+    """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format.
+    fast=False skips the one-call path (`_streamed`), which reads the registered parameters by name."""
+    if fast:
+        out = _streamed(module, x, state)
+        if out is not None:
+            return out
     refuse_bidirectional_step(module)
     if torch._C._is_tracing():  # torch.jit.trace records torch's ops only: forward over one time step
         return _step_as_forward(module, x, state)
@@ -60,14 +61,13 @@ def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, Stat
 
 def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
     """The streaming loop's own case in one C++ call (the engine's `stream_step`), or None for anything else, which
-    then takes the general path below with its checks and messages: under no_grad, eager, no dispatch mode, a cell
-    with a step kernel and no per-step noise, and a state from a previous step (None, the first step, goes the
-    general way). Python and the operator's argument boxing cost more than a step's arithmetic at batch 1."""
-    if (torch.is_grad_enabled() or state is None or torch._C._len_torch_dispatch_stack()
-            or torch.compiler.is_compiling() or torch._C._is_tracing()):
+    then takes the general path below with its checks and messages: under no_grad, eager, no dispatch mode or
+    tracer, a cell with a step kernel and no per-step noise, and a state from a previous step (None, the first step,
+    goes the general way). At batch 1 each Python check costs a visible share of a step, so only what the C++ call
+    cannot see is checked here; it declines dispatch modes, the tracer, GATEDRNN_BACKEND=reference, dtypes and
+    shapes itself."""
+    if state is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
-    if os.environ.get("GATEDRNN_BACKEND", "") not in ("", "auto", "fused"):
-        return None  # "reference", or a value the general path names in its error
     spec = module.spec
     if (not spec.fused or spec.extra_params or spec.kernel_weights is not None or module.bidirectional
             or module.zoneout != (0.0, 0.0) or (module.training and (module.num_layers > 1 and module.dropout
@@ -78,17 +78,16 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         if type(state) is not tuple or len(state) != 2:
             return None
         h, c = state
+        if type(c) is not Tensor:
+            return None
     else:
         h, c = state, None
-    if type(x) is not Tensor or type(h) is not Tensor or (has_c and type(c) is not Tensor):
+    if type(x) is not Tensor or type(h) is not Tensor:
         return None
     library = _build.load()
     if library is None:
         return None
-    # read at every step, as forward does (no weight is held between calls: see engine.cpp's stream_step)
-    params = module._parameters  # read_weight, inlined for registered parameters (a call each costs per step)
-    weights = [params[name] if name in params else read_weight(module, name)
-               for name in flat_weight_names(module.num_layers)]
+    weights = stream_weights(module)
     if x.dim() == 1:  # unbatched: (H_in,) and a state without N
         if h.dim() != 2 or (has_c and c.dim() != 2):
             return None
@@ -98,9 +97,7 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
             return None
         y, h_next, c_next = out
         return y.squeeze(0), ((h_next.squeeze(1), c_next.squeeze(1)) if has_c else h_next.squeeze(1))
-    if x.dim() != 2 or h.dim() != 3 or (has_c and c.dim() != 3):
-        return None
-    out = library.stream_step(module.mode, x, h, c, weights)
+    out = library.stream_step(module.mode, x, h, c, weights)  # None for a shape or dtype it does not take
     if out is None:
         return None
     y, h_next, c_next = out

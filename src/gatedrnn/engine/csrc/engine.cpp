@@ -2,8 +2,12 @@
 // and gatedrnn::step (schemas, fake kernels and autograd in gatedrnn/engine/ops.py), registered with the
 // dispatcher when this library is loaded. Cell kinds are named as in gatedrnn.cells.spec.CELL_SPECS.
 // An operator returns tensors only: what a cell does not have comes back as an empty (0,) tensor.
+#include <c10/core/impl/TorchDispatchModeTLS.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <torch/extension.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -285,12 +289,19 @@ bool plain_operand(const at::Tensor& t, at::ScalarType dtype) {
 // One streaming step as a plain pybind call (`gatedrnn.layers.streaming`): the dispatcher boxes the operator's
 // arguments (a string and a list of optional tensors) at every call, which at batch 1 costs more than the step's
 // arithmetic. Returns None for anything but plain, same-dtype float32/float64 CPU tensors of the shapes the first
-// layer's weights imply (a functorch wrapper, a subclass, half precision), and the caller then takes the
-// operator's path, whose checks and messages are the layers' own. Holds nothing between calls: torch's swap mode
-// (torch.utils.swap_tensors under load_state_dict and .to()) refuses parameters that have other owners.
+// layer's weights imply (a functorch wrapper, a subclass, half precision), under a dispatch mode or the tracer, or
+// with GATEDRNN_BACKEND naming another path; the caller then takes the operator's path, whose checks and messages
+// are the layers' own. Holds nothing between calls: torch's swap mode (torch.utils.swap_tensors under
+// load_state_dict and .to()) refuses parameters that have other owners.
 std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, const at::Tensor& h,
                                  const c10::optional<at::Tensor>& c,
                                  const std::vector<c10::optional<at::Tensor>>& weights) {
+  // What the operator would see and this call would bypass: a dispatch mode, the tracer, GATEDRNN_BACKEND set to
+  // anything but the fused engine (os.environ writes go through putenv, so getenv reads the current value).
+  if (c10::impl::TorchDispatchModeTLS::stack_len() > 0 || torch::jit::tracer::isTracing()) return std::nullopt;
+  if (const char* backend = std::getenv("GATEDRNN_BACKEND");
+      backend != nullptr && *backend != '\0' && std::strcmp(backend, "auto") != 0 && std::strcmp(backend, "fused") != 0)
+    return std::nullopt;
   const at::ScalarType dtype = x.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
   if (!plain_operand(x, dtype) || !plain_operand(h, dtype) || (c.has_value() && !plain_operand(*c, dtype)))
