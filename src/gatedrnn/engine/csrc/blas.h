@@ -279,7 +279,8 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
 // weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). Four rows at a time
 // with independent accumulators (two registers per row where a register is narrower than 64 bytes, so 8 FMA
 // chains hide the FMA latency), each weight read once and in place; a BLAS call per gate block costs more in
-// dispatch than this whole pass at H <= 256.
+// dispatch than this whole pass at H <= 256. The next four rows are prefetched while these are summed: four
+// rows of 1 KB are streams too short for the hardware prefetcher to ramp up on (numbers in csrc/README.md).
 template <typename T>
 inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
                        T* __restrict__ y) {
@@ -290,9 +291,12 @@ inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, c
   int64_t r = r0;
   for (; r + 4 <= r1; r += 4) {
     const T* w = W + r * K;
+    const T* next = w + 4 * K;  // the next four rows, fetched while these are summed (past r1: a prefetch never faults)
     Vec a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
     int k = 0;
     for (; k + kStep <= K; k += kStep) {
+      __builtin_prefetch(next + k), __builtin_prefetch(next + K + k), __builtin_prefetch(next + 2 * K + k);
+      __builtin_prefetch(next + 3 * K + k);
       const Vec xv = load(x + k);
       a0 += load(w + k) * xv, a1 += load(w + K + k) * xv, a2 += load(w + 2 * K + k) * xv;
       a3 += load(w + 3 * K + k) * xv;
