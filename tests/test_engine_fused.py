@@ -442,11 +442,12 @@ def test_no_projection_ahead_where_the_sequence_does_not_fit_one_chunk():
 def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
     """GATEDRNN_GEMM forces the step GEMM (BLAS, or the engine's own PanelGemm) for every weight the steps reuse
     (batch >= 3); each equals torch.nn in outputs, final states and every gradient, with full tiles, row remainders
-    and a last partial column panel (hidden sizes that are not multiples of a panel)."""
+    and a last partial column panel (hidden sizes that are not multiples of a panel); rows left after the row tiles
+    (16 and 11 rows: 4 and 5; on two threads 8: 2; 7: 1) run on pairs of panels where two full panels remain."""
     library = _build.load()
     monkeypatch.setenv("GATEDRNN_GEMM", gemm)
     cases = (("lstm", 16, 72, {}), ("gru", 5, 40, {"bidirectional": True}), ("lstm", 11, 48, {"proj_size": 20}),
-             ("rnn_tanh", 3, 50, {"num_layers": 2}))
+             ("rnn_tanh", 3, 50, {"num_layers": 2}), ("lstm", 7, 36, {"proj_size": 20}))
     for cell, batch, hidden, options in cases:
         torch.manual_seed(batch)
         module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
