@@ -40,8 +40,9 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
-    (Path("benchmarks/results/2026-12-06-6.json"), None),  # AMD EPYC (Zen 3, AVX2)
-    (Path("benchmarks/results/2026-12-06-5.json"), None),  # the same engine minutes before, the VM ~1.5x slower
+    (Path("benchmarks/results/2026-12-07-2.json"), None),  # AMD EPYC (Zen 3, AVX2)
+    (Path("benchmarks/results/2026-12-07-1.json"), None),  # minutes before, without PanelGemm's pairs of panels
+    (Path("benchmarks/results/2026-12-06-6.json"), None),  # the previous session's engine on the same machine
     (Path("benchmarks/results/2026-12-06-1.json"), None),  # the same AMD machine, before the AMD work of issue 10
     (Path("benchmarks/results/2026-11-30-7.json"), None),  # Intel Xeon (AVX-512)
     (Path("benchmarks/results/2026-11-30-5.json"), None),
