@@ -442,12 +442,14 @@ def test_no_projection_ahead_where_the_sequence_does_not_fit_one_chunk():
 def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
     """GATEDRNN_GEMM forces the step GEMM (BLAS, or the engine's own PanelGemm) for every weight the steps reuse
     (batch >= 3); each equals torch.nn in outputs, final states and every gradient, with full tiles, row remainders
-    and a last partial column panel (hidden sizes that are not multiples of a panel); rows left after the row tiles
-    (16 and 11 rows: 4 and 5; on two threads 8: 2; 7: 1) run on pairs of panels where two full panels remain."""
+    and a last partial column panel (hidden sizes that are not multiples of a panel); 1-2 rows left after the row
+    tiles run on pairs of panels where two full panels remain (AVX2's 6-row tiles: 7 and 8 rows leave 1 and 2;
+    AVX-512's and NEON's 8-row tiles: 10 rows leave 2)."""
     library = _build.load()
     monkeypatch.setenv("GATEDRNN_GEMM", gemm)
     cases = (("lstm", 16, 72, {}), ("gru", 5, 40, {"bidirectional": True}), ("lstm", 11, 48, {"proj_size": 20}),
-             ("rnn_tanh", 3, 50, {"num_layers": 2}), ("lstm", 7, 36, {"proj_size": 20}))
+             ("rnn_tanh", 3, 50, {"num_layers": 2}), ("lstm", 7, 36, {"proj_size": 20}), ("lstm", 8, 72, {}),
+             ("gru", 10, 40, {}))
     for cell, batch, hidden, options in cases:
         torch.manual_seed(batch)
         module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
@@ -477,6 +479,20 @@ def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch
     x, fresh, weights = _inputs(cell, steps, batch, hidden, {}, dtype, input_size=input_size)
     _assert_equals_torch_on_threads(2, module, reference, x, fresh, weights, cell, dtype,
                                     check=lambda: library.last_forward_split() == split)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_own_gemm_gives_the_same_bits_however_rows_are_tiled(dtype, monkeypatch):
+    """PanelGemm sums each column over k in order whatever tile its row falls in: a forward on one thread (16 rows:
+    6 + 6 + 4 on AVX2) and on two (8 rows each: 6 + 2 rows on pairs of panels) gives the same bits."""
+    monkeypatch.setenv("GATEDRNN_GEMM", "own")
+    torch.manual_seed(13)
+    module = gatedrnn.GRU(20, 260, dtype=dtype).eval()
+    x = torch.randn(30, 16, 20, dtype=dtype)  # 30 steps: x W_ihᵀ in two chunks, on PanelGemm as well
+    runs, splits = _runs_on_one_and_two_threads(module, x, grad=False)
+    assert splits == ["serial", "row_region"]
+    for one, two in zip(*runs):
+        assert torch.equal(one, two)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -165,7 +165,7 @@ def counted_streamers(monkeypatch):
     from gatedrnn.layers import streaming
 
     counting = _CountingStreamer(_build.load())
-    monkeypatch.setattr(streaming._build, "load", lambda: counting)
+    monkeypatch.setattr(streaming._build, "loaded", lambda: counting)
     return counting
 
 
@@ -315,8 +315,11 @@ def test_one_call_steps_read_parametrized_weights(counted_streamers):
 @pytest.mark.parametrize("cls,options", [(gatedrnn.LSTM, {"bias": False}), (gatedrnn.GRU, {"bias": False}),
                                          (gatedrnn.LSTM, {"bias": False, "proj_size": 3})],
                          ids=["lstm", "gru", "lstm-proj"])
-def test_one_call_steps_without_bias(cls, options, counted_streamers):
-    """bias=False: the step kernel gets no bias slots (the names of absent weights come from the settings)."""
+def test_one_call_steps_without_bias(cls, options, counted_streamers, monkeypatch):
+    """bias=False: the step kernel gets no bias slots, and the names of absent weights come from the settings
+    (no lookup by name: `read_weight` is not called while stepping)."""
+    from gatedrnn.layers import _weights
+
     torch.manual_seed(7)
     module = cls(4, 6, num_layers=2, **options).eval()
     x = torch.randn(4, 3, 4)
@@ -324,9 +327,13 @@ def test_one_call_steps_without_bias(cls, options, counted_streamers):
     with torch.no_grad():
         expected, expected_state = module(x, state)
         outputs = []
-        for t in range(x.shape[0]):
-            y, state = module.step(x[t], state)
-            outputs.append(y)
+        with monkeypatch.context() as patch:
+            patch.setattr(_weights, "read_weight", lambda *args: pytest.fail("the names were looked up"))
+            slots = _weights.stream_weights(module)
+            for t in range(x.shape[0]):
+                y, state = module.step(x[t], state)
+                outputs.append(y)
+    assert [slot is None for slot in slots[:5]] == [False, False, True, True, "proj_size" not in options]
     assert counted_streamers.steps == x.shape[0]
     torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-5, atol=1e-5)
     for a, b in zip(as_tuple(state), as_tuple(expected_state)):
@@ -350,20 +357,73 @@ def test_one_call_steps_decline_the_reference_backend(monkeypatch, counted_strea
     assert torch.equal(again, fast)
 
 
-def test_one_call_steps_decline_an_own_layer_weights():
-    """A subclass that overrides layer_weights steps with what its layer_weights returns, as its forward does."""
+@pytest.mark.parametrize("where", ["subclass", "instance"])
+def test_one_call_paths_decline_an_own_layer_weights(where):
+    """A subclass, or an instance, that replaces layer_weights runs and steps with what it returns: forward and
+    step agree, and differ from the parameters as registered."""
+
+    def halved(weights):
+        return weights._replace(w_hh=0.5 * weights.w_hh)
 
     class HalvedRecurrent(gatedrnn.LSTM):
         def layer_weights(self, layer, direction=0):
-            weights = super().layer_weights(layer, direction)
-            return weights._replace(w_hh=0.5 * weights.w_hh)
+            return halved(super().layer_weights(layer, direction))
 
     torch.manual_seed(9)
-    module = HalvedRecurrent(4, 6).eval()
+    module = HalvedRecurrent(4, 6).eval() if where == "subclass" else gatedrnn.LSTM(4, 6).eval()
+    if where == "instance":
+        registered = module.layer_weights
+        module.layer_weights = lambda layer, direction=0: halved(registered(layer, direction))
+    plain = gatedrnn.LSTM(4, 6).eval()
+    plain.load_state_dict(module.state_dict())
     x = torch.randn(3, 2, 4)
-    state = initial_state(module, 2, torch.float32)
+    state0 = initial_state(module, 2, torch.float32)
+    with torch.no_grad():
+        expected, _ = module(x, state0)
+        state = state0
+        for t in range(x.shape[0]):
+            y, state = module.step(x[t], state)
+        registered_output, _ = plain(x, state0)
+    torch.testing.assert_close(y, expected[-1], rtol=1e-5, atol=1e-5)
+    assert (expected - registered_output).abs().max() > 1e-3
+
+
+def test_a_bias_registered_later_is_stepped_as_forward_reads_it(counted_streamers):
+    """A layer made with bias=False that gets a bias parameter later: forward reads it by name, and so does the
+    step (the settings no longer tell which weights exist, so every name is read)."""
+    torch.manual_seed(10)
+    module = gatedrnn.GRU(4, 6, bias=False).eval()
+    module.bias_ih_l0, module.bias_hh_l0 = torch.nn.Parameter(torch.randn(18)), torch.nn.Parameter(torch.randn(18))
+    x, state = torch.randn(3, 2, 4), torch.randn(1, 2, 6)
     with torch.no_grad():
         expected, _ = module(x, state)
         for t in range(x.shape[0]):
             y, state = module.step(x[t], state)
+    assert counted_streamers.steps == x.shape[0]
     torch.testing.assert_close(y, expected[-1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_reference_backend_never_builds_the_engine_for_a_step(tmp_path):
+    """GATEDRNN_BACKEND=reference in a fresh process with an empty engine cache: stepping under no_grad runs the
+    cell functions and neither loads nor builds the engine (the one-call path only uses an engine loaded before)."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, gatedrnn\n"
+        "from gatedrnn.engine import _build\n"
+        "module = gatedrnn.LSTM(3, 4).eval()\n"
+        "state = None\n"
+        "with torch.no_grad():\n"
+        "    for t in range(3):\n"
+        "        y, state = module.step(torch.randn(2, 3), state)\n"
+        "print(_build.loaded() is None, y.shape)\n"
+    )
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o700)
+    env = {**os.environ, "GATEDRNN_BACKEND": "reference", "GATEDRNN_CACHE_DIR": str(cache)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[0] == "True" and "compiling" not in done.stderr
+    assert list(cache.iterdir()) == []

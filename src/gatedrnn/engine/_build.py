@@ -311,6 +311,12 @@ def load() -> Optional[ModuleType]:
     return _module
 
 
+def loaded() -> Optional[ModuleType]:
+    """The engine module if this process has loaded it already, else None: never builds nor loads (for paths
+    that only run where an earlier call chose the engine, such as the streaming step after its first step)."""
+    return _module
+
+
 def build() -> tuple[Path, float]:
     """Build (or check) the engine now, for `gatedrnn build`: (library path, seconds). Raises BuildError."""
     global _module, _error, _attempted

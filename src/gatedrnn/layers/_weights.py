@@ -12,7 +12,7 @@ KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 _NAMES: dict[tuple, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 _FLAT: dict[int, tuple[str, ...]] = {}
-_STREAM: dict[tuple[int, bool, bool], tuple[Optional[str], ...]] = {}
+_STREAM: dict[tuple[int, bool, bool], tuple[tuple[Optional[str], ...], int]] = {}
 
 
 def weight_names(layer: int, direction: int, extra: tuple[str, ...] = ()) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -51,15 +51,20 @@ def read_weight(module, name: str) -> Optional[Tensor]:
 def stream_weights(module) -> list[Optional[Tensor]]:
     """The weights of a unidirectional stack in `flat_weight_names` order, None where the layer has no such weight
     (bias=False, no proj_size), read now as forward reads them: the streaming step kernel's weight list. A step at
-    batch 1 costs a few µs, so the names of absent weights are known from the layer's settings, not looked up."""
+    batch 1 costs a few µs, so the names of absent weights are known from the layer's settings, not looked up;
+    where the registered parameters are not exactly those (a parametrized weight, one registered or deleted
+    later), every name is read as forward reads it."""
     key = (module.num_layers, module.bias, bool(module.proj_size))
-    names = _STREAM.get(key)
-    if names is None:
-        names = _STREAM[key] = tuple(
-            None if (kind.startswith("bias") and not key[1]) or (kind == "weight_hr" and not key[2]) else name
-            for name in flat_weight_names(key[0]) for kind in [name.rsplit("_", 1)[0]])
+    cached = _STREAM.get(key)
+    if cached is None:
+        names = tuple(None if (kind.startswith("bias") and not key[1]) or (kind == "weight_hr" and not key[2]) else name
+                      for name in flat_weight_names(key[0]) for kind in [name.rsplit("_", 1)[0]])
+        cached = _STREAM[key] = (names, sum(name is not None for name in names))
+    names, count = cached
     params = module._parameters
-    try:
-        return [name and params[name] for name in names]
-    except KeyError:  # a weight that is not a registered parameter (torch.nn.utils.parametrize)
-        return [name and read_weight(module, name) for name in names]
+    if len(params) == count:
+        try:
+            return [name and params[name] for name in names]
+        except KeyError:  # as many parameters, other names
+            pass
+    return [read_weight(module, name) for name in flat_weight_names(key[0])]

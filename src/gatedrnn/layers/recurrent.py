@@ -255,8 +255,8 @@ class RecurrentBase(nn.Module):
             return None
         if not spec.fused or not self._one_call_serves():
             return None
-        if type(self).layer_weights is not RecurrentBase.layer_weights:
-            return None  # a subclass's own weights: the general path asks it
+        if self._own_layer_weights():
+            return None  # the general path asks for them
         if torch_floor.runs_torch(self, input, None) or not engine.runs_fused(input):
             return None
         weights: list[Optional[Tensor]] = []
@@ -283,8 +283,12 @@ class RecurrentBase(nn.Module):
     def step(self, x: Tensor, state: Optional[State] = None):
         """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None = zeros).
         Returns (y (N, H_out) or (H_out,), new_state). See `gatedrnn.layers.streaming`."""
-        # a subclass's own layer_weights is what forward and the general step read; the fast path reads parameters
-        return streaming.step(self, x, state, fast=type(self).layer_weights is RecurrentBase.layer_weights)
+        return streaming.step(self, x, state, fast=not self._own_layer_weights())
+
+    def _own_layer_weights(self) -> bool:
+        """Whether a subclass or this instance replaces `layer_weights`: what forward's general path and the general
+        step read then, where the one-call paths (inline inference, streaming) read the parameters by name."""
+        return type(self).layer_weights is not RecurrentBase.layer_weights or "layer_weights" in self.__dict__
 
     def _check_input(self, input: Tensor, *, any_dtype: bool = False) -> bool:
         """Validate a tensor input (L, N, H_in), (N, L, H_in) or (L, H_in); returns whether it is batched."""

@@ -84,7 +84,10 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         h, c = state, None
     if type(x) is not Tensor or type(h) is not Tensor:
         return None
-    library = _build.load()
+    # only an engine this process has loaded already: the first step (state None) took the general path, which
+    # loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or the tracer never
+    # builds it here, only for the C++ call to decline
+    library = _build.loaded()
     if library is None:
         return None
     weights = stream_weights(module)

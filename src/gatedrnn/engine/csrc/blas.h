@@ -416,10 +416,12 @@ struct PanelGemm {
   }
 
   // Rows 1-2 of two full panels at once (p1 the panel after p0, C at p0's first column): a row keeps 2 kNR
-  // accumulators instead of kNR, and a tile of 2 rows on one panel (4 on AVX2) has too few independent FMA chains
-  // to hide the FMA latency. In L1 on the AMD EPYC (AVX2; GF/s on one core): 2 rows 49 -> 76, 1 row 29 -> 49,
-  // against 100 for the 6-row tile; at B = 16 a thread's 8 rows of a step run as 6 + 2, where the 2 took 40% of
-  // the GEMM. Each column sums over k in the same order and K blocks, so the result is the same bit for bit.
+  // accumulators instead of kNR, and a tile of 2 rows on one panel (4 accumulators on AVX2) has too few
+  // independent FMA chains to hide the FMA latency. In L1 on the AMD EPYC (AVX2; GF/s on one core): 2 rows
+  // 49 -> 76, 1 row 29 -> 49, against 100 for the 6-row tile; at B = 16 a thread's 8 rows of a step run as 6 + 2,
+  // where the 2 took 36% of the GEMM's samples in `perf`. Each column sums over k in the same order and K blocks,
+  // so the result is the same bit for bit. Both panels' K blocks are read here (2 x 16 KB on AVX2, an L1's worth),
+  // once each: the rows left over are the last to read a panel block.
   template <int MR>
   static void pair(int K, const T* __restrict__ X, int ldx, const T* __restrict__ p0, const T* __restrict__ p1,
                    T beta, T* C, int ldc) {
