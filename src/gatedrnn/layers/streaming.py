@@ -84,9 +84,9 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
         h, c = state, None
     if type(x) is not Tensor or type(h) is not Tensor:
         return None
-    # only an engine this process has loaded already: the first step (state None) took the general path, which
-    # loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or the tracer never
-    # builds it here, only for the C++ call to decline
+    # only an engine this process has loaded already: the general path (the first step, and any step before the
+    # engine is loaded) loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or
+    # the tracer never builds it here only for the C++ call to decline
     library = _build.loaded()
     if library is None:
         return None
