@@ -297,7 +297,8 @@ std::optional<Three> stream_step(const std::string& cell, const at::Tensor& x, c
                                  const c10::optional<at::Tensor>& c,
                                  const std::vector<c10::optional<at::Tensor>>& weights) {
   // What the operator would see and this call would bypass: a dispatch mode, the tracer, GATEDRNN_BACKEND set to
-  // anything but the fused engine (os.environ writes go through putenv, so getenv reads the current value).
+  // anything but the fused engine (os.environ writes go through putenv, so getenv reads the current value). Only
+  // the exact spellings; another that _build.requested_backend accepts (case, spaces) takes the general path.
   if (c10::impl::TorchDispatchModeTLS::stack_len() > 0 || torch::jit::tracer::isTracing()) return std::nullopt;
   if (const char* backend = std::getenv("GATEDRNN_BACKEND");
       backend != nullptr && *backend != '\0' && std::strcmp(backend, "auto") != 0 && std::strcmp(backend, "fused") != 0)
