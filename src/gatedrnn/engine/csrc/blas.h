@@ -359,7 +359,14 @@ struct PanelGemm {
   template <int MR>
   static void tile(int K, const T* __restrict__ X, int ldx, const T* __restrict__ panel, T beta, T* C, int ldc,
                    int width) {
-    Vec acc[MR][kNR] = {};
+    // Every loop over the accumulators is unrolled, so that they live in registers from the first FMA to the
+    // store: a loop GCC leaves rolled indexes them, which puts them all in memory (a memset to start and a copy
+    // through the stack to end each tile).
+    Vec acc[MR][kNR];
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int u = 0; u < kNR; ++u) acc[r][u] = Vec{};
     for (int k = 0; k < K; ++k) {
       const Vec* b = reinterpret_cast<const Vec*>(panel + (size_t)k * kPanel);
       Vec bk[kNR];
@@ -372,26 +379,34 @@ struct PanelGemm {
         for (int u = 0; u < kNR; ++u) acc[r][u] += a * bk[u];
       }
     }
-    for (int r = 0; r < MR; ++r) {
-      T* c = C + (size_t)r * ldc;
-      if (width == kPanel) {
+    if (width == kPanel) {
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
         for (int u = 0; u < kNR; ++u) {
-          Vec* out = reinterpret_cast<Vec*>(c + u * kLanes);
+          Vec* out = reinterpret_cast<Vec*>(C + (size_t)r * ldc + u * kLanes);
           *out = beta == T(0) ? acc[r][u] : acc[r][u] + beta * *out;
         }
-      } else {  // the last panel: only its first `width` columns exist in C
-        T row[kPanel];
-        std::memcpy(row, acc[r], sizeof(row));
-        for (int j = 0; j < width; ++j) c[j] = beta == T(0) ? row[j] : row[j] + beta * c[j];
-      }
+      return;
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {  // the last panel: only its first `width` columns exist in C
+      T* c = C + (size_t)r * ldc;
+      T row[kPanel];
+#pragma GCC unroll 4
+      for (int u = 0; u < kNR; ++u) std::memcpy(row + u * kLanes, &acc[r][u], sizeof(Vec));
+      for (int j = 0; j < width; ++j) c[j] = beta == T(0) ? row[j] : row[j] + beta * c[j];
     }
   }
 
-  // C (rows, N) = X (rows, K) W + beta C, W from `pack`. K in blocks of kKC, so that a panel's block (kKC x kPanel,
-  // 12-24 KB) stays in L1 while every row tile reads it; later blocks add to C (beta 1).
+  // C (rows, N) = X (rows, K) W + beta C, W from `pack`. K in blocks of kKC (later blocks add to C, beta 1): a
+  // panel's block of 16 KB (kKC x kPanel; AVX2, NEON), and at least 256 steps of k, so that a tile's loads and
+  // stores of C are few against its FMAs. With AVX-512's 3-register panels 16 KB was 80 steps, and on a Zen 4
+  // (one core, µs per GEMM, benchmarks/micro/panel_gemm.cpp) blocks of 256 ran 1.1-1.2x faster: the block
+  // (48 KB) streams from L2 at a few bytes a cycle, which the prefetcher sustains.
   // The 1-2 rows left after the kMR-row tiles run two panels at a time (`pair`), up to the last even panel.
   static void compute(int rows, int N, int K, const T* X, int ldx, const T* packed, T beta, T* C, int ldc) {
-    constexpr int kKC = 16384 / (kPanel * sizeof(T)) / 8 * 8;
+    constexpr int kKC = std::max<int>(256, 16384 / (kPanel * sizeof(T)) / 8 * 8);
     const int full = rows / kMR * kMR, rest = rows - full;
     const int paired = rest <= 2 ? N / (2 * kPanel) * (2 * kPanel) : 0;  // columns whose leftover rows run in pairs
     for (int n0 = 0; n0 < N; n0 += kPanel) {
@@ -425,7 +440,11 @@ struct PanelGemm {
   template <int MR>
   static void pair(int K, const T* __restrict__ X, int ldx, const T* __restrict__ p0, const T* __restrict__ p1,
                    T beta, T* C, int ldc) {
-    Vec acc[MR][2 * kNR] = {};
+    Vec acc[MR][2 * kNR];
+#pragma GCC unroll 2
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int u = 0; u < 2 * kNR; ++u) acc[r][u] = Vec{};
     for (int k = 0; k < K; ++k) {
       const Vec* b0 = reinterpret_cast<const Vec*>(p0 + (size_t)k * kPanel);
       const Vec* b1 = reinterpret_cast<const Vec*>(p1 + (size_t)k * kPanel);
@@ -439,7 +458,9 @@ struct PanelGemm {
         for (int u = 0; u < 2 * kNR; ++u) acc[r][u] += a * bk[u];
       }
     }
+#pragma GCC unroll 2
     for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
       for (int u = 0; u < 2 * kNR; ++u) {
         Vec* out = reinterpret_cast<Vec*>(C + (size_t)r * ldc + u * kLanes);
         *out = beta == T(0) ? acc[r][u] : acc[r][u] + beta * *out;
