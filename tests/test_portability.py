@@ -38,6 +38,59 @@ def test_flags_per_architecture(monkeypatch):
     assert compile_flags("x86_64")[0] == "-march=x86-64-v3"
 
 
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 vendors")
+def test_amd_divides_for_the_reciprocal_at_every_level(monkeypatch):
+    monkeypatch.delenv("GATEDRNN_ISA", raising=False)
+    from gatedrnn.engine import _flags
+
+    monkeypatch.setattr(_flags, "cpu_vendor", lambda: "AuthenticAMD")
+    assert "-DGATEDRNN_RECIPROCAL_DIVIDE" in compile_flags("x86_64")
+    assert "-DGATEDRNN_RECIPROCAL_DIVIDE" in compile_flags("x86_64", "baseline")
+    assert "-DGATEDRNN_RECIPROCAL_DIVIDE" not in compile_flags("aarch64")
+    monkeypatch.setattr(_flags, "cpu_vendor", lambda: "GenuineIntel")
+    assert "-DGATEDRNN_RECIPROCAL_DIVIDE" not in compile_flags("x86_64")
+
+
+FASTMATH_CHECK = r'''#include <cmath>
+#include <cstdio>
+#include "fastmath.h"
+// reciprocal_newton against the correctly rounded 1 / d, at every exponent and many mantissas of d in [1, 8.5e37]
+// (where 1 / d is a normal float; beyond, subnormal results may be a few subnormal steps off), and the sigmoid /
+// tanh the cells use against double precision (with the reciprocal path the build defines)
+int main() {
+  long checked = 0, off = 0;
+  for (float d = 1.0f; d <= 8.5e37f; d = std::nextafter(d * 1.0009765625f, 2e38f), ++checked) {
+    const float want = 1.0f / d, got = gatedrnn::reciprocal_newton(d);
+    if (got != want && got != std::nextafter(want, 0.0f) && got != std::nextafter(want, 1.0f)) ++off;
+  }
+  double worst = 0;
+  for (float x = -30.0f; x <= 30.0f; x += 0.001f) {
+    worst = std::fmax(worst, std::fabs(gatedrnn::sigmoid(x) - 1.0 / (1.0 + std::exp(-(double)x))));
+    worst = std::fmax(worst, std::fabs(gatedrnn::tanh_(x) - std::tanh((double)x)));
+  }
+  std::printf("%ld %ld %.3g %d\n", checked, off, worst, gatedrnn::reciprocal_newton(1.0f) == 1.0f);
+}
+'''
+
+
+@pytest.mark.parametrize("divide", [False, True], ids=["newton", "divide"])
+def test_reciprocal_paths_are_exact_to_an_ulp(tmp_path, divide):
+    """Both reciprocal paths run on every machine, whichever the engine's build takes here (AMD divides,
+    Intel's AVX-512 builds and aarch64 take the Newton steps)."""
+    source = tmp_path / "check.cpp"
+    source.write_text(FASTMATH_CHECK)
+    binary = tmp_path / "check"
+    csrc = ROOT / "src" / "gatedrnn" / "engine" / "csrc"
+    defines = ["-DGATEDRNN_RECIPROCAL_DIVIDE"] if divide else []
+    done = subprocess.run(["g++", "-std=c++20", "-O2", "-fno-trapping-math", *defines, f"-I{csrc}", str(source),
+                           "-o", str(binary)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    checked, off, worst, one_is_one = subprocess.run([str(binary)], capture_output=True, text=True,
+                                                     check=True).stdout.split()
+    assert int(checked) > 80000 and int(off) == 0
+    assert float(worst) < 5e-7 and one_is_one == "1"
+
+
 def test_a_level_this_cpu_cannot_run_is_refused(monkeypatch):
     """A library built above the CPU's level would die with SIGILL at first use: refuse it, naming the flags."""
     monkeypatch.setattr("gatedrnn.engine._flags.platform.machine", lambda: "x86_64")

@@ -37,6 +37,11 @@ X86_REQUIRES = {
     "avx2": ("avx2", "fma", "bmi1", "bmi2", "movbe", "f16c"),
     "baseline": (),
 }
+# On AMD (Zen) the reciprocal in σ and tanh divides at every level, AVX-512 included (fastmath.h `reciprocal`):
+# a Zen 4 issues a 512-bit divide every ~5 cycles on a unit of its own beside the FMA pipes, and its no-grad
+# forwards ran 1.01-1.05x faster with it than with Newton steps (csrc/README.md); Intel's 512-bit divide is
+# slower (~10 cycles), so its AVX-512 builds keep the Newton steps.
+AMD_DEFINES = ("-DGATEDRNN_RECIPROCAL_DIVIDE",)
 X86_MACHINES = ("x86_64", "amd64", "i686", "i386")
 ARM_MACHINES = ("aarch64", "arm64")
 
@@ -63,6 +68,8 @@ def compile_flags(machine: Optional[str] = None, isa: Optional[str] = None) -> t
             if missing:
                 raise ISASettingError(f"GATEDRNN_ISA={isa!r} needs {', '.join(missing)}, which this CPU lacks "
                                       f"({cpu_model()}); use a lower level or unset GATEDRNN_ISA")
+            if cpu_vendor() == "AuthenticAMD":
+                return X86_LEVELS[isa] + COMMON + AMD_DEFINES
         return X86_LEVELS[isa] + COMMON
     if isa != "native":
         raise ISASettingError(f"GATEDRNN_ISA={isa!r} applies to x86-64 only; on {machine} use native (or unset)")
@@ -80,6 +87,18 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor as /proc/cpuinfo names it ("AuthenticAMD", "GenuineIntel"), or "" where none is listed."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.split(":", 1)[0].strip() == "vendor_id":
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def cpu_features() -> str:

@@ -31,8 +31,8 @@ GATEDRNN_MATH float exp_approx(float x) {
   return p * std::bit_cast<float>(bits);
 }
 
-// 1 / d for d in [1, 2e38] (the denominators 1 + e^x below), without a divide: vdivps on 512-bit vectors has a
-// throughput of ~10 cycles, and five of them per unit made the division most of an LSTM's pointwise pass. A
+// 1 / d for d in [1, 2e38] (the denominators 1 + e^x below), without a divide: vdivps on Intel's 512-bit vectors
+// has a throughput of ~10 cycles, and five of them per unit made the division most of an LSTM's pointwise pass. A
 // bit-level first guess (relative error < 12.5%) and three Newton steps r ← r (2 − d r), each squaring the error,
 // the last on the exact residual: within 1 ulp of 1 / d. Vectorises (an integer subtract and FMAs).
 GATEDRNN_MATH float reciprocal_newton(float d) {
@@ -52,10 +52,11 @@ GATEDRNN_MATH float reciprocal_newton(float d) {
 // The cells' 1 / d: reciprocal_newton where vectors are 512 bits wide and on other architectures; x86 without
 // AVX-512 (AVX2, SSE) divides: there vdivps issues every ~3.5-5 cycles on a unit of its own (Zen 3, Skylake;
 // Haswell's 256-bit divide takes ~14, not measured), beside the FMA pipes, and an LSTM's pointwise pass ran 1.4x
-// faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). 1 / d is correctly rounded, so no less exact, and
-// 1 / 1 is 1 either way.
+// faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). AMD CPUs divide at every level
+// (GATEDRNN_RECIPROCAL_DIVIDE, from _flags.py): a Zen 4's 512-bit divide issues every ~5 cycles. 1 / d is
+// correctly rounded, so no less exact, and 1 / 1 is 1 either way.
 GATEDRNN_MATH float reciprocal(float d) {
-#if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX512F__)
+#if (defined(__x86_64__) || defined(__i386__)) && (!defined(__AVX512F__) || defined(GATEDRNN_RECIPROCAL_DIVIDE))
   return 1.0f / d;
 #else
   return reciprocal_newton(d);
