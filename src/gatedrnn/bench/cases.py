@@ -117,9 +117,11 @@ def make_cases(*, quick: bool) -> list[Case]:
         proj_shapes = [Shape(16, 100, 256, 256, P=128), Shape(64, 100, 256, 256, P=128)]
         packed_shapes, stream_sizes = [Shape(64, 100, 64, 128)], [64, 256]
     cases += [Case("lstm", "train", s, "proj", Target("ratio_min", 2.0, TORCH)) for s in proj_shapes]
-    cases += [Case("lstm", "train", s, "packed", Target("ratio_min", 2.0, TORCH)) for s in packed_shapes]
+    # the CPU issue's targets: packed training >= 3x, streaming >= 4x nn.LSTMCell (at H = 256 the first speed
+    # issue's 3 µs a step stays the case's target; the README states both)
+    cases += [Case("lstm", "train", s, "packed", Target("ratio_min", 3.0, TORCH)) for s in packed_shapes]
     for H in stream_sizes:
-        target = Target("max_us_per_step", 3.0) if H == 256 else None
+        target = Target("max_us_per_step", 3.0) if H == 256 else Target("ratio_min", 4.0, TORCH)
         cases.append(Case("lstm", "stream", Shape(1, 1, H, H), target=target))
     variant_shapes = [Shape(*QUICK_SIZES[0])] if quick else [Shape(16, 100, 64, 128), Shape(64, 100, 256, 256)]
     for shape in variant_shapes:
