@@ -15,7 +15,7 @@ import pytest
 from torch.utils import cpp_extension
 
 from gatedrnn.engine import _build
-from gatedrnn.engine._flags import COMMON, X86_LEVELS, ISASettingError, compile_flags, cpu_features
+from gatedrnn.engine._flags import AMD_DEFINES, COMMON, X86_LEVELS, ISASettingError, compile_flags, cpu_features
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -51,12 +51,12 @@ def test_amd_divides_for_the_reciprocal_at_every_level(monkeypatch):
     assert "-DGATEDRNN_RECIPROCAL_DIVIDE" not in compile_flags("x86_64")
 
 
-FASTMATH_CHECK = r'''#include <cmath>
+FASTMATH_CHECK = r"""#include <cmath>
 #include <cstdio>
 #include "fastmath.h"
 // reciprocal_newton against the correctly rounded 1 / d, at every exponent and many mantissas of d in [1, 8.5e37]
-// (where 1 / d is a normal float; beyond, subnormal results may be a few subnormal steps off), and the sigmoid /
-// tanh the cells use against double precision (with the reciprocal path the build defines)
+// (where 1 / d is a normal float; beyond, subnormal results may be a few subnormal steps off); σ and tanh against
+// double precision, through the reciprocal this build takes and through the Newton steps (the cells' formula)
 int main() {
   long checked = 0, off = 0;
   for (float d = 1.0f; d <= 8.5e37f; d = std::nextafter(d * 1.0009765625f, 2e38f), ++checked) {
@@ -65,30 +65,49 @@ int main() {
   }
   double worst = 0;
   for (float x = -30.0f; x <= 30.0f; x += 0.001f) {
-    worst = std::fmax(worst, std::fabs(gatedrnn::sigmoid(x) - 1.0 / (1.0 + std::exp(-(double)x))));
+    const double sigma = 1.0 / (1.0 + std::exp(-(double)x));
+    const float newton = x < -88.0f ? 0.0f : gatedrnn::reciprocal_newton(1.0f + gatedrnn::exp_approx(-x));
+    worst = std::fmax(worst, std::fabs(gatedrnn::sigmoid(x) - sigma));
+    worst = std::fmax(worst, std::fabs(newton - sigma));
     worst = std::fmax(worst, std::fabs(gatedrnn::tanh_(x) - std::tanh((double)x)));
   }
   std::printf("%ld %ld %.3g %d\n", checked, off, worst, gatedrnn::reciprocal_newton(1.0f) == 1.0f);
 }
-'''
+"""
 
 
-@pytest.mark.parametrize("divide", [False, True], ids=["newton", "divide"])
-def test_reciprocal_paths_are_exact_to_an_ulp(tmp_path, divide):
-    """Both reciprocal paths run on every machine, whichever the engine's build takes here (AMD divides,
-    Intel's AVX-512 builds and aarch64 take the Newton steps)."""
+def test_reciprocal_newton_is_exact_to_an_ulp(tmp_path):
+    """The Newton steps run on every machine, whichever path the engine's build takes here (AMD and x86 without
+    AVX-512 divide; Intel's AVX-512 builds and aarch64 take the Newton steps), with FMA where the CPU has it
+    (the form every AVX2 and AVX-512 build compiles)."""
     source = tmp_path / "check.cpp"
     source.write_text(FASTMATH_CHECK)
     binary = tmp_path / "check"
     csrc = ROOT / "src" / "gatedrnn" / "engine" / "csrc"
-    defines = ["-DGATEDRNN_RECIPROCAL_DIVIDE"] if divide else []
-    done = subprocess.run(["g++", "-std=c++20", "-O2", "-fno-trapping-math", *defines, f"-I{csrc}", str(source),
+    fma = ["-mfma"] if platform.machine().lower() in ("x86_64", "amd64") and "fma" in cpu_features().split() else []
+    done = subprocess.run(["g++", "-std=c++20", "-O2", "-fno-trapping-math", *fma, f"-I{csrc}", str(source),
                            "-o", str(binary)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     checked, off, worst, one_is_one = subprocess.run([str(binary)], capture_output=True, text=True,
                                                      check=True).stdout.split()
     assert int(checked) > 80000 and int(off) == 0
     assert float(worst) < 5e-7 and one_is_one == "1"
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 levels")
+@pytest.mark.parametrize("flags,divides", [(("-march=x86-64-v4",), False),
+                                           (("-march=x86-64-v4", "-DGATEDRNN_RECIPROCAL_DIVIDE"), True),
+                                           (("-march=x86-64-v3",), True), (("-march=x86-64",), True)],
+                         ids=["avx512", "avx512-amd", "avx2", "baseline"])
+def test_each_build_takes_its_reciprocal(tmp_path, flags, divides):
+    """Which reciprocal fastmath.h compiles for each level (compile only: this CPU need not run AVX-512)."""
+    source = tmp_path / "path.cpp"
+    source.write_text('#include "fastmath.h"\n'
+                      f"static_assert(gatedrnn::kReciprocalDivides == {str(divides).lower()});\n")
+    csrc = ROOT / "src" / "gatedrnn" / "engine" / "csrc"
+    done = subprocess.run(["g++", "-std=c++20", "-fsyntax-only", *flags, f"-I{csrc}", str(source)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_a_level_this_cpu_cannot_run_is_refused(monkeypatch):
@@ -127,8 +146,9 @@ def aarch64_compile_command(output: Path) -> list[str] | None:
             *flags, *includes, "-c", str(source), "-o", str(output)]
 
 
-# Set by conftest.py when it started the cross compile in the background: (process, output, stderr file); the
-# process writes the compiler's exit status last, as "rc=N" on its own line of the stderr file.
+# Set by conftest.py when it queued the cross compile in the background: (process, folder, stderr file). Whichever
+# side first makes folder/claim compiles; the background writes the compiler's exit status last, as "rc=N" on its
+# own line of the stderr file, and its object to folder/engine.o.
 PREBUILT_AARCH64: tuple | None = None
 
 
@@ -141,15 +161,18 @@ def test_engine_sources_compile_for_aarch64(tmp_path):
         pytest.skip(message)
     output, status = tmp_path / "engine.o", None
     if PREBUILT_AARCH64 is not None:
-        process, prebuilt, log = PREBUILT_AARCH64
+        process, folder, log = PREBUILT_AARCH64
         try:
-            process.wait(timeout=900)
-        except subprocess.TimeoutExpired:
-            pass
-        lines = log.read_text().splitlines() if log.is_file() else []
-        if lines and lines[-1].startswith("rc="):  # the background compile ran to its end: its verdict
-            status = (int(lines[-1][3:]), "\n".join(lines[:-1]))
-            output = prebuilt
+            (folder / "claim").mkdir()  # the background has not started it (still on the ISA builds): compile here
+        except FileExistsError:
+            try:
+                process.wait(timeout=900)
+            except subprocess.TimeoutExpired:
+                pass
+            lines = log.read_text().splitlines() if log.is_file() else []
+            if lines and lines[-1].startswith("rc="):  # the background compile ran to its end: its verdict
+                status = (int(lines[-1][3:]), "\n".join(lines[:-1]))
+                output = folder / "engine.o"
     if status is None:  # not started, or stopped before its end: compile here
         done = subprocess.run(aarch64_compile_command(output), capture_output=True, text=True, timeout=600)
         status = (done.returncode, done.stderr)
@@ -193,8 +216,8 @@ def _cell_loops() -> dict[int, str]:
     return loops
 
 
-@pytest.mark.parametrize("machine,isa", [("x86_64", "avx512"), ("x86_64", "avx2"), ("x86_64", "baseline"),
-                                         ("aarch64", "native")])
+@pytest.mark.parametrize("machine,isa", [("x86_64", "avx512"), ("x86_64", "avx512-amd"), ("x86_64", "avx2"),
+                                         ("x86_64", "baseline"), ("aarch64", "native")])
 def test_cell_passes_are_vectorised(machine, isa, tmp_path):
     """The pointwise passes are plain loops that GCC must vectorise with the engine's own flags: a select it
     cannot if-convert, or a call it does not inline, leaves a whole pass scalar with no error (an LSTM's
@@ -212,8 +235,10 @@ def test_cell_passes_are_vectorised(machine, isa, tmp_path):
         if compiler is None:
             pytest.skip("g++ is not installed")
     # compile_flags(machine, isa) itself, but for a level this CPU may not run (only compiled here, never run)
+    # (avx512-amd: the AVX-512 level with the divide an AMD CPU's build takes, _flags.AMD_DEFINES)
+    x86 = X86_LEVELS[isa.removesuffix("-amd")] + COMMON + (AMD_DEFINES if isa.endswith("-amd") else ())
     flags = [("-mcpu=neoverse-n1" if f == "-mcpu=native" else f)
-             for f in (X86_LEVELS[isa] + COMMON if machine == "x86_64" else compile_flags(machine, isa))]
+             for f in (x86 if machine == "x86_64" else compile_flags(machine, isa))]
     source = tmp_path / "cells.cpp"
     source.write_text(CELL_INSTANCES)
     report = tmp_path / "vec.txt"

@@ -402,8 +402,8 @@ struct PanelGemm {
   // C (rows, N) = X (rows, K) W + beta C, W from `pack`. K in blocks of kKC (later blocks add to C, beta 1): a
   // panel's block of 16 KB (kKC x kPanel; AVX2, NEON), and at least 256 steps of k, so that a tile's loads and
   // stores of C are few against its FMAs. With AVX-512's 3-register panels 16 KB was 80 steps, and on a Zen 4
-  // (one core, µs per GEMM, benchmarks/micro/panel_gemm.cpp) blocks of 256 ran 1.1-1.2x faster: the block
-  // (48 KB) streams from L2 at a few bytes a cycle, which the prefetcher sustains.
+  // (one core) blocks of 256 or more ran 1.07-1.13x faster than 80 (csrc/README.md): the block (48 KB) streams
+  // from L2 at a few bytes a cycle, which the prefetcher sustains.
   // The 1-2 rows left after the kMR-row tiles run two panels at a time (`pair`), up to the last even panel.
   static void compute(int rows, int N, int K, const T* X, int ldx, const T* packed, T beta, T* C, int ldc) {
     constexpr int kKC = std::max<int>(256, 16384 / (kPanel * sizeof(T)) / 8 * 8);

@@ -55,12 +55,15 @@ GATEDRNN_MATH float reciprocal_newton(float d) {
 // faster with it on a Zen 3 (benchmarks/micro/pointwise.cpp). AMD CPUs divide at every level
 // (GATEDRNN_RECIPROCAL_DIVIDE, from _flags.py): a Zen 4's 512-bit divide issues every ~5 cycles. 1 / d is
 // correctly rounded, so no less exact, and 1 / 1 is 1 either way.
-GATEDRNN_MATH float reciprocal(float d) {
 #if (defined(__x86_64__) || defined(__i386__)) && (!defined(__AVX512F__) || defined(GATEDRNN_RECIPROCAL_DIVIDE))
-  return 1.0f / d;
+inline constexpr bool kReciprocalDivides = true;
 #else
-  return reciprocal_newton(d);
+inline constexpr bool kReciprocalDivides = false;
 #endif
+
+GATEDRNN_MATH float reciprocal(float d) {
+  if constexpr (kReciprocalDivides) return 1.0f / d;
+  else return reciprocal_newton(d);
 }
 
 // Below -88 exp_approx(-x) saturates at e^88 and 1/(1+e^88) would be a tiny non-zero number; torch.nn's
