@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from gatedrnn.engine._flags import cpu_model
+from gatedrnn.engine._flags import cpu_model, cpuinfo_field
 
 
 # The instruction-set extensions a kernel's speed depends on, as /proc/cpuinfo names them (x86 "flags",
@@ -17,25 +17,13 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
              "avx512_fp16", "amx_tile", "amx_bf16", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")
 
 
-def _cpuinfo_field(*names: str) -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                key, _, value = line.partition(":")
-                if key.strip() in names:
-                    return value.strip()
-    except OSError:
-        pass
-    return ""
-
-
 def cpu_description() -> dict:
     """{"model", "vendor", "arch", "isa": the ISA_FLAGS present, "family": e.g. "x86-64 AVX-512 (GenuineIntel)"}:
     what the README's speed tables are grouped by (one table per CPU family measured)."""
     arch = platform.machine() or "unknown"
-    flags = set(_cpuinfo_field("flags", "Features").split())
+    flags = set(cpuinfo_field("flags", "Features").split())
     isa = [flag for flag in ISA_FLAGS if flag in flags]
-    vendor = _cpuinfo_field("vendor_id") or _cpuinfo_field("CPU implementer") or "unknown"
+    vendor = cpuinfo_field("vendor_id") or cpuinfo_field("CPU implementer") or "unknown"
     if "avx512f" in flags:
         level = "AVX-512"
     elif "avx2" in flags:

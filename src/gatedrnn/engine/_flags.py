@@ -78,27 +78,26 @@ def compile_flags(machine: Optional[str] = None, isa: Optional[str] = None) -> t
     return COMMON  # another architecture: the compiler's defaults, still vectorised at -O3
 
 
-def cpu_model() -> str:
+def cpuinfo_field(*names: str) -> str:
+    """The value of the first /proc/cpuinfo line whose key is one of `names`, or "" (no such line, no file)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, _, value = line.partition(":")
+                if key.strip() in names:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return ""
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or "unknown CPU"
 
 
 def cpu_vendor() -> str:
     """The x86 vendor as /proc/cpuinfo names it ("AuthenticAMD", "GenuineIntel"), or "" where none is listed."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.split(":", 1)[0].strip() == "vendor_id":
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return cpuinfo_field("vendor_id")
 
 
 def cpu_features() -> str:
