@@ -2,12 +2,14 @@
 stack of a plain cell in one call (`run_stack_inference`). It only executes: the math is in `cells`.
 
 `run_layer` dispatches to the fused C++ engine (`gatedrnn.engine.fused`, built at first use) for CPU
-tensors of dtype float32 or float64, and to the reference scan (`gatedrnn.engine.scan`) otherwise:
-bfloat16 and float16 run on the reference path (they work, at Python-loop speed, computing in their own
-dtype), as do tensors on any other device. GATEDRNN_BACKEND=reference (read at every call) forces the
-reference path; if the extension cannot be built, one warning is emitted and everything runs on the
-reference path. `backend_info()` says which path runs and why. Double backward (create_graph=True
-through a layer) and gradients through a trace need the reference path (the fused path raises, saying so).
+tensors of dtype float32 or float64; to the GPU engine (`gatedrnn.engine.triton_scan`: Triton kernels for the
+pointwise math, cuBLAS for the GEMMs) for CUDA tensors of the cells it has kernels for; and to the reference
+scan (`gatedrnn.engine.scan`) otherwise: bfloat16 and float16 on the CPU run on the reference path (they work,
+at Python-loop speed, computing in their own dtype), as do other devices and cells. GATEDRNN_BACKEND (read at
+every call) =reference forces the reference path, =triton the Triton kernels (on CPU tensors under
+TRITON_INTERPRET=1). If the extension cannot be built, one warning is emitted and the CPU runs the reference
+path. `backend_info()` says which path runs and why. Double backward (create_graph=True through a layer) and
+gradients through a trace need the reference path (the fused paths raise, saying so).
 The fused path is a set of PyTorch operators (`gatedrnn.engine.ops`); under torch.compile/torch.export the
 choice of path is made once, at trace time (call `torch._dynamo.reset()` after changing GATEDRNN_BACKEND).
 """
@@ -35,15 +37,37 @@ FUSED_DTYPES = (torch.float32, torch.float64)
 BACKEND_REPORTS: dict[str, Callable[[], dict]] = {}
 
 
-def _forced_reference() -> bool:
-    """GATEDRNN_BACKEND=reference (read at every call); an unknown value raises, naming the accepted ones."""
-    return _build.requested_backend() == "reference"
+def _triton_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """Why tensors of this device and dtype do not run on the GPU engine (Triton), or None when they do (for the
+    cells it has kernels for: `triton_scan.unsupported`)."""
+    backend = _build.requested_backend()
+    if backend == "reference":
+        return "GATEDRNN_BACKEND=reference is set"
+    if device.type != "cuda" and backend != "triton":
+        return f"the Triton kernels run on CUDA tensors, these are on {device.type}"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return ("GATEDRNN_BACKEND=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before "
+                "gatedrnn is imported")
+    if device.type not in ("cuda", "cpu"):
+        return f"the Triton kernels run on CUDA tensors, these are on {device.type}"
+    if torch.compiler.is_compiling():
+        return "torch.compile and torch.export record the reference loop (the GPU engine is eager only)"
+    if torch._C._are_functorch_transforms_active():
+        return "a torch.func transform is active; it differentiates the reference loop"
+    try:
+        from gatedrnn.engine import triton_scan  # noqa: F401  (imports Triton)
+    except ImportError as error:
+        return f"Triton is not installed ({error}); torch's CUDA wheels ship it"
+    if dtype not in triton_scan.DTYPES:
+        return f"the Triton kernels support float32, float64, float16 and bfloat16, got {dtype}"
+    return None
 
 
 def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """Why tensors of this device and dtype run on the reference path, or None when they run fused."""
-    if _forced_reference():
-        return "GATEDRNN_BACKEND=reference is set"
+    """Why tensors of this device and dtype do not run on the C++ engine, or None when they do."""
+    backend = _build.requested_backend()
+    if backend != "auto":
+        return f"GATEDRNN_BACKEND={backend} is set"
     if device.type != "cpu":
         return f"the fused engine is CPU-only, tensors are on {device.type}"
     if dtype not in FUSED_DTYPES:
@@ -62,14 +86,24 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
     BACKEND_REPORTS ("kernel_choice": which measured buckets of a plain LSTM run torch's kernel, and the rule).
     Building the extension, if not done yet, happens here.
     """
-    reason = _reference_reason(torch.device(device), dtype)
+    device = torch.device(device)
+    reason = _reference_reason(device, dtype)
     cache = str(_build.cache_dir())
-    if reason is None:
+    gpu_reason = _triton_reason(device, dtype) if reason is not None else "the C++ engine runs"
+    if gpu_reason is None:
+        info = {"backend": "triton", "reason": f"Triton kernels for the pointwise math of LSTM, GRU and RNN steps "
+                f"and torch's GEMMs, on {device.type} {dtype}; other cells run the reference loop",
+                "build_dir": cache}
+        if device.type == "cuda":
+            info["plain_layers"] = ("LSTM, GRU and RNN layers without a trace, a variant or a noise regulariser run "
+                                    "torch's own cuDNN op (torch._VF.lstm / gru / rnn_*), as torch.nn does")
+    elif reason is None:
         info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache,
                 "gemm": {"setting": os.environ.get("GATEDRNN_GEMM", "") or "auto",
                          "decisions": list(getattr(_build.load(), "gemm_choices", list)())}}
     else:
-        info = {"backend": "reference", "reason": reason, "build_dir": cache}
+        info = {"backend": "reference", "reason": reason if device.type == "cpu" else gpu_reason,
+                "build_dir": cache}
     return {**info, **{name: report() for name, report in BACKEND_REPORTS.items()}}
 
 
@@ -78,7 +112,7 @@ def runs_fused(x: Tensor) -> bool:
     if torch.compiler.is_compiling():
         return _fused_while_compiling(str(x.device), x.dtype)
     if x.is_cpu and x.dtype in FUSED_DTYPES:  # the common case without building a reason string
-        return not _forced_reference() and _build.load() is not None
+        return _build.requested_backend() == "auto" and _build.load() is not None
     return _reference_reason(x.device, x.dtype) is None
 
 
@@ -114,6 +148,12 @@ def run_layer(
     # a cell without a kernel (CellSpec.fused) runs the reference scan
     if spec.fused and (runs_fused(x) if fused is None else fused):
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+    if not x.is_cpu or _build.requested_backend() == "triton":
+        if _triton_reason(x.device, x.dtype) is None:
+            from gatedrnn.engine import triton_scan
+
+            if triton_scan.unsupported(cell, weights, x) is None:
+                return triton_scan.run_layer_triton(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
 
 

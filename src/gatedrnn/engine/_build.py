@@ -52,9 +52,11 @@ except ImportError:  # not POSIX: no lock (the build still runs; concurrent firs
     fcntl = None
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-# GATEDRNN_BACKEND: "" or "auto" or "fused" use the fused engine where it applies; "reference" forces the
-# reference path everywhere. Anything else raises BackendSettingError.
-BACKENDS = ("auto", "fused", "reference")
+# GATEDRNN_BACKEND: "" or "auto" or "fused" use the fused engine where it applies (C++ on the CPU, Triton on CUDA);
+# "reference" forces the reference path everywhere; "triton" runs the Triton kernels on any device (on CPU tensors
+# under TRITON_INTERPRET=1, Triton's interpreter: how the tests check them without a GPU). Anything else raises
+# BackendSettingError.
+BACKENDS = ("auto", "fused", "reference", "triton")
 
 _module: Optional[ModuleType] = None
 _error: Optional[str] = None
@@ -71,7 +73,7 @@ class BackendSettingError(ValueError):
 
 
 def requested_backend() -> str:
-    """GATEDRNN_BACKEND, read now: "auto" (also for unset, empty and "fused") or "reference"."""
+    """GATEDRNN_BACKEND, read now: "auto" (also for unset, empty and "fused"), "reference" or "triton"."""
     raw = os.environ.get("GATEDRNN_BACKEND", "")
     if not raw:  # unset: the common case, read at every layer call
         return "auto"
@@ -79,7 +81,7 @@ def requested_backend() -> str:
     if value not in BACKENDS:
         raise BackendSettingError(f"GATEDRNN_BACKEND={raw!r} is not understood; expected one of "
                                   f"{', '.join(BACKENDS)} (or unset)")
-    return "reference" if value == "reference" else "auto"
+    return "auto" if value == "fused" else value
 
 
 def _sources() -> list[Path]:
