@@ -10,7 +10,11 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 STAMP := $(VENV)/.installed-$(shell echo "$(TORCH_SPEC) $(EXTRAS)" | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench readme install clean
+# On a CUDA machine, in its own python3 (torch with CUDA and Triton installed; no venv, no downloads): the GPU
+# parity suite, then the GPU benchmark, whose JSON lands in benchmarks/results/ named after the GPU.
+GPU_PYTHON ?= python3
+
+.PHONY: demo test bench readme install clean gpu-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +38,10 @@ bench: $(STAMP)
 # the README's demo transcript, task table and speed tables, from docs/results/ and benchmarks/results/
 readme: $(STAMP)
 	$(PY) -m gatedrnn.bench.readme
+
+gpu-check:
+	PYTHONPATH=src $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton.py
+	PYTHONPATH=src $(GPU_PYTHON) -m gatedrnn.bench.gpu --out benchmarks/results
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

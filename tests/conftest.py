@@ -16,9 +16,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 # Most tests compare against torch.nn or count gatedrnn's operators, so a plain LSTM must run our engine, not
 # torch's kernel chosen by measurement (gatedrnn.layers.torch_floor); tests/test_kernel_choice.py sets its own.
 os.environ.setdefault("GATEDRNN_TORCH_FLOOR", "off")
+# Without a GPU, the GPU engine's Triton kernels run on CPU tensors in Triton's interpreter (tests/test_triton.py);
+# Triton reads this when a kernel is defined, so it is set before anything imports gatedrnn.engine.triton_cells.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 _PREBUILD: list[subprocess.Popen] = []
 _FOLDERS: list[str] = []  # the cross compile's output, removed when the session ends

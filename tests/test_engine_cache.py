@@ -245,7 +245,7 @@ def test_gatedrnn_build_failure_is_one_line(tmp_path: Path, monkeypatch, capsys)
 @pytest.mark.parametrize("value", ["refrence", "fused2"])
 def test_an_unknown_backend_value_raises(value: str, monkeypatch, capsys) -> None:
     monkeypatch.setenv("GATEDRNN_BACKEND", value)
-    with pytest.raises(ValueError, match="expected one of auto, fused, reference"):
+    with pytest.raises(ValueError, match="expected one of auto, fused, reference, triton"):
         gatedrnn.backend_info()
     with pytest.raises(ValueError, match=f"GATEDRNN_BACKEND='{value}'"):
         gatedrnn.GRU(2, 3)(torch.randn(4, 1, 2))

@@ -102,7 +102,8 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
                 "gemm": {"setting": os.environ.get("GATEDRNN_GEMM", "") or "auto",
                          "decisions": list(getattr(_build.load(), "gemm_choices", list)())}}
     else:
-        info = {"backend": "reference", "reason": reason if device.type == "cpu" else gpu_reason,
+        asked_gpu = device.type != "cpu" or _build.requested_backend() == "triton"
+        info = {"backend": "reference", "reason": gpu_reason if asked_gpu else reason,
                 "build_dir": cache}
     return {**info, **{name: report() for name, report in BACKEND_REPORTS.items()}}
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gatedrnn.cells import LayerWeights, cell_spec
+from gatedrnn.engine import _build
 from gatedrnn.engine.fused import _needs_grad
 from gatedrnn.engine.ops import STEP
 from gatedrnn.engine.scan import make_step, zone_out
@@ -53,12 +54,19 @@ def step_layers(
             with torch._C._AutoDispatchBelowAutograd():
                 y, h, c = STEP(cell, x, state[0], state[1] if has_c else None, flat)
         return y, ((h, c) if has_c else (h,))
+    # On CUDA a torch.nn cell steps on torch's fused cell op (two GEMMs and one pointwise kernel, as
+    # nn.LSTMCell), where the step function would launch a kernel per operation
+    torch_cell = (not x.is_cpu and spec.torch_mode and not spec.extra_params and spec.kernel_weights is None
+                  and zoneout is None and weights[0].w_hr is None and _build.requested_backend() == "auto")
     layer_input = x
     new_states: list[tuple[Tensor, ...]] = []
     for k, layer in enumerate(weights):
-        x_proj = F.linear(layer_input, layer.w_ih, layer.b_ih)  # (B, G*H)
         old_state = tuple(s[k] for s in state)
-        new_state, _ = make_step(cell, layer)(x_proj, old_state)
+        if torch_cell:
+            new_state = torch_cell_step(cell, layer_input, old_state, layer)
+        else:
+            x_proj = F.linear(layer_input, layer.w_ih, layer.b_ih)  # (B, G*H)
+            new_state, _ = make_step(cell, layer)(x_proj, old_state)
         if zoneout is not None:
             new_state = zone_out(old_state, new_state, zoneout[k])
         new_states.append(new_state)
@@ -67,3 +75,17 @@ def step_layers(
             layer_input = F.dropout(layer_input, dropout, training=True)
     stacked = tuple(torch.stack([s[j] for s in new_states]) for j in range(len(state)))  # (L, B, ·)
     return new_states[-1][0], stacked
+
+
+def torch_cell_op(cell: str):
+    """torch's one-step op for a torch.nn cell: torch._VF.lstm_cell, gru_cell, rnn_tanh_cell or rnn_relu_cell."""
+    return getattr(torch._VF, cell_spec(cell).torch_mode.lower() + "_cell")
+
+
+def torch_cell_step(cell: str, x: Tensor, state: tuple[Tensor, ...], weights: LayerWeights) -> tuple[Tensor, ...]:
+    """One step of a torch.nn cell (no projection) on torch's op: x (B, I), state ((B, H),) or ((B, H), (B, H))
+    -> the new state in the same layout; the same equations as the cell's step function."""
+    op = torch_cell_op(cell)
+    if len(state) == 2:
+        return tuple(op(x, state, weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh))
+    return (op(x, state[0], weights.w_ih, weights.w_hh, weights.b_ih, weights.b_hh),)

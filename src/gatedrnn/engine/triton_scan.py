@@ -1,10 +1,11 @@
 """The GPU engine: one layer in one direction, with the pointwise math of each step in a Triton kernel
 (`gatedrnn.engine.triton_cells`) and every GEMM in torch (cuBLAS on CUDA), after haste's design:
 
-    forward:  pre_x = W_ih x + b_ih for all steps, one GEMM                     (T, B, G·H)
+    forward:  pre_x = W_ih x + b_ih for all steps, one GEMM (autograd differentiates it)   (T, B, G·H)
               per step: pre_h = W_hh (h ⊙ m) + b_hh (GEMM), the cell kernel, the projection h = W_hr h′ (LSTMP)
     backward: per step, in reverse: the cell's backward kernel, dh = d_pre_h W_hh (GEMM)
-              after the loop: dW_ih, dW_hh, dW_hr, the biases and dx, each one GEMM or sum over all steps
+              after the loop: dW_hh, dW_hr and db_hh, each one GEMM or sum over all steps; d_pre_x goes back
+              to x, W_ih and b_ih through autograd's GEMMs
 
 `run_layer_triton` keeps the `ScanResult` contract of `gatedrnn.engine.scan.scan_reference` (packed batch sizes,
 reverse, traces, zoneout, recurrent and candidate dropout masks). Zoneout mixes and the recurrent mask are torch
@@ -50,13 +51,13 @@ class TritonScan(torch.autograd.Function):
     """The time loop; forward saves what the backward kernels read (`_forward`'s buffers)."""
 
     @staticmethod
-    def forward(ctx, config: _Config, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-                b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor], zoneout: Optional[Tensor],
-                mask: Optional[Tensor], candidate: Optional[Tensor]):
-        y, h_n, c_n, saved = _forward(config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, zoneout, mask, candidate)
+    def forward(ctx, config: _Config, pre_x: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
+                b_hh: Optional[Tensor], w_hr: Optional[Tensor], zoneout: Optional[Tensor], mask: Optional[Tensor],
+                candidate: Optional[Tensor]):
+        y, h_n, c_n, saved = _forward(config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate)
         ctx.config = config
-        ctx.has = (c0 is not None, b_ih is not None, b_hh is not None, w_hr is not None)
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, zoneout, mask, candidate, *saved.values())
+        ctx.has = (c0 is not None, b_hh is not None)
+        ctx.save_for_backward(w_hh, w_hr, zoneout, mask, candidate, *saved.values())
         ctx.saved_names = tuple(saved)
         gates, c_trace = saved["gates"], saved.get("c_trace", saved.get("c_next"))
         ctx.mark_non_differentiable(gates, *(() if c_trace is None else (c_trace,)))
@@ -64,36 +65,49 @@ class TritonScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _dgates, _dc_trace):
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "double backward (create_graph=True, e.g. a gradient penalty) through gatedrnn's GPU engine is not "
-                "supported: its backward is hand-written; set GATEDRNN_BACKEND=reference to differentiate twice")
-        x, w_ih, w_hh, w_hr, zoneout, mask, candidate, *rest = ctx.saved_tensors
+        w_hh, w_hr, zoneout, mask, candidate, *rest = ctx.saved_tensors
         saved = dict(zip(ctx.saved_names, rest))
-        has_c, has_b_ih, has_b_hh, _ = ctx.has
-        grads = _backward(ctx.config, x, w_ih, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n,
-                          dc_n if has_c else None)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        has_c, has_b_hh = ctx.has
+        grads = _TritonScanBackward.apply(ctx.config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n,
+                                          dc_n if has_c else None)
+        d_pre_x, dh0, dc0, dw_hh, db_hh, dw_hr = grads
         needs = ctx.needs_input_grad
         keep = lambda grad, k, present=True: grad if present and needs[k] else None  # noqa: E731
-        return (None, keep(dx, 1), keep(dh0, 2), keep(dc0, 3, has_c), keep(dw_ih, 4), keep(dw_hh, 5),
-                keep(db_ih, 6, has_b_ih), keep(db_hh, 7, has_b_hh), keep(dw_hr, 8), None, None, None)
+        return (None, keep(d_pre_x, 1), keep(dh0, 2), keep(dc0, 3, has_c), keep(dw_hh, 4), keep(db_hh, 5, has_b_hh),
+                keep(dw_hr, 6), None, None, None)
 
 
-def _forward(config: _Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, zoneout, mask, candidate):
-    """The forward loop. Returns y (T, B, P), h_n (B, P), c_n (B, H) or None, and the saved buffers: gates
-    (T, B, G·H), h_prev (T, B, P) (the h each step read, before the recurrent mask), and by cell: c_prev, c_next
-    (T, B, H) (LSTM), pre_h (T, B, 3H) (GRU), h_raw (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the
-    cell's h before zoneout, for the RNN's act′), c_trace (T, B, H) (c after zoneout, for traces)."""
+class _TritonScanBackward(torch.autograd.Function):
+    """`_backward` as TritonScan's backward calls it: an error naming the way out if anything differentiates it
+    (double backward, create_graph=True), where the first-order gradients are still given."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        return _backward(*args)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            "double backward (create_graph=True, e.g. a gradient penalty) through gatedrnn's GPU engine is not "
+            "supported: its backward is hand-written and not itself differentiable. Set GATEDRNN_BACKEND=reference, "
+            "whose time loop autograd differentiates to any order.")
+
+
+def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate):
+    """The forward loop over pre_x = W_ih x + b_ih (T, B, G·H). Returns y (T, B, P), h_n (B, P), c_n (B, H) or
+    None, and the saved buffers: gates (T, B, G·H) (the RNN's: its h), h_prev (T, B, P) (the h each step read,
+    before the recurrent mask), and by cell: c_prev, c_next (T, B, H) (LSTM), pre_h (T, B, 3H) (GRU), h_raw
+    (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the RNN's h before zoneout, for act′), c_trace (T, B, H)
+    (c after zoneout, for traces)."""
     family, relu = KERNELS[config.cell]
-    steps, batch = x.shape[0], x.shape[1]
-    gate_rows = w_ih.shape[0]
+    steps, batch, gate_rows = pre_x.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
     out_size = h0.shape[1]
-    upcast = x.dtype in (torch.float16, torch.bfloat16)
-    pre_x = F.linear(x, w_ih, b_ih).contiguous()  # (T, B, G·H): every step's input projection in one GEMM
-    new = x.new_zeros if config.batch_sizes else x.new_empty  # packed: inactive rows stay zero
-    y = x.new_zeros(steps, batch, out_size)
+    like = pre_x  # every buffer takes its dtype and device
+    upcast = like.dtype in (torch.float16, torch.bfloat16)
+    pre_x = pre_x.contiguous()
+    new = like.new_zeros if config.batch_sizes else like.new_empty  # packed: inactive rows stay zero
+    y = like.new_zeros(steps, batch, out_size)
     saved = {"gates": new(steps, batch, gate_rows), "h_prev": new(steps, batch, out_size)}
     if family == "lstm":
         saved["c_prev"], saved["c_next"] = new(steps, batch, hidden), new(steps, batch, hidden)
@@ -121,7 +135,7 @@ def _forward(config: _Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, zoneout, 
             c_prev = c[:rows]
             saved["c_prev"][t, :rows] = c_prev
             c_new = saved["c_next"][t, :rows]
-            h_cell = x.new_empty(rows, hidden)
+            h_cell = like.new_empty(rows, hidden)
             _launch("lstm_forward", elements, pre_x[t, :rows], pre_h, saved["c_prev"][t, :rows],
                     pre_x if cand is None else cand, gates, c_new, h_cell, hidden,
                     HAS_CANDIDATE=cand is not None, UPCAST=upcast)
@@ -130,7 +144,7 @@ def _forward(config: _Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, zoneout, 
                 h_cell = h_cell @ w_hr.t()  # (rows, P)
         elif family == "gru":
             saved["pre_h"][t, :rows] = pre_h
-            h_cell = x.new_empty(rows, hidden)
+            h_cell = like.new_empty(rows, hidden)
             _launch("gru_forward", elements, pre_x[t, :rows], pre_h, saved["h_prev"][t, :rows],
                     pre_x if cand is None else cand, gates, h_cell, hidden,
                     HAS_CANDIDATE=cand is not None, UPCAST=upcast)
@@ -154,22 +168,22 @@ def _forward(config: _Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, zoneout, 
     return y, h, c, saved
 
 
-def _backward(config: _Config, x, w_ih, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n):
-    """The backward loop, mirroring `_forward` step by step in reverse. Returns (dx (T, B, I), dh0 (B, P), dc0
-    (B, H) or None, dW_ih, dW_hh, db_ih, db_hh, dW_hr or None)."""
+def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n):
+    """The backward loop, mirroring `_forward` step by step in reverse. Returns (d_pre_x (T, B, G·H), dh0 (B, P),
+    dc0 (B, H) or None, dW_hh, db_hh, dW_hr or None)."""
     family, relu = KERNELS[config.cell]
-    steps, batch = x.shape[0], x.shape[1]
-    gate_rows = w_ih.shape[0]
+    like = saved["gates"]  # every buffer takes its dtype and device
+    steps, batch, gate_rows = like.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
     out_size = saved["h_prev"].shape[2]
-    upcast = x.dtype in (torch.float16, torch.bfloat16)
-    d_pre_x = x.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
-    d_pre_h = d_pre_x if family != "gru" else x.new_zeros(steps, batch, gate_rows)  # shared but for the GRU
-    dh_proj = x.new_zeros(steps, batch, out_size) if w_hr is not None else None  # gradient of W_hr h′, per step
-    dh = x.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
+    upcast = like.dtype in (torch.float16, torch.bfloat16)
+    d_pre_x = like.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
+    d_pre_h = d_pre_x if family != "gru" else like.new_zeros(steps, batch, gate_rows)  # shared but for the GRU
+    dh_proj = like.new_zeros(steps, batch, out_size) if w_hr is not None else None  # gradient of W_hr h′, per step
+    dh = like.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
     dc = None
     if family == "lstm":
-        dc = x.new_zeros(batch, hidden) if dc_n is None else dc_n.contiguous().clone()
+        dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n.contiguous().clone()
     for t in (range(steps) if config.reverse else range(steps - 1, -1, -1)):
         rows = _active(config, t, batch)
         elements = rows * hidden
@@ -189,14 +203,14 @@ def _backward(config: _Config, x, w_ih, w_hh, w_hr, zoneout, mask, candidate, sa
             if w_hr is not None:  # h = W_hr h′
                 dh_proj[t, :rows] = dh_t
                 dh_t = dh_t @ w_hr
-            dc_prev = x.new_empty(rows, hidden)
+            dc_prev = like.new_empty(rows, hidden)
             _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
                     saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
                     d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
             dc[:rows] = dc_prev if dc_old is None else dc_prev + dc_old
             dh_direct = None
         elif family == "gru":
-            dh_direct = x.new_empty(rows, hidden)
+            dh_direct = like.new_empty(rows, hidden)
             _launch("gru_backward", elements, dh_t.contiguous(), saved["gates"][t, :rows], saved["pre_h"][t, :rows],
                     saved["h_prev"][t, :rows], d_pre_x if cand is None else cand, d_pre_x[t, :rows],
                     d_pre_h[t, :rows], dh_direct, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
@@ -213,16 +227,13 @@ def _backward(config: _Config, x, w_ih, w_hh, w_hr, zoneout, mask, candidate, sa
         if dh_old is not None:
             dh_prev = dh_prev + dh_old
         dh[:rows] = dh_prev
-    flat_x = x.reshape(-1, x.shape[2])  # (T·B, I)
     h_read = saved["h_prev"] if mask is None else saved["h_prev"] * mask  # (T, B, P): what W_hh read
-    dx = (d_pre_x.reshape(-1, gate_rows) @ w_ih).reshape(steps, batch, -1)
-    dw_ih = d_pre_x.reshape(-1, gate_rows).t() @ flat_x
     dw_hh = d_pre_h.reshape(-1, gate_rows).t() @ h_read.reshape(-1, out_size)
-    db_ih, db_hh = d_pre_x.sum((0, 1)), d_pre_h.sum((0, 1))
+    db_hh = d_pre_h.sum((0, 1))
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_proj.reshape(-1, out_size).t() @ saved["h_raw"].reshape(-1, hidden)
-    return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    return d_pre_x, dh, dc, dw_hh, db_hh, dw_hr
 
 
 def unsupported(cell: str, weights: LayerWeights, x: Tensor) -> Optional[str]:
@@ -254,8 +265,9 @@ def run_layer_triton(
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     c0 = state0[1] if spec.has_cell_state else None
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
-    y, h_n, c_n, gates, c_trace = TritonScan.apply(config, x, state0[0], c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                   zoneout, mask, candidate)
+    pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
+    y, h_n, c_n, gates, c_trace = TritonScan.apply(config, pre_x, state0[0], c0, w_hh, b_hh, w_hr, zoneout, mask,
+                                                   candidate)
     state = (h_n,) if c_n is None else (h_n, c_n)
     if not trace:
         return ScanResult(y, state, None)

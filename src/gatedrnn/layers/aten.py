@@ -21,6 +21,8 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS
+from gatedrnn.engine._build import requested_backend
+from gatedrnn.engine.step import torch_cell_op
 
 
 def in_onnx_export() -> bool:
@@ -100,14 +102,44 @@ def refuse_tracers(layer_name: str) -> None:
                            "unrolled for one sequence length; torch.export and torch.compile record it instead")
 
 
+def runs_torch_op(module, device_type: str) -> bool:
+    """Whether `module` on `device_type` runs torch's own op for speed: on CUDA (cuDNN, as torch.nn runs it) where
+    that op computes the layer (`_torch_op_differs` is None: a torch.nn cell, no zoneout or noise in training)
+    and GATEDRNN_BACKEND is unset or auto. Traces and the other cells run gatedrnn's GPU engine
+    (`gatedrnn.engine.triton_scan`)."""
+    return device_type == "cuda" and requested_backend() == "auto" and module._torch_op_differs() is None
+
+
+def flatten_for_cudnn(module) -> None:
+    """torch.nn.RNNBase.flatten_parameters for a layer that runs cuDNN (`runs_torch_op`): its parameters, all
+    CUDA tensors of one dtype that cuDNN accepts and that share no memory, become views of one buffer in cuDNN's
+    layout (`torch._cudnn_rnn_flatten_weight`). Otherwise a no-op, as torch.nn's is."""
+    spec = CELL_SPECS[module.mode]
+    if not spec.torch_mode or spec.extra_params or getattr(module, "variant", None) not in (None, "np"):
+        return
+    flat = module._flat_weights
+    if len(flat) != len(module._flat_weights_names) or not all(isinstance(w, Tensor) for w in flat):
+        return
+    first = flat[0]
+    if any(w.dtype != first.dtype or not w.is_cuda or not torch.backends.cudnn.is_acceptable(w) for w in flat):
+        return
+    if len({w.data_ptr() for w in flat}) != len(flat):
+        return  # aliased parameters: torch.nn takes the copying path too
+    import torch.backends.cudnn.rnn as cudnn_rnn
+
+    with torch.cuda.device_of(first), torch.no_grad():
+        if torch._use_cudnn_rnn_flatten_weight():
+            count = (4 if module.bias else 2) + (1 if module.proj_size else 0)
+            torch._cudnn_rnn_flatten_weight(flat, count, module.input_size, cudnn_rnn.get_cudnn_mode(spec.torch_mode),
+                                            module.hidden_size, module.proj_size, module.num_layers,
+                                            module.batch_first, bool(module.bidirectional))
+
+
 def aten_op(mode: str):
     """torch's op for a cell kind: torch._VF.lstm, gru, rnn_tanh or rnn_relu."""
     return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower())
 
 
-def aten_cell_op(mode: str):
-    """torch's one-step op for a cell kind: torch._VF.lstm_cell, gru_cell, rnn_tanh_cell or rnn_relu_cell."""
-    return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower() + "_cell")
 
 
 def forward(module, input, hx, *, any_dtype: bool):
@@ -177,7 +209,7 @@ def forward(module, input, hx, *, any_dtype: bool):
 
 def cell_forward(module, x: Tensor, states: tuple[Tensor, ...]):
     """One step of a cell module through torch's op: x (N, H_in), states each (N, H) -> new state(s)."""
-    op = aten_cell_op(module.mode)
+    op = torch_cell_op(module.mode)
     if CELL_SPECS[module.mode].has_cell_state:
         return tuple(op(x, states, module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh))
     return op(x, states[0], module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)

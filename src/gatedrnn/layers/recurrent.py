@@ -141,7 +141,15 @@ class RecurrentBase(nn.Module):
         return [flat[k : k + per] for k in range(0, len(flat), per)]
 
     def flatten_parameters(self) -> None:
-        """No-op, kept for code written against torch.nn (cuDNN's flat buffer does not exist here)."""
+        """torch.nn's: on CUDA, for a layer that runs cuDNN's kernel (`aten.runs_torch_op`), the parameters become
+        views of one flat buffer in cuDNN's layout, so each call uses them in place instead of copying them
+        (and warning). A no-op on the CPU, for cells torch.nn does not have, and where torch.nn's is one."""
+        aten.flatten_for_cudnn(self)
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as torch.nn does after .cuda(), .to(), .half()
+        return result
 
     def reset_parameters(self) -> None:
         """torch.nn's initialisation: every parameter ~ U(-1/sqrt(H), 1/sqrt(H)), in registration order; then
@@ -233,6 +241,8 @@ class RecurrentBase(nn.Module):
         if why is not None:  # a tracer, an exporter or autocast: torch's own op (see gatedrnn.layers.aten)
             return aten.forward(self, input, hx, any_dtype=why == "autocast")
         if torch_floor.runs_torch(self, input, hx):  # a plain LSTM where torch's kernel measured faster
+            return aten.forward(self, input, hx, any_dtype=False)
+        if not weight.is_cpu and aten.runs_torch_op(self, weight.device.type):  # CUDA: torch's cuDNN kernel
             return aten.forward(self, input, hx, any_dtype=False)
         output, hidden, _ = self._run_engine(input, hx, trace=False)  # no tracer: aten.reason said so
         return output, hidden
