@@ -34,8 +34,9 @@ def _random_layer(cell: str, *, proj: int = 0, dtype=torch.float64, steps=5, bat
     spec = cell_spec(cell)
     rows, out_size = spec.gate_count * hidden, proj or hidden
     make = lambda *shape: torch.randn(*shape, dtype=dtype, device=DEVICE, requires_grad=True)  # noqa: E731
+    extra = tuple(make(*p.shape(hidden)) for p in spec.extra_params)  # random gains: any γ, β must be right
     weights = LayerWeights(make(rows, inputs), make(rows, out_size), make(rows), make(rows),
-                           make(out_size, hidden) if proj else None)
+                           make(out_size, hidden) if proj else None, extra)
     x = make(steps, batch, inputs)
     state = (make(batch, out_size),) + ((make(batch, hidden),) if spec.has_cell_state else ())
     return x, state, weights
@@ -62,7 +63,7 @@ def _run_both(cell, x, state, weights, batch_sizes, reverse, noise):
         result = run(cell, x, state, weights, batch_sizes, reverse, True, noise)
         probe = torch.linspace(-1, 1, result.y.numel(), dtype=x.dtype, device=x.device).view_as(result.y)
         loss = (result.y * probe).sum() + sum((s ** 2).sum() for s in result.state)
-        inputs = [x, *state, *[w for w in weights[:5] if w is not None]]
+        inputs = [x, *state, *[w for w in weights[:5] if w is not None], *weights.extra]
         grads = torch.autograd.grad(loss, inputs)
         results.append(([result.y.detach()], [s.detach() for s in result.state],
                         [t.detach() for t in result.trace], list(grads)))
@@ -182,11 +183,46 @@ def test_backend_info_names_the_triton_path(triton_backend, monkeypatch):
 
 def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypatch):
     torch.manual_seed(2)
-    layer = gatedrnn.LayerNormLSTM(3, 4).to(DEVICE)
+    layer = gatedrnn.LayerNormGRU(3, 4).to(DEVICE)
     x = torch.randn(5, 2, 3, device=DEVICE)
     ours = layer(x)[0]
     monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
     torch.testing.assert_close(ours, layer(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", [{"num_layers": 2, "bidirectional": True, "bias": False},
+                                     {"batch_first": True, "zoneout": 0.2}])
+def test_layernorm_lstm_layer_matches_the_reference_loop(triton_backend, monkeypatch, options):
+    """LayerNormLSTM (no torch.nn counterpart) on the GPU engine against the reference loop: outputs, states and
+    every parameter's gradient (its gains and biases included), in training mode."""
+    torch.manual_seed(9)
+    layer = gatedrnn.LayerNormLSTM(3, 5, **options).to(DEVICE)
+    with torch.no_grad():
+        for name, parameter in layer.named_parameters():
+            if name.startswith(("gamma", "beta")):
+                parameter.uniform_(0.5, 1.5)  # not the ones / zeros of the init: every gain must enter right
+    x = torch.randn(6, 4, 3, device=DEVICE)
+    results = []
+    for backend in ("triton", "reference"):
+        monkeypatch.setenv("GATEDRNN_BACKEND", backend)
+        layer.zero_grad()
+        torch.manual_seed(1)  # the same zoneout draw
+        y, (h_n, c_n) = layer(x)
+        (y.sin().sum() + h_n.sum() + (c_n * c_n).sum()).backward()
+        results.append([y.detach(), h_n.detach(), c_n.detach(), *[p.grad.clone() for p in layer.parameters()]])
+    for ours, expected in zip(*results):
+        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_layernorm_lstm():
+    torch.manual_seed(6)
+    x, state, weights = _random_layer("layernorm_lstm", steps=3, batch=2, inputs=2, hidden=3)
+
+    def run(x, h0, c0, w_ih, w_hh, b_ih, b_hh, *extra):
+        result = run_layer_triton("layernorm_lstm", x, (h0, c0), LayerWeights(w_ih, w_hh, b_ih, b_hh, None, extra))
+        return result.y, *result.state
+
+    assert torch.autograd.gradcheck(run, (x, *state, *weights[:4], *weights.extra))
 
 
 def test_half_precision_computes_in_float32():

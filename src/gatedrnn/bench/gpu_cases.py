@@ -74,7 +74,8 @@ def make_cases(*, quick: bool) -> list[GpuCase]:
         LAYERNORM_SIZE, TRACE_SIZE, STREAM_SIZES)
     plain = [[GpuCase(cell, kind, *size, "float32", PLAIN_TARGET) for cell in ("lstm", "gru")
               for kind in ("train", "infer")] for size in sizes]
-    cases = [GpuCase("layernorm_lstm", "train", *layernorm, "float32", LAYERNORM_TARGET)]  # first: its first call
+    # first: its first call is then the first use of the LayerNorm kernels in this process
+    cases = [GpuCase("layernorm_lstm", "train", *layernorm, "float32", LAYERNORM_TARGET)]
     cases += plain[0] + plain[1]
     cases += [GpuCase("lstm", "train", *size, "bfloat16", PLAIN_TARGET) for size in sizes[:2]]
     cases.append(GpuCase("lstm", "trace", *traced, "float32", TRACE_TARGET))

@@ -195,6 +195,125 @@ def rnn_backward(dh_next, h_next, d_pre, n, RELU: tl.constexpr, UPCAST: tl.const
     tl.store(d_pre + e, d.to(d_pre.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _row_stats(a_i, a_f, a_g, a_o, mask, count, eps):
+    """Mean and 1/sqrt(var + ε) over one row's four (BLOCK_H,) blocks (count = 4H valid values, var biased)."""
+    mean = (tl.sum(a_i, 0) + tl.sum(a_f, 0) + tl.sum(a_g, 0) + tl.sum(a_o, 0)) / count
+    d_i, d_f = tl.where(mask, a_i - mean, 0.0), tl.where(mask, a_f - mean, 0.0)
+    d_g, d_o = tl.where(mask, a_g - mean, 0.0), tl.where(mask, a_o - mean, 0.0)
+    var = (tl.sum(d_i * d_i, 0) + tl.sum(d_f * d_f, 0) + tl.sum(d_g * d_g, 0) + tl.sum(d_o * d_o, 0)) / count
+    return mean, 1.0 / tl.sqrt(var + eps)
+
+
+@triton.jit
+def layernorm_lstm_forward(pre_x, wh, c_prev, gamma_hh, gamma_c, beta_c, gates, c_next, h_next, stats, H, eps,
+                           UPCAST: tl.constexpr, BLOCK_H: tl.constexpr):
+    """`gatedrnn.cells.layernorm.layernorm_lstm_step` after its GEMM, one program per row b:
+        pre    = pre_x + LN(wh; γ_hh)            (pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh, from the scan)
+        i, f, g, o = σ(pre_i), σ(pre_f), tanh(pre_g), σ(pre_o)
+        c_next = f ⊙ c + i ⊙ g
+        h_next = o ⊙ tanh(LN(c_next; γ_c, β_c))
+    pre_x, wh (= W_hh h): (B, 4H); c_prev: (B, H); gamma_hh (4H,), gamma_c, beta_c (H,). Writes gates (B, 4H),
+    c_next, h_next (B, H) and stats (B, 4): mean and 1/σ of wh, then of c_next, which the backward reads."""
+    row = tl.program_id(0)
+    unit = tl.arange(0, BLOCK_H)
+    mask = unit < H
+    base = row * 4 * H + unit
+    a_i, a_f = _load(wh, base, mask, UPCAST), _load(wh, base + H, mask, UPCAST)
+    a_g, a_o = _load(wh, base + 2 * H, mask, UPCAST), _load(wh, base + 3 * H, mask, UPCAST)
+    mean, rstd = _row_stats(a_i, a_f, a_g, a_o, mask, 4 * H, eps)
+    i = tl.sigmoid(_load(pre_x, base, mask, UPCAST) + _load(gamma_hh, unit, mask, UPCAST) * (a_i - mean) * rstd)
+    f = tl.sigmoid(_load(pre_x, base + H, mask, UPCAST)
+                   + _load(gamma_hh, unit + H, mask, UPCAST) * (a_f - mean) * rstd)
+    g = _tanh(_load(pre_x, base + 2 * H, mask, UPCAST)
+              + _load(gamma_hh, unit + 2 * H, mask, UPCAST) * (a_g - mean) * rstd)
+    o = tl.sigmoid(_load(pre_x, base + 3 * H, mask, UPCAST)
+                   + _load(gamma_hh, unit + 3 * H, mask, UPCAST) * (a_o - mean) * rstd)
+    c_new = tl.where(mask, f * _load(c_prev, row * H + unit, mask, UPCAST) + i * g, 0.0)
+    mean_c = tl.sum(c_new, 0) / H
+    d_c = tl.where(mask, c_new - mean_c, 0.0)
+    rstd_c = 1.0 / tl.sqrt(tl.sum(d_c * d_c, 0) / H + eps)
+    h_new = o * _tanh(_load(gamma_c, unit, mask, UPCAST) * d_c * rstd_c + _load(beta_c, unit, mask, UPCAST))
+    out = gates.dtype.element_ty
+    tl.store(gates + base, i.to(out), mask=mask)
+    tl.store(gates + base + H, f.to(out), mask=mask)
+    tl.store(gates + base + 2 * H, g.to(out), mask=mask)
+    tl.store(gates + base + 3 * H, o.to(out), mask=mask)
+    tl.store(c_next + row * H + unit, c_new.to(out), mask=mask)
+    tl.store(h_next + row * H + unit, h_new.to(out), mask=mask)
+    tl.store(stats + row * 4, mean)  # float32 (float64 for float64 tensors): the compute type
+    tl.store(stats + row * 4 + 1, rstd)
+    tl.store(stats + row * 4 + 2, mean_c)
+    tl.store(stats + row * 4 + 3, rstd_c)
+
+
+@triton.jit
+def _layer_norm_backward(dn, n, mask, count):
+    """d(input) of LN's normalisation n = (a − mean) / σ, from dn (= d(LN) ⊙ γ), up to the factor 1/σ:
+    dn − mean(dn) − n ⊙ mean(dn ⊙ n), the means over one row's `count` values (one (BLOCK_H,) block)."""
+    return tl.where(mask, dn - tl.sum(dn, 0) / count - n * (tl.sum(dn * n, 0) / count), 0.0)
+
+
+@triton.jit
+def layernorm_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, wh, stats, gamma_hh, gamma_c, beta_c, d_pre,
+                            d_wh, dc_prev, d_gamma_hh, d_gamma_c, d_beta_c, H, UPCAST: tl.constexpr,
+                            BLOCK_H: tl.constexpr):
+    """The chain rule through `layernorm_lstm_forward`, one program per row: dh_next, dc_next (B, H) -> d_pre
+    (B, 4H) (the gradient of pre, which pre_x receives), d_wh (B, 4H) (of W_hh h), dc_prev (B, H), and this row's
+    parts of the gains' gradients, summed over rows and steps by the scan: d_gamma_hh (B, 4H), d_gamma_c,
+    d_beta_c (B, H)."""
+    row = tl.program_id(0)
+    unit = tl.arange(0, BLOCK_H)
+    mask = unit < H
+    base = row * 4 * H + unit
+    mean = tl.load(stats + row * 4)  # stats are float32, or float64 for float64 tensors
+    rstd = tl.load(stats + row * 4 + 1)
+    mean_c = tl.load(stats + row * 4 + 2)
+    rstd_c = tl.load(stats + row * 4 + 3)
+    i, f = _load(gates, base, mask, UPCAST), _load(gates, base + H, mask, UPCAST)
+    g, o = _load(gates, base + 2 * H, mask, UPCAST), _load(gates, base + 3 * H, mask, UPCAST)
+    n_c = tl.where(mask, (_load(c_next, row * H + unit, mask, UPCAST) - mean_c) * rstd_c, 0.0)
+    gain_c = _load(gamma_c, unit, mask, UPCAST)
+    tanh_ln = _tanh(gain_c * n_c + _load(beta_c, unit, mask, UPCAST))
+    dh = _load(dh_next, row * H + unit, mask, UPCAST)
+    do = dh * tanh_ln                                                  # h_next = o ⊙ tanh(LN(c_next))
+    d_ln = tl.where(mask, dh * o * (1.0 - tanh_ln * tanh_ln), 0.0)
+    dc = _load(dc_next, row * H + unit, mask, UPCAST) + rstd_c * _layer_norm_backward(d_ln * gain_c, n_c, mask, H)
+    di, dg = dc * g, dc * i                                             # c_next = f ⊙ c + i ⊙ g
+    df = dc * _load(c_prev, row * H + unit, mask, UPCAST)
+    dp_i, dp_f = di * i * (1.0 - i), df * f * (1.0 - f)
+    dp_g, dp_o = dg * (1.0 - g * g), do * o * (1.0 - o)
+    # pre = pre_x + γ_hh ⊙ n_h, n_h = (wh − mean) / σ over the row's 4H values
+    n_i = tl.where(mask, (_load(wh, base, mask, UPCAST) - mean) * rstd, 0.0)
+    n_f = tl.where(mask, (_load(wh, base + H, mask, UPCAST) - mean) * rstd, 0.0)
+    n_g = tl.where(mask, (_load(wh, base + 2 * H, mask, UPCAST) - mean) * rstd, 0.0)
+    n_o = tl.where(mask, (_load(wh, base + 3 * H, mask, UPCAST) - mean) * rstd, 0.0)
+    dn_i = tl.where(mask, dp_i * _load(gamma_hh, unit, mask, UPCAST), 0.0)
+    dn_f = tl.where(mask, dp_f * _load(gamma_hh, unit + H, mask, UPCAST), 0.0)
+    dn_g = tl.where(mask, dp_g * _load(gamma_hh, unit + 2 * H, mask, UPCAST), 0.0)
+    dn_o = tl.where(mask, dp_o * _load(gamma_hh, unit + 3 * H, mask, UPCAST), 0.0)
+    count = 4 * H
+    mean_dn = (tl.sum(dn_i, 0) + tl.sum(dn_f, 0) + tl.sum(dn_g, 0) + tl.sum(dn_o, 0)) / count
+    mean_dn_n = (tl.sum(dn_i * n_i, 0) + tl.sum(dn_f * n_f, 0) + tl.sum(dn_g * n_g, 0)
+                 + tl.sum(dn_o * n_o, 0)) / count
+    out = d_pre.dtype.element_ty
+    tl.store(d_pre + base, dp_i.to(out), mask=mask)
+    tl.store(d_pre + base + H, dp_f.to(out), mask=mask)
+    tl.store(d_pre + base + 2 * H, dp_g.to(out), mask=mask)
+    tl.store(d_pre + base + 3 * H, dp_o.to(out), mask=mask)
+    tl.store(d_wh + base, (rstd * (dn_i - mean_dn - n_i * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_wh + base + H, (rstd * (dn_f - mean_dn - n_f * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_wh + base + 2 * H, (rstd * (dn_g - mean_dn - n_g * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_wh + base + 3 * H, (rstd * (dn_o - mean_dn - n_o * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_gamma_hh + base, (dp_i * n_i).to(out), mask=mask)
+    tl.store(d_gamma_hh + base + H, (dp_f * n_f).to(out), mask=mask)
+    tl.store(d_gamma_hh + base + 2 * H, (dp_g * n_g).to(out), mask=mask)
+    tl.store(d_gamma_hh + base + 3 * H, (dp_o * n_o).to(out), mask=mask)
+    tl.store(dc_prev + row * H + unit, (dc * f).to(out), mask=mask)
+    tl.store(d_gamma_c + row * H + unit, (d_ln * n_c).to(out), mask=mask)
+    tl.store(d_beta_c + row * H + unit, d_ln.to(out), mask=mask)
+
+
 def grid(elements: int) -> tuple[int]:
     """Programs for `elements` = B·H."""
     return (triton.cdiv(elements, BLOCK),)

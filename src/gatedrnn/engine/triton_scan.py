@@ -22,14 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import triton
+
 from gatedrnn.cells import CELL_SPECS, LayerWeights
+from gatedrnn.cells.layernorm import LAYER_NORM_EPS, layer_norm
 from gatedrnn.engine import triton_cells as kernels
 from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.scan import ScanResult
 
-# The cells with a Triton kernel: name -> the kernel family ("lstm", "gru", "rnn") and relu for the RNN.
+# The cells with a Triton kernel: name -> the kernel family ("lstm", "gru", "rnn", "layernorm_lstm") and relu for
+# the RNN.
 KERNELS = {"lstm": ("lstm", False), "lstm_np": ("lstm", False), "gru": ("gru", False),
-           "rnn_tanh": ("rnn", False), "rnn_relu": ("rnn", True)}
+           "rnn_tanh": ("rnn", False), "rnn_relu": ("rnn", True), "layernorm_lstm": ("layernorm_lstm", False)}
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -47,17 +51,22 @@ def _launch(name: str, elements: int, *args, **flags) -> None:
     getattr(kernels, name)[kernels.grid(elements)](*args, elements, **flags, BLOCK=kernels.BLOCK)
 
 
+def _launch_rows(name: str, rows: int, hidden: int, *args, **flags) -> None:
+    """A kernel with one program per row (row reductions: LayerNorm)."""
+    getattr(kernels, name)[(rows,)](*args, **flags, BLOCK_H=triton.next_power_of_2(hidden))
+
+
 class TritonScan(torch.autograd.Function):
     """The time loop; forward saves what the backward kernels read (`_forward`'s buffers)."""
 
     @staticmethod
     def forward(ctx, config: _Config, pre_x: Tensor, h0: Tensor, c0: Optional[Tensor], w_hh: Tensor,
                 b_hh: Optional[Tensor], w_hr: Optional[Tensor], zoneout: Optional[Tensor], mask: Optional[Tensor],
-                candidate: Optional[Tensor]):
-        y, h_n, c_n, saved = _forward(config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate)
+                candidate: Optional[Tensor], *aux: Tensor):
+        y, h_n, c_n, saved = _forward(config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate, aux)
         ctx.config = config
-        ctx.has = (c0 is not None, b_hh is not None)
-        ctx.save_for_backward(w_hh, w_hr, zoneout, mask, candidate, *saved.values())
+        ctx.has = (c0 is not None, b_hh is not None, len(aux))
+        ctx.save_for_backward(w_hh, w_hr, zoneout, mask, candidate, *aux, *saved.values())
         ctx.saved_names = tuple(saved)
         gates, c_trace = saved["gates"], saved.get("c_trace", saved.get("c_next"))
         ctx.mark_non_differentiable(gates, *(() if c_trace is None else (c_trace,)))
@@ -66,15 +75,16 @@ class TritonScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _dgates, _dc_trace):
         w_hh, w_hr, zoneout, mask, candidate, *rest = ctx.saved_tensors
+        has_c, has_b_hh, aux_count = ctx.has
+        aux, rest = tuple(rest[:aux_count]), rest[aux_count:]
         saved = dict(zip(ctx.saved_names, rest))
-        has_c, has_b_hh = ctx.has
         grads = _TritonScanBackward.apply(ctx.config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n,
-                                          dc_n if has_c else None)
-        d_pre_x, dh0, dc0, dw_hh, db_hh, dw_hr = grads
+                                          dc_n if has_c else None, aux)
+        d_pre_x, dh0, dc0, dw_hh, db_hh, dw_hr, *d_aux = grads
         needs = ctx.needs_input_grad
         keep = lambda grad, k, present=True: grad if present and needs[k] else None  # noqa: E731
         return (None, keep(d_pre_x, 1), keep(dh0, 2), keep(dc0, 3, has_c), keep(dw_hh, 4), keep(db_hh, 5, has_b_hh),
-                keep(dw_hr, 6), None, None, None)
+                keep(dw_hr, 6), None, None, None, *(keep(d, 10 + k) for k, d in enumerate(d_aux)))
 
 
 class _TritonScanBackward(torch.autograd.Function):
@@ -93,12 +103,13 @@ class _TritonScanBackward(torch.autograd.Function):
             "whose time loop autograd differentiates to any order.")
 
 
-def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate):
+def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate, aux=()):
     """The forward loop over pre_x = W_ih x + b_ih (T, B, G·H). Returns y (T, B, P), h_n (B, P), c_n (B, H) or
     None, and the saved buffers: gates (T, B, G·H) (the RNN's: its h), h_prev (T, B, P) (the h each step read,
     before the recurrent mask), and by cell: c_prev, c_next (T, B, H) (LSTM), pre_h (T, B, 3H) (GRU), h_raw
     (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the RNN's h before zoneout, for act′), c_trace (T, B, H)
-    (c after zoneout, for traces)."""
+    (c after zoneout, for traces); the LayerNorm LSTM's also wh (T, B, 4H) (W_hh h) and stats (T, B, 4) (its two
+    LayerNorms' means and 1/σ). aux: the LayerNorm LSTM's (γ_hh (4H,), γ_c (H,), β_c (H,)), else ()."""
     family, relu = KERNELS[config.cell]
     steps, batch, gate_rows = pre_x.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
@@ -109,15 +120,18 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     new = like.new_zeros if config.batch_sizes else like.new_empty  # packed: inactive rows stay zero
     y = like.new_zeros(steps, batch, out_size)
     saved = {"gates": new(steps, batch, gate_rows), "h_prev": new(steps, batch, out_size)}
-    if family == "lstm":
+    if family in ("lstm", "layernorm_lstm"):
         saved["c_prev"], saved["c_next"] = new(steps, batch, hidden), new(steps, batch, hidden)
         if w_hr is not None:
             saved["h_raw"] = new(steps, batch, hidden)
         if zoneout is not None:
             saved["c_trace"] = new(steps, batch, hidden)
+    if family == "layernorm_lstm":
+        saved["wh"] = new(steps, batch, gate_rows)
+        saved["stats"] = new(steps, batch, 4, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
     elif family == "gru":
         saved["pre_h"] = new(steps, batch, gate_rows)
-    elif zoneout is not None:
+    elif family == "rnn" and zoneout is not None:
         saved["h_cell"] = new(steps, batch, out_size)
     h = h0.contiguous().clone()  # the state, rows updated in place as they run
     c = None if c0 is None else c0.contiguous().clone()
@@ -142,6 +156,15 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             if w_hr is not None:
                 saved["h_raw"][t, :rows] = h_cell
                 h_cell = h_cell @ w_hr.t()  # (rows, P)
+        elif family == "layernorm_lstm":
+            c_prev = c[:rows]
+            saved["c_prev"][t, :rows] = c_prev
+            saved["wh"][t, :rows] = pre_h
+            c_new = saved["c_next"][t, :rows]
+            h_cell = like.new_empty(rows, hidden)
+            _launch_rows("layernorm_lstm_forward", rows, hidden, pre_x[t, :rows], saved["wh"][t, :rows],
+                         saved["c_prev"][t, :rows], *aux, gates, c_new, h_cell, saved["stats"][t, :rows], hidden,
+                         LAYER_NORM_EPS, UPCAST=upcast)
         elif family == "gru":
             saved["pre_h"][t, :rows] = pre_h
             h_cell = like.new_empty(rows, hidden)
@@ -168,9 +191,9 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     return y, h, c, saved
 
 
-def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n):
+def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n, aux=()):
     """The backward loop, mirroring `_forward` step by step in reverse. Returns (d_pre_x (T, B, G·H), dh0 (B, P),
-    dc0 (B, H) or None, dW_hh, db_hh, dW_hr or None)."""
+    dc0 (B, H) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
     family, relu = KERNELS[config.cell]
     like = saved["gates"]  # every buffer takes its dtype and device
     steps, batch, gate_rows = like.shape
@@ -178,11 +201,15 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     out_size = saved["h_prev"].shape[2]
     upcast = like.dtype in (torch.float16, torch.bfloat16)
     d_pre_x = like.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
-    d_pre_h = d_pre_x if family != "gru" else like.new_zeros(steps, batch, gate_rows)  # shared but for the GRU
+    # the gradient of W_hh h (+ b_hh): the same as d_pre_x but for the GRU (h_n's r) and the LayerNorm LSTM (LN)
+    d_pre_h = like.new_zeros(steps, batch, gate_rows) if family in ("gru", "layernorm_lstm") else d_pre_x
+    if family == "layernorm_lstm":  # each step's and row's part of dγ_hh, dγ_c, dβ_c, summed after the loop
+        aux_parts = (like.new_zeros(steps, batch, gate_rows), like.new_zeros(steps, batch, hidden),
+                     like.new_zeros(steps, batch, hidden))
     dh_proj = like.new_zeros(steps, batch, out_size) if w_hr is not None else None  # gradient of W_hr h′, per step
     dh = like.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
     dc = None
-    if family == "lstm":
+    if family in ("lstm", "layernorm_lstm"):
         dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n.contiguous().clone()
     for t in (range(steps) if config.reverse else range(steps - 1, -1, -1)):
         rows = _active(config, t, batch)
@@ -194,7 +221,7 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
             dh_old = keep[:, :out_size] * dh_t
             dh_t = (1 - keep[:, :out_size]) * dh_t
         cand = None if candidate is None else candidate[t, :rows].contiguous()
-        if family == "lstm":
+        if family in ("lstm", "layernorm_lstm"):
             dc_t = dc[:rows].clone()
             dc_old = None
             if zoneout is not None:
@@ -204,9 +231,16 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                 dh_proj[t, :rows] = dh_t
                 dh_t = dh_t @ w_hr
             dc_prev = like.new_empty(rows, hidden)
-            _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
-                    saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
-                    d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
+            if family == "lstm":
+                _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
+                        saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
+                        d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
+            else:
+                _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t.contiguous(), dc_t,
+                             saved["gates"][t, :rows], saved["c_prev"][t, :rows], saved["c_next"][t, :rows],
+                             saved["wh"][t, :rows], saved["stats"][t, :rows], *aux, d_pre_x[t, :rows],
+                             d_pre_h[t, :rows], dc_prev, *(part[t, :rows] for part in aux_parts), hidden,
+                             UPCAST=upcast)
             dc[:rows] = dc_prev if dc_old is None else dc_prev + dc_old
             dh_direct = None
         elif family == "gru":
@@ -233,7 +267,8 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_proj.reshape(-1, out_size).t() @ saved["h_raw"].reshape(-1, hidden)
-    return d_pre_x, dh, dc, dw_hh, db_hh, dw_hr
+    d_aux = [part.sum((0, 1)) for part in aux_parts] if family == "layernorm_lstm" else []
+    return (d_pre_x, dh, dc, dw_hh, db_hh, dw_hr, *d_aux)
 
 
 def unsupported(cell: str, weights: LayerWeights, x: Tensor) -> Optional[str]:
@@ -242,8 +277,6 @@ def unsupported(cell: str, weights: LayerWeights, x: Tensor) -> Optional[str]:
         return f"the GPU engine has no kernel for the {CELL_SPECS[cell].display_name} cell yet"
     if x.dtype not in DTYPES:
         return f"the GPU engine supports float32, float64, float16 and bfloat16, got {x.dtype}"
-    if weights.extra:
-        return f"the GPU engine takes no extra parameters, the {CELL_SPECS[cell].display_name} cell has some"
     return None
 
 
@@ -265,9 +298,16 @@ def run_layer_triton(
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     c0 = state0[1] if spec.has_cell_state else None
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
-    pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
+    aux = ()
+    if KERNELS[cell][0] == "layernorm_lstm":  # pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh (the LN of W_hh h has no bias)
+        gamma_ih, *aux = weights.extra
+        pre_x = layer_norm(F.linear(x, w_ih), gamma_ih)
+        pre_x = pre_x if b_ih is None else pre_x + (b_ih + b_hh)
+        b_hh = None
+    else:
+        pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
     y, h_n, c_n, gates, c_trace = TritonScan.apply(config, pre_x, state0[0], c0, w_hh, b_hh, w_hr, zoneout, mask,
-                                                   candidate)
+                                                   candidate, *aux)
     state = (h_n,) if c_n is None else (h_n, c_n)
     if not trace:
         return ScanResult(y, state, None)
