@@ -27,7 +27,20 @@ pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTER
 
 @pytest.fixture
 def triton_backend(monkeypatch):
+    """GATEDRNN_BACKEND=triton; yields the list of cells `run_layer_triton` ran, so a test can assert that the
+    Triton kernels, not the reference loop, computed what it compares."""
+    from gatedrnn.engine import triton_scan
+
+    calls: list[str] = []
+    original = triton_scan.run_layer_triton
+
+    def counted(cell, *args, **kwargs):
+        calls.append(cell)
+        return original(cell, *args, **kwargs)
+
+    monkeypatch.setattr(triton_scan, "run_layer_triton", counted)
     monkeypatch.setenv("GATEDRNN_BACKEND", "triton")
+    return calls
 
 
 def _random_layer(cell: str, *, proj: int = 0, dtype=torch.float64, steps=5, batch=3, inputs=4, hidden=6):
@@ -143,6 +156,7 @@ def test_layers_match_torch_nn(triton_backend, kind, options):
                             *[p.grad.clone() for p in module.parameters()]])
         for a, b in zip(*outputs):
             torch.testing.assert_close(b, a, rtol=2e-5, atol=2e-5)
+    assert len(triton_backend) == len(inputs) * ours.num_layers * ours.num_directions
 
 
 def test_double_backward_raises_naming_the_reference_path(triton_backend):
@@ -160,6 +174,7 @@ def test_traces_match_the_reference_and_carry_no_gradient(triton_backend, monkey
     layer = gatedrnn.LSTM(3, 4, num_layers=2).to(DEVICE)
     x = torch.randn(6, 2, 3, device=DEVICE)
     ours = trace(layer, x)
+    assert triton_backend == ["lstm", "lstm"]
     monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
     expected = trace(layer, x)
     for name in ("i", "f", "g", "o", "c", "h"):
@@ -186,20 +201,26 @@ def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypat
     layer = gatedrnn.LayerNormGRU(3, 4).to(DEVICE)
     x = torch.randn(5, 2, 3, device=DEVICE)
     ours = layer(x)[0]
+    assert triton_backend == []
     monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
     torch.testing.assert_close(ours, layer(x)[0], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("options", [{"num_layers": 2, "bidirectional": True, "bias": False},
-                                     {"batch_first": True, "zoneout": 0.2}])
-def test_layernorm_lstm_layer_matches_the_reference_loop(triton_backend, monkeypatch, options):
-    """LayerNormLSTM (no torch.nn counterpart) on the GPU engine against the reference loop: outputs, states and
-    every parameter's gradient (its gains and biases included), in training mode."""
+@pytest.mark.parametrize("kind,options", [
+    ("LayerNormLSTM", {"num_layers": 2, "bidirectional": True, "bias": False}),
+    ("LayerNormLSTM", {"batch_first": True, "zoneout": 0.2}),
+    ("LSTM", {"variant": "peephole", "num_layers": 2, "recurrent_dropout": 0.3}),
+    ("LSTM", {"variant": "cifg", "bidirectional": True, "candidate_dropout": 0.2, "zoneout": 0.1}),
+])
+def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, options):
+    """Cells torch.nn has not (LayerNorm LSTM, Greff's variants) on the GPU engine against the reference loop:
+    outputs, states and every parameter's gradient (gains, biases, peepholes), in training mode (the same noise
+    drawn for both)."""
     torch.manual_seed(9)
-    layer = gatedrnn.LayerNormLSTM(3, 5, **options).to(DEVICE)
+    layer = getattr(gatedrnn, kind)(3, 5, **options).to(DEVICE)
     with torch.no_grad():
         for name, parameter in layer.named_parameters():
-            if name.startswith(("gamma", "beta")):
+            if name.startswith(("gamma", "beta", "weight_peephole")):
                 parameter.uniform_(0.5, 1.5)  # not the ones / zeros of the init: every gain must enter right
     x = torch.randn(6, 4, 3, device=DEVICE)
     results = []
@@ -212,6 +233,7 @@ def test_layernorm_lstm_layer_matches_the_reference_loop(triton_backend, monkeyp
         results.append([y.detach(), h_n.detach(), c_n.detach(), *[p.grad.clone() for p in layer.parameters()]])
     for ours, expected in zip(*results):
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert set(triton_backend) == {layer.mode}
 
 
 def test_gradcheck_layernorm_lstm():

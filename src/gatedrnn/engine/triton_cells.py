@@ -196,6 +196,139 @@ def rnn_backward(dh_next, h_next, d_pre, n, RELU: tl.constexpr, UPCAST: tl.const
 
 
 @triton.jit
+def peephole_lstm_forward(pre_x, pre_h, c_prev, peephole, candidate, gates, c_next, h_next, H, n,
+                          I_GATE: tl.constexpr, F_GATE: tl.constexpr, O_GATE: tl.constexpr, COUPLED: tl.constexpr,
+                          INPUT_ACT: tl.constexpr, OUTPUT_ACT: tl.constexpr, HAS_CANDIDATE: tl.constexpr,
+                          UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """`gatedrnn.cells.lstm_variants.greff_lstm_step` after its GEMM (the peephole LSTM and Greff et al.'s NIG, NFG,
+    NOG, NIAF, NOAF and CIFG, chosen by the flags), rows (B, ·), pre = pre_x + pre_h with the gate blocks present
+    (i if I_GATE, f if F_GATE, g, o if O_GATE; G of them), peephole [p_i | p_f | p_o] for the sigmoid gates present:
+        f = σ(pre_f + p_f ⊙ c) or 1;  i = σ(pre_i + p_i ⊙ c), 1 − f (COUPLED) or 1
+        g = tanh(pre_g) or pre_g (not INPUT_ACT);  c_next = f ⊙ c + i ⊙ (g ⊙ d)
+        o = σ(pre_o + p_o ⊙ c_next) or 1;  h_next = o ⊙ tanh(c_next), or o ⊙ c_next (not OUTPUT_ACT)
+    Writes gates (B, G·H) (the blocks present), c_next and h_next (B, H)."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < n
+    row = e // H
+    unit = e - row * H
+    G: tl.constexpr = 1 + I_GATE + F_GATE + O_GATE
+    BI: tl.constexpr = 0  # block offsets of the gates present, and of their peepholes
+    BF: tl.constexpr = I_GATE
+    BG: tl.constexpr = I_GATE + F_GATE
+    BO: tl.constexpr = I_GATE + F_GATE + 1
+    base = row * G * H + unit
+    c = _load(c_prev, e, mask, UPCAST)
+    out = gates.dtype.element_ty
+    f = c * 0.0 + 1.0
+    if F_GATE:
+        f = tl.sigmoid(_load(pre_x, base + BF * H, mask, UPCAST) + _load(pre_h, base + BF * H, mask, UPCAST)
+                       + _load(peephole, unit + BF * H, mask, UPCAST) * c)
+        tl.store(gates + base + BF * H, f.to(out), mask=mask)
+    if I_GATE:
+        i = tl.sigmoid(_load(pre_x, base + BI * H, mask, UPCAST) + _load(pre_h, base + BI * H, mask, UPCAST)
+                       + _load(peephole, unit + BI * H, mask, UPCAST) * c)
+        tl.store(gates + base + BI * H, i.to(out), mask=mask)
+    elif COUPLED:
+        i = 1.0 - f
+    else:
+        i = f * 0.0 + 1.0
+    g = _load(pre_x, base + BG * H, mask, UPCAST) + _load(pre_h, base + BG * H, mask, UPCAST)
+    if INPUT_ACT:
+        g = _tanh(g)
+    tl.store(gates + base + BG * H, g.to(out), mask=mask)
+    written = g
+    if HAS_CANDIDATE:
+        written = g * _load(candidate, e, mask, UPCAST)
+    c_new = f * c + i * written
+    act_c = c_new
+    if OUTPUT_ACT:
+        act_c = _tanh(c_new)
+    h_new = act_c
+    if O_GATE:
+        o = tl.sigmoid(_load(pre_x, base + BO * H, mask, UPCAST) + _load(pre_h, base + BO * H, mask, UPCAST)
+                       + _load(peephole, unit + (BO - 1) * H, mask, UPCAST) * c_new)
+        tl.store(gates + base + BO * H, o.to(out), mask=mask)
+        h_new = o * act_c
+    tl.store(c_next + e, c_new.to(out), mask=mask)
+    tl.store(h_next + e, h_new.to(out), mask=mask)
+
+
+@triton.jit
+def peephole_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, peephole, candidate, d_pre, dc_prev,
+                           d_peephole, H, n, I_GATE: tl.constexpr, F_GATE: tl.constexpr, O_GATE: tl.constexpr,
+                           COUPLED: tl.constexpr, INPUT_ACT: tl.constexpr, OUTPUT_ACT: tl.constexpr,
+                           HAS_CANDIDATE: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """The chain rule through `peephole_lstm_forward` (the C++ `PeepholeLSTMCell::backward_pass`, line by line):
+    dh_next, dc_next (B, H) -> d_pre (B, G·H), dc_prev (B, H) and this row's part of the peepholes' gradient
+    d_peephole (B, K·H), summed over rows and steps by the scan."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < n
+    row = e // H
+    unit = e - row * H
+    G: tl.constexpr = 1 + I_GATE + F_GATE + O_GATE
+    K: tl.constexpr = I_GATE + F_GATE + O_GATE
+    BI: tl.constexpr = 0
+    BF: tl.constexpr = I_GATE
+    BG: tl.constexpr = I_GATE + F_GATE
+    BO: tl.constexpr = I_GATE + F_GATE + 1
+    base = row * G * H + unit
+    peep = row * K * H + unit
+    out = d_pre.dtype.element_ty
+    c = _load(c_prev, e, mask, UPCAST)
+    c_new = _load(c_next, e, mask, UPCAST)
+    dh = _load(dh_next, e, mask, UPCAST)
+    f = c * 0.0 + 1.0
+    if F_GATE:
+        f = _load(gates, base + BF * H, mask, UPCAST)
+    if I_GATE:
+        i = _load(gates, base + BI * H, mask, UPCAST)
+    elif COUPLED:
+        i = 1.0 - f
+    else:
+        i = f * 0.0 + 1.0
+    g = _load(gates, base + BG * H, mask, UPCAST)
+    act_c = c_new
+    if OUTPUT_ACT:
+        act_c = _tanh(c_new)
+    o = f * 0.0 + 1.0
+    if O_GATE:
+        o = _load(gates, base + BO * H, mask, UPCAST)
+    dc = _load(dc_next, e, mask, UPCAST)                                # h_next = o ⊙ act(c_next)
+    if OUTPUT_ACT:
+        dc += dh * o * (1.0 - act_c * act_c)
+    else:
+        dc += dh * o
+    if O_GATE:
+        do_pre = dh * act_c * o * (1.0 - o)
+        dc += do_pre * _load(peephole, unit + (BO - 1) * H, mask, UPCAST)  # o peeks at c_next
+        tl.store(d_pre + base + BO * H, do_pre.to(out), mask=mask)
+        tl.store(d_peephole + peep + (BO - 1) * H, (do_pre * c_new).to(out), mask=mask)
+    keep = f * 0.0 + 1.0
+    if HAS_CANDIDATE:
+        keep = _load(candidate, e, mask, UPCAST)
+    di = dc * g * keep                                                  # c_next = f ⊙ c + i ⊙ (g ⊙ d)
+    dg = dc * i * keep
+    df = dc * c
+    if COUPLED:
+        df -= di                                                        # i = 1 − f
+    dc_prev_value = dc * f
+    if I_GATE:
+        di_pre = di * i * (1.0 - i)
+        dc_prev_value += di_pre * _load(peephole, unit + BI * H, mask, UPCAST)
+        tl.store(d_pre + base + BI * H, di_pre.to(out), mask=mask)
+        tl.store(d_peephole + peep + BI * H, (di_pre * c).to(out), mask=mask)
+    if F_GATE:
+        df_pre = df * f * (1.0 - f)
+        dc_prev_value += df_pre * _load(peephole, unit + BF * H, mask, UPCAST)
+        tl.store(d_pre + base + BF * H, df_pre.to(out), mask=mask)
+        tl.store(d_peephole + peep + BF * H, (df_pre * c).to(out), mask=mask)
+    if INPUT_ACT:
+        dg = dg * (1.0 - g * g)
+    tl.store(d_pre + base + BG * H, dg.to(out), mask=mask)
+    tl.store(dc_prev + e, dc_prev_value.to(out), mask=mask)
+
+
+@triton.jit
 def _row_stats(a_i, a_f, a_g, a_o, mask, count, eps):
     """Mean and 1/sqrt(var + ε) over one row's four (BLOCK_H,) blocks (count = 4H valid values, var biased)."""
     mean = (tl.sum(a_i, 0) + tl.sum(a_f, 0) + tl.sum(a_g, 0) + tl.sum(a_o, 0)) / count

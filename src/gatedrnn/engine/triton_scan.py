@@ -26,14 +26,29 @@ import triton
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.cells.layernorm import LAYER_NORM_EPS, layer_norm
+from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant
 from gatedrnn.engine import triton_cells as kernels
 from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.scan import ScanResult
 
-# The cells with a Triton kernel: name -> the kernel family ("lstm", "gru", "rnn", "layernorm_lstm") and relu for
-# the RNN.
-KERNELS = {"lstm": ("lstm", False), "lstm_np": ("lstm", False), "gru": ("gru", False),
-           "rnn_tanh": ("rnn", False), "rnn_relu": ("rnn", True), "layernorm_lstm": ("layernorm_lstm", False)}
+
+
+def _peephole_flags(variant: GreffVariant) -> dict:
+    """The constexpr flags of `triton_cells.peephole_lstm_*` for one of Greff et al.'s variants."""
+    return {"I_GATE": variant.input_gate, "F_GATE": variant.forget_gate, "O_GATE": variant.output_gate,
+            "COUPLED": variant.coupled, "INPUT_ACT": variant.input_activation,
+            "OUTPUT_ACT": variant.output_activation}
+
+
+# The cells with a Triton kernel: name -> (the kernel family, its constexpr flags). Greff et al.'s NP is torch.nn's
+# cell; FGR (gate recurrence) has no GPU kernel yet.
+KERNELS: dict[str, tuple[str, dict]] = {
+    "lstm": ("lstm", {}), "lstm_np": ("lstm", {}), "gru": ("gru", {}), "rnn_tanh": ("rnn", {"RELU": False}),
+    "rnn_relu": ("rnn", {"RELU": True}), "layernorm_lstm": ("layernorm_lstm", {}),
+    **{f"lstm_{name}": ("peephole", _peephole_flags(variant)) for name, variant in GREFF_VARIANTS.items()
+       if variant.peepholes and not variant.gate_recurrence},
+}
+_WITH_C = ("lstm", "layernorm_lstm", "peephole")  # the families with a cell state
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -110,7 +125,7 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the RNN's h before zoneout, for act′), c_trace (T, B, H)
     (c after zoneout, for traces); the LayerNorm LSTM's also wh (T, B, 4H) (W_hh h) and stats (T, B, 4) (its two
     LayerNorms' means and 1/σ). aux: the LayerNorm LSTM's (γ_hh (4H,), γ_c (H,), β_c (H,)), else ()."""
-    family, relu = KERNELS[config.cell]
+    family, flags = KERNELS[config.cell]
     steps, batch, gate_rows = pre_x.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
     out_size = h0.shape[1]
@@ -120,7 +135,7 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     new = like.new_zeros if config.batch_sizes else like.new_empty  # packed: inactive rows stay zero
     y = like.new_zeros(steps, batch, out_size)
     saved = {"gates": new(steps, batch, gate_rows), "h_prev": new(steps, batch, out_size)}
-    if family in ("lstm", "layernorm_lstm"):
+    if family in _WITH_C:
         saved["c_prev"], saved["c_next"] = new(steps, batch, hidden), new(steps, batch, hidden)
         if w_hr is not None:
             saved["h_raw"] = new(steps, batch, hidden)
@@ -156,6 +171,14 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             if w_hr is not None:
                 saved["h_raw"][t, :rows] = h_cell
                 h_cell = h_cell @ w_hr.t()  # (rows, P)
+        elif family == "peephole":
+            c_prev = c[:rows]
+            saved["c_prev"][t, :rows] = c_prev
+            c_new = saved["c_next"][t, :rows]
+            h_cell = like.new_empty(rows, hidden)
+            _launch("peephole_lstm_forward", elements, pre_x[t, :rows], pre_h, saved["c_prev"][t, :rows], *aux,
+                    pre_x if cand is None else cand, gates, c_new, h_cell, hidden, **flags,
+                    HAS_CANDIDATE=cand is not None, UPCAST=upcast)
         elif family == "layernorm_lstm":
             c_prev = c[:rows]
             saved["c_prev"][t, :rows] = c_prev
@@ -173,7 +196,7 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
                     HAS_CANDIDATE=cand is not None, UPCAST=upcast)
         else:
             h_cell = gates  # the RNN's "gates" buffer holds its h: it saves nothing else
-            _launch("rnn_forward", elements, pre_x[t, :rows], pre_h, h_cell, RELU=relu, UPCAST=upcast)
+            _launch("rnn_forward", elements, pre_x[t, :rows], pre_h, h_cell, **flags, UPCAST=upcast)
             h_cell = h_cell.clone() if zoneout is None else h_cell
             if zoneout is not None:
                 saved["h_cell"][t, :rows] = h_cell
@@ -194,7 +217,7 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
 def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n, aux=()):
     """The backward loop, mirroring `_forward` step by step in reverse. Returns (d_pre_x (T, B, G·H), dh0 (B, P),
     dc0 (B, H) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
-    family, relu = KERNELS[config.cell]
+    family, flags = KERNELS[config.cell]
     like = saved["gates"]  # every buffer takes its dtype and device
     steps, batch, gate_rows = like.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
@@ -203,13 +226,13 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     d_pre_x = like.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
     # the gradient of W_hh h (+ b_hh): the same as d_pre_x but for the GRU (h_n's r) and the LayerNorm LSTM (LN)
     d_pre_h = like.new_zeros(steps, batch, gate_rows) if family in ("gru", "layernorm_lstm") else d_pre_x
-    if family == "layernorm_lstm":  # each step's and row's part of dγ_hh, dγ_c, dβ_c, summed after the loop
-        aux_parts = (like.new_zeros(steps, batch, gate_rows), like.new_zeros(steps, batch, hidden),
-                     like.new_zeros(steps, batch, hidden))
+    # each step's and row's part of the gradient of each aux parameter (the LayerNorm LSTM's γ_hh, γ_c, β_c; the
+    # peepholes), summed after the loop
+    aux_parts = tuple(like.new_zeros(steps, batch, a.numel()) for a in aux)
     dh_proj = like.new_zeros(steps, batch, out_size) if w_hr is not None else None  # gradient of W_hr h′, per step
     dh = like.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
     dc = None
-    if family in ("lstm", "layernorm_lstm"):
+    if family in _WITH_C:
         dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n.contiguous().clone()
     for t in (range(steps) if config.reverse else range(steps - 1, -1, -1)):
         rows = _active(config, t, batch)
@@ -221,7 +244,7 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
             dh_old = keep[:, :out_size] * dh_t
             dh_t = (1 - keep[:, :out_size]) * dh_t
         cand = None if candidate is None else candidate[t, :rows].contiguous()
-        if family in ("lstm", "layernorm_lstm"):
+        if family in _WITH_C:
             dc_t = dc[:rows].clone()
             dc_old = None
             if zoneout is not None:
@@ -235,6 +258,11 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                 _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
                         saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
                         d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
+            elif family == "peephole":
+                _launch("peephole_lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
+                        saved["c_prev"][t, :rows], saved["c_next"][t, :rows], *aux, d_pre_x if cand is None else cand,
+                        d_pre_x[t, :rows], dc_prev, aux_parts[0][t, :rows], hidden, **flags,
+                        HAS_CANDIDATE=cand is not None, UPCAST=upcast)
             else:
                 _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t.contiguous(), dc_t,
                              saved["gates"][t, :rows], saved["c_prev"][t, :rows], saved["c_next"][t, :rows],
@@ -250,7 +278,7 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                     d_pre_h[t, :rows], dh_direct, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
         else:
             h_cell = saved["gates"] if zoneout is None else saved["h_cell"]
-            _launch("rnn_backward", elements, dh_t.contiguous(), h_cell[t, :rows], d_pre_x[t, :rows], RELU=relu,
+            _launch("rnn_backward", elements, dh_t.contiguous(), h_cell[t, :rows], d_pre_x[t, :rows], **flags,
                     UPCAST=upcast)
             dh_direct = None
         dh_prev = d_pre_h[t, :rows] @ w_hh  # pre_h = W_hh (h ⊙ m) + b_hh
@@ -267,7 +295,7 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_proj.reshape(-1, out_size).t() @ saved["h_raw"].reshape(-1, hidden)
-    d_aux = [part.sum((0, 1)) for part in aux_parts] if family == "layernorm_lstm" else []
+    d_aux = [part.sum((0, 1)) for part in aux_parts]
     return (d_pre_x, dh, dc, dw_hh, db_hh, dw_hr, *d_aux)
 
 
@@ -305,6 +333,7 @@ def run_layer_triton(
         pre_x = pre_x if b_ih is None else pre_x + (b_ih + b_hh)
         b_hh = None
     else:
+        aux = weights.extra  # the peepholes
         pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
     y, h_n, c_n, gates, c_trace = TritonScan.apply(config, pre_x, state0[0], c0, w_hh, b_hh, w_hr, zoneout, mask,
                                                    candidate, *aux)
