@@ -198,7 +198,7 @@ def test_backend_info_names_the_triton_path(triton_backend, monkeypatch):
 
 def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypatch):
     torch.manual_seed(2)
-    layer = gatedrnn.LayerNormGRU(3, 4).to(DEVICE)
+    layer = gatedrnn.LSTM(3, 4, variant="fgr").to(DEVICE)
     x = torch.randn(5, 2, 3, device=DEVICE)
     ours = layer(x)[0]
     assert triton_backend == []
@@ -211,6 +211,8 @@ def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypat
     ("LayerNormLSTM", {"batch_first": True, "zoneout": 0.2}),
     ("LSTM", {"variant": "peephole", "num_layers": 2, "recurrent_dropout": 0.3}),
     ("LSTM", {"variant": "cifg", "bidirectional": True, "candidate_dropout": 0.2, "zoneout": 0.1}),
+    ("LayerNormGRU", {"bias": False, "num_layers": 2}),
+    ("LayerNormGRU", {"bidirectional": True, "zoneout": 0.1, "recurrent_dropout": 0.2}),
 ])
 def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, options):
     """Cells torch.nn has not (LayerNorm LSTM, Greff's variants) on the GPU engine against the reference loop:
@@ -228,9 +230,10 @@ def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, o
         monkeypatch.setenv("GATEDRNN_BACKEND", backend)
         layer.zero_grad()
         torch.manual_seed(1)  # the same zoneout draw
-        y, (h_n, c_n) = layer(x)
-        (y.sin().sum() + h_n.sum() + (c_n * c_n).sum()).backward()
-        results.append([y.detach(), h_n.detach(), c_n.detach(), *[p.grad.clone() for p in layer.parameters()]])
+        y, hidden = layer(x)
+        states = hidden if isinstance(hidden, tuple) else (hidden,)
+        (y.sin().sum() + sum((s * s).sum() for s in states)).backward()
+        results.append([y.detach(), *[s.detach() for s in states], *[p.grad.clone() for p in layer.parameters()]])
     for ours, expected in zip(*results):
         torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
     assert set(triton_backend) == {layer.mode}

@@ -447,6 +447,96 @@ def layernorm_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, wh, stats, 
     tl.store(d_beta_c + row * H + unit, d_ln.to(out), mask=mask)
 
 
+@triton.jit
+def layernorm_gru_forward(pre_x, wh, h_prev, gamma_hh, b_hh, gates, h_next, stats, H, eps, HAS_BIAS: tl.constexpr,
+                          UPCAST: tl.constexpr, BLOCK_H: tl.constexpr):
+    """`gatedrnn.cells.layernorm.layernorm_gru_step` after its GEMM, one program per row b:
+        pre_h  = LN(wh; γ_hh) + b_hh             blocks h_r, h_z, h_n (pre_x = LN(W_ih x; γ_ih) + b_ih, from the scan)
+        r = σ(x_r + h_r), z = σ(x_z + h_z), n = tanh(x_n + r ⊙ h_n)
+        h_next = (1 − z) ⊙ n + z ⊙ h
+    pre_x, wh (= W_hh h): (B, 3H); h_prev: (B, H); gamma_hh, b_hh (3H,). Writes gates (B, 3H) = [r | z | n],
+    h_next (B, H) and stats (B, 2): the mean and 1/σ of wh, which the backward reads."""
+    row = tl.program_id(0)
+    unit = tl.arange(0, BLOCK_H)
+    mask = unit < H
+    base = row * 3 * H + unit
+    a_r, a_z, a_n = _load(wh, base, mask, UPCAST), _load(wh, base + H, mask, UPCAST), _load(wh, base + 2 * H, mask,
+                                                                                             UPCAST)
+    mean = (tl.sum(a_r, 0) + tl.sum(a_z, 0) + tl.sum(a_n, 0)) / (3 * H)
+    d_r, d_z, d_n = tl.where(mask, a_r - mean, 0.0), tl.where(mask, a_z - mean, 0.0), tl.where(mask, a_n - mean, 0.0)
+    rstd = 1.0 / tl.sqrt((tl.sum(d_r * d_r, 0) + tl.sum(d_z * d_z, 0) + tl.sum(d_n * d_n, 0)) / (3 * H) + eps)
+    h_r = _load(gamma_hh, unit, mask, UPCAST) * d_r * rstd
+    h_z = _load(gamma_hh, unit + H, mask, UPCAST) * d_z * rstd
+    h_n = _load(gamma_hh, unit + 2 * H, mask, UPCAST) * d_n * rstd
+    if HAS_BIAS:
+        h_r += _load(b_hh, unit, mask, UPCAST)
+        h_z += _load(b_hh, unit + H, mask, UPCAST)
+        h_n += _load(b_hh, unit + 2 * H, mask, UPCAST)
+    r = tl.sigmoid(_load(pre_x, base, mask, UPCAST) + h_r)
+    z = tl.sigmoid(_load(pre_x, base + H, mask, UPCAST) + h_z)
+    cand = _tanh(_load(pre_x, base + 2 * H, mask, UPCAST) + r * h_n)
+    h_new = (1.0 - z) * cand + z * _load(h_prev, row * H + unit, mask, UPCAST)
+    out = gates.dtype.element_ty
+    tl.store(gates + base, r.to(out), mask=mask)
+    tl.store(gates + base + H, z.to(out), mask=mask)
+    tl.store(gates + base + 2 * H, cand.to(out), mask=mask)
+    tl.store(h_next + row * H + unit, h_new.to(out), mask=mask)
+    tl.store(stats + row * 2, mean)  # the compute type, as the LayerNorm LSTM's
+    tl.store(stats + row * 2 + 1, rstd)
+
+
+@triton.jit
+def layernorm_gru_backward(dh_next, gates, h_prev, wh, stats, gamma_hh, b_hh, d_pre_x, d_wh, dh_prev, d_gamma_hh,
+                           d_b_hh, H, HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The chain rule through `layernorm_gru_forward`, one program per row: dh_next (B, H) -> d_pre_x (B, 3H),
+    d_wh (B, 3H) (of W_hh h, through LN), dh_prev (B, H) (through z ⊙ h only), and this row's parts of dγ_hh and
+    db_hh (B, 3H), summed over rows and steps by the scan."""
+    row = tl.program_id(0)
+    unit = tl.arange(0, BLOCK_H)
+    mask = unit < H
+    base = row * 3 * H + unit
+    mean = tl.load(stats + row * 2)
+    rstd = tl.load(stats + row * 2 + 1)
+    r, z = _load(gates, base, mask, UPCAST), _load(gates, base + H, mask, UPCAST)
+    cand = _load(gates, base + 2 * H, mask, UPCAST)
+    n_r = tl.where(mask, (_load(wh, base, mask, UPCAST) - mean) * rstd, 0.0)
+    n_z = tl.where(mask, (_load(wh, base + H, mask, UPCAST) - mean) * rstd, 0.0)
+    n_n = tl.where(mask, (_load(wh, base + 2 * H, mask, UPCAST) - mean) * rstd, 0.0)
+    gain_n = _load(gamma_hh, unit + 2 * H, mask, UPCAST)
+    h_n = gain_n * n_n
+    if HAS_BIAS:
+        h_n += _load(b_hh, unit + 2 * H, mask, UPCAST)
+    dh = _load(dh_next, row * H + unit, mask, UPCAST)
+    dn = dh * (1.0 - z)                                                # h_next = (1 − z) ⊙ n + z ⊙ h
+    dz = dh * (_load(h_prev, row * H + unit, mask, UPCAST) - cand)
+    dn_pre = dn * (1.0 - cand * cand)                                  # n = tanh(x_n + r ⊙ h_n)
+    dr_pre = dn_pre * h_n * r * (1.0 - r)
+    dz_pre = dz * z * (1.0 - z)
+    dh_n = dn_pre * r
+    out = d_pre_x.dtype.element_ty
+    tl.store(d_pre_x + base, dr_pre.to(out), mask=mask)
+    tl.store(d_pre_x + base + H, dz_pre.to(out), mask=mask)
+    tl.store(d_pre_x + base + 2 * H, dn_pre.to(out), mask=mask)
+    # pre_h = γ_hh ⊙ n_h + b_hh, n_h = (wh − mean) / σ over the row's 3H values
+    dp_r, dp_z, dp_n = tl.where(mask, dr_pre, 0.0), tl.where(mask, dz_pre, 0.0), tl.where(mask, dh_n, 0.0)
+    dn_r = dp_r * _load(gamma_hh, unit, mask, UPCAST)
+    dn_z = dp_z * _load(gamma_hh, unit + H, mask, UPCAST)
+    dn_n = dp_n * gain_n
+    mean_dn = (tl.sum(dn_r, 0) + tl.sum(dn_z, 0) + tl.sum(dn_n, 0)) / (3 * H)
+    mean_dn_n = (tl.sum(dn_r * n_r, 0) + tl.sum(dn_z * n_z, 0) + tl.sum(dn_n * n_n, 0)) / (3 * H)
+    tl.store(d_wh + base, (rstd * (dn_r - mean_dn - n_r * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_wh + base + H, (rstd * (dn_z - mean_dn - n_z * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_wh + base + 2 * H, (rstd * (dn_n - mean_dn - n_n * mean_dn_n)).to(out), mask=mask)
+    tl.store(d_gamma_hh + base, (dp_r * n_r).to(out), mask=mask)
+    tl.store(d_gamma_hh + base + H, (dp_z * n_z).to(out), mask=mask)
+    tl.store(d_gamma_hh + base + 2 * H, (dp_n * n_n).to(out), mask=mask)
+    if HAS_BIAS:
+        tl.store(d_b_hh + base, dp_r.to(out), mask=mask)
+        tl.store(d_b_hh + base + H, dp_z.to(out), mask=mask)
+        tl.store(d_b_hh + base + 2 * H, dp_n.to(out), mask=mask)
+    tl.store(dh_prev + row * H + unit, (dh * z).to(out), mask=mask)
+
+
 def grid(elements: int) -> tuple[int]:
     """Programs for `elements` = B·H."""
     return (triton.cdiv(elements, BLOCK),)

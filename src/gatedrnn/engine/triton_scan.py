@@ -45,6 +45,7 @@ def _peephole_flags(variant: GreffVariant) -> dict:
 KERNELS: dict[str, tuple[str, dict]] = {
     "lstm": ("lstm", {}), "lstm_np": ("lstm", {}), "gru": ("gru", {}), "rnn_tanh": ("rnn", {"RELU": False}),
     "rnn_relu": ("rnn", {"RELU": True}), "layernorm_lstm": ("layernorm_lstm", {}),
+    "layernorm_gru": ("layernorm_gru", {}),
     **{f"lstm_{name}": ("peephole", _peephole_flags(variant)) for name, variant in GREFF_VARIANTS.items()
        if variant.peepholes and not variant.gate_recurrence},
 }
@@ -141,9 +142,10 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             saved["h_raw"] = new(steps, batch, hidden)
         if zoneout is not None:
             saved["c_trace"] = new(steps, batch, hidden)
-    if family == "layernorm_lstm":
+    if family in ("layernorm_lstm", "layernorm_gru"):  # W_hh h and its LayerNorms' means and 1/σ
         saved["wh"] = new(steps, batch, gate_rows)
-        saved["stats"] = new(steps, batch, 4, dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+        saved["stats"] = new(steps, batch, 4 if family == "layernorm_lstm" else 2,
+                             dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
     elif family == "gru":
         saved["pre_h"] = new(steps, batch, gate_rows)
     elif family == "rnn" and zoneout is not None:
@@ -188,6 +190,12 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             _launch_rows("layernorm_lstm_forward", rows, hidden, pre_x[t, :rows], saved["wh"][t, :rows],
                          saved["c_prev"][t, :rows], *aux, gates, c_new, h_cell, saved["stats"][t, :rows], hidden,
                          LAYER_NORM_EPS, UPCAST=upcast)
+        elif family == "layernorm_gru":
+            saved["wh"][t, :rows] = pre_h
+            h_cell = like.new_empty(rows, hidden)
+            _launch_rows("layernorm_gru_forward", rows, hidden, pre_x[t, :rows], saved["wh"][t, :rows],
+                         saved["h_prev"][t, :rows], aux[0], aux[-1], gates, h_cell, saved["stats"][t, :rows], hidden,
+                         LAYER_NORM_EPS, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
         elif family == "gru":
             saved["pre_h"][t, :rows] = pre_h
             h_cell = like.new_empty(rows, hidden)
@@ -225,7 +233,8 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     upcast = like.dtype in (torch.float16, torch.bfloat16)
     d_pre_x = like.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
     # the gradient of W_hh h (+ b_hh): the same as d_pre_x but for the GRU (h_n's r) and the LayerNorm LSTM (LN)
-    d_pre_h = like.new_zeros(steps, batch, gate_rows) if family in ("gru", "layernorm_lstm") else d_pre_x
+    d_pre_h = (like.new_zeros(steps, batch, gate_rows) if family in ("gru", "layernorm_lstm", "layernorm_gru")
+               else d_pre_x)
     # each step's and row's part of the gradient of each aux parameter (the LayerNorm LSTM's γ_hh, γ_c, β_c; the
     # peepholes), summed after the loop
     aux_parts = tuple(like.new_zeros(steps, batch, a.numel()) for a in aux)
@@ -271,6 +280,12 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                              UPCAST=upcast)
             dc[:rows] = dc_prev if dc_old is None else dc_prev + dc_old
             dh_direct = None
+        elif family == "layernorm_gru":
+            dh_direct = like.new_empty(rows, hidden)
+            _launch_rows("layernorm_gru_backward", rows, hidden, dh_t.contiguous(), saved["gates"][t, :rows],
+                         saved["h_prev"][t, :rows], saved["wh"][t, :rows], saved["stats"][t, :rows], aux[0], aux[-1],
+                         d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct, aux_parts[0][t, :rows],
+                         aux_parts[-1][t, :rows], hidden, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
         elif family == "gru":
             dh_direct = like.new_empty(rows, hidden)
             _launch("gru_backward", elements, dh_t.contiguous(), saved["gates"][t, :rows], saved["pre_h"][t, :rows],
@@ -327,10 +342,17 @@ def run_layer_triton(
     c0 = state0[1] if spec.has_cell_state else None
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
     aux = ()
-    if KERNELS[cell][0] == "layernorm_lstm":  # pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh (the LN of W_hh h has no bias)
+    family = KERNELS[cell][0]
+    if family == "layernorm_lstm":  # pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh (the LN of W_hh h has no bias)
         gamma_ih, *aux = weights.extra
         pre_x = layer_norm(F.linear(x, w_ih), gamma_ih)
         pre_x = pre_x if b_ih is None else pre_x + (b_ih + b_hh)
+        b_hh = None
+    elif family == "layernorm_gru":  # pre_x = LN(W_ih x; γ_ih) + b_ih; b_hh joins γ_hh in the kernel (after LN)
+        gamma_ih, gamma_hh = weights.extra
+        pre_x = layer_norm(F.linear(x, w_ih), gamma_ih)
+        pre_x = pre_x if b_ih is None else pre_x + b_ih
+        aux = (gamma_hh,) if b_hh is None else (gamma_hh, b_hh)
         b_hh = None
     else:
         aux = weights.extra  # the peepholes
@@ -340,7 +362,7 @@ def run_layer_triton(
     state = (h_n,) if c_n is None else (h_n, c_n)
     if not trace:
         return ScanResult(y, state, None)
-    if KERNELS[cell][0] == "rnn":
+    if family == "rnn":
         traced = spec.trace_type(y.clone())
     else:
         traced = _trace(cell, y.detach(), gates, c_trace if c_trace is not None else gates.new_empty(0))
