@@ -25,6 +25,15 @@ pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTER
                                 reason="no GPU and TRITON_INTERPRET is not 1")
 
 
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """On CUDA, float32 GEMMs and cuDNN (the torch.nn side) in full float32: TF32 differs by ~1e-3."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.fixture
 def triton_backend(monkeypatch):
     """GATEDRNN_BACKEND=triton; yields the list of cells `run_layer_triton` ran, so a test can assert that the
@@ -124,8 +133,8 @@ def test_gradcheck_lstm_with_projection_and_noise():
     ("RNN", {"nonlinearity": "relu", "num_layers": 2}), ("RNN", {"bidirectional": True}),
 ])
 def test_layers_match_torch_nn(triton_backend, kind, options):
-    """gatedrnn's layers on the GPU engine against torch.nn's, padded and packed, hx given: outputs, states, and
-    the gradients of the input and every parameter (float32)."""
+    """gatedrnn's layers on the GPU engine against torch.nn's, hx given (packed input for the batch_first cases):
+    outputs, states, and the gradients of the input and every parameter (float32)."""
     torch.manual_seed(11)
     theirs = getattr(torch.nn, kind)(5, 6, **options).to(DEVICE)
     ours = getattr(gatedrnn, kind)(5, 6, **options).to(DEVICE)
@@ -270,6 +279,13 @@ def test_cuda_layers_route_plain_cells_to_torch_op(monkeypatch):
     assert all(aten.runs_torch_op(m, "cuda") for m in plain)
     assert not any(aten.runs_torch_op(m, "cuda") for m in own)
     assert not any(aten.runs_torch_op(m, "cpu") for m in plain)
+    plain[1].eval()  # cuDNN's RNN backward needs training mode: eval with gradients runs gatedrnn's engine
+    assert not aten.runs_torch_op(plain[1], "cuda")
+    with torch.no_grad():
+        assert aten.runs_torch_op(plain[1], "cuda")
+    replaced = gatedrnn.GRU(3, 4)
+    replaced.layer_weights = lambda layer, direction=0: gatedrnn.GRU.layer_weights(replaced, layer, direction)
+    assert not aten.runs_torch_op(replaced, "cuda")  # cuDNN would read the registered parameters instead
     monkeypatch.setenv("GATEDRNN_BACKEND", "triton")
     assert not aten.runs_torch_op(plain[0], "cuda")
     before = [p.data_ptr() for p in plain[0].parameters()]

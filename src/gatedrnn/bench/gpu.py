@@ -1,4 +1,6 @@
-"""`python -m gatedrnn.bench.gpu --out DIR`: gatedrnn's GPU engine against torch.nn (cuDNN) on one CUDA device.
+"""`python -m gatedrnn.bench.gpu --out DIR`: gatedrnn's layers on CUDA against torch.nn (cuDNN) on one CUDA device.
+A plain layer runs torch's cuDNN op itself (so those cases time gatedrnn's dispatch around it); traces, the
+LayerNorm LSTM and the "+triton" cases (GATEDRNN_BACKEND=triton) time gatedrnn's GPU engine.
 
 Shape symbols: B batch, T time steps, I input size (= H in every case), H hidden size. Inputs are (T, B, I).
 
@@ -14,6 +16,7 @@ around them (torch.cuda.synchronize before), divided by `inner`. The cases and t
                ("first_call_s") and in a fresh process with an empty Triton cache ("first_call_cold_cache_s")
     lstm trace gatedrnn.inspect.trace(layer, x) vs layer(x), both under no_grad, target traced / untraced <= 1.5
     lstm stream  B=1: gatedrnn.LSTM.step(x_t, state) vs torch.nn.LSTMCell, no_grad, target peer / ours >= 1.0 per step
+    +triton    lstm train and infer, gru train, lstm-bf16 train at the first size on the GPU engine, against cuDNN
 
 The cases are data in `gatedrnn.bench.gpu_cases`; this module times them, writes the JSON and renders tables.
 They run in that module's order (the largest size last); once `--budget-s` has passed, the rest are recorded as

@@ -49,7 +49,9 @@ STREAM_TARGET = Target("peer/ours", ">=", 1.0)
 
 @dataclass(frozen=True)
 class GpuCase:
-    """cell: "lstm" | "gru" | "layernorm_lstm"; kind: "train" | "infer" | "trace" | "stream"."""
+    """cell: "lstm" | "gru" | "layernorm_lstm"; kind: "train" | "infer" | "trace" | "stream"; backend: the
+    GATEDRNN_BACKEND ours runs under ("auto": a plain layer runs torch's cuDNN op; "triton": gatedrnn's GPU engine,
+    what traces and gatedrnn's own cells run, measured on the plain cells against cuDNN)."""
 
     cell: str
     kind: str
@@ -58,10 +60,12 @@ class GpuCase:
     H: int
     dtype: str
     target: Target
+    backend: str = "auto"
 
     @property
     def name(self) -> str:
-        cell = self.cell + ("-bf16" if self.dtype == "bfloat16" else "")
+        cell = self.cell + ("-bf16" if self.dtype == "bfloat16" else "") + (
+            f"+{self.backend}" if self.backend != "auto" else "")
         if self.kind == "stream":
             return f"{cell}/stream/H{self.H}"
         return f"{cell}/{self.kind}/B{self.B}-T{self.T}-I{self.H}-H{self.H}"
@@ -79,6 +83,10 @@ def make_cases(*, quick: bool) -> list[GpuCase]:
     cases += plain[0] + plain[1]
     cases += [GpuCase("lstm", "train", *size, "bfloat16", PLAIN_TARGET) for size in sizes[:2]]
     cases.append(GpuCase("lstm", "trace", *traced, "float32", TRACE_TARGET))
+    # the GPU engine itself on the plain cells, at the first size: how far the Triton loop is from cuDNN
+    cases += [GpuCase(cell, kind, *sizes[0], dtype, PLAIN_TARGET, backend="triton")
+              for cell, kind, dtype in (("lstm", "train", "float32"), ("lstm", "infer", "float32"),
+                                        ("gru", "train", "float32"), ("lstm", "train", "bfloat16"))]
     cases += [GpuCase("lstm", "stream", 1, 1, H, "float32", STREAM_TARGET) for H in streams]
     return cases + plain[2]
 
@@ -125,6 +133,32 @@ def build(case: GpuCase, device: torch.device, *, stream_steps: int = 200
           ) -> tuple[dict[str, Callable[[], None]], dict[str, str], Callable[[], Optional[float]]]:
     """(impls {"ours", "peer"}: one call each, labels {"ours", "peer"}, diff: () -> max |ours - peer| of an output,
     None where the two compute different cells)."""
+    impls, labels, diff = _build(case, device, stream_steps)
+    if case.backend == "auto":
+        return impls, labels, diff
+    labels["ours"] += f" (GATEDRNN_BACKEND={case.backend})"
+    return ({"ours": _under_backend(impls["ours"], case.backend), "peer": impls["peer"]}, labels,
+            _under_backend(diff, case.backend))
+
+
+def _under_backend(fn: Callable, backend: str) -> Callable:
+    """fn, called with GATEDRNN_BACKEND=backend (read at every layer call), the variable restored after."""
+
+    def call():
+        before = os.environ.get("GATEDRNN_BACKEND")
+        os.environ["GATEDRNN_BACKEND"] = backend
+        try:
+            return fn()
+        finally:
+            if before is None:
+                del os.environ["GATEDRNN_BACKEND"]
+            else:
+                os.environ["GATEDRNN_BACKEND"] = before
+
+    return call
+
+
+def _build(case: GpuCase, device: torch.device, stream_steps: int):
     if case.kind == "stream":
         return _build_stream(case, device, stream_steps)
     ours, peer, x = _layer_pair(case, device)

@@ -80,7 +80,8 @@ def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]
 def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
     """Which path runs for tensors of `device` and `dtype`, and why.
 
-    Returns {"backend": "fused" | "reference", "reason": str, "build_dir": str}, with the fused engine "gemm":
+    Returns {"backend": "fused" | "triton" | "reference", "reason": str, "build_dir": str} ("plain_layers" too on
+    CUDA: which layers run torch's cuDNN op), with the fused engine "gemm":
     {"setting": GATEDRNN_GEMM, "decisions": [...]} (each step-GEMM shape timed so far in this process: dtype, N, K,
     rows, transposed, blas_us, own_us, choice; see engine/csrc/README.md), plus one entry per report in
     BACKEND_REPORTS ("kernel_choice": which measured buckets of a plain LSTM run torch's kernel, and the rule).

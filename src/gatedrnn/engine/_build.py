@@ -52,7 +52,8 @@ except ImportError:  # not POSIX: no lock (the build still runs; concurrent firs
     fcntl = None
 
 CSRC = Path(__file__).resolve().parent / "csrc"
-# GATEDRNN_BACKEND: "" or "auto" or "fused" use the fused engine where it applies (C++ on the CPU, Triton on CUDA);
+# GATEDRNN_BACKEND: "" or "auto" or "fused" use the fused engines where they apply (C++ on the CPU; on CUDA torch's
+# cuDNN op for a plain layer, the Triton kernels for traces, noise and gatedrnn's own cells);
 # "reference" forces the reference path everywhere; "triton" runs the Triton kernels on any device (on CPU tensors
 # under TRITON_INTERPRET=1, Triton's interpreter: how the tests check them without a GPU). Anything else raises
 # BackendSettingError.

@@ -7,7 +7,8 @@ weight gradients after the loop) are torch's (cuBLAS); `gatedrnn.engine.triton_s
 Every kernel works on a flat range of B·H elements (one program per BLOCK of them): element e is unit
 j = e mod H of row b = e div H, and gate k of that unit sits at b·G·H + k·H + j in a (B, G·H) operand, as in
 torch.nn's gate order (LSTM i, f, g, o; GRU r, z, n). Operands are contiguous; 16-bit floats compute in float32,
-float64 in float64. Kernels use only what Triton 3.2 and later have (no libdevice): tanh is written out.
+float64 in float64. Kernels use only what Triton 3.2 and later have in `tl` (no `tl.extra` libdevice calls):
+tanh is written out.
 
 With TRITON_INTERPRET=1 (set before this module is imported) Triton runs these kernels on CPU tensors, which is
 how the test suite checks them on machines without a GPU.

@@ -68,8 +68,10 @@ def _launch(name: str, elements: int, *args, **flags) -> None:
 
 
 def _launch_rows(name: str, rows: int, hidden: int, *args, **flags) -> None:
-    """A kernel with one program per row (row reductions: LayerNorm)."""
-    getattr(kernels, name)[(rows,)](*args, **flags, BLOCK_H=triton.next_power_of_2(hidden))
+    """A kernel with one program per row (row reductions: LayerNorm); more warps for wide rows, which hold several
+    (BLOCK_H,) blocks live."""
+    block = triton.next_power_of_2(hidden)
+    getattr(kernels, name)[(rows,)](*args, **flags, BLOCK_H=block, num_warps=min(16, max(4, block // 256)))
 
 
 class TritonScan(torch.autograd.Function):
@@ -205,7 +207,6 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
         else:
             h_cell = gates  # the RNN's "gates" buffer holds its h: it saves nothing else
             _launch("rnn_forward", elements, pre_x[t, :rows], pre_h, h_cell, **flags, UPCAST=upcast)
-            h_cell = h_cell.clone() if zoneout is None else h_cell
             if zoneout is not None:
                 saved["h_cell"][t, :rows] = h_cell
         if zoneout is not None:  # d ⊙ old + (1 − d) ⊙ new, per state part (`engine.scan.zone_out`)
@@ -334,6 +335,13 @@ def run_layer_triton(
     noise: Optional[LayerNoise] = None,
 ) -> ScanResult:
     """`scan_reference`'s contract on the Triton kernels: x (T, B, I) -> ScanResult(y (T, B, P), state, trace)."""
+    if x.is_cuda:  # Triton launches on the current device, which need not be x's
+        with torch.cuda.device(x.device):
+            return _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+    return _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+
+
+def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> ScanResult:
     from gatedrnn.engine.fused import _trace, _TraceHasNoGradient
 
     spec = CELL_SPECS[cell]

@@ -104,10 +104,16 @@ def refuse_tracers(layer_name: str) -> None:
 
 def runs_torch_op(module, device_type: str) -> bool:
     """Whether `module` on `device_type` runs torch's own op for speed: on CUDA (cuDNN, as torch.nn runs it) where
-    that op computes the layer (`_torch_op_differs` is None: a torch.nn cell, no zoneout or noise in training)
-    and GATEDRNN_BACKEND is unset or auto. Traces and the other cells run gatedrnn's GPU engine
+    that op computes the layer (`_torch_op_differs` is None: a torch.nn cell, no zoneout or noise in training, the
+    registered parameters: no replaced `layer_weights`) and GATEDRNN_BACKEND is unset or auto. Not where cuDNN
+    would fail what gatedrnn's engine serves: a torch.func transform, or gradients in eval mode (cuDNN's RNN
+    backward runs in training mode only). Traces and the other cells run gatedrnn's GPU engine
     (`gatedrnn.engine.triton_scan`)."""
-    return device_type == "cuda" and requested_backend() == "auto" and module._torch_op_differs() is None
+    if device_type != "cuda" or requested_backend() != "auto" or module._torch_op_differs() is not None:
+        return False
+    if module._own_layer_weights() or torch._C._are_functorch_transforms_active():
+        return False
+    return module.training or not torch.is_grad_enabled()
 
 
 def flatten_for_cudnn(module) -> None:
@@ -134,12 +140,9 @@ def flatten_for_cudnn(module) -> None:
                                             module.hidden_size, module.proj_size, module.num_layers,
                                             module.batch_first, bool(module.bidirectional))
 
-
 def aten_op(mode: str):
     """torch's op for a cell kind: torch._VF.lstm, gru, rnn_tanh or rnn_relu."""
     return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower())
-
-
 
 
 def forward(module, input, hx, *, any_dtype: bool):

@@ -119,6 +119,7 @@ class RecurrentBase(nn.Module):
                     self.register_parameter(f"{extra.name}{suffix}",
                                             nn.Parameter(torch.empty(extra.shape(self.hidden_size), **factory)))
         self.reset_parameters()
+        self.flatten_parameters()  # as torch.nn: a layer made on CUDA (device="cuda") starts in cuDNN's layout
 
     @property
     def spec(self) -> CellSpec:
