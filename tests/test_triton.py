@@ -60,7 +60,7 @@ def _random_layer(cell: str, *, proj: int = 0, dtype=torch.float64, steps=5, bat
     weights = LayerWeights(make(rows, inputs), make(rows, out_size), make(rows), make(rows),
                            make(out_size, hidden) if proj else None, extra)
     x = make(steps, batch, inputs)
-    state = (make(batch, out_size),) + ((make(batch, hidden),) if spec.has_cell_state else ())
+    state = (make(batch, out_size), *(make(batch, size) for size in spec.state_sizes(hidden)))
     return x, state, weights
 
 
@@ -69,7 +69,7 @@ def _noise(cell, x, state, *, zoneout, mask, candidate):
         return None
     steps, batch = x.shape[:2]
     out_size = state[0].shape[1]
-    hidden = state[1].shape[1] if len(state) == 2 else out_size
+    hidden = state[1].shape[1] if len(state) >= 2 else out_size
     width = out_size + (hidden if cell_spec(cell).has_cell_state else 0)
     options = {"dtype": x.dtype, "device": x.device}
     return LayerNoise(torch.rand(steps, batch, width, **options) if zoneout else None,
@@ -94,12 +94,14 @@ def _run_both(cell, x, state, weights, batch_sizes, reverse, noise):
 
 CASES = [(cell, options) for cell in KERNELS
          for options in ({}, {"packed": True}, {"packed": True, "reverse": True},
-                         {"zoneout": True, "mask": True, "candidate": cell_spec(cell).candidate_gate is not None})]
+                         {"zoneout": cell_spec(cell).state_blocks <= 1, "mask": True,
+                          "candidate": cell_spec(cell).candidate_gate is not None})]
 CASES += [("lstm", {"proj": 4}), ("lstm", {"proj": 4, "packed": True, "reverse": True, "zoneout": True,
                                            "mask": True, "candidate": True})]
 
 
-@pytest.mark.parametrize("cell,options", CASES, ids=lambda v: v if isinstance(v, str) else "-".join(v) or "plain")
+@pytest.mark.parametrize("cell,options", CASES,
+                         ids=lambda v: v if isinstance(v, str) else "-".join(k for k in v if v[k]) or "plain")
 def test_kernels_match_the_step_functions(cell, options):
     """Forward, final state, every trace field and the gradients of x, the states and every weight, float64."""
     torch.manual_seed(len(cell) + 7 * len(options))
@@ -205,14 +207,14 @@ def test_backend_info_names_the_triton_path(triton_backend, monkeypatch):
         assert info["backend"] == "reference" and "TRITON_INTERPRET=1" in info["reason"]
 
 
-def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypatch):
+def test_cells_without_a_kernel_run_the_reference_loop(triton_backend):
+    """minGRU has no step kernel (its layer scans all steps at once): run_layer gives it the reference scan."""
     torch.manual_seed(2)
-    layer = gatedrnn.LSTM(3, 4, variant="fgr").to(DEVICE)
-    x = torch.randn(5, 2, 3, device=DEVICE)
-    ours = layer(x)[0]
+    x, state, weights = _random_layer("mingru")
+    weights = weights._replace(w_hh=None, b_hh=None)
+    ours = engine.run_layer("mingru", x, state, weights)
     assert triton_backend == []
-    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
-    torch.testing.assert_close(ours, layer(x)[0], rtol=0, atol=0)
+    torch.testing.assert_close(ours.y, scan_reference("mingru", x, state, weights).y, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind,options", [
@@ -220,6 +222,7 @@ def test_cells_without_a_kernel_run_the_reference_loop(triton_backend, monkeypat
     ("LayerNormLSTM", {"batch_first": True, "zoneout": 0.2}),
     ("LSTM", {"variant": "peephole", "num_layers": 2, "recurrent_dropout": 0.3}),
     ("LSTM", {"variant": "cifg", "bidirectional": True, "candidate_dropout": 0.2, "zoneout": 0.1}),
+    ("LSTM", {"variant": "fgr", "num_layers": 2, "bidirectional": True, "recurrent_dropout": 0.2}),
     ("LayerNormGRU", {"bias": False, "num_layers": 2}),
     ("LayerNormGRU", {"bidirectional": True, "zoneout": 0.1, "recurrent_dropout": 0.2}),
 ])
@@ -231,7 +234,7 @@ def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, o
     layer = getattr(gatedrnn, kind)(3, 5, **options).to(DEVICE)
     with torch.no_grad():
         for name, parameter in layer.named_parameters():
-            if name.startswith(("gamma", "beta", "weight_peephole")):
+            if name.startswith(("gamma", "beta", "weight_peephole", "weight_gate_hh")):
                 parameter.uniform_(0.5, 1.5)  # not the ones / zeros of the init: every gain must enter right
     x = torch.randn(6, 4, 3, device=DEVICE)
     results = []

@@ -255,13 +255,16 @@ def peephole_lstm_forward(pre_x, pre_h, c_prev, peephole, candidate, gates, c_ne
 
 
 @triton.jit
-def peephole_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, peephole, candidate, d_pre, dc_prev,
+def peephole_lstm_backward(dh_next, dc_next, d_gates_out, gates, c_prev, c_next, peephole, candidate, d_pre, dc_prev,
                            d_peephole, H, n, I_GATE: tl.constexpr, F_GATE: tl.constexpr, O_GATE: tl.constexpr,
                            COUPLED: tl.constexpr, INPUT_ACT: tl.constexpr, OUTPUT_ACT: tl.constexpr,
-                           HAS_CANDIDATE: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+                           GATE_RECURRENCE: tl.constexpr, HAS_CANDIDATE: tl.constexpr, UPCAST: tl.constexpr,
+                           BLOCK: tl.constexpr):
     """The chain rule through `peephole_lstm_forward` (the C++ `PeepholeLSTMCell::backward_pass`, line by line):
     dh_next, dc_next (B, H) -> d_pre (B, G·H), dc_prev (B, H) and this row's part of the peepholes' gradient
-    d_peephole (B, K·H), summed over rows and steps by the scan."""
+    d_peephole (B, K·H), summed over rows and steps by the scan. GATE_RECURRENCE (FGR, `gatedrnn.cells.fgr`, whose
+    next step reads a = [i | f | o]): d_gates_out (B, 3H), the gradient of a from that step, joins di, df, do
+    before σ′ (the C++ `FGRLSTMCell`)."""
     e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = e < n
     row = e // H
@@ -300,7 +303,10 @@ def peephole_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, peephole, ca
     else:
         dc += dh * o
     if O_GATE:
-        do_pre = dh * act_c * o * (1.0 - o)
+        do = dh * act_c
+        if GATE_RECURRENCE:
+            do += _load(d_gates_out, row * 3 * H + unit + 2 * H, mask, UPCAST)
+        do_pre = do * o * (1.0 - o)
         dc += do_pre * _load(peephole, unit + (BO - 1) * H, mask, UPCAST)  # o peeks at c_next
         tl.store(d_pre + base + BO * H, do_pre.to(out), mask=mask)
         tl.store(d_peephole + peep + (BO - 1) * H, (do_pre * c_new).to(out), mask=mask)
@@ -312,6 +318,9 @@ def peephole_lstm_backward(dh_next, dc_next, gates, c_prev, c_next, peephole, ca
     df = dc * c
     if COUPLED:
         df -= di                                                        # i = 1 − f
+    if GATE_RECURRENCE:
+        di += _load(d_gates_out, row * 3 * H + unit, mask, UPCAST)
+        df += _load(d_gates_out, row * 3 * H + unit + H, mask, UPCAST)
     dc_prev_value = dc * f
     if I_GATE:
         di_pre = di * i * (1.0 - i)

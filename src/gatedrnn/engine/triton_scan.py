@@ -48,8 +48,11 @@ KERNELS: dict[str, tuple[str, dict]] = {
     "layernorm_gru": ("layernorm_gru", {}),
     **{f"lstm_{name}": ("peephole", _peephole_flags(variant)) for name, variant in GREFF_VARIANTS.items()
        if variant.peepholes and not variant.gate_recurrence},
+    # FGR: the vanilla peephole kernels; the loop's GEMM reads [h | a] with W_hh = [W_hh | R] (its kernel_weights)
+    "lstm_fgr": ("fgr", _peephole_flags(GREFF_VARIANTS["peephole"])),
 }
-_WITH_C = ("lstm", "layernorm_lstm", "peephole")  # the families with a cell state
+_WITH_C = ("lstm", "layernorm_lstm", "peephole", "fgr")  # the families with a cell state
+_FGR_GATES = [0, 1, 3]  # FGR's a = [i | f | o]: the gate blocks the next step reads
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -127,7 +130,9 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     before the recurrent mask), and by cell: c_prev, c_next (T, B, H) (LSTM), pre_h (T, B, 3H) (GRU), h_raw
     (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the RNN's h before zoneout, for act′), c_trace (T, B, H)
     (c after zoneout, for traces); the LayerNorm LSTM's also wh (T, B, 4H) (W_hh h) and stats (T, B, 4) (its two
-    LayerNorms' means and 1/σ). aux: the LayerNorm LSTM's (γ_hh (4H,), γ_c (H,), β_c (H,)), else ()."""
+    LayerNorms' means and 1/σ); FGR's a_prev (T, B, 3H) (the previous gates each step read) and c_trace
+    (T, B, 4H) ([c | a] after each step). aux: the cell's vector parameters (`run_layer_triton`).
+    FGR's c0 and c_n are [c | a] (B, 4H), as the C++ engine's state operand."""
     family, flags = KERNELS[config.cell]
     steps, batch, gate_rows = pre_x.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
@@ -154,12 +159,19 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
         saved["h_cell"] = new(steps, batch, out_size)
     h = h0.contiguous().clone()  # the state, rows updated in place as they run
     c = None if c0 is None else c0.contiguous().clone()
+    fgr = family == "fgr"
+    if fgr:
+        c, a = c[:, :hidden].contiguous(), c[:, hidden:].contiguous()  # (B, H), (B, 3H)
+        saved["a_prev"] = new(steps, batch, 3 * hidden)
     for t in (range(steps - 1, -1, -1) if config.reverse else range(steps)):
         rows = _active(config, t, batch)
         elements = rows * hidden
         h_prev = h[:rows]
         saved["h_prev"][t, :rows] = h_prev
         read = h_prev if mask is None else h_prev * mask[:rows]
+        if fgr:  # the GEMM reads [h ⊙ m | a]: R_g a joins the i, f, o rows
+            saved["a_prev"][t, :rows] = a[:rows]
+            read = torch.cat([read, a[:rows]], dim=1)
         pre_h = F.linear(read, w_hh, b_hh)  # (rows, G·H)
         gates = saved["gates"][t, :rows]
         cand = None if candidate is None else candidate[t, :rows].contiguous()
@@ -175,7 +187,7 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             if w_hr is not None:
                 saved["h_raw"][t, :rows] = h_cell
                 h_cell = h_cell @ w_hr.t()  # (rows, P)
-        elif family == "peephole":
+        elif family in ("peephole", "fgr"):
             c_prev = c[:rows]
             saved["c_prev"][t, :rows] = c_prev
             c_new = saved["c_next"][t, :rows]
@@ -183,6 +195,8 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             _launch("peephole_lstm_forward", elements, pre_x[t, :rows], pre_h, saved["c_prev"][t, :rows], *aux,
                     pre_x if cand is None else cand, gates, c_new, h_cell, hidden, **flags,
                     HAS_CANDIDATE=cand is not None, UPCAST=upcast)
+            if fgr:
+                a[:rows] = gates.view(rows, 4, hidden)[:, _FGR_GATES].reshape(rows, 3 * hidden)
         elif family == "layernorm_lstm":
             c_prev = c[:rows]
             saved["c_prev"][t, :rows] = c_prev
@@ -220,12 +234,16 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             c[:rows] = c_new
         h[:rows] = h_cell
         y[t, :rows] = h_cell
+    if fgr:  # the state [c | a], and for traces every step's
+        c = torch.cat([c, a], dim=1)
+        gates_ifo = saved["gates"].view(steps, batch, 4, hidden)[:, :, _FGR_GATES].reshape(steps, batch, 3 * hidden)
+        saved["c_trace"] = torch.cat([saved["c_next"], gates_ifo], dim=2)
     return y, h, c, saved
 
 
 def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n, aux=()):
     """The backward loop, mirroring `_forward` step by step in reverse. Returns (d_pre_x (T, B, G·H), dh0 (B, P),
-    dc0 (B, H) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
+    dc0 (B, H) (FGR's (B, 4H): [dc | da]) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
     family, flags = KERNELS[config.cell]
     like = saved["gates"]  # every buffer takes its dtype and device
     steps, batch, gate_rows = like.shape
@@ -243,7 +261,10 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     dh = like.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
     dc = None
     if family in _WITH_C:
-        dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n.contiguous().clone()
+        dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n[:, :hidden].contiguous().clone()
+    fgr = family == "fgr"
+    if fgr:  # the gradient of a = [i | f | o], which the next step's GEMM read
+        da = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n[:, hidden:].contiguous().clone()
     for t in (range(steps) if config.reverse else range(steps - 1, -1, -1)):
         rows = _active(config, t, batch)
         elements = rows * hidden
@@ -268,10 +289,11 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                 _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
                         saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
                         d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-            elif family == "peephole":
-                _launch("peephole_lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
-                        saved["c_prev"][t, :rows], saved["c_next"][t, :rows], *aux, d_pre_x if cand is None else cand,
-                        d_pre_x[t, :rows], dc_prev, aux_parts[0][t, :rows], hidden, **flags,
+            elif family in ("peephole", "fgr"):
+                _launch("peephole_lstm_backward", elements, dh_t.contiguous(), dc_t,
+                        da[:rows].clone() if fgr else dc_t, saved["gates"][t, :rows], saved["c_prev"][t, :rows],
+                        saved["c_next"][t, :rows], *aux, d_pre_x if cand is None else cand, d_pre_x[t, :rows],
+                        dc_prev, aux_parts[0][t, :rows], hidden, **flags, GATE_RECURRENCE=fgr,
                         HAS_CANDIDATE=cand is not None, UPCAST=upcast)
             else:
                 _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t.contiguous(), dc_t,
@@ -298,6 +320,8 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                     UPCAST=upcast)
             dh_direct = None
         dh_prev = d_pre_h[t, :rows] @ w_hh  # pre_h = W_hh (h ⊙ m) + b_hh
+        if fgr:  # FGR's GEMM read [h ⊙ m | a]
+            dh_prev, da[:rows] = dh_prev[:, :out_size], dh_prev[:, out_size:]
         if mask is not None:
             dh_prev = dh_prev * mask[:rows]
         if dh_direct is not None:  # the GRU's z ⊙ h
@@ -306,7 +330,10 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
             dh_prev = dh_prev + dh_old
         dh[:rows] = dh_prev
     h_read = saved["h_prev"] if mask is None else saved["h_prev"] * mask  # (T, B, P): what W_hh read
-    dw_hh = d_pre_h.reshape(-1, gate_rows).t() @ h_read.reshape(-1, out_size)
+    if fgr:
+        h_read = torch.cat([h_read, saved["a_prev"]], dim=2)  # (T, B, P + 3H)
+        dc = torch.cat([dc, da], dim=1)
+    dw_hh = d_pre_h.reshape(-1, gate_rows).t() @ h_read.reshape(-1, h_read.shape[2])
     db_hh = d_pre_h.sum((0, 1))
     dw_hr = None
     if w_hr is not None:
@@ -351,6 +378,10 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
     aux = ()
     family = KERNELS[cell][0]
+    if spec.kernel_weights is not None:  # FGR: W_hh = [W_hh | R] (autograd takes dW_hh back to W_hh and R_g)
+        weights = spec.kernel_weights(weights)
+        w_hh = weights.w_hh
+        c0 = torch.cat(state0[1:], dim=1)  # [c | a] (B, 4H)
     if family == "layernorm_lstm":  # pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh (the LN of W_hh h has no bias)
         gamma_ih, *aux = weights.extra
         pre_x = layer_norm(F.linear(x, w_ih), gamma_ih)
@@ -367,13 +398,16 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
         pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
     y, h_n, c_n, gates, c_trace = TritonScan.apply(config, pre_x, state0[0], c0, w_hh, b_hh, w_hr, zoneout, mask,
                                                    candidate, *aux)
-    state = (h_n,) if c_n is None else (h_n, c_n)
+    if c_n is None:
+        state = (h_n,)
+    else:  # FGR's [c | a] split back into its states
+        state = (h_n, *c_n.split(spec.state_sizes(w_hh.shape[0] // spec.gate_count), dim=1))
     if not trace:
         return ScanResult(y, state, None)
     if family == "rnn":
         traced = spec.trace_type(y.clone())
     else:
-        traced = _trace(cell, y.detach(), gates, c_trace if c_trace is not None else gates.new_empty(0))
-    if y.requires_grad:
-        traced = type(traced)(*(_TraceHasNoGradient.apply(y, t) for t in traced))
+        traced = _trace(cell, y, gates, c_trace if c_trace is not None else gates.new_empty(0))
+    if y.requires_grad:  # h (y's clone) carries y's gradient; the rest come from saved buffers and carry none
+        traced = type(traced)(*(_TraceHasNoGradient.apply(y, t) if t.grad_fn is None else t for t in traced))
     return ScanResult(y, state, traced)
