@@ -59,6 +59,8 @@ def _random_layer(cell: str, *, proj: int = 0, dtype=torch.float64, steps=5, bat
     extra = tuple(make(*p.shape(hidden)) for p in spec.extra_params)  # random gains: any γ, β must be right
     weights = LayerWeights(make(rows, inputs), make(rows, out_size), make(rows), make(rows),
                            make(out_size, hidden) if proj else None, extra)
+    if spec.name.startswith("slstm"):  # R as 2 heads' blocks (K, 4D, D); one bias, b_ih
+        weights = weights._replace(w_hh=make(2, 4 * hidden // 2, hidden // 2), b_hh=None)
     x = make(steps, batch, inputs)
     state = (make(batch, out_size), *(make(batch, size) for size in spec.state_sizes(hidden)))
     return x, state, weights
@@ -223,20 +225,22 @@ def test_cells_without_a_kernel_run_the_reference_loop(triton_backend):
     ("LSTM", {"variant": "peephole", "num_layers": 2, "recurrent_dropout": 0.3}),
     ("LSTM", {"variant": "cifg", "bidirectional": True, "candidate_dropout": 0.2, "zoneout": 0.1}),
     ("LSTM", {"variant": "fgr", "num_layers": 2, "bidirectional": True, "recurrent_dropout": 0.2}),
+    ("SLSTM", {"num_layers": 2, "bidirectional": True, "num_heads": 2}),
+    ("SLSTM", {"forget_gate": "exp", "batch_first": True}),
     ("LayerNormGRU", {"bias": False, "num_layers": 2}),
     ("LayerNormGRU", {"bidirectional": True, "zoneout": 0.1, "recurrent_dropout": 0.2}),
 ])
 def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, options):
-    """Cells torch.nn has not (LayerNorm LSTM, Greff's variants) on the GPU engine against the reference loop:
-    outputs, states and every parameter's gradient (gains, biases, peepholes), in training mode (the same noise
-    drawn for both)."""
+    """Cells torch.nn has not (LayerNorm LSTM and GRU, Greff's variants, the sLSTM) on the GPU engine against the
+    reference loop, float64: outputs, states and every parameter's gradient (gains, biases, peepholes, R_g, the
+    heads' R), in training mode (the same noise drawn for both)."""
     torch.manual_seed(9)
-    layer = getattr(gatedrnn, kind)(3, 5, **options).to(DEVICE)
+    layer = getattr(gatedrnn, kind)(3, 6, **options).to(DEVICE, torch.float64)
     with torch.no_grad():
         for name, parameter in layer.named_parameters():
             if name.startswith(("gamma", "beta", "weight_peephole", "weight_gate_hh")):
                 parameter.uniform_(0.5, 1.5)  # not the ones / zeros of the init: every gain must enter right
-    x = torch.randn(6, 4, 3, device=DEVICE)
+    x = torch.randn(6, 4, 3, device=DEVICE, dtype=torch.float64)
     results = []
     for backend in ("triton", "reference"):
         monkeypatch.setenv("GATEDRNN_BACKEND", backend)
@@ -247,7 +251,7 @@ def test_own_cells_match_the_reference_loop(triton_backend, monkeypatch, kind, o
         (y.sin().sum() + sum((s * s).sum() for s in states)).backward()
         results.append([y.detach(), *[s.detach() for s in states], *[p.grad.clone() for p in layer.parameters()]])
     for ours, expected in zip(*results):
-        torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-9)
     assert set(triton_backend) == {layer.mode}
 
 

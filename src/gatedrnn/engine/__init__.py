@@ -29,7 +29,7 @@ from gatedrnn.engine.scan import ScanResult, scan_reference
 from gatedrnn.engine.step import step_layers
 
 __all__ = ["LayerNoise", "ScanResult", "backend_info", "run_layer", "run_stack_inference", "runs_fused",
-           "scan_reference", "step_layers"]
+           "runs_triton", "scan_reference", "step_layers"]
 
 FUSED_DTYPES = (torch.float32, torch.float64)
 # Reports that upper layers add to backend_info() (the engine never imports them): name -> () -> dict.
@@ -39,7 +39,7 @@ BACKEND_REPORTS: dict[str, Callable[[], dict]] = {}
 
 def _triton_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """Why tensors of this device and dtype do not run on the GPU engine (Triton), or None when they do (for the
-    cells it has kernels for: `triton_scan.unsupported`)."""
+    cells it has kernels for: `runs_triton`)."""
     backend = _build.requested_backend()
     if backend == "reference":
         return "GATEDRNN_BACKEND=reference is set"
@@ -151,13 +151,22 @@ def run_layer(
     # a cell without a kernel (CellSpec.fused) runs the reference scan
     if spec.fused and (runs_fused(x) if fused is None else fused):
         return run_layer_fused(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
-    if not x.is_cpu or _build.requested_backend() == "triton":
-        if _triton_reason(x.device, x.dtype) is None:
-            from gatedrnn.engine import triton_scan
+    if runs_triton(cell, x):
+        from gatedrnn.engine import triton_scan
 
-            if triton_scan.unsupported(cell, weights, x) is None:
-                return triton_scan.run_layer_triton(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+        return triton_scan.run_layer_triton(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
     return scan_reference(cell, x, state0, weights, batch_sizes, reverse, trace, noise)
+
+
+def runs_triton(cell: str, x: Tensor) -> bool:
+    """Whether `run_layer` runs this cell on tensors like `x` on the GPU engine (its Triton kernels)."""
+    if x.is_cpu and _build.requested_backend() != "triton":  # the common case: no Triton import
+        return False
+    if _triton_reason(x.device, x.dtype) is not None:
+        return False
+    from gatedrnn.engine import triton_scan
+
+    return cell in triton_scan.KERNELS
 
 
 def _check_noise(cell: str, x: Tensor, state0: tuple[Tensor, ...], weights: LayerWeights, noise: LayerNoise) -> None:

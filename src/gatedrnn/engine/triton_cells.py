@@ -339,6 +339,99 @@ def peephole_lstm_backward(dh_next, dc_next, d_gates_out, gates, c_prev, c_next,
 
 
 @triton.jit
+def slstm_forward(pre_x, pre_h, state_prev, gates, extra, state_next, h_next, H, n, EXP_FORGET: tl.constexpr,
+                  UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """`gatedrnn.cells.slstm.slstm_step` after its GEMM (xLSTM's sLSTM, the C++ `SLSTMCell`), rows (B, ·):
+        ĩ, f̃, z̃, õ = pre_x + pre_h;  z = tanh(z̃), o = σ(õ)
+        log_f  = logsigmoid(f̃), or f̃ (EXP_FORGET)
+        m_next = ĩ where n = 0 or ĩ ≥ log_f + m, else log_f + m
+        i = exp(ĩ − m_next);  f = exp(min(log_f + m − m_next, 0))
+        c_next = f ⊙ c + i ⊙ z;  n_next = f ⊙ n + i;  h_next = o ⊙ c_next / n_next
+    pre_x (W x + b), pre_h (R h): (B, 4H); state_prev [c | n | m] (B, 3H). Writes gates (B, 4H) = [i | f | z | o],
+    extra (B, 2H) (which branch m took: 0 log_f + m, 1 ĩ, 2 ĩ with f clamped; and d log_f / d f̃), state_next
+    (B, 3H) and h_next (B, H)."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < n
+    row = e // H
+    unit = e - row * H
+    base = row * 4 * H + unit
+    state = row * 3 * H + unit
+    i_tilde = _load(pre_x, base, mask, UPCAST) + _load(pre_h, base, mask, UPCAST)
+    f_tilde = _load(pre_x, base + H, mask, UPCAST) + _load(pre_h, base + H, mask, UPCAST)
+    z = _tanh(_load(pre_x, base + 2 * H, mask, UPCAST) + _load(pre_h, base + 2 * H, mask, UPCAST))
+    o = tl.sigmoid(_load(pre_x, base + 3 * H, mask, UPCAST) + _load(pre_h, base + 3 * H, mask, UPCAST))
+    if EXP_FORGET:
+        log_f = f_tilde
+        dlog_f = f_tilde * 0.0 + 1.0
+    else:  # logsigmoid(x) = min(x, 0) − log(1 + e^{−|x|})
+        log_f = tl.minimum(f_tilde, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(f_tilde)))
+        dlog_f = tl.sigmoid(-f_tilde)
+    c = _load(state_prev, state, mask, UPCAST)
+    norm = _load(state_prev, state + H, mask, UPCAST)
+    m = _load(state_prev, state + 2 * H, mask, UPCAST)
+    log_f_plus_m = log_f + m
+    take_input = (norm == 0.0) | (i_tilde >= log_f_plus_m)
+    m_next = tl.where(take_input, i_tilde, log_f_plus_m)
+    i = tl.exp(i_tilde - m_next)
+    f_exponent = log_f_plus_m - m_next
+    f = tl.exp(tl.minimum(f_exponent, 0.0))
+    c_next = f * c + i * z
+    n_next = f * norm + i
+    out = gates.dtype.element_ty
+    tl.store(gates + base, i.to(out), mask=mask)
+    tl.store(gates + base + H, f.to(out), mask=mask)
+    tl.store(gates + base + 2 * H, z.to(out), mask=mask)
+    tl.store(gates + base + 3 * H, o.to(out), mask=mask)
+    branch = tl.where(take_input, tl.where(f_exponent > 0.0, 2.0, 1.0), 0.0)
+    tl.store(extra + row * 2 * H + unit, branch.to(out), mask=mask)
+    tl.store(extra + row * 2 * H + unit + H, dlog_f.to(out), mask=mask)
+    tl.store(state_next + state, c_next.to(out), mask=mask)
+    tl.store(state_next + state + H, n_next.to(out), mask=mask)
+    tl.store(state_next + state + 2 * H, m_next.to(out), mask=mask)
+    tl.store(h_next + e, (o * c_next / n_next).to(out), mask=mask)
+
+
+@triton.jit
+def slstm_backward(dh_next, d_state_next, gates, extra, state_next, state_prev, d_pre, d_state_prev, H, n,
+                   UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+    """The chain rule through `slstm_forward` (the C++ `SLSTMCell::backward`, line by line): dh_next (B, H),
+    d_state_next (B, 3H) = [dc | dn | dm] from the next step -> d_pre (B, 4H) and d_state_prev (B, 3H)."""
+    e = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = e < n
+    row = e // H
+    unit = e - row * H
+    base = row * 4 * H + unit
+    state = row * 3 * H + unit
+    i, f = _load(gates, base, mask, UPCAST), _load(gates, base + H, mask, UPCAST)
+    z, o = _load(gates, base + 2 * H, mask, UPCAST), _load(gates, base + 3 * H, mask, UPCAST)
+    take = _load(extra, row * 2 * H + unit, mask, UPCAST)
+    dlog_f = _load(extra, row * 2 * H + unit + H, mask, UPCAST)
+    c_t = _load(state_next, state, mask, UPCAST)
+    n_t = tl.where(mask, _load(state_next, state + H, mask, UPCAST), 1.0)
+    dh = _load(dh_next, e, mask, UPCAST)
+    do = dh * c_t / n_t                                                 # h_t = o ⊙ c_t / n_t
+    dc = _load(d_state_next, state, mask, UPCAST) + dh * o / n_t
+    dn = _load(d_state_next, state + H, mask, UPCAST) - dh * o * c_t / (n_t * n_t)
+    df = dc * _load(state_prev, state, mask, UPCAST) + dn * _load(state_prev, state + H, mask, UPCAST)
+    di = dc * z + dn                                                    # c_t = f ⊙ c + i ⊙ z;  n_t = f ⊙ n + i
+    dz = dc * i
+    # i = exp(ĩ − m_t);  f = exp(min(log_f + m − m_t, 0)) (the min passes nothing where it clamps)
+    df_exponent = tl.where(take == 2.0, 0.0, df * f)
+    dm_t = _load(d_state_next, state + 2 * H, mask, UPCAST) - di * i - df_exponent
+    # m_t = ĩ if the input branch was taken, else log_f + m
+    di_tilde = di * i + tl.where(take != 0.0, dm_t, 0.0)
+    dlog_f_plus_m = df_exponent + tl.where(take != 0.0, 0.0, dm_t)
+    out = d_pre.dtype.element_ty
+    tl.store(d_state_prev + state, (dc * f).to(out), mask=mask)
+    tl.store(d_state_prev + state + H, (dn * f).to(out), mask=mask)
+    tl.store(d_state_prev + state + 2 * H, dlog_f_plus_m.to(out), mask=mask)
+    tl.store(d_pre + base, di_tilde.to(out), mask=mask)
+    tl.store(d_pre + base + H, (dlog_f_plus_m * dlog_f).to(out), mask=mask)  # log_f = logsigmoid(f̃) or f̃
+    tl.store(d_pre + base + 2 * H, (dz * (1.0 - z * z)).to(out), mask=mask)
+    tl.store(d_pre + base + 3 * H, (do * o * (1.0 - o)).to(out), mask=mask)
+
+
+@triton.jit
 def _row_stats(a_i, a_f, a_g, a_o, mask, count, eps):
     """Mean and 1/sqrt(var + ε) over one row's four (BLOCK_H,) blocks (count = 4H valid values, var biased)."""
     mean = (tl.sum(a_i, 0) + tl.sum(a_f, 0) + tl.sum(a_g, 0) + tl.sum(a_o, 0)) / count

@@ -50,6 +50,8 @@ KERNELS: dict[str, tuple[str, dict]] = {
        if variant.peepholes and not variant.gate_recurrence},
     # FGR: the vanilla peephole kernels; the loop's GEMM reads [h | a] with W_hh = [W_hh | R] (its kernel_weights)
     "lstm_fgr": ("fgr", _peephole_flags(GREFF_VARIANTS["peephole"])),
+    # the sLSTM: its block-diagonal R as the dense W_hh (its kernel_weights), the state [c | n | m]
+    "slstm": ("slstm", {"EXP_FORGET": False}), "slstm_exp": ("slstm", {"EXP_FORGET": True}),
 }
 _WITH_C = ("lstm", "layernorm_lstm", "peephole", "fgr")  # the families with a cell state
 _FGR_GATES = [0, 1, 3]  # FGR's a = [i | f | o]: the gate blocks the next step reads
@@ -163,6 +165,10 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     if fgr:
         c, a = c[:, :hidden].contiguous(), c[:, hidden:].contiguous()  # (B, H), (B, 3H)
         saved["a_prev"] = new(steps, batch, 3 * hidden)
+    if family == "slstm":  # the state [c | n | m] (B, 3H) before and after each step, and the branches m took
+        saved["state_prev"], saved["state_next"] = new(steps, batch, 3 * hidden), new(steps, batch, 3 * hidden)
+        saved["extra"] = new(steps, batch, 2 * hidden)
+        saved["c_trace"] = saved["state_next"]
     for t in (range(steps - 1, -1, -1) if config.reverse else range(steps)):
         rows = _active(config, t, batch)
         elements = rows * hidden
@@ -197,6 +203,12 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
                     HAS_CANDIDATE=cand is not None, UPCAST=upcast)
             if fgr:
                 a[:rows] = gates.view(rows, 4, hidden)[:, _FGR_GATES].reshape(rows, 3 * hidden)
+        elif family == "slstm":
+            saved["state_prev"][t, :rows] = c[:rows]
+            c_new = saved["state_next"][t, :rows]
+            h_cell = like.new_empty(rows, hidden)
+            _launch("slstm_forward", elements, pre_x[t, :rows], pre_h, saved["state_prev"][t, :rows], gates,
+                    saved["extra"][t, :rows], c_new, h_cell, hidden, **flags, UPCAST=upcast)
         elif family == "layernorm_lstm":
             c_prev = c[:rows]
             saved["c_prev"][t, :rows] = c_prev
@@ -262,6 +274,8 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     dc = None
     if family in _WITH_C:
         dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n[:, :hidden].contiguous().clone()
+    if family == "slstm":  # the gradient of the state [c | n | m]
+        dc = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n.contiguous().clone()
     fgr = family == "fgr"
     if fgr:  # the gradient of a = [i | f | o], which the next step's GEMM read
         da = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n[:, hidden:].contiguous().clone()
@@ -303,6 +317,13 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
                              UPCAST=upcast)
             dc[:rows] = dc_prev if dc_old is None else dc_prev + dc_old
             dh_direct = None
+        elif family == "slstm":
+            d_state_prev = like.new_empty(rows, 3 * hidden)
+            _launch("slstm_backward", elements, dh_t.contiguous(), dc[:rows].clone(), saved["gates"][t, :rows],
+                    saved["extra"][t, :rows], saved["state_next"][t, :rows], saved["state_prev"][t, :rows],
+                    d_pre_x[t, :rows], d_state_prev, hidden, UPCAST=upcast)
+            dc[:rows] = d_state_prev
+            dh_direct = None
         elif family == "layernorm_gru":
             dh_direct = like.new_empty(rows, hidden)
             _launch_rows("layernorm_gru_backward", rows, hidden, dh_t.contiguous(), saved["gates"][t, :rows],
@@ -342,15 +363,6 @@ def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, 
     return (d_pre_x, dh, dc, dw_hh, db_hh, dw_hr, *d_aux)
 
 
-def unsupported(cell: str, weights: LayerWeights, x: Tensor) -> Optional[str]:
-    """Why the GPU engine cannot run this layer, or None."""
-    if cell not in KERNELS:
-        return f"the GPU engine has no kernel for the {CELL_SPECS[cell].display_name} cell yet"
-    if x.dtype not in DTYPES:
-        return f"the GPU engine supports float32, float64, float16 and bfloat16, got {x.dtype}"
-    return None
-
-
 def run_layer_triton(
     cell: str,
     x: Tensor,
@@ -375,13 +387,12 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
     config = _Config(cell, tuple(int(b) for b in batch_sizes) if batch_sizes is not None else (), reverse)
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
     c0 = state0[1] if spec.has_cell_state else None
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
     aux = ()
     family = KERNELS[cell][0]
-    if spec.kernel_weights is not None:  # FGR: W_hh = [W_hh | R] (autograd takes dW_hh back to W_hh and R_g)
-        weights = spec.kernel_weights(weights)
-        w_hh = weights.w_hh
-        c0 = torch.cat(state0[1:], dim=1)  # [c | a] (B, 4H)
+    if spec.kernel_weights is not None:  # autograd takes the kernel's dW_hh back to the cell's own parameters
+        weights = spec.kernel_weights(weights)  # FGR: W_hh = [W_hh | R]; the sLSTM: its R dense, b_hh zeros
+        c0 = torch.cat(state0[1:], dim=1)  # the state operand: FGR's [c | a] (B, 4H), the sLSTM's [c | n | m]
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
     if family == "layernorm_lstm":  # pre_x = LN(W_ih x; γ_ih) + b_ih + b_hh (the LN of W_hh h has no bias)
         gamma_ih, *aux = weights.extra
         pre_x = layer_norm(F.linear(x, w_ih), gamma_ih)

@@ -185,8 +185,8 @@ class SLSTM(nn.Module):
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
 
         hidden_in = self._initial_state(hx, x.shape[1], batched, sorted_indices, x)  # 4 x (D*L, B, H)
-        # the fused engine computes the true gradient through m; holding m constant needs the Python loop
-        fused = engine.runs_fused(x) and not detach_stabilizer
+        # the fused engines compute the true gradient through m; holding m constant needs the Python loop
+        fused = (engine.runs_fused(x) or engine.runs_triton(self.mode, x)) and not detach_stabilizer
         layer_input = x
         finals: list[SLSTMState] = []
         traces: list[list] = []
