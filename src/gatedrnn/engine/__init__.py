@@ -93,8 +93,7 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
     gpu_reason = _triton_reason(device, dtype) if reason is not None else "the C++ engine runs"
     if gpu_reason is None:
         info = {"backend": "triton", "reason": f"Triton kernels for the pointwise math of LSTM, GRU, RNN, the "
-                f"LayerNorm LSTM and GRU and Greff's LSTM variants, torch's GEMMs, on {device.type} {dtype}; the sLSTM "
-                "runs the reference loop",
+                f"LayerNorm LSTM and GRU, Greff's LSTM variants and the sLSTM, torch's GEMMs, on {device.type} {dtype}",
                 "build_dir": cache}
         if device.type == "cuda":
             info["plain_layers"] = ("LSTM, GRU and RNN layers without a trace, a variant or a noise regulariser run "
