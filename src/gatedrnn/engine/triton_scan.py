@@ -2,10 +2,17 @@
 (`gatedrnn.engine.triton_cells`) and every GEMM in torch (cuBLAS on CUDA), after haste's design:
 
     forward:  pre_x = W_ih x + b_ih for all steps, one GEMM (autograd differentiates it)   (T, B, G·H)
-              per step: pre_h = W_hh (h ⊙ m) + b_hh (GEMM), the cell kernel, the projection h = W_hr h′ (LSTMP)
+              per step: pre_h = W_hh (h ⊙ m) (GEMM), the cell kernel, the projection h = W_hr h′ (LSTMP)
     backward: per step, in reverse: the cell's backward kernel, dh = d_pre_h W_hh (GEMM)
               after the loop: dW_hh, dW_hr and db_hh, each one GEMM or sum over all steps; d_pre_x goes back
               to x, W_ih and b_ih through autograd's GEMMs
+
+A step costs two launches where nothing else is asked (the GEMM and the kernel; a recurrent mask, zoneout or the
+projection add one or two each): the state lives in the output sequences themselves (h in y, c in the saved c),
+every GEMM writes into its buffer (`out=`), b_hh joins pre_x before the loop (but for the GRU, whose b_hn sits
+inside r ⊙ (·)), and the backward's carries alternate between two buffers. Inside the loop a packed batch runs
+forward in time only, its rows a shrinking prefix; `run_layer_triton` turns a packed reverse direction into a
+forward one by reversing each sequence within its length.
 
 `run_layer_triton` keeps the `ScanResult` contract of `gatedrnn.engine.scan.scan_reference` (packed batch sizes,
 reverse, traces, zoneout, recurrent and candidate dropout masks). Zoneout mixes and the recurrent mask are torch
@@ -41,7 +48,7 @@ def _peephole_flags(variant: GreffVariant) -> dict:
 
 
 # The cells with a Triton kernel: name -> (the kernel family, its constexpr flags). Greff et al.'s NP is torch.nn's
-# cell; FGR (gate recurrence) has no GPU kernel yet.
+# cell.
 KERNELS: dict[str, tuple[str, dict]] = {
     "lstm": ("lstm", {}), "lstm_np": ("lstm", {}), "gru": ("gru", {}), "rnn_tanh": ("rnn", {"RELU": False}),
     "rnn_relu": ("rnn", {"RELU": True}), "layernorm_lstm": ("layernorm_lstm", {}),
@@ -53,28 +60,35 @@ KERNELS: dict[str, tuple[str, dict]] = {
     # the sLSTM: its block-diagonal R as the dense W_hh (its kernel_weights), the state [c | n | m]
     "slstm": ("slstm", {"EXP_FORGET": False}), "slstm_exp": ("slstm", {"EXP_FORGET": True}),
 }
-_WITH_C = ("lstm", "layernorm_lstm", "peephole", "fgr")  # the families with a cell state
+_WITH_C = ("lstm", "layernorm_lstm", "peephole", "fgr", "slstm")  # the families with a cell state operand
+_OWN_PRE_H = ("gru", "layernorm_lstm", "layernorm_gru")  # W_hh h saved per step, its gradient its own buffer
 _FGR_GATES = [0, 1, 3]  # FGR's a = [i | f | o]: the gate blocks the next step reads
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 class _Config(NamedTuple):
     cell: str
-    batch_sizes: tuple[int, ...]  # () for full sequences
-    reverse: bool
+    batch_sizes: tuple[int, ...]  # () for full sequences; else forward in time (see the module docstring)
+    reverse: bool  # only for full sequences
 
 
-def _active(config: _Config, t: int, batch: int) -> int:
-    return int(config.batch_sizes[t]) if config.batch_sizes else batch
+def _check_rows(name: str, args: tuple) -> None:
+    # the kernels index rows as contiguous (B, ·) blocks: a strided view would be read wrong, silently
+    for k, arg in enumerate(args):
+        if isinstance(arg, Tensor) and not arg.is_contiguous():
+            raise RuntimeError(f"gatedrnn's GPU engine passed a non-contiguous operand (#{k}, shape "
+                               f"{tuple(arg.shape)}, strides {arg.stride()}) to {name}: an engine bug, please report")
 
 
 def _launch(name: str, elements: int, *args, **flags) -> None:
+    _check_rows(name, args)
     getattr(kernels, name)[kernels.grid(elements)](*args, elements, **flags, BLOCK=kernels.BLOCK)
 
 
 def _launch_rows(name: str, rows: int, hidden: int, *args, **flags) -> None:
     """A kernel with one program per row (row reductions: LayerNorm); more warps for wide rows, which hold several
     (BLOCK_H,) blocks live."""
+    _check_rows(name, args)
     block = triton.next_power_of_2(hidden)
     getattr(kernels, name)[(rows,)](*args, **flags, BLOCK_H=block, num_warps=min(16, max(4, block // 256)))
 
@@ -89,20 +103,22 @@ class TritonScan(torch.autograd.Function):
         y, h_n, c_n, saved = _forward(config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate, aux)
         ctx.config = config
         ctx.has = (c0 is not None, b_hh is not None, len(aux))
-        ctx.save_for_backward(w_hh, w_hr, zoneout, mask, candidate, *aux, *saved.values())
+        ctx.save_for_backward(h0, c0, w_hh, w_hr, zoneout, mask, candidate, *aux, y, *saved.values())
         ctx.saved_names = tuple(saved)
-        gates, c_trace = saved["gates"], saved.get("c_trace", saved.get("c_next"))
+        # what traces read: the gates (the RNN has none: its "gates" buffer may be y itself) and the states after h
+        gates = saved["gates"] if KERNELS[config.cell][0] != "rnn" else y.new_empty(0)
+        c_trace = saved.get("c_trace", saved.get("c_state"))
         ctx.mark_non_differentiable(gates, *(() if c_trace is None else (c_trace,)))
         return y, h_n, c_n, gates, c_trace
 
     @staticmethod
     def backward(ctx, dy, dh_n, dc_n, _dgates, _dc_trace):
-        w_hh, w_hr, zoneout, mask, candidate, *rest = ctx.saved_tensors
+        h0, c0, w_hh, w_hr, zoneout, mask, candidate, *rest = ctx.saved_tensors
         has_c, has_b_hh, aux_count = ctx.has
-        aux, rest = tuple(rest[:aux_count]), rest[aux_count:]
+        aux, y, rest = tuple(rest[:aux_count]), rest[aux_count], rest[aux_count + 1:]
         saved = dict(zip(ctx.saved_names, rest))
-        grads = _TritonScanBackward.apply(ctx.config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n,
-                                          dc_n if has_c else None, aux)
+        grads = _TritonScanBackward.apply(ctx.config, h0, c0, w_hh, w_hr, zoneout, mask, candidate, aux, y, saved,
+                                          dy, dh_n, dc_n if has_c else None)
         d_pre_x, dh0, dc0, dw_hh, db_hh, dw_hr, *d_aux = grads
         needs = ctx.needs_input_grad
         keep = lambda grad, k, present=True: grad if present and needs[k] else None  # noqa: E731
@@ -126,241 +142,278 @@ class _TritonScanBackward(torch.autograd.Function):
             "whose time loop autograd differentiates to any order.")
 
 
-def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate, aux=()):
-    """The forward loop over pre_x = W_ih x + b_ih (T, B, G·H). Returns y (T, B, P), h_n (B, P), c_n (B, H) or
-    None, and the saved buffers: gates (T, B, G·H) (the RNN's: its h), h_prev (T, B, P) (the h each step read,
-    before the recurrent mask), and by cell: c_prev, c_next (T, B, H) (LSTM), pre_h (T, B, 3H) (GRU), h_raw
-    (T, B, H) (LSTMP's o ⊙ tanh(c)), h_cell (T, B, P) (the RNN's h before zoneout, for act′), c_trace (T, B, H)
-    (c after zoneout, for traces); the LayerNorm LSTM's also wh (T, B, 4H) (W_hh h) and stats (T, B, 4) (its two
-    LayerNorms' means and 1/σ); FGR's a_prev (T, B, 3H) (the previous gates each step read) and c_trace
-    (T, B, 4H) ([c | a] after each step). aux: the cell's vector parameters (`run_layer_triton`).
-    FGR's c0 and c_n are [c | a] (B, 4H), as the C++ engine's state operand."""
+def _sizes(config: _Config, pre_x: Tensor, out_size: int) -> tuple[str, dict, int, int, int, int]:
+    """(family, flags, T, B, H, the width of the cell-state operand: H, 3H for the sLSTM's [c | n | m])."""
     family, flags = KERNELS[config.cell]
     steps, batch, gate_rows = pre_x.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
+    return family, flags, steps, batch, hidden, 3 * hidden if family == "slstm" else hidden
+
+
+def _order(config: _Config, steps: int) -> list[tuple[int, Optional[int], int]]:
+    """The forward loop's steps: (t, the step before it or None for the first, the rows active at t)."""
+    times = list(range(steps - 1, -1, -1) if config.reverse else range(steps))
+    rows = [int(b) for b in config.batch_sizes] if config.batch_sizes else None
+    return [(t, times[k - 1] if k else None, rows[t] if rows else -1) for k, t in enumerate(times)]
+
+
+def _fgr_gates(gates: Tensor) -> Tensor:
+    """FGR's a = [i | f | o] from gate activations (..., 4H) -> (..., 3H)."""
+    shape = gates.shape
+    return gates.view(*shape[:-1], 4, shape[-1] // 4)[..., _FGR_GATES, :].reshape(*shape[:-1], 3 * shape[-1] // 4)
+
+
+def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, candidate, aux=()):
+    """The forward loop over pre_x = W_ih x + b_ih (+ b_hh but for the GRU) (T, B, G·H). Returns y (T, B, P),
+    h_n (B, P), c_n (B, S) or None, and the saved buffers, each (T, B, ·): gates (G·H) (the RNN's: its h before
+    zoneout), and by cell: c_next (S) (the cell's new c, [c | n | m] for the sLSTM), c_state (S) (the state the next
+    step reads: c_next, or c after zoneout), pre_h (G·H) (the GRU's W_hh h + b_hh; the LayerNorm cells' W_hh h),
+    stats (the LayerNorm cells' means and 1/σ), extra (2H) (the sLSTM's branches), h_raw (H) (LSTMP's o ⊙ tanh(c)).
+    h is read from y (the state after each step) and c from c_state; FGR's a from gates. aux: the cell's vector
+    parameters (`run_layer_triton`). FGR's c0 and c_n are [c | a] (B, 4H), as the C++ engine's state operand."""
     out_size = h0.shape[1]
+    family, flags, steps, batch, hidden, width = _sizes(config, pre_x, out_size)
+    gate_rows = pre_x.shape[2]
     like = pre_x  # every buffer takes its dtype and device
     upcast = like.dtype in (torch.float16, torch.bfloat16)
+    packed = bool(config.batch_sizes)
     pre_x = pre_x.contiguous()
-    new = like.new_zeros if config.batch_sizes else like.new_empty  # packed: inactive rows stay zero
-    y = like.new_zeros(steps, batch, out_size)
-    saved = {"gates": new(steps, batch, gate_rows), "h_prev": new(steps, batch, out_size)}
+    new = like.new_zeros if packed else like.new_empty  # packed: inactive rows stay zero
+    y = new(steps, batch, out_size)
+    saved = {"gates": new(steps, batch, gate_rows) if family != "rnn" else None}
+    fgr = family == "fgr"
+    a0 = None
+    if fgr:
+        c0, a0 = c0[:, :hidden].contiguous(), c0[:, hidden:].contiguous()  # (B, H), (B, 3H)
     if family in _WITH_C:
-        saved["c_prev"], saved["c_next"] = new(steps, batch, hidden), new(steps, batch, hidden)
-        if w_hr is not None:
-            saved["h_raw"] = new(steps, batch, hidden)
-        if zoneout is not None:
-            saved["c_trace"] = new(steps, batch, hidden)
-    if family in ("layernorm_lstm", "layernorm_gru"):  # W_hh h and its LayerNorms' means and 1/σ
-        saved["wh"] = new(steps, batch, gate_rows)
+        saved["c_next"] = new(steps, batch, width)
+        saved["c_state"] = new(steps, batch, width) if zoneout is not None else saved["c_next"]
+    if family in _OWN_PRE_H:
+        saved["pre_h"] = new(steps, batch, gate_rows)
+    if family in ("layernorm_lstm", "layernorm_gru"):  # their LayerNorms' means and 1/σ, in the compute type
         saved["stats"] = new(steps, batch, 4 if family == "layernorm_lstm" else 2,
                              dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
-    elif family == "gru":
-        saved["pre_h"] = new(steps, batch, gate_rows)
-    elif family == "rnn" and zoneout is not None:
-        saved["h_cell"] = new(steps, batch, out_size)
-    h = h0.contiguous().clone()  # the state, rows updated in place as they run
-    c = None if c0 is None else c0.contiguous().clone()
-    fgr = family == "fgr"
-    if fgr:
-        c, a = c[:, :hidden].contiguous(), c[:, hidden:].contiguous()  # (B, H), (B, 3H)
-        saved["a_prev"] = new(steps, batch, 3 * hidden)
-    if family == "slstm":  # the state [c | n | m] (B, 3H) before and after each step, and the branches m took
-        saved["state_prev"], saved["state_next"] = new(steps, batch, 3 * hidden), new(steps, batch, 3 * hidden)
+    if family == "slstm":
         saved["extra"] = new(steps, batch, 2 * hidden)
-        saved["c_trace"] = saved["state_next"]
-    for t in (range(steps - 1, -1, -1) if config.reverse else range(steps)):
-        rows = _active(config, t, batch)
+    if w_hr is not None:
+        saved["h_raw"] = new(steps, batch, hidden)
+    if family == "rnn":  # its "gates" are its h before zoneout, which its backward reads
+        saved["gates"] = y if zoneout is None else new(steps, batch, hidden)
+    scratch_pre_h = like.new_empty(batch, gate_rows) if family not in _OWN_PRE_H else None
+    scratch_h = like.new_empty(batch, hidden) if zoneout is not None and family != "rnn" else None
+    w_hh_t, w_hr_t = w_hh.t(), None if w_hr is None else w_hr.t()
+    c_state, gates_all = saved.get("c_state"), saved["gates"]
+    for t, before, rows in _order(config, steps):
+        rows = batch if rows < 0 else rows
         elements = rows * hidden
-        h_prev = h[:rows]
-        saved["h_prev"][t, :rows] = h_prev
+        h_prev = h0[:rows] if before is None else y[before, :rows]
+        c_prev = None if c0 is None else (c0[:rows] if before is None else c_state[before, :rows])
         read = h_prev if mask is None else h_prev * mask[:rows]
         if fgr:  # the GEMM reads [h ⊙ m | a]: R_g a joins the i, f, o rows
-            saved["a_prev"][t, :rows] = a[:rows]
-            read = torch.cat([read, a[:rows]], dim=1)
-        pre_h = F.linear(read, w_hh, b_hh)  # (rows, G·H)
-        gates = saved["gates"][t, :rows]
-        cand = None if candidate is None else candidate[t, :rows].contiguous()
-        c_new = None
-        if family == "lstm":
-            c_prev = c[:rows]
-            saved["c_prev"][t, :rows] = c_prev
-            c_new = saved["c_next"][t, :rows]
-            h_cell = like.new_empty(rows, hidden)
-            _launch("lstm_forward", elements, pre_x[t, :rows], pre_h, saved["c_prev"][t, :rows],
-                    pre_x if cand is None else cand, gates, c_new, h_cell, hidden,
-                    HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-            if w_hr is not None:
-                saved["h_raw"][t, :rows] = h_cell
-                h_cell = h_cell @ w_hr.t()  # (rows, P)
-        elif family in ("peephole", "fgr"):
-            c_prev = c[:rows]
-            saved["c_prev"][t, :rows] = c_prev
-            c_new = saved["c_next"][t, :rows]
-            h_cell = like.new_empty(rows, hidden)
-            _launch("peephole_lstm_forward", elements, pre_x[t, :rows], pre_h, saved["c_prev"][t, :rows], *aux,
-                    pre_x if cand is None else cand, gates, c_new, h_cell, hidden, **flags,
-                    HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-            if fgr:
-                a[:rows] = gates.view(rows, 4, hidden)[:, _FGR_GATES].reshape(rows, 3 * hidden)
-        elif family == "slstm":
-            saved["state_prev"][t, :rows] = c[:rows]
-            c_new = saved["state_next"][t, :rows]
-            h_cell = like.new_empty(rows, hidden)
-            _launch("slstm_forward", elements, pre_x[t, :rows], pre_h, saved["state_prev"][t, :rows], gates,
-                    saved["extra"][t, :rows], c_new, h_cell, hidden, **flags, UPCAST=upcast)
-        elif family == "layernorm_lstm":
-            c_prev = c[:rows]
-            saved["c_prev"][t, :rows] = c_prev
-            saved["wh"][t, :rows] = pre_h
-            c_new = saved["c_next"][t, :rows]
-            h_cell = like.new_empty(rows, hidden)
-            _launch_rows("layernorm_lstm_forward", rows, hidden, pre_x[t, :rows], saved["wh"][t, :rows],
-                         saved["c_prev"][t, :rows], *aux, gates, c_new, h_cell, saved["stats"][t, :rows], hidden,
-                         LAYER_NORM_EPS, UPCAST=upcast)
-        elif family == "layernorm_gru":
-            saved["wh"][t, :rows] = pre_h
-            h_cell = like.new_empty(rows, hidden)
-            _launch_rows("layernorm_gru_forward", rows, hidden, pre_x[t, :rows], saved["wh"][t, :rows],
-                         saved["h_prev"][t, :rows], aux[0], aux[-1], gates, h_cell, saved["stats"][t, :rows], hidden,
-                         LAYER_NORM_EPS, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
-        elif family == "gru":
-            saved["pre_h"][t, :rows] = pre_h
-            h_cell = like.new_empty(rows, hidden)
-            _launch("gru_forward", elements, pre_x[t, :rows], pre_h, saved["h_prev"][t, :rows],
-                    pre_x if cand is None else cand, gates, h_cell, hidden,
-                    HAS_CANDIDATE=cand is not None, UPCAST=upcast)
+            read = torch.cat([read, a0[:rows] if before is None else _fgr_gates(gates_all[before, :rows])], dim=1)
+        pre_h = saved["pre_h"][t, :rows] if family in _OWN_PRE_H else scratch_pre_h[:rows]
+        if b_hh is not None:
+            torch.addmm(b_hh, read, w_hh_t, out=pre_h)
         else:
-            h_cell = gates  # the RNN's "gates" buffer holds its h: it saves nothing else
-            _launch("rnn_forward", elements, pre_x[t, :rows], pre_h, h_cell, **flags, UPCAST=upcast)
-            if zoneout is not None:
-                saved["h_cell"][t, :rows] = h_cell
-        if zoneout is not None:  # d ⊙ old + (1 − d) ⊙ new, per state part (`engine.scan.zone_out`)
+            torch.mm(read, w_hh_t, out=pre_h)
+        gates = gates_all[t, :rows]
+        cand = pre_x if candidate is None else candidate[t, :rows].contiguous()
+        c_new = saved["c_next"][t, :rows] if family in _WITH_C else None
+        # where the cell's h goes: y itself, or on to the projection or the zoneout mix
+        h_cell = (saved["h_raw"][t, :rows] if w_hr is not None else gates if family == "rnn"
+                  else scratch_h[:rows] if zoneout is not None else y[t, :rows])
+        px = pre_x[t, :rows]
+        if family == "lstm":
+            _launch("lstm_forward", elements, px, pre_h, c_prev, cand, gates, c_new, h_cell, hidden,
+                    HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+        elif family in ("peephole", "fgr"):
+            _launch("peephole_lstm_forward", elements, px, pre_h, c_prev, *aux, cand, gates, c_new, h_cell, hidden,
+                    **flags, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+        elif family == "slstm":
+            _launch("slstm_forward", elements, px, pre_h, c_prev, gates, saved["extra"][t, :rows], c_new, h_cell,
+                    hidden, **flags, UPCAST=upcast)
+        elif family == "layernorm_lstm":
+            _launch_rows("layernorm_lstm_forward", rows, hidden, px, pre_h, c_prev, *aux, gates, c_new, h_cell,
+                         saved["stats"][t, :rows], hidden, LAYER_NORM_EPS, UPCAST=upcast)
+        elif family == "layernorm_gru":
+            _launch_rows("layernorm_gru_forward", rows, hidden, px, pre_h, h_prev, aux[0], aux[-1], gates, h_cell,
+                         saved["stats"][t, :rows], hidden, LAYER_NORM_EPS, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
+        elif family == "gru":
+            _launch("gru_forward", elements, px, pre_h, h_prev, cand, gates, h_cell, hidden,
+                    HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+        else:
+            _launch("rnn_forward", elements, px, pre_h, h_cell, **flags, UPCAST=upcast)
+        if zoneout is None:
+            if w_hr is not None:  # h = W_hr h′
+                torch.mm(h_cell, w_hr_t, out=y[t, :rows])
+        else:  # d ⊙ old + (1 − d) ⊙ new, per state part (`engine.scan.zone_out`)
             keep = zoneout[t, :rows]
-            h_cell = keep[:, :out_size] * h_prev + (1 - keep[:, :out_size]) * h_cell
+            h_new = h_cell if w_hr is None else h_cell @ w_hr_t
+            torch.lerp(h_new, h_prev, keep[:, :out_size], out=y[t, :rows])
             if c_new is not None:
-                c_mixed = keep[:, out_size:] * c[:rows] + (1 - keep[:, out_size:]) * c_new
-                saved["c_trace"][t, :rows] = c_mixed
-                c[:rows] = c_mixed
-        elif c_new is not None:
-            c[:rows] = c_new
-        h[:rows] = h_cell
-        y[t, :rows] = h_cell
-    if fgr:  # the state [c | a], and for traces every step's
-        c = torch.cat([c, a], dim=1)
-        gates_ifo = saved["gates"].view(steps, batch, 4, hidden)[:, :, _FGR_GATES].reshape(steps, batch, 3 * hidden)
-        saved["c_trace"] = torch.cat([saved["c_next"], gates_ifo], dim=2)
-    return y, h, c, saved
+                torch.lerp(c_new, c_prev, keep[:, out_size:], out=c_state[t, :rows])
+    # the final states: the last step's, or for a packed batch each row's own last step
+    if packed:
+        last = torch.tensor([int(b) for b in config.batch_sizes], device=y.device)
+        lengths = (torch.arange(batch, device=y.device)[None, :] < last[:, None]).sum(0)  # (B,)
+        rows_of = torch.arange(batch, device=y.device)
+        final = lambda seq: seq[lengths - 1, rows_of]  # noqa: E731  (B, ·)
+    else:
+        final = lambda seq: seq[0 if config.reverse else steps - 1].clone()  # noqa: E731
+    h_n = final(y)
+    c_n = None if c0 is None else final(c_state)
+    if fgr:
+        c_n = torch.cat([c_n, _fgr_gates(final(gates_all))], dim=1)
+        saved["c_trace"] = torch.cat([c_state, _fgr_gates(gates_all)], dim=2)  # [c | a] after each step
+    return y, h_n, c_n, saved
 
 
-def _backward(config: _Config, w_hh, w_hr, zoneout, mask, candidate, saved, dy, dh_n, dc_n, aux=()):
+def _previous(seq: Tensor, first: Tensor, reverse: bool) -> Tensor:
+    """What each step read of a state kept in `seq` (T, B, ·): seq shifted by one step, `first` (B, ·) at the first
+    step (the start of a packed row is step 0: its rows are a shrinking prefix)."""
+    if reverse:
+        return torch.cat([seq[1:], first[None]])
+    return torch.cat([first[None], seq[:-1]])
+
+
+def _backward(config: _Config, h0, c0, w_hh, w_hr, zoneout, mask, candidate, aux, y, saved, dy, dh_n, dc_n):
     """The backward loop, mirroring `_forward` step by step in reverse. Returns (d_pre_x (T, B, G·H), dh0 (B, P),
-    dc0 (B, H) (FGR's (B, 4H): [dc | da]) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
+    dc0 (B, S) (FGR's (B, 4H): [dc | da]) or None, dW_hh, db_hh, dW_hr or None, *d_aux (the gradients of aux))."""
+    steps, batch, out_size = y.shape
+    gate_rows = w_hh.shape[0]
     family, flags = KERNELS[config.cell]
-    like = saved["gates"]  # every buffer takes its dtype and device
-    steps, batch, gate_rows = like.shape
     hidden = gate_rows // CELL_SPECS[config.cell].gate_count
-    out_size = saved["h_prev"].shape[2]
+    width = 3 * hidden if family == "slstm" else hidden
+    like = y  # every buffer takes its dtype and device
     upcast = like.dtype in (torch.float16, torch.bfloat16)
-    d_pre_x = like.new_zeros(steps, batch, gate_rows)  # zero at inactive rows, so the GEMMs after the loop skip them
-    # the gradient of W_hh h (+ b_hh): the same as d_pre_x but for the GRU (h_n's r) and the LayerNorm LSTM (LN)
-    d_pre_h = (like.new_zeros(steps, batch, gate_rows) if family in ("gru", "layernorm_lstm", "layernorm_gru")
-               else d_pre_x)
-    # each step's and row's part of the gradient of each aux parameter (the LayerNorm LSTM's γ_hh, γ_c, β_c; the
-    # peepholes), summed after the loop
-    aux_parts = tuple(like.new_zeros(steps, batch, a.numel()) for a in aux)
-    dh_proj = like.new_zeros(steps, batch, out_size) if w_hr is not None else None  # gradient of W_hr h′, per step
-    dh = like.new_zeros(batch, out_size) if dh_n is None else dh_n.contiguous().clone()
-    dc = None
-    if family in _WITH_C:
-        dc = like.new_zeros(batch, hidden) if dc_n is None else dc_n[:, :hidden].contiguous().clone()
-    if family == "slstm":  # the gradient of the state [c | n | m]
-        dc = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n.contiguous().clone()
+    packed = bool(config.batch_sizes)
+    new = like.new_zeros if packed else like.new_empty  # packed: zero at inactive rows, which the GEMMs then skip
+    d_pre_x = new(steps, batch, gate_rows)
+    d_pre_h = new(steps, batch, gate_rows) if family in _OWN_PRE_H else d_pre_x  # the GRU's h_n, the LayerNorms
+    # each step's and row's part of the gradient of each aux parameter, summed after the loop
+    aux_parts = tuple(new(steps, batch, a.numel()) for a in aux)
+    dh_proj = new(steps, batch, out_size) if w_hr is not None else None  # the gradient of h = W_hr h′, per step
+    gates_all, c_state = saved["gates"], saved.get("c_state")
     fgr = family == "fgr"
-    if fgr:  # the gradient of a = [i | f | o], which the next step's GEMM read
-        da = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n[:, hidden:].contiguous().clone()
-    for t in (range(steps) if config.reverse else range(steps - 1, -1, -1)):
-        rows = _active(config, t, batch)
+    a0 = None
+    if fgr:
+        c0, a0 = c0[:, :hidden].contiguous(), c0[:, hidden:].contiguous()  # (B, H), (B, 3H): the kernels' rows
+    # the carries into each step, alternating between two buffers; both start as the final states' gradients, so a
+    # packed row starts from them at its own last step (its rows untouched until then)
+    start_h = like.new_zeros(batch, out_size) if dh_n is None else dh_n
+    dh_bufs = [start_h.contiguous().clone(), start_h.contiguous().clone()]
+    dc_bufs = da_bufs = None
+    if family in _WITH_C:
+        start_c = like.new_zeros(batch, width) if dc_n is None else dc_n[:, :width]
+        dc_bufs = [start_c.contiguous().clone(), start_c.contiguous().clone()]
+    if fgr:
+        start_a = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n[:, hidden:]
+        da_bufs = [start_a.contiguous().clone(), start_a.contiguous().clone()]
+    scratch_dh = like.new_empty(batch, out_size)
+    w_hh_t = w_hh.t()
+    order = _order(config, steps)
+    for j, (t, before, rows) in enumerate(reversed(order)):
+        rows = batch if rows < 0 else rows
         elements = rows * hidden
-        dh_t = dh[:rows] if dy is None else dh[:rows] + dy[t, :rows]  # y[t] = h after step t
-        dh_old = None
+        dh_in, dh_out = dh_bufs[j % 2][:rows], dh_bufs[(j + 1) % 2][:rows]
+        dh_t = dh_in if dy is None else torch.add(dh_in, dy[t, :rows], out=scratch_dh[:rows])  # y[t]: h after t
+        h_prev = h0[:rows] if before is None else y[before, :rows]
+        c_prev = None if c0 is None else (c0[:rows] if before is None else c_state[before, :rows])
+        dh_old = dc_old = None
         if zoneout is not None:  # h = d ⊙ old + (1 − d) ⊙ new
             keep = zoneout[t, :rows]
-            dh_old = keep[:, :out_size] * dh_t
-            dh_t = (1 - keep[:, :out_size]) * dh_t
-        cand = None if candidate is None else candidate[t, :rows].contiguous()
-        if family in _WITH_C:
-            dc_t = dc[:rows].clone()
-            dc_old = None
+            dh_old, dh_t = keep[:, :out_size] * dh_t, (1 - keep[:, :out_size]) * dh_t
+        dc_t = dc_out = None
+        if dc_bufs is not None:
+            dc_t, dc_out = dc_bufs[j % 2][:rows], dc_bufs[(j + 1) % 2][:rows]
             if zoneout is not None:
-                dc_old = zoneout[t, :rows, out_size:] * dc_t
-                dc_t = (1 - zoneout[t, :rows, out_size:]) * dc_t
-            if w_hr is not None:  # h = W_hr h′
-                dh_proj[t, :rows] = dh_t
-                dh_t = dh_t @ w_hr
-            dc_prev = like.new_empty(rows, hidden)
-            if family == "lstm":
-                _launch("lstm_backward", elements, dh_t.contiguous(), dc_t, saved["gates"][t, :rows],
-                        saved["c_prev"][t, :rows], saved["c_next"][t, :rows], d_pre_x if cand is None else cand,
-                        d_pre_x[t, :rows], dc_prev, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-            elif family in ("peephole", "fgr"):
-                _launch("peephole_lstm_backward", elements, dh_t.contiguous(), dc_t,
-                        da[:rows].clone() if fgr else dc_t, saved["gates"][t, :rows], saved["c_prev"][t, :rows],
-                        saved["c_next"][t, :rows], *aux, d_pre_x if cand is None else cand, d_pre_x[t, :rows],
-                        dc_prev, aux_parts[0][t, :rows], hidden, **flags, GATE_RECURRENCE=fgr,
-                        HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-            else:
-                _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t.contiguous(), dc_t,
-                             saved["gates"][t, :rows], saved["c_prev"][t, :rows], saved["c_next"][t, :rows],
-                             saved["wh"][t, :rows], saved["stats"][t, :rows], *aux, d_pre_x[t, :rows],
-                             d_pre_h[t, :rows], dc_prev, *(part[t, :rows] for part in aux_parts), hidden,
-                             UPCAST=upcast)
-            dc[:rows] = dc_prev if dc_old is None else dc_prev + dc_old
-            dh_direct = None
+                dc_old, dc_t = keep[:, out_size:] * dc_t, (1 - keep[:, out_size:]) * dc_t
+        if w_hr is not None:  # h = W_hr h′
+            dh_proj[t, :rows] = dh_t
+            dh_t = dh_t @ w_hr
+        dh_t = dh_t.contiguous()
+        gates = gates_all[t, :rows]
+        cand = d_pre_x if candidate is None else candidate[t, :rows].contiguous()
+        parts = [part[t, :rows] for part in aux_parts]
+        dh_direct = None  # the GRUs' gradient through z ⊙ h
+        if family == "lstm":
+            _launch("lstm_backward", elements, dh_t, dc_t, gates, c_prev, saved["c_next"][t, :rows], cand,
+                    d_pre_x[t, :rows], dc_out, hidden, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+        elif family in ("peephole", "fgr"):
+            _launch("peephole_lstm_backward", elements, dh_t, dc_t, da_bufs[j % 2][:rows] if fgr else dc_t, gates,
+                    c_prev, saved["c_next"][t, :rows], *aux, cand, d_pre_x[t, :rows], dc_out, *parts, hidden,
+                    **flags, GATE_RECURRENCE=fgr, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
         elif family == "slstm":
-            d_state_prev = like.new_empty(rows, 3 * hidden)
-            _launch("slstm_backward", elements, dh_t.contiguous(), dc[:rows].clone(), saved["gates"][t, :rows],
-                    saved["extra"][t, :rows], saved["state_next"][t, :rows], saved["state_prev"][t, :rows],
-                    d_pre_x[t, :rows], d_state_prev, hidden, UPCAST=upcast)
-            dc[:rows] = d_state_prev
-            dh_direct = None
+            _launch("slstm_backward", elements, dh_t, dc_t, gates, saved["extra"][t, :rows],
+                    saved["c_next"][t, :rows], c_prev, d_pre_x[t, :rows], dc_out, hidden, UPCAST=upcast)
+        elif family == "layernorm_lstm":
+            _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t, dc_t, gates, c_prev,
+                         saved["c_next"][t, :rows], saved["pre_h"][t, :rows], saved["stats"][t, :rows], *aux,
+                         d_pre_x[t, :rows], d_pre_h[t, :rows], dc_out, *parts, hidden, UPCAST=upcast)
         elif family == "layernorm_gru":
             dh_direct = like.new_empty(rows, hidden)
-            _launch_rows("layernorm_gru_backward", rows, hidden, dh_t.contiguous(), saved["gates"][t, :rows],
-                         saved["h_prev"][t, :rows], saved["wh"][t, :rows], saved["stats"][t, :rows], aux[0], aux[-1],
-                         d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct, aux_parts[0][t, :rows],
-                         aux_parts[-1][t, :rows], hidden, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
+            _launch_rows("layernorm_gru_backward", rows, hidden, dh_t, gates, h_prev, saved["pre_h"][t, :rows],
+                         saved["stats"][t, :rows], aux[0], aux[-1], d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct,
+                         parts[0], parts[-1], hidden, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
         elif family == "gru":
             dh_direct = like.new_empty(rows, hidden)
-            _launch("gru_backward", elements, dh_t.contiguous(), saved["gates"][t, :rows], saved["pre_h"][t, :rows],
-                    saved["h_prev"][t, :rows], d_pre_x if cand is None else cand, d_pre_x[t, :rows],
-                    d_pre_h[t, :rows], dh_direct, hidden, HAS_CANDIDATE=cand is not None, UPCAST=upcast)
-        else:
-            h_cell = saved["gates"] if zoneout is None else saved["h_cell"]
-            _launch("rnn_backward", elements, dh_t.contiguous(), h_cell[t, :rows], d_pre_x[t, :rows], **flags,
+            _launch("gru_backward", elements, dh_t, gates, saved["pre_h"][t, :rows], h_prev, cand,
+                    d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct, hidden, HAS_CANDIDATE=candidate is not None,
                     UPCAST=upcast)
-            dh_direct = None
-        dh_prev = d_pre_h[t, :rows] @ w_hh  # pre_h = W_hh (h ⊙ m) + b_hh
+        else:
+            _launch("rnn_backward", elements, dh_t, gates, d_pre_x[t, :rows], **flags, UPCAST=upcast)
+        if dc_old is not None:
+            dc_out += dc_old
+        # pre_h = W_hh (h ⊙ m) (+ b_hh): the carry into the step before
         if fgr:  # FGR's GEMM read [h ⊙ m | a]
-            dh_prev, da[:rows] = dh_prev[:, :out_size], dh_prev[:, out_size:]
+            d_read = d_pre_h[t, :rows] @ w_hh
+            dh_out.copy_(d_read[:, :out_size])
+            da_bufs[(j + 1) % 2][:rows] = d_read[:, out_size:]
+        elif dh_direct is not None and mask is None:
+            torch.addmm(dh_direct, d_pre_h[t, :rows], w_hh, out=dh_out)
+            dh_direct = None
+        else:
+            torch.mm(d_pre_h[t, :rows], w_hh, out=dh_out)
         if mask is not None:
-            dh_prev = dh_prev * mask[:rows]
-        if dh_direct is not None:  # the GRU's z ⊙ h
-            dh_prev = dh_prev + dh_direct
+            dh_out *= mask[:rows]
+        if dh_direct is not None:
+            dh_out += dh_direct
         if dh_old is not None:
-            dh_prev = dh_prev + dh_old
-        dh[:rows] = dh_prev
-    h_read = saved["h_prev"] if mask is None else saved["h_prev"] * mask  # (T, B, P): what W_hh read
+            dh_out += dh_old
+    final = steps % 2  # the buffers the last step wrote
+    h_read = _previous(y, h0, config.reverse)  # (T, B, P): what each step's GEMM read
+    if mask is not None:
+        h_read = h_read * mask
     if fgr:
-        h_read = torch.cat([h_read, saved["a_prev"]], dim=2)  # (T, B, P + 3H)
-        dc = torch.cat([dc, da], dim=1)
+        h_read = torch.cat([h_read, _previous(_fgr_gates(gates_all), a0, config.reverse)], dim=2)  # (T, B, P + 3H)
     dw_hh = d_pre_h.reshape(-1, gate_rows).t() @ h_read.reshape(-1, h_read.shape[2])
     db_hh = d_pre_h.sum((0, 1))
     dw_hr = None
     if w_hr is not None:
         dw_hr = dh_proj.reshape(-1, out_size).t() @ saved["h_raw"].reshape(-1, hidden)
+    dc0 = None if dc_bufs is None else dc_bufs[final]
+    if fgr:
+        dc0 = torch.cat([dc0, da_bufs[final]], dim=1)
     d_aux = [part.sum((0, 1)) for part in aux_parts]
-    return (d_pre_x, dh, dc, dw_hh, db_hh, dw_hr, *d_aux)
+    return (d_pre_x, dh_bufs[final], dc0, dw_hh, db_hh, dw_hr, *d_aux)
+
+
+def _reverse_within_lengths(batch_sizes: Sequence[int], device) -> Tensor:
+    """For a packed batch (sorted, `batch_sizes` non-increasing): the step index (T, B) that reverses each row's
+    sequence within its own length (t -> length − 1 − t; padded steps stay), an involution. A reverse direction
+    becomes a forward one on the sequences so permuted."""
+    sizes = torch.tensor([int(b) for b in batch_sizes])
+    steps, batch = len(batch_sizes), int(sizes[0])
+    lengths = (torch.arange(batch)[None, :] < sizes[:, None]).sum(0)  # (B,)
+    t = torch.arange(steps)[:, None]
+    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t).to(device)  # (T, B)
+
+
+def _permute_steps(seq: Optional[Tensor], index: Optional[Tensor]) -> Optional[Tensor]:
+    """seq (T, B, ·) with seq[t, b] taken from seq[index[t, b], b]."""
+    if seq is None or index is None:
+        return seq
+    return seq.gather(0, index[:, :, None].expand(-1, -1, seq.shape[2]))
 
 
 def run_layer_triton(
@@ -384,8 +437,13 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
     from gatedrnn.engine.fused import _trace, _TraceHasNoGradient
 
     spec = CELL_SPECS[cell]
-    config = _Config(cell, tuple(int(b) for b in batch_sizes) if batch_sizes is not None else (), reverse)
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
+    # a packed reverse direction: forward on each row's reversed sequence (`_reverse_within_lengths`)
+    flip = _reverse_within_lengths(batch_sizes, x.device) if batch_sizes is not None and reverse else None
+    if flip is not None:
+        x, zoneout, candidate = (_permute_steps(t, flip) for t in (x, zoneout, candidate))
+        reverse = False
+    config = _Config(cell, tuple(int(b) for b in batch_sizes) if batch_sizes is not None else (), reverse)
     c0 = state0[1] if spec.has_cell_state else None
     aux = ()
     family = KERNELS[cell][0]
@@ -407,18 +465,23 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
     else:
         aux = weights.extra  # the peepholes
         pre_x = F.linear(x, w_ih, b_ih)  # (T, B, G·H): every step's input projection in one GEMM
+        if b_hh is not None and family != "gru":  # pre_x + pre_h is all the cell reads: b_hh joins pre_x once
+            pre_x = pre_x + b_hh
+            b_hh = None
     y, h_n, c_n, gates, c_trace = TritonScan.apply(config, pre_x, state0[0], c0, w_hh, b_hh, w_hr, zoneout, mask,
                                                    candidate, *aux)
     if c_n is None:
         state = (h_n,)
-    else:  # FGR's [c | a] split back into its states
+    else:  # FGR's [c | a] and the sLSTM's [c | n | m] split back into their states
         state = (h_n, *c_n.split(spec.state_sizes(w_hh.shape[0] // spec.gate_count), dim=1))
+    y_out = _permute_steps(y, flip)
     if not trace:
-        return ScanResult(y, state, None)
+        return ScanResult(y_out, state, None)
     if family == "rnn":
-        traced = spec.trace_type(y.clone())
+        traced = spec.trace_type(y_out.clone())
     else:
-        traced = _trace(cell, y, gates, c_trace if c_trace is not None else gates.new_empty(0))
+        gates, c_trace = _permute_steps(gates, flip), _permute_steps(c_trace, flip)
+        traced = _trace(cell, y_out, gates, c_trace if c_trace is not None else gates.new_empty(0))
     if y.requires_grad:  # h (y's clone) carries y's gradient; the rest come from saved buffers and carry none
         traced = type(traced)(*(_TraceHasNoGradient.apply(y, t) if t.grad_fn is None else t for t in traced))
-    return ScanResult(y, state, traced)
+    return ScanResult(y_out, state, traced)
