@@ -128,7 +128,7 @@ def test_gradcheck_lstm_with_projection_and_noise():
                                   False, False, noise)
         return result.y, *result.state
 
-    assert torch.autograd.gradcheck(run, (x, *state, *weights[:5]))
+    assert torch.autograd.gradcheck(run, (x, *state, *weights[:5]), fast_mode=True)
 
 
 @pytest.mark.parametrize("kind,options", [
@@ -263,7 +263,7 @@ def test_gradcheck_layernorm_lstm():
         result = run_layer_triton("layernorm_lstm", x, (h0, c0), LayerWeights(w_ih, w_hh, b_ih, b_hh, None, extra))
         return result.y, *result.state
 
-    assert torch.autograd.gradcheck(run, (x, *state, *weights[:4], *weights.extra))
+    assert torch.autograd.gradcheck(run, (x, *state, *weights[:4], *weights.extra), fast_mode=True)
 
 
 def test_half_precision_computes_in_float32():
