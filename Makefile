@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 # On a CUDA machine, in its own python3 (torch with CUDA and Triton installed; no venv, no downloads): the GPU
 # parity suite, then the GPU benchmark, whose JSON lands in benchmarks/results/ named after the GPU.
 GPU_PYTHON ?= python3
+GPU_RESULTS ?= benchmarks/results
 
 .PHONY: demo test bench readme install clean gpu-check
 
@@ -42,7 +43,7 @@ readme: $(STAMP)
 # The benchmark runs even when a test fails (the GPU's time is scarce); the target exits with pytest's status.
 gpu-check:
 	PYTHONPATH=src $(GPU_PYTHON) -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_triton.py; tests=$$?; \
-	PYTHONPATH=src $(GPU_PYTHON) -m gatedrnn.bench.gpu --out benchmarks/results && exit $$tests
+	PYTHONPATH=src $(GPU_PYTHON) -m gatedrnn.bench.gpu --out $(GPU_RESULTS) && exit $$tests
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -334,6 +334,12 @@ def test_gpu_bench_quick_on_the_cpu(tmp_path, monkeypatch, capsys):
     assert len(table) == 1 + len(cases)  # the header, then one row per case
     for case, row in zip(cases, table[1:]):
         assert row.startswith(f"| {case['name']} |")
+    # the README's gpu block shows a committed run the same way, naming its file
+    from gatedrnn.bench import readme
+
+    monkeypatch.setattr(readme, "GPU_RUNS", (files[0].relative_to(tmp_path),))
+    block = readme.render_gpu(tmp_path)
+    assert block.startswith(f"`{files[0].name}`:") and gpu.render_markdown(result) in block
 
 
 def test_results_never_overwrite(tmp_path):

@@ -11,6 +11,7 @@ Each generated block sits between `<!-- generated:NAME -->` and `<!-- /generated
     regularisers  the char-LM regulariser study, docs/results/regulariser_study.json
             (`python -m gatedrnn.bench.regulariser_study`)
     greff   the Greff-style study on the chorales, docs/results/greff_study.json (`python -m gatedrnn.bench.greff_study`)
+    gpu     the GPU benchmark, from benchmarks/results/gpu-*.json (`make gpu-check` on a CUDA machine; GPU_RUNS)
 
 Every block names its source files and the CPU the timings came from. Without --check the blocks are
 rewritten in place; with --check nothing is written and the exit code is 1 when a block differs from what
@@ -50,6 +51,8 @@ SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
     (Path("benchmarks/results/2026-11-30-5.json"), None),
     (Path("benchmarks/results/2026-11-25-2.json"), Path("benchmarks/results/2026-11-25-3.json")),
 )
+# GPU runs shown in the README (`make gpu-check` writes benchmarks/results/gpu-<gpu>-<date>-<n>.json), newest first.
+GPU_RUNS: tuple[Path, ...] = ()
 TASK_ORDER = ("adding", "copy", "temporal_order", "sunspots", "vowels", "charlm")
 TASK_DATA = {  # what the data is (words only: every number in the table comes from the result files)
     "adding": "generated (H&S 1997)", "copy": "generated", "temporal_order": "generated (H&S 1997 exp. 6a)",
@@ -273,9 +276,20 @@ def render_greff(root: Path) -> str:
     return "\n".join(lines)
 
 
+def render_gpu(root: Path) -> str:
+    """One table per committed GPU run (`gatedrnn.bench.gpu.render_markdown`), or the line saying there is none."""
+    if not GPU_RUNS:
+        return ("No GPU run is committed yet: `make gpu-check` on a CUDA machine writes one, and this block then "
+                "shows it. The GPU engine's speed is unmeasured.")
+    from gatedrnn.bench.gpu import render_markdown
+
+    return "\n".join(f"`{path}`:\n\n" + render_markdown(json.loads((root / path).read_text())) for path in GPU_RUNS)
+
+
 BLOCKS: dict[str, Callable[[Path], str]] = {"demo": render_demo, "tasks": render_tasks, "speed": render_speed,
                                             "init": render_init, "variants": render_variants,
-                                            "regularisers": render_regularisers, "greff": render_greff}
+                                            "regularisers": render_regularisers, "greff": render_greff,
+                                            "gpu": render_gpu}
 
 
 def _pattern(name: str) -> re.Pattern:
