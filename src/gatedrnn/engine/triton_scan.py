@@ -157,6 +157,15 @@ def _order(config: _Config, steps: int) -> list[tuple[int, Optional[int], int]]:
     return [(t, times[k - 1] if k else None, rows[t] if rows else -1) for k, t in enumerate(times)]
 
 
+def _per_step(seq: Optional[Tensor]) -> Optional[tuple[Tensor, ...]]:
+    """seq (T, B, ·) as T views (B, ·), made in one call."""
+    return None if seq is None else seq.unbind(0)
+
+
+def _keep(view: Tensor) -> Tensor:
+    return view
+
+
 def _fgr_gates(gates: Tensor) -> Tensor:
     """FGR's a = [i | f | o] from gate activations (..., 4H) -> (..., 3H)."""
     shape = gates.shape
@@ -203,26 +212,32 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
     scratch_h = like.new_empty(batch, hidden) if zoneout is not None and family != "rnn" else None
     w_hh_t, w_hr_t = w_hh.t(), None if w_hr is None else w_hr.t()
     c_state, gates_all = saved.get("c_state"), saved["gates"]
+    # every step's views, made once: indexing a tensor costs microseconds of Python, a list index nanoseconds
+    Y, PX, GATES = _per_step(y), _per_step(pre_x), _per_step(gates_all)
+    C_NEXT, C_STATE, PRE_H = _per_step(saved.get("c_next")), _per_step(c_state), _per_step(saved.get("pre_h"))
+    STATS, EXTRA, H_RAW = _per_step(saved.get("stats")), _per_step(saved.get("extra")), _per_step(saved.get("h_raw"))
+    ZONEOUT, CAND = _per_step(zoneout), _per_step(candidate)
     for t, before, rows in _order(config, steps):
         rows = batch if rows < 0 else rows
+        cut = _keep if rows == batch else (lambda view, rows=rows: view[:rows])  # noqa: E731 (a packed step)
         elements = rows * hidden
-        h_prev = h0[:rows] if before is None else y[before, :rows]
-        c_prev = None if c0 is None else (c0[:rows] if before is None else c_state[before, :rows])
-        read = h_prev if mask is None else h_prev * mask[:rows]
+        h_prev = cut(h0) if before is None else cut(Y[before])
+        c_prev = None if c0 is None else (cut(c0) if before is None else cut(C_STATE[before]))
+        read = h_prev if mask is None else h_prev * cut(mask)
         if fgr:  # the GEMM reads [h ⊙ m | a]: R_g a joins the i, f, o rows
-            read = torch.cat([read, a0[:rows] if before is None else _fgr_gates(gates_all[before, :rows])], dim=1)
-        pre_h = saved["pre_h"][t, :rows] if family in _OWN_PRE_H else scratch_pre_h[:rows]
+            read = torch.cat([read, cut(a0) if before is None else _fgr_gates(cut(GATES[before]))], dim=1)
+        pre_h = cut(PRE_H[t]) if family in _OWN_PRE_H else cut(scratch_pre_h)
         if b_hh is not None:
             torch.addmm(b_hh, read, w_hh_t, out=pre_h)
         else:
             torch.mm(read, w_hh_t, out=pre_h)
-        gates = gates_all[t, :rows]
-        cand = pre_x if candidate is None else candidate[t, :rows].contiguous()
-        c_new = saved["c_next"][t, :rows] if family in _WITH_C else None
+        gates = cut(GATES[t])
+        cand = pre_x if candidate is None else cut(CAND[t]).contiguous()
+        c_new = cut(C_NEXT[t]) if family in _WITH_C else None
         # where the cell's h goes: y itself, or on to the projection or the zoneout mix
-        h_cell = (saved["h_raw"][t, :rows] if w_hr is not None else gates if family == "rnn"
-                  else scratch_h[:rows] if zoneout is not None else y[t, :rows])
-        px = pre_x[t, :rows]
+        h_cell = (cut(H_RAW[t]) if w_hr is not None else gates if family == "rnn"
+                  else cut(scratch_h) if zoneout is not None else cut(Y[t]))
+        px = cut(PX[t])
         if family == "lstm":
             _launch("lstm_forward", elements, px, pre_h, c_prev, cand, gates, c_new, h_cell, hidden,
                     HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
@@ -230,14 +245,14 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             _launch("peephole_lstm_forward", elements, px, pre_h, c_prev, *aux, cand, gates, c_new, h_cell, hidden,
                     **flags, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
         elif family == "slstm":
-            _launch("slstm_forward", elements, px, pre_h, c_prev, gates, saved["extra"][t, :rows], c_new, h_cell,
-                    hidden, **flags, UPCAST=upcast)
+            _launch("slstm_forward", elements, px, pre_h, c_prev, gates, cut(EXTRA[t]), c_new, h_cell, hidden,
+                    **flags, UPCAST=upcast)
         elif family == "layernorm_lstm":
             _launch_rows("layernorm_lstm_forward", rows, hidden, px, pre_h, c_prev, *aux, gates, c_new, h_cell,
-                         saved["stats"][t, :rows], hidden, LAYER_NORM_EPS, UPCAST=upcast)
+                         cut(STATS[t]), hidden, LAYER_NORM_EPS, UPCAST=upcast)
         elif family == "layernorm_gru":
             _launch_rows("layernorm_gru_forward", rows, hidden, px, pre_h, h_prev, aux[0], aux[-1], gates, h_cell,
-                         saved["stats"][t, :rows], hidden, LAYER_NORM_EPS, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
+                         cut(STATS[t]), hidden, LAYER_NORM_EPS, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
         elif family == "gru":
             _launch("gru_forward", elements, px, pre_h, h_prev, cand, gates, h_cell, hidden,
                     HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
@@ -245,13 +260,13 @@ def _forward(config: _Config, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask, ca
             _launch("rnn_forward", elements, px, pre_h, h_cell, **flags, UPCAST=upcast)
         if zoneout is None:
             if w_hr is not None:  # h = W_hr h′
-                torch.mm(h_cell, w_hr_t, out=y[t, :rows])
+                torch.mm(h_cell, w_hr_t, out=cut(Y[t]))
         else:  # d ⊙ old + (1 − d) ⊙ new, per state part (`engine.scan.zone_out`)
-            keep = zoneout[t, :rows]
+            keep = cut(ZONEOUT[t])
             h_new = h_cell if w_hr is None else h_cell @ w_hr_t
-            torch.lerp(h_new, h_prev, keep[:, :out_size], out=y[t, :rows])
+            torch.lerp(h_new, h_prev, keep[:, :out_size], out=cut(Y[t]))
             if c_new is not None:
-                torch.lerp(c_new, c_prev, keep[:, out_size:], out=c_state[t, :rows])
+                torch.lerp(c_new, c_prev, keep[:, out_size:], out=cut(C_STATE[t]))
     # the final states: the last step's, or for a packed batch each row's own last step
     if packed:
         last = torch.tensor([int(b) for b in config.batch_sizes], device=y.device)
@@ -310,72 +325,75 @@ def _backward(config: _Config, h0, c0, w_hh, w_hr, zoneout, mask, candidate, aux
         start_a = like.new_zeros(batch, 3 * hidden) if dc_n is None else dc_n[:, hidden:]
         da_bufs = [start_a.contiguous().clone(), start_a.contiguous().clone()]
     scratch_dh = like.new_empty(batch, out_size)
-    w_hh_t = w_hh.t()
-    order = _order(config, steps)
-    for j, (t, before, rows) in enumerate(reversed(order)):
+    # every step's views, made once (see `_forward`)
+    Y, DY, GATES, C_NEXT, C_STATE = (_per_step(seq) for seq in (y, dy, gates_all, saved.get("c_next"), c_state))
+    PRE_H, STATS, EXTRA = _per_step(saved.get("pre_h")), _per_step(saved.get("stats")), _per_step(saved.get("extra"))
+    D_PRE_X, D_PRE_H, DH_PROJ = _per_step(d_pre_x), _per_step(d_pre_h), _per_step(dh_proj)
+    ZONEOUT, CAND, PARTS = _per_step(zoneout), _per_step(candidate), [_per_step(part) for part in aux_parts]
+    for j, (t, before, rows) in enumerate(reversed(_order(config, steps))):
         rows = batch if rows < 0 else rows
+        cut = _keep if rows == batch else (lambda view, rows=rows: view[:rows])  # noqa: E731 (a packed step)
         elements = rows * hidden
-        dh_in, dh_out = dh_bufs[j % 2][:rows], dh_bufs[(j + 1) % 2][:rows]
-        dh_t = dh_in if dy is None else torch.add(dh_in, dy[t, :rows], out=scratch_dh[:rows])  # y[t]: h after t
-        h_prev = h0[:rows] if before is None else y[before, :rows]
-        c_prev = None if c0 is None else (c0[:rows] if before is None else c_state[before, :rows])
+        dh_in, dh_out = cut(dh_bufs[j % 2]), cut(dh_bufs[(j + 1) % 2])
+        dh_t = dh_in if dy is None else torch.add(dh_in, cut(DY[t]), out=cut(scratch_dh))  # y[t]: h after t
+        h_prev = cut(h0) if before is None else cut(Y[before])
+        c_prev = None if c0 is None else (cut(c0) if before is None else cut(C_STATE[before]))
         dh_old = dc_old = None
         if zoneout is not None:  # h = d ⊙ old + (1 − d) ⊙ new
-            keep = zoneout[t, :rows]
+            keep = cut(ZONEOUT[t])
             dh_old, dh_t = keep[:, :out_size] * dh_t, (1 - keep[:, :out_size]) * dh_t
         dc_t = dc_out = None
         if dc_bufs is not None:
-            dc_t, dc_out = dc_bufs[j % 2][:rows], dc_bufs[(j + 1) % 2][:rows]
+            dc_t, dc_out = cut(dc_bufs[j % 2]), cut(dc_bufs[(j + 1) % 2])
             if zoneout is not None:
                 dc_old, dc_t = keep[:, out_size:] * dc_t, (1 - keep[:, out_size:]) * dc_t
         if w_hr is not None:  # h = W_hr h′
-            dh_proj[t, :rows] = dh_t
+            cut(DH_PROJ[t]).copy_(dh_t)
             dh_t = dh_t @ w_hr
         dh_t = dh_t.contiguous()
-        gates = gates_all[t, :rows]
-        cand = d_pre_x if candidate is None else candidate[t, :rows].contiguous()
-        parts = [part[t, :rows] for part in aux_parts]
+        gates, d_pre_x_t, d_pre_h_t = cut(GATES[t]), cut(D_PRE_X[t]), cut(D_PRE_H[t])
+        cand = d_pre_x if candidate is None else cut(CAND[t]).contiguous()
+        parts = [cut(part[t]) for part in PARTS]
         dh_direct = None  # the GRUs' gradient through z ⊙ h
         if family == "lstm":
-            _launch("lstm_backward", elements, dh_t, dc_t, gates, c_prev, saved["c_next"][t, :rows], cand,
-                    d_pre_x[t, :rows], dc_out, hidden, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+            _launch("lstm_backward", elements, dh_t, dc_t, gates, c_prev, cut(C_NEXT[t]), cand, d_pre_x_t, dc_out,
+                    hidden, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
         elif family in ("peephole", "fgr"):
-            _launch("peephole_lstm_backward", elements, dh_t, dc_t, da_bufs[j % 2][:rows] if fgr else dc_t, gates,
-                    c_prev, saved["c_next"][t, :rows], *aux, cand, d_pre_x[t, :rows], dc_out, *parts, hidden,
-                    **flags, GATE_RECURRENCE=fgr, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
+            _launch("peephole_lstm_backward", elements, dh_t, dc_t, cut(da_bufs[j % 2]) if fgr else dc_t, gates,
+                    c_prev, cut(C_NEXT[t]), *aux, cand, d_pre_x_t, dc_out, *parts, hidden, **flags,
+                    GATE_RECURRENCE=fgr, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
         elif family == "slstm":
-            _launch("slstm_backward", elements, dh_t, dc_t, gates, saved["extra"][t, :rows],
-                    saved["c_next"][t, :rows], c_prev, d_pre_x[t, :rows], dc_out, hidden, UPCAST=upcast)
+            _launch("slstm_backward", elements, dh_t, dc_t, gates, cut(EXTRA[t]), cut(C_NEXT[t]), c_prev, d_pre_x_t,
+                    dc_out, hidden, UPCAST=upcast)
         elif family == "layernorm_lstm":
-            _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t, dc_t, gates, c_prev,
-                         saved["c_next"][t, :rows], saved["pre_h"][t, :rows], saved["stats"][t, :rows], *aux,
-                         d_pre_x[t, :rows], d_pre_h[t, :rows], dc_out, *parts, hidden, UPCAST=upcast)
+            _launch_rows("layernorm_lstm_backward", rows, hidden, dh_t, dc_t, gates, c_prev, cut(C_NEXT[t]),
+                         cut(PRE_H[t]), cut(STATS[t]), *aux, d_pre_x_t, d_pre_h_t, dc_out, *parts, hidden,
+                         UPCAST=upcast)
         elif family == "layernorm_gru":
             dh_direct = like.new_empty(rows, hidden)
-            _launch_rows("layernorm_gru_backward", rows, hidden, dh_t, gates, h_prev, saved["pre_h"][t, :rows],
-                         saved["stats"][t, :rows], aux[0], aux[-1], d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct,
-                         parts[0], parts[-1], hidden, HAS_BIAS=len(aux) == 2, UPCAST=upcast)
+            _launch_rows("layernorm_gru_backward", rows, hidden, dh_t, gates, h_prev, cut(PRE_H[t]), cut(STATS[t]),
+                         aux[0], aux[-1], d_pre_x_t, d_pre_h_t, dh_direct, parts[0], parts[-1], hidden,
+                         HAS_BIAS=len(aux) == 2, UPCAST=upcast)
         elif family == "gru":
             dh_direct = like.new_empty(rows, hidden)
-            _launch("gru_backward", elements, dh_t, gates, saved["pre_h"][t, :rows], h_prev, cand,
-                    d_pre_x[t, :rows], d_pre_h[t, :rows], dh_direct, hidden, HAS_CANDIDATE=candidate is not None,
-                    UPCAST=upcast)
+            _launch("gru_backward", elements, dh_t, gates, cut(PRE_H[t]), h_prev, cand, d_pre_x_t, d_pre_h_t,
+                    dh_direct, hidden, HAS_CANDIDATE=candidate is not None, UPCAST=upcast)
         else:
-            _launch("rnn_backward", elements, dh_t, gates, d_pre_x[t, :rows], **flags, UPCAST=upcast)
+            _launch("rnn_backward", elements, dh_t, gates, d_pre_x_t, **flags, UPCAST=upcast)
         if dc_old is not None:
             dc_out += dc_old
         # pre_h = W_hh (h ⊙ m) (+ b_hh): the carry into the step before
         if fgr:  # FGR's GEMM read [h ⊙ m | a]
-            d_read = d_pre_h[t, :rows] @ w_hh
+            d_read = d_pre_h_t @ w_hh
             dh_out.copy_(d_read[:, :out_size])
-            da_bufs[(j + 1) % 2][:rows] = d_read[:, out_size:]
+            cut(da_bufs[(j + 1) % 2]).copy_(d_read[:, out_size:])
         elif dh_direct is not None and mask is None:
-            torch.addmm(dh_direct, d_pre_h[t, :rows], w_hh, out=dh_out)
+            torch.addmm(dh_direct, d_pre_h_t, w_hh, out=dh_out)
             dh_direct = None
         else:
-            torch.mm(d_pre_h[t, :rows], w_hh, out=dh_out)
+            torch.mm(d_pre_h_t, w_hh, out=dh_out)
         if mask is not None:
-            dh_out *= mask[:rows]
+            dh_out *= cut(mask)
         if dh_direct is not None:
             dh_out += dh_direct
         if dh_old is not None:
