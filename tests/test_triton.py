@@ -94,10 +94,16 @@ def _run_both(cell, x, state, weights, batch_sizes, reverse, noise):
     return results
 
 
+def _noise_options(cell: str) -> dict:
+    """Every noise the cell takes: zoneout (not for states of several blocks), the recurrent mask, candidate
+    dropout (cells with a candidate)."""
+    spec = cell_spec(cell)
+    return {"zoneout": spec.state_blocks <= 1, "mask": True, "candidate": spec.candidate_gate is not None}
+
+
 CASES = [(cell, options) for cell in KERNELS
-         for options in ({}, {"packed": True}, {"packed": True, "reverse": True},
-                         {"zoneout": cell_spec(cell).state_blocks <= 1, "mask": True,
-                          "candidate": cell_spec(cell).candidate_gate is not None})]
+         for options in ({}, {"packed": True}, {"packed": True, "reverse": True}, _noise_options(cell),
+                         {"packed": True, "reverse": True, **_noise_options(cell)})]
 CASES += [("lstm", {"proj": 4}), ("lstm", {"proj": 4, "packed": True, "reverse": True, "zoneout": True,
                                            "mask": True, "candidate": True})]
 
@@ -116,6 +122,21 @@ def test_kernels_match_the_step_functions(cell, options):
         assert len(expected) == len(got)
         for a, b in zip(expected, got):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=f"part {part} of {cell} {options}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_fgr", "slstm"])
+def test_strided_initial_states(cell):
+    """An initial state that is a view (an expanded learned state, rows of a transposed tensor) gives what the
+    reference gives: the engine makes its rows contiguous."""
+    torch.manual_seed(12)
+    x, state, weights = _random_layer(cell)
+    strided = tuple(s[:1].detach().expand_as(s) for s in state[:1]) + tuple(
+        s.detach().t().contiguous().t() for s in state[1:])
+    assert not any(s.is_contiguous() for s in strided)
+    got = run_layer_triton(cell, x.detach(), strided, weights, trace=True)
+    expected = scan_reference(cell, x.detach(), strided, weights, trace=True)
+    for a, b in zip((expected.y, *expected.state, *expected.trace), (got.y, *got.state, *got.trace)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
 
 
 def test_gradcheck_lstm_with_projection_and_noise():
