@@ -29,7 +29,11 @@ from torch import Tensor
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.cells.layernorm import LAYER_NORM_EPS
 from gatedrnn.cells.lstm_variants import GREFF_VARIANTS, GreffVariant
-from gatedrnn.engine import triton_cells as kernels
+from gatedrnn.engine import triton_cells, triton_layernorm, triton_variants
+
+# every step kernel by name
+_KERNEL_FUNCTIONS = {name: getattr(module, name) for module in (triton_cells, triton_variants, triton_layernorm)
+                     for name in module.__all__}
 
 
 def _peephole_flags(variant: GreffVariant) -> dict:
@@ -67,14 +71,14 @@ class LoopConfig(NamedTuple):
 
 def _launch(name: str, elements: int, *args, **flags) -> None:
     """An elementwise kernel over `elements` = rows · H, one program per BLOCK of them."""
-    getattr(kernels, name)[kernels.grid(elements)](*args, elements, **flags, BLOCK=kernels.BLOCK)
+    _KERNEL_FUNCTIONS[name][triton_cells.grid(elements)](*args, elements, **flags, BLOCK=triton_cells.BLOCK)
 
 
 def _launch_rows(name: str, rows: int, hidden: int, *args, **flags) -> None:
     """A kernel with one program per row (row reductions: LayerNorm); more warps for wide rows, which hold several
     (BLOCK_H,) blocks live."""
     block = triton.next_power_of_2(hidden)
-    getattr(kernels, name)[(rows,)](*args, **flags, BLOCK_H=block, num_warps=min(16, max(4, block // 256)))
+    _KERNEL_FUNCTIONS[name][(rows,)](*args, **flags, BLOCK_H=block, num_warps=min(16, max(4, block // 256)))
 
 
 class TritonScan(torch.autograd.Function):
