@@ -124,6 +124,32 @@ def test_kernels_match_the_step_functions(cell, options):
             torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9, msg=f"part {part} of {cell} {options}")
 
 
+@pytest.mark.parametrize("cell", sorted(KERNELS))
+def test_inference_keeps_two_steps(cell, monkeypatch):
+    """Without a gradient or a trace the loop keeps each buffer for two steps only (a ring) and gives the reference's
+    outputs and final states, packed and reversed, with noise."""
+    from gatedrnn.engine import triton_loop
+
+    spans = []
+    forward = triton_loop._forward
+
+    def spy(config, *args):
+        result = forward(config, *args)
+        spans.extend(buffer.shape[0] for name, buffer in result[3].items() if buffer is not result[0])
+        return result
+
+    monkeypatch.setattr(triton_loop, "_forward", spy)
+    torch.manual_seed(13)
+    x, state, weights = _random_layer(cell)
+    noise = _noise(cell, x, state, **_noise_options(cell))
+    with torch.no_grad():
+        got = run_layer_triton(cell, x, state, weights, [3, 3, 2, 2, 1], True, False, noise)
+        expected = scan_reference(cell, x, state, weights, [3, 3, 2, 2, 1], True, False, noise)
+    assert spans and set(spans) == {2}
+    for a, b in zip((expected.y, *expected.state), (got.y, *got.state)):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "lstm_fgr", "slstm"])
 def test_strided_initial_states(cell):
     """An initial state that is a view (an expanded learned state, rows of a transposed tensor) gives what the

@@ -62,11 +62,13 @@ _DIRECT_DH = ("gru", "layernorm_gru")  # their kernels give h's gradient through
 
 class LoopConfig(NamedTuple):
     """cell: a key of KERNELS; batch_sizes: () for full sequences, else a packed batch's (forward in time only);
-    reverse: t = T-1 … 0 (full sequences only)."""
+    reverse: t = T-1 … 0 (full sequences only); keep: every step's buffers are kept (for the backward or a trace);
+    else each lives two steps (a ring of two: inference needs the step before only)."""
 
     cell: str
     batch_sizes: tuple[int, ...]
     reverse: bool
+    keep: bool = True
 
 
 def _launch(name: str, elements: int, *args, **flags) -> None:
@@ -148,9 +150,13 @@ def _order(config: LoopConfig, steps: int, batch: int) -> list[tuple[int, Option
     return [(t, times[k - 1] if k else None, rows[t]) for k, t in enumerate(times)]
 
 
-def _per_step(seq: Optional[Tensor]) -> Optional[tuple[Tensor, ...]]:
-    """seq (T, B, ·) as T views (B, ·), made in one call."""
-    return None if seq is None else seq.unbind(0)
+def _per_step(seq: Optional[Tensor], steps: int = 0) -> Optional[list[Tensor]]:
+    """seq (T, B, ·) as T views (B, ·), made in one call; a ring (2, B, ·) as `steps` views, step t in slot t % 2
+    (two consecutive steps, in either direction, never share a slot)."""
+    if seq is None:
+        return None
+    views = seq.unbind(0)
+    return list(views) if not steps or len(views) == steps else [views[t % 2] for t in range(steps)]
 
 
 def _whole(view: Tensor) -> Tensor:
@@ -184,34 +190,40 @@ def _forward(config: LoopConfig, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask,
     width = 3 * hidden if family == "slstm" else hidden
     upcast = pre_x.dtype in (torch.float16, torch.bfloat16)
     packed = bool(config.batch_sizes)
-    alloc = pre_x.new_zeros if packed else pre_x.new_empty  # packed: inactive rows stay zero
-    y = alloc(steps, batch, out_size)
-    saved = {"gates": alloc(steps, batch, gate_rows) if family != "rnn" else None}
+    zeros_or_empty = pre_x.new_zeros if packed else pre_x.new_empty  # packed: inactive rows stay zero
+    y = zeros_or_empty(steps, batch, out_size)
+    span = steps if config.keep else 2  # inference: every buffer but y a ring of two steps
+
+    def per_step(*shape, **options) -> Tensor:
+        """A (T or 2, *shape) buffer of every step's (or the last two steps') values."""
+        return zeros_or_empty(span, *shape, **options)
+
+    saved = {"gates": per_step(batch, gate_rows) if family != "rnn" else None}
     fgr = family == "fgr"
     a0 = None
     if fgr:
         c0, a0 = c0[:, :hidden].contiguous(), c0[:, hidden:].contiguous()  # (B, H), (B, 3H)
     if family in _WITH_C:
-        saved["c_next"] = alloc(steps, batch, width)
-        saved["c_state"] = alloc(steps, batch, width) if zoneout is not None else saved["c_next"]
+        saved["c_next"] = per_step(batch, width)
+        saved["c_state"] = per_step(batch, width) if zoneout is not None else saved["c_next"]
     if family in _OWN_PRE_H:
-        saved["pre_h"] = alloc(steps, batch, gate_rows)
+        saved["pre_h"] = per_step(batch, gate_rows)
     if family in ("layernorm_lstm", "layernorm_gru"):  # in the compute type
-        saved["stats"] = alloc(steps, batch, 4 if family == "layernorm_lstm" else 2,
-                               dtype=torch.float64 if pre_x.dtype == torch.float64 else torch.float32)
+        saved["stats"] = per_step(batch, 4 if family == "layernorm_lstm" else 2,
+                                  dtype=torch.float64 if pre_x.dtype == torch.float64 else torch.float32)
     if family == "slstm":
-        saved["extra"] = alloc(steps, batch, 2 * hidden)
+        saved["extra"] = per_step(batch, 2 * hidden)
     if w_hr is not None:
-        saved["h_raw"] = alloc(steps, batch, hidden)
+        saved["h_raw"] = per_step(batch, hidden)
     if family == "rnn":  # its "gates" are its h before zoneout, which its backward reads
-        saved["gates"] = y if zoneout is None else alloc(steps, batch, hidden)
+        saved["gates"] = y if zoneout is None else per_step(batch, hidden)
     scratch_pre_h = pre_x.new_empty(batch, gate_rows) if family not in _OWN_PRE_H else None
     scratch_h = pre_x.new_empty(batch, hidden) if zoneout is not None and family != "rnn" else None
     w_hh_t, w_hr_t = w_hh.t(), None if w_hr is None else w_hr.t()
-    y_at, pre_x_at, gates_at = _per_step(y), _per_step(pre_x), _per_step(saved["gates"])
-    c_next_at, c_state_at = _per_step(saved.get("c_next")), _per_step(saved.get("c_state"))
-    pre_h_at, stats_at = _per_step(saved.get("pre_h")), _per_step(saved.get("stats"))
-    extra_at, h_raw_at = _per_step(saved.get("extra")), _per_step(saved.get("h_raw"))
+    y_at, pre_x_at, gates_at = _per_step(y), _per_step(pre_x), _per_step(saved["gates"], steps)
+    c_next_at, c_state_at = _per_step(saved.get("c_next"), steps), _per_step(saved.get("c_state"), steps)
+    pre_h_at, stats_at = _per_step(saved.get("pre_h"), steps), _per_step(saved.get("stats"), steps)
+    extra_at, h_raw_at = _per_step(saved.get("extra"), steps), _per_step(saved.get("h_raw"), steps)
     zoneout_at, candidate_at = _per_step(zoneout), _per_step(candidate)
     has_candidate = candidate is not None
     for t, before, rows in _order(config, steps, batch):
@@ -262,24 +274,25 @@ def _forward(config: LoopConfig, pre_x, h0, c0, w_hh, b_hh, w_hr, zoneout, mask,
             torch.lerp(h_new, h_prev, weights[:, :out_size], out=cut(y_at[t]))
             if c_new is not None:
                 torch.lerp(c_new, c_prev, weights[:, out_size:], out=cut(c_state_at[t]))
-    h_n = _final(y, config, steps)
-    c_n = None if c0 is None else _final(saved["c_state"], config, steps)
+    h_n = _final(y_at, config)
+    c_n = None if c0 is None else _final(c_state_at, config)
     if fgr:
-        c_n = torch.cat([c_n, fgr_gates(_final(saved["gates"], config, steps))], dim=1)
+        c_n = torch.cat([c_n, fgr_gates(_final(gates_at, config))], dim=1)
     return y, h_n, c_n, saved
 
 
-def _final(seq: Tensor, config: LoopConfig, steps: int) -> Tensor:
-    """The state after each row's last step, from seq (T, B, ·): the last step's, or for a packed batch (its rows
-    a shrinking prefix) the rows that end at each step, copied where the active rows shrink (no index tensor to
-    move to the device)."""
+def _final(views: list[Tensor], config: LoopConfig) -> Tensor:
+    """The state after each row's last step, from a buffer's per-step views (B, ·): the last step's, or for a
+    packed batch (its rows a shrinking prefix) the rows that end at each step, copied where the active rows shrink
+    (no index tensor to move to the device; in a ring, rows that ended are never written again)."""
+    steps = len(views)
     if not config.batch_sizes:
-        return seq[0 if config.reverse else steps - 1].clone()
+        return views[0 if config.reverse else steps - 1].clone()
     sizes = [int(b) for b in config.batch_sizes] + [0]
-    final = seq.new_empty(seq.shape[1:])
+    final = views[0].new_empty(views[0].shape)
     for t in range(steps):
         if sizes[t + 1] < sizes[t]:  # rows sizes[t+1] .. sizes[t] end at t
-            final[sizes[t + 1]:sizes[t]] = seq[t, sizes[t + 1]:sizes[t]]
+            final[sizes[t + 1]:sizes[t]] = views[t][sizes[t + 1]:sizes[t]]
     return final
 
 

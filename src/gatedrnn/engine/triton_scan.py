@@ -119,6 +119,10 @@ def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> 
         weights = spec.kernel_weights(weights)  # FGR: W_hh = [W_hh | R]; the sLSTM: its R dense, b_hh zeros
         c0 = torch.cat(state0[1:], dim=1)  # the state operand: FGR's [c | a] (B, 4H), the sLSTM's [c | n | m]
     pre_x, b_hh, aux = _input_projection(family, x, weights)
+    # every step's buffers only for a backward or a trace; inference keeps two steps' (`LoopConfig.keep`)
+    operands = (pre_x, state0[0], c0, weights.w_hh, b_hh, weights.w_hr, *aux)
+    keep = trace or (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+    config = config._replace(keep=keep)
     y, h_n, c_n, gates, c_state = TritonScan.apply(config, pre_x, state0[0], c0, weights.w_hh, b_hh, weights.w_hr,
                                                    zoneout, mask, candidate, *aux)
     if c_n is None:
