@@ -250,6 +250,9 @@ def test_traces_match_the_reference_and_carry_no_gradient(triton_backend, monkey
 def test_backend_info_names_the_triton_path(triton_backend, monkeypatch):
     info = gatedrnn.backend_info(device=DEVICE)
     assert info["backend"] == "triton" and "Triton" in info["reason"]
+    if DEVICE == "cpu":  # asked about CUDA on a machine without it
+        info = gatedrnn.backend_info(device="cuda")
+        assert info["backend"] == "reference" and "CUDA is not available" in info["reason"]
     if DEVICE == "cpu":  # on CPU tensors the kernels need the interpreter, and the layer falls back (correctly)
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         info = gatedrnn.backend_info(device="cpu")

@@ -50,6 +50,8 @@ def _triton_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
                 "gatedrnn is imported")
     if device.type not in ("cuda", "cpu"):
         return f"the Triton kernels run on CUDA tensors, these are on {device.type}"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return "CUDA is not available here (torch.cuda.is_available() is False)"
     if torch.compiler.is_compiling():
         return "torch.compile and torch.export record the reference loop (the GPU engine is eager only)"
     if torch._C._are_functorch_transforms_active():
