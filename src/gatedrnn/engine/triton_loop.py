@@ -37,10 +37,11 @@ _KERNEL_FUNCTIONS = {name: getattr(module, name) for module in (triton_cells, tr
 
 
 def _peephole_flags(variant: GreffVariant) -> dict:
-    """The constexpr flags of `triton_cells.peephole_lstm_*` for one of Greff et al.'s variants."""
-    return {"I_GATE": variant.input_gate, "F_GATE": variant.forget_gate, "O_GATE": variant.output_gate,
-            "COUPLED": variant.coupled, "INPUT_ACT": variant.input_activation,
-            "OUTPUT_ACT": variant.output_activation}
+    """The constexpr flags of `triton_variants.peephole_lstm_*` for one of Greff et al.'s variants, as 0 or 1 (the
+    kernels count gate blocks with them)."""
+    return {"I_GATE": int(variant.input_gate), "F_GATE": int(variant.forget_gate),
+            "O_GATE": int(variant.output_gate), "COUPLED": int(variant.coupled),
+            "INPUT_ACT": int(variant.input_activation), "OUTPUT_ACT": int(variant.output_activation)}
 
 
 # The cells with a Triton kernel: name -> (the kernel family, its constexpr flags). Greff et al.'s NP is torch.nn's
