@@ -140,6 +140,7 @@ def flatten_for_cudnn(module) -> None:
                                             module.hidden_size, module.proj_size, module.num_layers,
                                             module.batch_first, bool(module.bidirectional))
 
+
 def aten_op(mode: str):
     """torch's op for a cell kind: torch._VF.lstm, gru, rnn_tanh or rnn_relu."""
     return getattr(torch._VF, CELL_SPECS[mode].torch_mode.lower())
