@@ -221,20 +221,25 @@ def _build_layer_variant(case: Case) -> BuiltCase:
     return BuiltCase(impls, {}, {})
 
 
-def _on_reference_path(step: Callable[[], None]) -> Callable[[], None]:
-    """`step` with GATEDRNN_BACKEND=reference (read at every call): the cell's step functions in a Python loop."""
-    def run() -> None:
+def under_backend(fn: Callable, backend: str) -> Callable:
+    """fn, called with GATEDRNN_BACKEND=backend (read at every layer call), the variable restored after."""
+    def call():
         before = os.environ.get("GATEDRNN_BACKEND")
-        os.environ["GATEDRNN_BACKEND"] = "reference"
+        os.environ["GATEDRNN_BACKEND"] = backend
         try:
-            step()
+            return fn()
         finally:
             if before is None:
                 del os.environ["GATEDRNN_BACKEND"]
             else:
                 os.environ["GATEDRNN_BACKEND"] = before
 
-    return run
+    return call
+
+
+def _on_reference_path(step: Callable[[], None]) -> Callable[[], None]:
+    """`step` with GATEDRNN_BACKEND=reference: the cell's step functions in a Python loop."""
+    return under_backend(step, "reference")
 
 
 def _build_mingru(case: Case) -> BuiltCase:

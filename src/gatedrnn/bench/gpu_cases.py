@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import gatedrnn
+from gatedrnn.bench.cases import under_backend
 
 SIZES = ((64, 100, 256), (64, 512, 512), (16, 1024, 1024))  # (B, T, H) of the issue
 QUICK_SIZES = ((2, 4, 8), (2, 5, 8), (3, 4, 12))  # the same cases at tiny sizes: a smoke test of the code paths
@@ -137,25 +138,8 @@ def build(case: GpuCase, device: torch.device, *, stream_steps: int = 200
     if case.backend == "auto":
         return impls, labels, diff
     labels["ours"] += f" (GATEDRNN_BACKEND={case.backend})"
-    return ({"ours": _under_backend(impls["ours"], case.backend), "peer": impls["peer"]}, labels,
-            _under_backend(diff, case.backend))
-
-
-def _under_backend(fn: Callable, backend: str) -> Callable:
-    """fn, called with GATEDRNN_BACKEND=backend (read at every layer call), the variable restored after."""
-
-    def call():
-        before = os.environ.get("GATEDRNN_BACKEND")
-        os.environ["GATEDRNN_BACKEND"] = backend
-        try:
-            return fn()
-        finally:
-            if before is None:
-                del os.environ["GATEDRNN_BACKEND"]
-            else:
-                os.environ["GATEDRNN_BACKEND"] = before
-
-    return call
+    return ({"ours": under_backend(impls["ours"], case.backend), "peer": impls["peer"]}, labels,
+            under_backend(diff, case.backend))
 
 
 def _build(case: GpuCase, device: torch.device, stream_steps: int):
