@@ -9,7 +9,6 @@ import io
 import json
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 import torch

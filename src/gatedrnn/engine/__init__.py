@@ -43,14 +43,13 @@ def _triton_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     backend = _build.requested_backend()
     if backend == "reference":
         return "GATEDRNN_BACKEND=reference is set"
-    if device.type != "cuda" and backend != "triton":
+    if device.type == "cpu" and backend == "triton":
+        if os.environ.get("TRITON_INTERPRET", "0") != "1":
+            return ("GATEDRNN_BACKEND=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 "
+                    "before gatedrnn is imported")
+    elif device.type != "cuda":
         return f"the Triton kernels run on CUDA tensors, these are on {device.type}"
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return ("GATEDRNN_BACKEND=triton on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before "
-                "gatedrnn is imported")
-    if device.type not in ("cuda", "cpu"):
-        return f"the Triton kernels run on CUDA tensors, these are on {device.type}"
-    if device.type == "cuda" and not torch.cuda.is_available():
+    elif not torch.cuda.is_available():
         return "CUDA is not available here (torch.cuda.is_available() is False)"
     if torch.compiler.is_compiling():
         return "torch.compile and torch.export record the reference loop (the GPU engine is eager only)"
@@ -92,18 +91,18 @@ def backend_info(*, device: torch.device | str = "cpu", dtype: torch.dtype = tor
     device = torch.device(device)
     reason = _reference_reason(device, dtype)
     cache = str(_build.cache_dir())
-    gpu_reason = _triton_reason(device, dtype) if reason is not None else "the C++ engine runs"
-    if gpu_reason is None:
+    gpu_reason = None if reason is None else _triton_reason(device, dtype)
+    if reason is None:
+        info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache,
+                "gemm": {"setting": os.environ.get("GATEDRNN_GEMM", "") or "auto",
+                         "decisions": list(getattr(_build.load(), "gemm_choices", list)())}}
+    elif gpu_reason is None:
         info = {"backend": "triton", "reason": f"Triton kernels for the pointwise math of LSTM, GRU, RNN, the "
                 f"LayerNorm LSTM and GRU, Greff's LSTM variants and the sLSTM, torch's GEMMs, on {device.type} {dtype}",
                 "build_dir": cache}
         if device.type == "cuda":
             info["plain_layers"] = ("LSTM, GRU and RNN layers without a trace, a variant or a noise regulariser run "
                                     "torch's own cuDNN op (torch._VF.lstm / gru / rnn_*), as torch.nn does")
-    elif reason is None:
-        info = {"backend": "fused", "reason": f"C++ engine built for CPU {dtype}", "build_dir": cache,
-                "gemm": {"setting": os.environ.get("GATEDRNN_GEMM", "") or "auto",
-                         "decisions": list(getattr(_build.load(), "gemm_choices", list)())}}
     else:
         asked_gpu = device.type != "cpu" or _build.requested_backend() == "triton"
         info = {"backend": "reference", "reason": gpu_reason if asked_gpu else reason,

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from gatedrnn.cells import CELL_SPECS, LayerWeights
 from gatedrnn.cells.layernorm import layer_norm
+from gatedrnn.engine.fused import _trace, _TraceHasNoGradient
 from gatedrnn.engine.noise import LayerNoise
 from gatedrnn.engine.scan import ScanResult
 from gatedrnn.engine.triton_loop import KERNELS, LoopConfig, TritonScan, fgr_gates
@@ -102,8 +103,6 @@ def _input_projection(family: str, x: Tensor, weights: LayerWeights):
 
 
 def _run_layer(cell, x, state0, weights, batch_sizes, reverse, trace, noise) -> ScanResult:
-    from gatedrnn.engine.fused import _trace, _TraceHasNoGradient
-
     spec = CELL_SPECS[cell]
     family = KERNELS[cell][0]
     zoneout, mask, candidate = noise if noise is not None else (None, None, None)
