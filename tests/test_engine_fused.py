@@ -441,7 +441,9 @@ def test_no_projection_ahead_where_the_sequence_does_not_fit_one_chunk():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
     """GATEDRNN_GEMM forces the step GEMM (BLAS, or the engine's own PanelGemm) for every weight the steps reuse
-    (batch >= 3); each equals torch.nn in outputs, final states and every gradient, with full tiles, row remainders
+    (batch >= 3), and the GEMMs after the backward's loop (dW_ih, dW_hh, dW_hr, dx: PanelGemm's compute_tn reads
+    the gate gradients in place as panels, the last one padded); each equals torch.nn in outputs, final states
+    and every gradient, with full tiles, row remainders
     and a last partial column panel (hidden sizes that are not multiples of a panel); 1-2 rows left after the row
     tiles run on pairs of panels where two full panels remain (AVX2's 6-row tiles: 7 and 8 rows leave 1 and 2;
     AVX-512's and NEON's 8-row tiles: 10 rows leave 2)."""
@@ -573,6 +575,32 @@ def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkey
     monkeypatch.setenv("GATEDRNN_GEMM", "fast")
     with pytest.raises(ValueError, match="GATEDRNN_GEMM should be auto, blas or own, got 'fast'"):
         module(torch.randn(4, 6, 5))
+
+
+def test_sequence_gemms_after_backward_are_chosen_by_measurement(monkeypatch):
+    """The GEMMs after the backward's loop (dW_ih = Σ dGᵀ x, dW_hh = Σ dGᵀ h_prev, dx = dG W_ih) are timed once per
+    shape on BLAS and PanelGemm, reported as op "sequence" with the shapes of C = op(A) B (rows M = G H for the
+    weight gradients, K = the steps' rows), and the faster kept; forcing either gives gradients equal to torch.nn's
+    (test_fused_equals_torch_under_each_gemm)."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", "auto")
+    torch.manual_seed(2)
+    steps, batch, input_size, hidden = 7, 5, 11, 29  # shapes no other test times: decided here
+    module = gatedrnn.LSTM(input_size, hidden)
+    x = torch.randn(steps, batch, input_size, requires_grad=True)
+    module(x)[0].sum().backward()
+    sequence = {(d["rows"], d["N"], d["K"], d["transposed"]): d for d in library.gemm_choices()
+                if d.get("op") == "sequence"}
+    gates = 4 * hidden
+    expected = {(gates, input_size, steps * batch, True),   # dW_ih
+                (gates, hidden, batch, True),               # dW_hh: the rows' first steps, with h0
+                (gates, hidden, (steps - 1) * batch, True),  # dW_hh: the later steps, with y
+                (steps * batch, input_size, gates, False)}  # dx
+    assert expected <= set(sequence), sorted(sequence)
+    for key in expected:
+        decision = sequence[key]
+        assert decision["blas_us"] > 0 and decision["own_us"] > 0, decision
+        assert decision["choice"] == ("own" if decision["own_us"] < decision["blas_us"] else "blas")
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])

@@ -338,9 +338,10 @@ struct PanelGemm {
 
   static size_t packed_size(int N, int K) { return (size_t)((N + kPanel - 1) / kPanel) * K * kPanel; }
 
-  // out (packed_size) from W (N, K) when w_transposed (C = X Wᵀ), else W (K, N)
-  static void pack(const T* w, bool w_transposed, int N, int K, T* out) {
-    for (int n0 = 0; n0 < N; n0 += kPanel) {
+  // out (packed_size) from W (N, K) when w_transposed (C = X Wᵀ), else W (K, N); only panels [p0, p1) when given
+  // (threads pack disjoint panels)
+  static void pack(const T* w, bool w_transposed, int N, int K, T* out, int p0 = 0, int p1 = INT_MAX) {
+    for (int n0 = p0 * kPanel; n0 < N && n0 < (int64_t)p1 * kPanel; n0 += kPanel) {
       T* panel = out + (size_t)(n0 / kPanel) * K * kPanel;
       const int width = std::min(kPanel, N - n0);
       if (w_transposed) {  // a row of W is a column of the panel (read in order; the panel's writes stay in cache)
@@ -356,9 +357,11 @@ struct PanelGemm {
     }
   }
 
-  template <int MR>
+  // kTN (compute_tn): X is stored transposed, X[r, k] at X[k ldx + r], and the panel is read in place from a
+  // row-major W, its row k at panel + k ldp; otherwise the panel is packed (rows of kPanel).
+  template <int MR, bool kTN = false>
   static void tile(int K, const T* __restrict__ X, int ldx, const T* __restrict__ panel, T beta, T* C, int ldc,
-                   int width) {
+                   int width, int ldp = kPanel) {
     // Every loop over the accumulators is unrolled, so that they live in registers from the first FMA to the
     // store: a loop GCC leaves rolled indexes them, which puts them all in memory (a memset to start and a copy
     // through the stack to end each tile).
@@ -368,13 +371,13 @@ struct PanelGemm {
 #pragma GCC unroll 4
       for (int u = 0; u < kNR; ++u) acc[r][u] = Vec{};
     for (int k = 0; k < K; ++k) {
-      const Vec* b = reinterpret_cast<const Vec*>(panel + (size_t)k * kPanel);
+      const Vec* b = reinterpret_cast<const Vec*>(panel + (size_t)k * (kTN ? ldp : kPanel));
       Vec bk[kNR];
 #pragma GCC unroll 4
       for (int u = 0; u < kNR; ++u) bk[u] = b[u];
 #pragma GCC unroll 8
       for (int r = 0; r < MR; ++r) {
-        const Vec a = splat<Vec>(X[(size_t)r * ldx + k]);
+        const Vec a = splat<Vec>(kTN ? X[(size_t)k * ldx + r] : X[(size_t)r * ldx + k]);
 #pragma GCC unroll 4
         for (int u = 0; u < kNR; ++u) acc[r][u] += a * bk[u];
       }
@@ -467,22 +470,56 @@ struct PanelGemm {
       }
   }
 
+  // Panels [p0, p1) of C (M, N) = Xᵀ W + beta C, for X (K, M) and W (K, N), both row-major and read in place
+  // (ldx, ldw): the weight gradients Σ_k x_kᵀ w_k over all steps and rows, with W the gate gradients (N = G H, the
+  // wide side, so few columns of a panel are padding). A tile's kMR broadcasts at step k are neighbouring values
+  // of X's row k (one cache line); its panel is W's row k from column p kPanel on, 64-byte aligned when W and
+  // ldw are. The last panel, when narrower than kPanel, is read from `tail` (K, kPanel; zeros past N), as whole
+  // registers may not be read past W's end. Per K block each panel block serves every tile of rows while in cache.
+  // K = 0 leaves C as it was: the caller scales it.
+  // Rows [r0, r1) of C only when given (r0 a multiple of kMR): threads split C's rows or its panels.
+  static void compute_tn(int p0, int p1, int M, int N, int K, const T* X, int ldx, const T* W, int ldw,
+                         const T* tail, T beta, T* C, int ldc, int r0 = 0, int r1 = INT_MAX) {
+    r1 = std::min(r1, M);
+    constexpr int kKC = std::max<int>(256, 16384 / (kPanel * sizeof(T)) / 8 * 8);
+    for (int k0 = 0; k0 < K; k0 += kKC) {
+      const int kc = std::min(kKC, K - k0);
+      const T b = k0 == 0 ? beta : T(1);
+      for (int p = p0; p < p1; ++p) {
+        const int n0 = p * kPanel, width = std::min(kPanel, N - n0);
+        const bool narrow = width < kPanel;
+        const T* panel = narrow ? tail + (size_t)k0 * kPanel : W + (size_t)k0 * ldw + n0;
+        const int ldp = narrow ? kPanel : ldw;
+        for (int r = r0; r < r1; r += kMR) {
+          const int rows = std::min(kMR, r1 - r);
+          const T* x = X + (size_t)k0 * ldx + r;
+          T* c = C + (size_t)r * ldc + n0;
+          if (rows == kMR) tile<kMR, true>(kc, x, ldx, panel, b, c, ldc, width, ldp);
+          else remainder<kMR - 1, true>(rows, kc, x, ldx, panel, b, c, ldc, width, ldp);
+        }
+      }
+    }
+  }
+
  private:
-  template <int MR = kMR - 1>
-  static void remainder(int rows, int K, const T* X, int ldx, const T* panel, T beta, T* C, int ldc, int width) {
+  template <int MR = kMR - 1, bool kTN = false>
+  static void remainder(int rows, int K, const T* X, int ldx, const T* panel, T beta, T* C, int ldc, int width,
+                        int ldp = kPanel) {
     if constexpr (MR >= 1) {
-      if (rows == MR) return tile<MR>(K, X, ldx, panel, beta, C, ldc, width);
-      remainder<MR - 1>(rows, K, X, ldx, panel, beta, C, ldc, width);
+      if (rows == MR) return tile<MR, kTN>(K, X, ldx, panel, beta, C, ldc, width, ldp);
+      remainder<MR - 1, kTN>(rows, K, X, ldx, panel, beta, C, ldc, width, ldp);
     }
   }
 };
 
-// Which GEMM a StepWeight of a given shape runs: BLAS (MKL's packed sgemm for float, dgemm for double) or
-// PanelGemm, decided by timing both on the weight at hand at its first use in the process (GATEDRNN_GEMM=auto, the
-// default), or forced (GATEDRNN_GEMM=blas | own). Every decision and its timings are kept for gemm_choices().
+// Which GEMM a StepWeight of a given shape runs (op 0), or a GEMM after the backward's loop (op 1: sequence_gemm in
+// scan_kernel.h; rows = M): BLAS (MKL's packed sgemm for float, dgemm for double) or PanelGemm, decided by timing
+// both on the operands at hand at their first use in the process (GATEDRNN_GEMM=auto, the default), or forced
+// (GATEDRNN_GEMM=blas | own). Every decision and its timings are kept for gemm_choices().
 struct GemmDecision {
   int dtype_bytes, N, K, rows;
-  bool transposed;
+  bool transposed;  // a step weight: W (N, K); a whole-sequence GEMM (op > 0): A is read transposed
+  int op;           // 0: a step weight (StepWeight); 1: C = op(A) B after the backward's loop (sequence_gemm)
   double blas_us, own_us;  // best of the timed runs; -1 when not measured (forced, or too large to time)
   bool own;
 };
@@ -523,7 +560,8 @@ class GemmChoice {
 
  private:
   static bool same(const GemmDecision& a, const GemmDecision& b) {
-    return a.dtype_bytes == b.dtype_bytes && a.N == b.N && a.K == b.K && a.rows == b.rows && a.transposed == b.transposed;
+    return a.dtype_bytes == b.dtype_bytes && a.N == b.N && a.K == b.K && a.rows == b.rows &&
+           a.transposed == b.transposed && a.op == b.op;
   }
   std::mutex mutex_;
   std::vector<GemmDecision> decisions_;
@@ -619,7 +657,7 @@ class StepWeight {
   // thread as it then runs (inside a parallel region MKL does not thread); otherwise BLAS threads as it would.
   bool prefers_panels(int rows, bool split) {
     if (mode_ != "auto") return mode_ == "own";
-    GemmDecision decision{static_cast<int>(sizeof(T)), N_, K_, rows, trans_, -1.0, -1.0, false};
+    GemmDecision decision{static_cast<int>(sizeof(T)), N_, K_, rows, trans_, 0, -1.0, -1.0, false};
     GemmDecision known;
     if (GemmChoice::instance().find(decision, known)) return known.own;
     // Timed for the step GEMMs (a step's rows, or a thread's share) and the chunks of x W_ihᵀ (a thread's share of

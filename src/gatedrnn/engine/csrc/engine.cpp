@@ -482,12 +482,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     for (const gatedrnn::GemmDecision& d : gatedrnn::GemmChoice::instance().all()) {
       pybind11::dict row;
       row["dtype"] = d.dtype_bytes == 4 ? "float32" : "float64";
+      row["op"] = d.op == 0 ? "step" : "sequence";  // a weight every step reuses, or a GEMM after backward's loop
       row["N"] = d.N, row["K"] = d.K, row["rows"] = d.rows, row["transposed"] = d.transposed;
       row["blas_us"] = d.blas_us, row["own_us"] = d.own_us, row["choice"] = d.own ? "own" : "blas";
       out.append(row);
     }
     return out;
-  }, "the step GEMMs timed so far in this process: shape, BLAS and PanelGemm times (us), the choice");
+  }, "the GEMMs timed so far in this process (op: step weights, or the sequence GEMMs after backward's loop): "
+     "shape, BLAS and PanelGemm times (us), the choice");
   m.def("gemm_weights", [] {
     gatedrnn::GemmChoice& choice = gatedrnn::GemmChoice::instance();
     return std::make_pair(choice.blas_weights.load(), choice.own_weights.load());

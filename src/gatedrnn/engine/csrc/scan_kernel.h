@@ -138,6 +138,117 @@ inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions
   return at::from_blob(data, shape, [held](void* p) { BlockCache::instance().give_back(p, held); }, opts);
 }
 
+// C (M, N) = op(A) B + beta C for the whole-sequence GEMMs after the backward's loop: the weight gradients
+// (a_transposed: A (K, M) holds the gate gradients of every step and row, so C = Σ over them) and dx (A (M, K)).
+// B (K, N); all contiguous. Runs BLAS or PanelGemm, whichever measured faster for this shape in this process
+// (GATEDRNN_GEMM forces one; GemmChoice keeps the decision, as op 1). PanelGemm, threads splitting C's columns:
+// for Aᵀ B it computes Cᵀ = Bᵀ A with A's rows read in place as panels (A is the wide side, G H columns, so
+// few of a panel's columns are padding), then transposes; for A B it packs B and splits C's rows.
+template <typename T>
+void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* B, T beta, T* C) {
+  using Gemm = PanelGemm<T>;
+  constexpr int kPanel = Gemm::kPanel;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t k = 0; k < (int64_t)M * N; ++k) C[k] = beta == T(0) ? T(0) : beta * C[k];
+    return;
+  }
+  const int lda = a_transposed ? M : K;
+  // scratch kept by the thread for the next call: fresh pages cost ~2-3 µs each to fault in on a VM, as much as
+  // the GEMM's arithmetic on ~100 of them
+  static thread_local std::vector<T> buffer, product;
+  auto own = [&](int k, T b, T* c) {  // over the first k steps of the sum
+    const int threads = std::max(1, at::get_num_threads());
+    if (!a_transposed) {
+      T* packed = aligned_room(buffer, Gemm::packed_size(N, k));
+      at::parallel_for(0, (N + kPanel - 1) / kPanel, 1, [&](int64_t p0, int64_t p1) {
+        Gemm::pack(B, false, N, k, packed, static_cast<int>(p0), static_cast<int>(p1));
+      });
+      at::parallel_for(0, (M + Gemm::kMR - 1) / Gemm::kMR, 1, [&](int64_t t0, int64_t t1) {
+        const int m0 = static_cast<int>(t0) * Gemm::kMR, m1 = std::min<int>(M, static_cast<int>(t1) * Gemm::kMR);
+        Gemm::compute(m1 - m0, N, k, A + (size_t)m0 * lda, lda, packed, b, c + (size_t)m0 * N, N);
+      });
+      return;
+    }
+    const int full = M / kPanel * kPanel, panels = (M + kPanel - 1) / kPanel;
+    T* tail = nullptr;
+    if (full < M) {  // A's last columns, zero-padded to a panel
+      tail = aligned_room(buffer, static_cast<size_t>(k) * kPanel);
+      for (int64_t r = 0; r < k; ++r) {
+        T* dst = tail + r * kPanel;
+        std::copy_n(A + r * lda + full, M - full, dst);
+        std::fill(dst + (M - full), dst + kPanel, T(0));
+      }
+    }
+    T* transposed = aligned_room(product, static_cast<size_t>(N) * M);  // Cᵀ (N, M)
+    // Threads split Cᵀ's panels, or its rows where those divide more evenly (11 panels over 2 threads wait 9% for
+    // the sixth; 8 row tiles do not); rows each read all of A
+    const int tiles = (N + Gemm::kMR - 1) / Gemm::kMR;
+    auto uneven = [&](int items) { return static_cast<double>((items + threads - 1) / threads) * threads / items; };
+    if (uneven(panels) <= uneven(tiles)) {
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        Gemm::compute_tn(static_cast<int>(p0), static_cast<int>(p1), N, M, k, B, N, A, lda, tail, T(0), transposed, M);
+      });
+    } else {
+      at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+        Gemm::compute_tn(0, panels, N, M, k, B, N, A, lda, tail, T(0), transposed, M,
+                         static_cast<int>(t0) * Gemm::kMR, static_cast<int>(t1) * Gemm::kMR);
+      });
+    }
+    constexpr int64_t kBlock = 32;  // in blocks, so that each line read and written serves a block of values
+    at::parallel_for(0, (M + kBlock - 1) / kBlock, 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t m0 = i0 * kBlock; m0 < std::min<int64_t>(M, i1 * kBlock); m0 += kBlock)
+        for (int64_t n0 = 0; n0 < N; n0 += kBlock)
+          for (int64_t m = m0; m < std::min<int64_t>(M, m0 + kBlock); ++m)
+            for (int64_t n = n0; n < std::min<int64_t>(N, n0 + kBlock); ++n)
+              c[m * N + n] = b == T(0) ? transposed[n * M + m] : transposed[n * M + m] + b * c[m * N + n];
+    });
+  };
+  auto blas = [&](int k, T b, T* c) { gemm<T>(a_transposed, false, M, N, k, T(1), A, lda, B, N, b, c, N); };
+  const std::string mode = GemmChoice::requested();
+  bool use_own = mode == "own";
+  if (mode == "auto") {
+    GemmDecision decision{static_cast<int>(sizeof(T)), N, K, M, a_transposed, 1, -1.0, -1.0, false};
+    GemmDecision known;
+    if (GemmChoice::instance().find(decision, known)) {
+      use_own = known.own;
+    } else {
+      // timed on the first kTimedK steps of the sum (each implementation's time grows with K alike), into scratch
+      constexpr int kTimedK = 1024;
+      const int k = std::min(K, kTimedK);
+      std::vector<T> scratch(static_cast<size_t>(M) * N);
+      auto elapsed_us = [&](auto&& run) {
+        const auto start = std::chrono::steady_clock::now();
+        run(k, T(0), scratch.data());
+        return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+      };
+      elapsed_us(blas), elapsed_us(own);  // warm: caches, MKL's first-call setup
+      decision.blas_us = decision.own_us = 1e300;
+      for (int i = 0, rounds = (int64_t)M * N * k > (int64_t(1) << 24) ? 3 : 7; i < rounds; ++i) {
+        decision.blas_us = std::min(decision.blas_us, elapsed_us(blas));
+        decision.own_us = std::min(decision.own_us, elapsed_us(own));
+      }
+      decision.own = use_own = decision.own_us < decision.blas_us;
+      GemmChoice::instance().add(decision);
+    }
+  }
+  if (use_own) own(K, beta, C);
+  else blas(K, beta, C);
+  for (std::vector<T>* kept : {&buffer, &product})  // a thread keeps at most 32 MB of them between calls
+    if (kept->size() * sizeof(T) > (size_t(32) << 20)) std::vector<T>().swap(*kept);
+}
+
+// op(A) B as a new (M, N) tensor (sequence_gemm); a (K, M) when a_transposed, else (M, K); b (K, N)
+template <typename T>
+at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Tensor& b) {
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  const int64_t M = a_transposed ? ac.size(1) : ac.size(0), K = bc.size(0), N = bc.size(1);
+  at::Tensor out = cpu_empty({M, N}, ac.options());
+  sequence_gemm<T>(a_transposed, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), ac.data_ptr<T>(),
+                   bc.data_ptr<T>(), T(0), out.data_ptr<T>());
+  return out;
+}
+
 // Width of a row of the saved `extra` buffer: the cell's blocks, then c̃ (H) and h̃ (P) under zoneout.
 template <typename Cell>
 inline int64_t extra_width(int64_t H, int64_t P, bool zoneout) {
@@ -747,8 +858,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
 
   ScanBackwardOut out;
   const at::Tensor dgx2 = dgate_x.view({T_ * B, GH}), dgh2 = dgate_h.view({T_ * B, GH});
-  if (need_dx) out.dx = at::mm(dgx2, w_ih).view({T_, B, I});
-  out.dw_ih = at::mm(dgx2.t(), x.reshape({T_ * B, I}));
+  if (need_dx) out.dx = sequence_product<T>(dgx2, false, w_ih).view({T_, B, I});
+  out.dw_ih = sequence_product<T>(dgx2, true, x.reshape({T_ * B, I}));
   // dW_hh = Σ_t dG_h,tᵀ h_{t−1}: h_{t−1} is y of the previous step, or h0 at a row's first step.
   const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
   at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
@@ -759,7 +870,12 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     y_prev = at::cat({y_prev, c_prev.narrow(2, H, CH - H)}, 2);   // (T−1, B, RW)
     h0_rec = at::cat({h0_rec, c0.narrow(1, H, CH - H)}, 1);       // (B, RW)
   }
-  out.dw_hh = at::addmm(at::mm(dgate_first.t(), h0_rec), dgh_later.reshape({-1, GH}).t(), y_prev.reshape({-1, RW}));
+  out.dw_hh = sequence_product<T>(dgate_first, true, h0_rec);
+  {
+    const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous(), h_rows = y_prev.reshape({-1, RW}).contiguous();
+    sequence_gemm<T>(true, static_cast<int>(GH), static_cast<int>(RW), static_cast<int>(h_rows.size(0)),
+                     dgh_rows.data_ptr<T>(), h_rows.data_ptr<T>(), T(1), out.dw_hh.data_ptr<T>());
+  }
   const at::Tensor daux_sum = DA ? daux_rows.sum(0) : at::Tensor();  // (DA,)
   if (has_bias && Cell::kOwnsBiasGrad) {
     out.db_ih = daux_sum.narrow(0, Cell::kAux * H, GH).contiguous();
@@ -768,7 +884,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     out.db_ih = dgx2.sum(0);
     out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
   }
-  if (proj) out.dw_hr = at::mm(dh_hist.view({T_ * B, P}).t(), m_hist.view({T_ * B, H}));
+  if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}));
   if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
   out.dh0 = dh;
   out.dc0 = dc;
