@@ -464,6 +464,28 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
         assert after[forced] > before[forced] and after[other] == before[other], (gemm, before, after)
 
 
+@pytest.mark.parametrize("gemm", ["blas", "own"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,hidden,options", [
+    ("lstm", 37, {"bidirectional": True}),  # 148 gate columns: a partial last panel; reverse time
+    ("gru", 20, {}),
+    ("lstm", 30, {"proj_size": 12}),        # dW_hr over the active rows as well
+])
+def test_packed_weight_gradients_skip_inactive_rows_and_equal_torch(cell, hidden, options, dtype, gemm, monkeypatch):
+    """On a packed batch the weight gradients' GEMMs after the loop sum only each step's active rows (runs of rows:
+    the first steps, where every row is active, make one run; then one run a step; a row whose first step in
+    reverse time is not the sequence's last pairs with h0), under each forced GEMM: every gradient equals
+    torch.nn's."""
+    monkeypatch.setenv("GATEDRNN_GEMM", gemm)
+    torch.manual_seed(hidden)
+    steps, batch = 9, 7
+    module, reference = make_pair(cell, 5, hidden, dtype=dtype, **options)
+    x, fresh, weights = _inputs(cell, steps, batch, hidden, options, dtype, input_size=5)
+    lengths = torch.tensor([9, 9, 7, 4, 4, 2, 1])
+    got = run(module, x.clone().requires_grad_(), fresh(), lengths, weights)
+    _assert_runs_close(cell, got, run(reference, x.clone().requires_grad_(), fresh(), lengths, weights), dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,steps,batch,input_size,hidden,split", [
     ("lstm", 80, 9, 300, 100, "serial"),  # x W_ihᵀ in 2 chunks, each split over the threads; K = 300: 2 blocks

@@ -144,8 +144,13 @@ inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions
 // (GATEDRNN_GEMM forces one; GemmChoice keeps the decision, as op 1). PanelGemm, threads splitting C's columns:
 // for Aᵀ B it computes Cᵀ = Bᵀ A with A's rows read in place as panels (A is the wide side, G H columns, so
 // few of a panel's columns are padding), then transposes; for A B it packs B and splits C's rows.
+// runs (a_transposed only): the (first row, rows) ranges of the K rows that can be nonzero (a packed batch's active
+// rows of each step); PanelGemm skips the rest, which are zeros in A. None: all K rows.
+using RowRuns = std::vector<std::pair<int64_t, int64_t>>;
+
 template <typename T>
-void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* B, T beta, T* C) {
+void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* B, T beta, T* C,
+                   const RowRuns* runs = nullptr) {
   using Gemm = PanelGemm<T>;
   constexpr int kPanel = Gemm::kPanel;
   if (M <= 0 || N <= 0) return;
@@ -170,29 +175,42 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
       });
       return;
     }
+    RowRuns all{{0, k}};
+    RowRuns clipped;  // the runs within the first k rows
+    for (const auto& [first, rows] : runs ? *runs : all)
+      if (first < k && rows > 0) clipped.emplace_back(first, std::min<int64_t>(rows, k - first));
     const int full = M / kPanel * kPanel, panels = (M + kPanel - 1) / kPanel;
     T* tail = nullptr;
     if (full < M) {  // A's last columns, zero-padded to a panel
       tail = aligned_room(buffer, static_cast<size_t>(k) * kPanel);
-      for (int64_t r = 0; r < k; ++r) {
-        T* dst = tail + r * kPanel;
-        std::copy_n(A + r * lda + full, M - full, dst);
-        std::fill(dst + (M - full), dst + kPanel, T(0));
-      }
+      for (const auto& [first, rows] : clipped)
+        for (int64_t r = first; r < first + rows; ++r) {
+          T* dst = tail + r * kPanel;
+          std::copy_n(A + r * lda + full, M - full, dst);
+          std::fill(dst + (M - full), dst + kPanel, T(0));
+        }
     }
     T* transposed = aligned_room(product, static_cast<size_t>(N) * M);  // Cᵀ (N, M)
+    if (clipped.empty()) std::fill(transposed, transposed + static_cast<size_t>(N) * M, T(0));
+    // Cᵀ's panels [p0, p1) and rows [r0, r1), summed run by run
+    auto over_runs = [&](int p0, int p1, int r0, int r1) {
+      for (size_t i = 0; i < clipped.size(); ++i) {
+        const auto [first, rows] = clipped[i];
+        Gemm::compute_tn(p0, p1, N, M, static_cast<int>(rows), B + first * N, N, A + first * lda, lda,
+                         tail ? tail + first * kPanel : nullptr, i == 0 ? T(0) : T(1), transposed, M, r0, r1);
+      }
+    };
     // Threads split Cᵀ's panels, or its rows where those divide more evenly (11 panels over 2 threads wait 9% for
     // the sixth; 8 row tiles do not); rows each read all of A
     const int tiles = (N + Gemm::kMR - 1) / Gemm::kMR;
     auto uneven = [&](int items) { return static_cast<double>((items + threads - 1) / threads) * threads / items; };
     if (uneven(panels) <= uneven(tiles)) {
       at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        Gemm::compute_tn(static_cast<int>(p0), static_cast<int>(p1), N, M, k, B, N, A, lda, tail, T(0), transposed, M);
+        over_runs(static_cast<int>(p0), static_cast<int>(p1), 0, N);
       });
     } else {
       at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
-        Gemm::compute_tn(0, panels, N, M, k, B, N, A, lda, tail, T(0), transposed, M,
-                         static_cast<int>(t0) * Gemm::kMR, static_cast<int>(t1) * Gemm::kMR);
+        over_runs(0, panels, static_cast<int>(t0) * Gemm::kMR, static_cast<int>(t1) * Gemm::kMR);
       });
     }
     constexpr int64_t kBlock = 32;  // in blocks, so that each line read and written serves a block of values
@@ -240,13 +258,27 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
 
 // op(A) B as a new (M, N) tensor (sequence_gemm); a (K, M) when a_transposed, else (M, K); b (K, N)
 template <typename T>
-at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Tensor& b) {
+at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Tensor& b, const RowRuns* runs = nullptr) {
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   const int64_t M = a_transposed ? ac.size(1) : ac.size(0), K = bc.size(0), N = bc.size(1);
   at::Tensor out = cpu_empty({M, N}, ac.options());
   sequence_gemm<T>(a_transposed, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), ac.data_ptr<T>(),
-                   bc.data_ptr<T>(), T(0), out.data_ptr<T>());
+                   bc.data_ptr<T>(), T(0), out.data_ptr<T>(), runs);
   return out;
+}
+
+// A packed batch's active rows as runs of the (steps * B) rows of steps [first, first + steps) (consecutive steps
+// with every row active make one run); `active(t)` is step t's active row count
+template <typename Active>
+RowRuns active_runs(int64_t first, int64_t steps, int64_t B, Active&& active) {
+  RowRuns runs;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t start = s * B, rows = active(first + s);
+    if (rows <= 0) continue;
+    if (!runs.empty() && runs.back().first + runs.back().second == start) runs.back().second += rows;
+    else runs.emplace_back(start, rows);
+  }
+  return runs;
 }
 
 // Width of a row of the saved `extra` buffer: the cell's blocks, then c̃ (H) and h̃ (P) under zoneout.
@@ -662,10 +694,19 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         const int64_t rows = steps * B, share = (rows + threads - 1) / threads;
         T* dest = gates_p + (keep ? chunk_start * B * GH : 0);
         w_ih_chunk.prepare(static_cast<int>(rows), static_cast<int>(threads > 1 && rows >= 16 ? share : rows));
-        if (w_ih_chunk.runs_panels() && threads > 1 && rows >= 16)
-          at::parallel_for(0, rows, share, [&](int64_t r0, int64_t r1) { project_rows(chunk_start, dest, r0, r1); });
-        else
-          project_rows(chunk_start, dest, 0, rows);
+        auto project = [&](int64_t r0, int64_t r1) {  // rows [r0, r1) of the chunk
+          const int64_t part = (r1 - r0 + threads - 1) / threads;
+          if (w_ih_chunk.runs_panels() && threads > 1 && r1 - r0 >= 16)
+            at::parallel_for(r0, r1, part, [&](int64_t a, int64_t b) { project_rows(chunk_start, dest, a, b); });
+          else
+            project_rows(chunk_start, dest, r0, r1);
+        };
+        if (!packed) {
+          project(0, rows);
+        } else {  // only each step's active rows (the step pass reads no other; a kept trace zeroes the rest)
+          for (const auto& [first, count] : active_runs(chunk_start, steps, B, [&](int64_t u) { return batch_sizes[u]; }))
+            project(first, first + count);
+        }
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
       const int call_rows = rows_per_call(n, row_work);
@@ -858,8 +899,14 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
 
   ScanBackwardOut out;
   const at::Tensor dgx2 = dgate_x.view({T_ * B, GH}), dgh2 = dgate_h.view({T_ * B, GH});
+  // packed: a step's inactive rows have zero gate gradients, which the weight gradients skip
+  auto batch_at = [&](int64_t t) { return batch_sizes[t]; };
+  const RowRuns step_runs = packed ? active_runs(0, T_, B, batch_at) : RowRuns();
+  // dgh_later's row block s is step s + 1 (reverse: s), paired with y of step s (reverse: s + 1)
+  const RowRuns later_runs = packed ? active_runs(reverse ? 0 : 1, T_ - 1, B, batch_at) : RowRuns();
+  const RowRuns* all_rows = packed ? &step_runs : nullptr;
   if (need_dx) out.dx = sequence_product<T>(dgx2, false, w_ih).view({T_, B, I});
-  out.dw_ih = sequence_product<T>(dgx2, true, x.reshape({T_ * B, I}));
+  out.dw_ih = sequence_product<T>(dgx2, true, x.reshape({T_ * B, I}), all_rows);
   // dW_hh = Σ_t dG_h,tᵀ h_{t−1}: h_{t−1} is y of the previous step, or h0 at a row's first step.
   const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
   at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
@@ -874,7 +921,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   {
     const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous(), h_rows = y_prev.reshape({-1, RW}).contiguous();
     sequence_gemm<T>(true, static_cast<int>(GH), static_cast<int>(RW), static_cast<int>(h_rows.size(0)),
-                     dgh_rows.data_ptr<T>(), h_rows.data_ptr<T>(), T(1), out.dw_hh.data_ptr<T>());
+                     dgh_rows.data_ptr<T>(), h_rows.data_ptr<T>(), T(1), out.dw_hh.data_ptr<T>(),
+                     packed ? &later_runs : nullptr);
   }
   const at::Tensor daux_sum = DA ? daux_rows.sum(0) : at::Tensor();  // (DA,)
   if (has_bias && Cell::kOwnsBiasGrad) {
@@ -884,7 +932,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     out.db_ih = dgx2.sum(0);
     out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
   }
-  if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}));
+  if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}), all_rows);
   if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
   out.dh0 = dh;
   out.dc0 = dc;
