@@ -145,7 +145,7 @@ inline at::Tensor sequence_buffer(at::IntArrayRef shape, const at::TensorOptions
 // for Aᵀ B it computes Cᵀ = Bᵀ A with A's rows read in place as panels (A is the wide side, G H columns, so
 // few of a panel's columns are padding), then transposes; for A B it packs B and splits C's rows.
 // runs (a_transposed only): the (first row, rows) ranges of the K rows that can be nonzero (a packed batch's active
-// rows of each step); PanelGemm skips the rest, which are zeros in A. None: all K rows.
+// rows of each step); both GEMMs skip the rest, which are zeros in A (BLAS by a call per run). None: all K rows.
 using RowRuns = std::vector<std::pair<int64_t, int64_t>>;
 
 template <typename T>
@@ -162,6 +162,14 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
   // scratch kept by the thread for the next call: fresh pages cost ~2-3 µs each to fault in on a VM, as much as
   // the GEMM's arithmetic on ~100 of them
   static thread_local std::vector<T> buffer, product;
+  // the runs within the first k rows (all k rows without runs)
+  auto clip = [&](int k) {
+    RowRuns clipped;
+    if (runs == nullptr) return RowRuns{{0, k}};
+    for (const auto& [first, rows] : *runs)
+      if (first < k && rows > 0) clipped.emplace_back(first, std::min<int64_t>(rows, k - first));
+    return clipped;
+  };
   auto own = [&](int k, T b, T* c) {  // over the first k steps of the sum
     const int threads = std::max(1, at::get_num_threads());
     if (!a_transposed) {
@@ -175,10 +183,7 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
       });
       return;
     }
-    RowRuns all{{0, k}};
-    RowRuns clipped;  // the runs within the first k rows
-    for (const auto& [first, rows] : runs ? *runs : all)
-      if (first < k && rows > 0) clipped.emplace_back(first, std::min<int64_t>(rows, k - first));
+    const RowRuns clipped = clip(k);
     const int full = M / kPanel * kPanel, panels = (M + kPanel - 1) / kPanel;
     T* tail = nullptr;
     if (full < M) {  // A's last columns, zero-padded to a panel
@@ -222,7 +227,16 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
               c[m * N + n] = b == T(0) ? transposed[n * M + m] : transposed[n * M + m] + b * c[m * N + n];
     });
   };
-  auto blas = [&](int k, T b, T* c) { gemm<T>(a_transposed, false, M, N, k, T(1), A, lda, B, N, b, c, N); };
+  auto blas = [&](int k, T b, T* c) {
+    if (!a_transposed || runs == nullptr) return gemm<T>(a_transposed, false, M, N, k, T(1), A, lda, B, N, b, c, N);
+    const RowRuns clipped = clip(k);  // a call per run, the later ones adding to C
+    if (clipped.empty()) return gemm<T>(true, false, M, N, 0, T(1), A, lda, B, N, b, c, N);
+    for (size_t i = 0; i < clipped.size(); ++i) {
+      const auto [first, rows] = clipped[i];
+      gemm<T>(true, false, M, N, static_cast<int>(rows), T(1), A + first * lda, lda, B + first * N, N,
+              i == 0 ? b : T(1), c, N);
+    }
+  };
   const std::string mode = GemmChoice::requested();
   bool use_own = mode == "own";
   if (mode == "auto") {
@@ -232,7 +246,7 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
       use_own = known.own;
     } else {
       // timed on the first kTimedK steps of the sum (each implementation's time grows with K alike), into scratch
-      constexpr int kTimedK = 1024;
+      constexpr int kTimedK = 512;
       const int k = std::min(K, kTimedK);
       std::vector<T> scratch(static_cast<size_t>(M) * N);
       auto elapsed_us = [&](auto&& run) {
