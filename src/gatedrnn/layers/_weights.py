@@ -48,12 +48,13 @@ def read_weight(module, name: str) -> Optional[Tensor]:
     return getattr(module, name, None)
 
 
-def stream_weights(module) -> list[Optional[Tensor]]:
-    """The weights of a unidirectional stack in `flat_weight_names` order, None where the layer has no such weight
-    (bias=False, no proj_size), read now as forward reads them: the streaming step kernel's weight list. A step at
-    batch 1 costs a few µs, so the names of absent weights are known from the layer's settings, not looked up;
-    where the registered parameters are not exactly those (a parametrized weight, one registered or deleted
-    later), every name is read as forward reads it."""
+def stream_weights(module) -> tuple[dict[str, Optional[Tensor]], tuple[Optional[str], ...]]:
+    """(a dict of weights by name, the names of a unidirectional stack in `flat_weight_names` order with None where
+    the layer has no such weight (bias=False, no proj_size)): the streaming step kernel's weights, read by it from
+    the dict, as forward reads them. A step at batch 1 costs a few µs, so the dict is the layer's own parameter dict
+    and the names of absent weights are known from the layer's settings, not looked up; where the registered
+    parameters are not exactly those (a parametrized weight, one registered or deleted later), every name is read
+    now as forward reads it."""
     key = (module.num_layers, module.bias, bool(module.proj_size))
     cached = _STREAM.get(key)
     if cached is None:
@@ -62,9 +63,7 @@ def stream_weights(module) -> list[Optional[Tensor]]:
         cached = _STREAM[key] = (names, sum(name is not None for name in names))
     names, count = cached
     params = module._parameters
-    if len(params) == count:
-        try:
-            return [name and params[name] for name in names]
-        except KeyError:  # as many parameters, other names
-            pass
-    return [read_weight(module, name) for name in flat_weight_names(key[0])]
+    if len(params) == count:  # exactly these names, or the kernel finds one missing and declines
+        return params, names
+    names = flat_weight_names(key[0])
+    return {name: read_weight(module, name) for name in names}, names

@@ -294,7 +294,13 @@ class RecurrentBase(nn.Module):
     def step(self, x: Tensor, state: Optional[State] = None):
         """One time step for streaming: x (N, H_in) or (H_in,), state in forward's hidden format (None = zeros).
         Returns (y (N, H_out) or (H_out,), new_state). See `gatedrnn.layers.streaming`."""
-        return streaming.step(self, x, state, fast=not self._own_layer_weights())
+        # not self._own_layer_weights(), inline (a step at batch 1 takes a few µs): the one-call path reads the
+        # weights by name
+        if "layer_weights" not in self.__dict__ and type(self).layer_weights is RecurrentBase.layer_weights:
+            out = streaming.streamed(self, x, state)
+            if out is not None:
+                return out
+        return streaming.step(self, x, state)
 
     def _own_layer_weights(self) -> bool:
         """Whether a subclass or this instance replaces `layer_weights`: what forward's general path and the general

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gatedrnn import engine
+from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import _build
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
@@ -30,13 +31,9 @@ from gatedrnn.layers._weights import stream_weights
 State = Union[Tensor, tuple[Tensor, Tensor]]
 
 
-def step(module, x: Tensor, state: Optional[State] = None, *, fast: bool = True) -> tuple[Tensor, State]:
-    """One time step of `module` (an LSTM, GRU or RNN). Returns (y, new_state) in the layer's state format.
-    fast=False skips the one-call path (`_streamed`), which reads the registered parameters by name."""
-    if fast:
-        out = _streamed(module, x, state)
-        if out is not None:
-            return out
+def step(module, x: Tensor, state: Optional[State] = None) -> tuple[Tensor, State]:
+    """One time step of `module` (an LSTM, GRU or RNN) on the general path, with the layer's checks and messages.
+    Returns (y, new_state) in the layer's state format. The layers try `streamed` first."""
     refuse_bidirectional_step(module)
     if torch._C._is_tracing():  # torch.jit.trace records torch's ops only: forward over one time step
         return _step_as_forward(module, x, state)
@@ -59,21 +56,41 @@ def step(module, x: Tensor, state: Optional[State] = None, *, fast: bool = True)
     return y, (new_states if module.spec.has_cell_state else new_states[0])
 
 
-def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
+def _stream_kernel(mode: str) -> tuple[bool, bool]:
+    """(whether the cell `mode` has the streaming step kernel: fused, no operands of its own; whether its state
+    has c), memoised per mode."""
+    facts = _STREAM_KERNEL.get(mode)
+    if facts is None:
+        spec = CELL_SPECS[mode]
+        streams = spec.fused and not spec.extra_params and spec.kernel_weights is None
+        facts = _STREAM_KERNEL[mode] = (streams, spec.has_cell_state)
+    return facts
+
+
+_STREAM_KERNEL: dict[str, tuple[bool, bool]] = {}
+_grad_enabled, _compiling = torch.is_grad_enabled, torch.compiler.is_compiling  # one lookup fewer each
+
+
+def streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
     """The streaming loop's own case in one C++ call (the engine's `stream_step`), or None for anything else, which
-    then takes the general path below with its checks and messages: under no_grad, eager, no dispatch mode or
+    then takes `step`, the general path, with its checks and messages: under no_grad, eager, no dispatch mode or
     tracer, a cell with a step kernel and no per-step noise, and a state from a previous step (None, the first step,
-    goes the general way). At batch 1 each Python check costs a visible share of a step, so only what the C++ call
-    cannot see is checked here; it declines dispatch modes, the tracer, GATEDRNN_BACKEND=reference, dtypes and
-    shapes itself."""
-    if state is None or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    goes the general way). The caller checks that the layer reads its weights by name (no own `layer_weights`).
+    At batch 1 the whole step costs a few µs, and each line of Python here ~50 ns: so only what the C++ call cannot
+    see is checked here, cheapest and likeliest to decline first; the call declines dispatch modes, the tracer,
+    GATEDRNN_BACKEND=reference, dtypes and shapes itself."""
+    if state is None or _grad_enabled() or _compiling() or module.bidirectional or module.zoneout != (0.0, 0.0):
         return None
-    spec = module.spec
-    if (not spec.fused or spec.extra_params or spec.kernel_weights is not None or module.bidirectional
-            or module.zoneout != (0.0, 0.0) or (module.training and (module.num_layers > 1 and module.dropout
-                                                                     or active_regularisers(module)))):
+    mode = module.mode
+    streams, has_c = _stream_kernel(mode)
+    if not streams or (module.training and (module.num_layers > 1 and module.dropout or active_regularisers(module))):
         return None
-    has_c = spec.has_cell_state
+    # only an engine this process has loaded already: the general path (the first step, and any step before the
+    # engine is loaded) loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or
+    # the tracer never builds it here only for the C++ call to decline
+    library = _build.loaded()
+    if library is None or type(x) is not Tensor:
+        return None
     if has_c:
         if type(state) is not tuple or len(state) != 2:
             return None
@@ -82,29 +99,19 @@ def _streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tenso
             return None
     else:
         h, c = state, None
-    if type(x) is not Tensor or type(h) is not Tensor:
+    if type(h) is not Tensor:
         return None
-    # only an engine this process has loaded already: the general path (the first step, and any step before the
-    # engine is loaded) loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or
-    # the tracer never builds it here only for the C++ call to decline
-    library = _build.loaded()
-    if library is None:
-        return None
-    weights = stream_weights(module)
     if x.dim() == 1:  # unbatched: (H_in,) and a state without N
-        if h.dim() != 2 or (has_c and c.dim() != 2):
+        if h.dim() != 2 or (c is not None and c.dim() != 2):
             return None
-        out = library.stream_step(module.mode, x.unsqueeze(0), h.unsqueeze(1), c.unsqueeze(1) if has_c else None,
-                                  weights)
+        out = library.stream_step(mode, x.unsqueeze(0), h.unsqueeze(1), None if c is None else c.unsqueeze(1),
+                                  *stream_weights(module))
         if out is None:
             return None
-        y, h_next, c_next = out
-        return y.squeeze(0), ((h_next.squeeze(1), c_next.squeeze(1)) if has_c else h_next.squeeze(1))
-    out = library.stream_step(module.mode, x, h, c, weights)  # None for a shape or dtype it does not take
-    if out is None:
-        return None
-    y, h_next, c_next = out
-    return y, ((h_next, c_next) if has_c else h_next)
+        y, new_state = out
+        return y.squeeze(0), (new_state.squeeze(1) if c is None else tuple(s.squeeze(1) for s in new_state))
+    # (y, new_state) in the layer's format, or None for a shape or dtype it does not take
+    return library.stream_step(mode, x, h, c, *stream_weights(module))
 
 
 def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:

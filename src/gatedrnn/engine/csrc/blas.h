@@ -281,17 +281,22 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
 // chains hide the FMA latency), each weight read once and in place; a BLAS call per gate block costs more in
 // dispatch than this whole pass at H <= 256. The next four rows are prefetched while these are summed: four
 // rows of 1 KB are streams too short for the hardware prefetcher to ramp up on (numbers in csrc/README.md).
+// descending visits the blocks of four from the last: a caller that alternates the order starts each pass on the
+// rows the previous pass read last, still in cache. Each row's sum is the same either way, bit for bit: one loop
+// body serves both orders (a second instantiation for the other order compiled the scalar tails differently).
 template <typename T>
 inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
-                       T* __restrict__ y) {
+                       T* __restrict__ y, bool descending = false) {
   typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   constexpr int kLanes = kVecBytes / sizeof(T);
   constexpr int kStep = kVecBytes == 64 ? kLanes : 2 * kLanes;
   auto load = [](const T* p) { return *reinterpret_cast<const Vec*>(p); };
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
+  const int64_t blocks = (r1 - r0) / 4, blocked = r0 + 4 * blocks;  // rows [blocked, r1) one at a time
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t r = descending ? blocked - 4 * (i + 1) : r0 + 4 * i;
     const T* w = W + r * K;
-    const T* next = w + 4 * K;  // the next four rows, fetched while these are summed (past r1: a prefetch never faults)
+    // the four rows read next, fetched while these are summed (past the weight: a prefetch never faults)
+    const T* next = W + (descending ? std::max<int64_t>(r - 4, r0) : r + 4) * K;
     Vec a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
     int k = 0;
     for (; k + kStep <= K; k += kStep) {
@@ -316,7 +321,10 @@ inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, c
     for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
     y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
   }
-  for (; r < r1; ++r) y[r] = dot_row(W + r * K, x, K);
+  for (int64_t i = 0; i < r1 - blocked; ++i) {
+    const int64_t r = descending ? r1 - 1 - i : blocked + i;
+    y[r] = dot_row(W + r * K, x, K);
+  }
 }
 
 // The engine's own GEMM for a weight used at every step: C (rows, N) = X (rows, K) W + beta C, W packed once per

@@ -33,6 +33,8 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     std::copy_n(c.data_ptr<T>(), c.numel(), c_next.data_ptr<T>());
   }
   static thread_local std::vector<T> scratch;
+  static thread_local bool reversed_last = false;  // this thread's previous call read its rows backwards
+  const bool descending = reversed_last = !reversed_last && B <= 2;
 
   const T* in_p = x.data_ptr<T>();
   int64_t in_dim = x.size(1);
@@ -60,18 +62,26 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const T* w_ih_p = w_ih.data_ptr<T>();
     const T* w_hh_p = w_hh.data_ptr<T>();
     // Hidden units [j0, j1): their rows of every gate block (GEMVs read the weights in place), then the
-    // pointwise pass. Split over threads, each core streams only its share of the weights.
+    // pointwise pass. Split over threads, each core streams only its share of the weights. At batch 1-2 every
+    // other call reads the rows in the opposite order (gates, weights and rows backwards): a share larger than
+    // the core's L2 then starts on the rows the last call read last, which are still there, where the same order
+    // every call would find each row evicted by the ones after it (the same sums either way).
     auto units_range = [&](int64_t j0, int64_t j1) {
       const int units = static_cast<int>(j1 - j0);
-      for (int g = 0; g < Cell::kGates; ++g) {
-        const int64_t row0 = g * H + j0;
-        if (B <= 2) {  // hand GEMV: per row of the batch, the block's rows of W_ih and W_hh
-          for (int64_t b = 0; b < B; ++b) {
-            gemv_rows4<T>(row0, row0 + units, in_dim, w_ih_p, in_p + b * in_dim, gates + b * GH);
-            gemv_rows4<T>(row0, row0 + units, P, w_hh_p, h_prev + b * P, rec + b * GH);
-          }
-          continue;
+      if (B <= 2) {  // hand GEMV: per row of the batch, the block's rows of W_ih and W_hh
+        for (int i = 0; i < Cell::kGates; ++i) {
+          const int64_t row0 = (descending ? Cell::kGates - 1 - i : i) * H + j0;
+          for (int64_t b = 0; b < B; ++b)
+            for (int pass = 0; pass < 2; ++pass) {  // W_ih then W_hh, or backwards W_hh then W_ih
+              const bool recurrent = (pass == 0) == descending;  // one call site: the same code for both orders
+              gemv_rows4<T>(row0, row0 + units, static_cast<int>(recurrent ? P : in_dim), recurrent ? w_hh_p : w_ih_p,
+                            recurrent ? h_prev + b * P : in_p + b * in_dim, (recurrent ? rec : gates) + b * GH,
+                            descending);
+            }
         }
+      }
+      for (int g = 0; g < Cell::kGates && B > 2; ++g) {
+        const int64_t row0 = g * H + j0;
         gemm<T>(false, true, B, units, in_dim, T(1), in_p, in_dim, w_ih_p + row0 * in_dim, in_dim, T(0), gates + row0, GH);
         gemm<T>(false, true, B, units, P, T(1), h_prev, P, w_hh_p + row0 * P, P, T(0), rec + row0, GH);
       }
