@@ -24,7 +24,7 @@ from gatedrnn.engine import _build
 from gatedrnn.engine.noise import draw_zoneout
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
-    ShapeError, active_regularisers, check_floating, check_step_input, refuse_bidirectional_step,
+    ShapeError, check_floating, check_step_input, refuse_bidirectional_step,
 )
 from gatedrnn.layers._weights import stream_weights
 
@@ -83,7 +83,9 @@ def streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor
         return None
     mode = module.mode
     streams, has_c = _stream_kernel(mode)
-    if not streams or (module.training and (module.num_layers > 1 and module.dropout or active_regularisers(module))):
+    # the regularisers that draw noise while training (zoneout is checked above), as the layer's _one_call_serves
+    if not streams or (module.training and (module.recurrent_dropout or module.weight_drop or module.candidate_dropout
+                                            or (module.num_layers > 1 and module.dropout))):
         return None
     # only an engine this process has loaded already: the general path (the first step, and any step before the
     # engine is loaded) loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or
