@@ -339,7 +339,8 @@ pybind11::object stream_step(const std::string& cell, const at::Tensor& x, const
   const int64_t B = x.size(0), P = weights[1]->size(1);
   const int64_t H = weights[4].has_value() ? weights[4]->size(1) : P;
   if (x.size(1) != weights[0]->size(1) || h.size(0) != L || h.size(1) != B || h.size(2) != P) return pybind11::none();
-  if (c.has_value() && (c->dim() != 3 || c->size(0) != L || c->size(1) != B || c->size(2) != H)) return pybind11::none();
+  if (c.has_value() && (c->dim() != 3 || c->size(0) != L || c->size(1) != B || c->size(2) != H))
+    return pybind11::none();
   // Released as the operator's Python binding does while its kernel runs, unless the weights are small enough for
   // the step to take ~1-2 µs, where releasing and taking the GIL back costs ~0.15 µs (3% of a step at H = 64).
   int64_t weight_bytes = 0;

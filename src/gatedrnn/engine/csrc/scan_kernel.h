@@ -272,7 +272,8 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
 
 // op(A) B as a new (M, N) tensor (sequence_gemm); a (K, M) when a_transposed, else (M, K); b (K, N)
 template <typename T>
-at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Tensor& b, const RowRuns* runs = nullptr) {
+at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Tensor& b,
+                            const RowRuns* runs = nullptr) {
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   const int64_t M = a_transposed ? ac.size(1) : ac.size(0), K = bc.size(0), N = bc.size(1);
   at::Tensor out = cpu_empty({M, N}, ac.options());
@@ -718,7 +719,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         if (!packed) {
           project(0, rows);
         } else {  // only each step's active rows (the step pass reads no other; a kept trace zeroes the rest)
-          for (const auto& [first, count] : active_runs(chunk_start, steps, B, [&](int64_t u) { return batch_sizes[u]; }))
+          const RowRuns runs = active_runs(chunk_start, steps, B, [&](int64_t u) { return batch_sizes[u]; });
+          for (const auto& [first, count] : runs)
             project(first, first + count);
         }
       }
@@ -933,7 +935,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   }
   out.dw_hh = sequence_product<T>(dgate_first, true, h0_rec);
   {
-    const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous(), h_rows = y_prev.reshape({-1, RW}).contiguous();
+    const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous();
+    const at::Tensor h_rows = y_prev.reshape({-1, RW}).contiguous();
     sequence_gemm<T>(true, static_cast<int>(GH), static_cast<int>(RW), static_cast<int>(h_rows.size(0)),
                      dgh_rows.data_ptr<T>(), h_rows.data_ptr<T>(), T(1), out.dw_hh.data_ptr<T>(),
                      packed ? &later_runs : nullptr);
