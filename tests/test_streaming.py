@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gatedrnn
+from gatedrnn.layers._checks import REGULARISERS
 from op_counter import GatedrnnOps
 
 MODULES = [
@@ -268,6 +269,27 @@ def test_one_call_steps_leave_other_cases_to_the_general_path(counted_streamers)
             module.step(x, (state[0][:, :1], state[1]))
     copy.deepcopy(module)
     torch.save(module, io.BytesIO())
+
+
+@pytest.mark.parametrize("regulariser", REGULARISERS)
+def test_training_steps_with_a_regulariser_take_the_general_path(regulariser, counted_streamers):
+    """In training, every regulariser that draws noise (each of REGULARISERS, so a new one is covered) keeps the
+    step off the one-call path: it either steps with its noise or refuses, as the general path does; the same
+    module without it, still in training, is stepped in one call."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 4)
+    module = gatedrnn.LSTM(4, 6, **{regulariser: 0.25})
+    state = initial_state(module, 2, torch.float32)
+    with torch.no_grad():
+        try:
+            module.step(x, state)
+        except ValueError as error:  # the masks drawn once per sequence refuse a step while training
+            assert "while training" in str(error)
+        assert counted_streamers.steps == 0
+        plain = gatedrnn.LSTM(4, 6)
+        assert plain.training
+        plain.step(x, initial_state(plain, 2, torch.float32))
+    assert counted_streamers.steps == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
