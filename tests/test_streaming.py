@@ -172,11 +172,19 @@ def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
 
 
 class _CountingStreamer:
-    """Stands in for the engine's library in `gatedrnn.layers.streaming`: the real stream_step, counted.
-    asked: calls; steps: calls it served (it returns None for what it declines)."""
+    """Stands in for the engine's library in `gatedrnn.layers.streaming`: the real module_step and stream_step,
+    counted. asked: steps the C++ call was asked for; steps: those it served (it returns None for what it declines;
+    module_step returns NotImplemented for weights read by name, and stream_step is asked then)."""
 
     def __init__(self, library) -> None:
         self.library, self.asked, self.steps = library, 0, 0
+
+    def module_step(self, *args):
+        out = self.library.module_step(*args)
+        if out is not NotImplemented:
+            self.asked += 1
+            self.steps += out is not None
+        return out
 
     def stream_step(self, *args):
         self.asked += 1
@@ -327,6 +335,57 @@ def test_streaming_holds_no_parameter(counted_streamers):
     finally:
         torch.__future__.set_swap_module_params_on_conversion(swap)
     assert counted_streamers.steps == 3
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm-proj", "gru", "rnn"])
+@pytest.mark.parametrize("sizes", [(23, 37), (64, 48), (5, 3)], ids=lambda s: f"I{s[0]}-H{s[1]}")
+@pytest.mark.parametrize("batch", [1, 2])
+def test_one_call_steps_equal_torch_nn(cell, sizes, batch, counted_streamers):
+    """The one-call step against torch.nn's own module on the same weights, at sizes whose gate rows are not a
+    multiple of the GEMV's block of rows (37 = 2 x 16 + 5) nor their columns of its vector width."""
+    input_size, hidden = sizes
+    torch.manual_seed(hidden)
+    extra = {"proj_size": min(7, hidden - 1)} if cell == "lstm-proj" else {}
+    kind = {"lstm": "LSTM", "lstm-proj": "LSTM", "gru": "GRU", "rnn": "RNN"}[cell]
+    ours = getattr(gatedrnn, kind)(input_size, hidden, num_layers=2, **extra).eval()
+    peer = getattr(torch.nn, kind)(input_size, hidden, num_layers=2, **extra).eval()
+    peer.load_state_dict(ours.state_dict())
+    x = torch.randn(6, batch, input_size)
+    state = initial_state(ours, batch, torch.float32)
+    with torch.no_grad():
+        expected, expected_state = peer(x, state)
+        outputs = []
+        for t in range(x.shape[0]):
+            y, state = ours.step(x[t], state)
+            outputs.append(y)
+    assert counted_streamers.steps == x.shape[0]
+    torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-5, atol=1e-5)
+    for a, b in zip(as_tuple(state), as_tuple(expected_state)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_one_call_steps_read_settings_changed_after_construction(counted_streamers):
+    """The C++ call reads the layer's settings at every step: zoneout set on a live module, or training with a
+    regulariser, send the step to the general path (whose zoneout draws noise while training, and which refuses
+    recurrent_dropout while training), and eval() returns it to the one call."""
+    torch.manual_seed(11)
+    module = gatedrnn.LSTM(4, 6).eval()
+    x, state = torch.randn(2, 4), initial_state(module, 2, torch.float32)
+    with torch.no_grad():
+        expected = module.step(x, state)[0]
+        assert counted_streamers.steps == 1
+        module.zoneout = (0.5, 0.0)
+        module.train()
+        first, second = module.step(x, state)[0], module.step(x, state)[0]
+        assert counted_streamers.steps == 1 and not torch.equal(first, second)  # zoneout drew noise
+        module.zoneout = (0.0, 0.0)
+        module.recurrent_dropout = 0.25
+        with pytest.raises(ValueError, match="recurrent_dropout"):  # the general path's refusal
+            module.step(x, state)
+        assert counted_streamers.steps == 1
+        module.eval()
+        assert torch.equal(module.step(x, state)[0], expected)
+        assert counted_streamers.steps == 2
 
 
 def test_one_layer_final_state_is_its_own_tensor():

@@ -68,52 +68,46 @@ def _stream_kernel(mode: str) -> tuple[bool, bool]:
 
 
 _STREAM_KERNEL: dict[str, tuple[bool, bool]] = {}
-_grad_enabled, _compiling = torch.is_grad_enabled, torch.compiler.is_compiling  # one lookup fewer each
+_compiling = torch.compiler.is_compiling  # one lookup fewer each
 
 
 def streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor, State]]:
-    """The streaming loop's own case in one C++ call (the engine's `stream_step`), or None for anything else, which
+    """The streaming loop's own case in one C++ call (the engine's `module_step`), or None for anything else, which
     then takes `step`, the general path, with its checks and messages: under no_grad, eager, no dispatch mode or
     tracer, a cell with a step kernel and no per-step noise, and a state from a previous step (None, the first step,
     goes the general way). The caller checks that the layer reads its weights by name (no own `layer_weights`).
-    At batch 1 the whole step costs a few µs, and each line of Python here ~50 ns: so only what the C++ call cannot
-    see is checked here, cheapest and likeliest to decline first; the call declines dispatch modes, the tracer,
-    GATEDRNN_BACKEND=reference, dtypes and shapes itself."""
-    if state is None or _grad_enabled() or _compiling() or module.bidirectional or module.zoneout != (0.0, 0.0):
+    At batch 1 the whole step costs a few µs, and each line of Python ~50 ns: so the C++ call reads the layer's
+    settings itself, and declines grad mode, dispatch modes, the tracer, GATEDRNN_BACKEND=reference, dtypes and
+    shapes; only an engine this process has loaded already is asked: the general path (the first step, and any
+    step before the engine is loaded) loads it where the fused engine applies, so GATEDRNN_BACKEND=reference, a
+    dispatch mode or the tracer never builds it here only for the call to decline."""
+    if state is None or _compiling():
         return None
-    mode = module.mode
-    streams, has_c = _stream_kernel(mode)
-    # the regularisers that draw noise while training (zoneout is checked above), as the layer's _one_call_serves
-    if not streams or (module.training and (module.recurrent_dropout or module.weight_drop or module.candidate_dropout
-                                            or (module.num_layers > 1 and module.dropout))):
-        return None
-    # only an engine this process has loaded already: the general path (the first step, and any step before the
-    # engine is loaded) loads it where the fused engine applies; so GATEDRNN_BACKEND=reference, a dispatch mode or
-    # the tracer never builds it here only for the C++ call to decline
     library = _build.loaded()
-    if library is None or type(x) is not Tensor:
+    if library is None:
         return None
-    if has_c:
-        if type(state) is not tuple or len(state) != 2:
-            return None
-        h, c = state
-        if type(c) is not Tensor:
-            return None
-    else:
-        h, c = state, None
-    if type(h) is not Tensor:
-        return None
+    out = library.module_step(module, x, state, _stream_kernel)
+    if out is NotImplemented:  # parameters other than the weights' names (a parametrized weight): read each by name
+        return _streamed_by_name(module, x, state, library)
+    return out
+
+
+def _streamed_by_name(module, x: Tensor, state: State, library) -> Optional[tuple[Tensor, State]]:
+    """`streamed` where the layer's registered parameters are not exactly its weights (its settings, input and
+    state passed `module_step`'s checks): the weights read by name (`stream_weights`) for the engine's
+    `stream_step`, which returns (y, new_state) in the layer's format, or None for a shape or dtype it does not
+    take."""
+    h, c = state if type(state) is tuple else (state, None)
     if x.dim() == 1:  # unbatched: (H_in,) and a state without N
         if h.dim() != 2 or (c is not None and c.dim() != 2):
             return None
-        out = library.stream_step(mode, x.unsqueeze(0), h.unsqueeze(1), None if c is None else c.unsqueeze(1),
-                                  *stream_weights(module))
+        out = library.stream_step(module.mode, x.unsqueeze(0), h.unsqueeze(1),
+                                  None if c is None else c.unsqueeze(1), *stream_weights(module))
         if out is None:
             return None
         y, new_state = out
         return y.squeeze(0), (new_state.squeeze(1) if c is None else tuple(s.squeeze(1) for s in new_state))
-    # (y, new_state) in the layer's format, or None for a shape or dtype it does not take
-    return library.stream_step(mode, x, h, c, *stream_weights(module))
+    return library.stream_step(module.mode, x, h, c, *stream_weights(module))
 
 
 def _zoneout_weights(module, x: Tensor) -> Optional[list[Tensor]]:

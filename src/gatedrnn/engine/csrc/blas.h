@@ -16,6 +16,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -256,7 +257,7 @@ inline T lane_sum(const Vec& v) {
 }
 
 // Vectors of one register (kVecBytes): 64-byte vectors on AVX2 or NEON become several registers per value, and
-// GCC spilled them (gemv_rows4 at 2 MB of weights took 8x as long as the register-wide panels on a Zen 3).
+// GCC spilled them (gemv_rows at 2 MB of weights took 8x as long as the register-wide panels on a Zen 3).
 template <typename T>
 inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
   typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
@@ -275,51 +276,71 @@ inline T dot_row(const T* __restrict__ w, const T* __restrict__ x, int K) {
   return sum;
 }
 
+// Lane sums of kLanes vectors at once: out[r] = the sum of acc[r]'s lanes, as the lanes of one vector. Each level
+// pairs the vectors and folds every row's lanes in half (low half + high half, through two shuffles of the pair),
+// so kLanes rows cost 2 (kLanes - 1) shuffles and kLanes - 1 adds where one lane_sum each costs a log-depth tree
+// per row; on a CPU whose 512-bit ops run as two 256-bit halves (Zen 4) the per-row trees took as long as the FMAs
+// of a 64-wide row. Each row's sum is added in lane_sum's order (lane i + lane i + width, width halving), bit for bit.
+template <int N, int S, bool kHigh>
+constexpr int fold_index(int i) {  // lane i of the folded pair: rows of S lanes in each vector become rows of S / 2
+  const int half = N / 2, j = i % half, row = j / (S / 2), pos = j % (S / 2);
+  return (i < half ? 0 : N) + row * S + pos + (kHigh ? S / 2 : 0);
+}
+
+template <int S, typename Vec, int... I>
+inline Vec fold_pair(const Vec& p, const Vec& q, std::integer_sequence<int, I...>) {
+  return __builtin_shufflevector(p, q, fold_index<sizeof...(I), S, false>(I)...) +
+         __builtin_shufflevector(p, q, fold_index<sizeof...(I), S, true>(I)...);
+}
+
+template <int S, int Count, typename Vec>
+inline void fold_level(Vec* acc) {  // acc[0, Count) with rows of S lanes -> acc[0, Count / 2) with rows of S / 2
+  constexpr int n = sizeof(Vec) / sizeof(acc[0][0]);
+  for (int i = 0; i < Count / 2; ++i)
+    acc[i] = fold_pair<S>(acc[2 * i], acc[2 * i + 1], std::make_integer_sequence<int, n>{});
+  if constexpr (Count > 2) fold_level<S / 2, Count / 2>(acc);
+}
+
 // y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
-// weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). Four rows at a time
-// with independent accumulators (two registers per row where a register is narrower than 64 bytes, so 8 FMA
-// chains hide the FMA latency), each weight read once and in place; a BLAS call per gate block costs more in
-// dispatch than this whole pass at H <= 256. The next four rows are prefetched while these are summed: four
-// rows of 1 KB are streams too short for the hardware prefetcher to ramp up on (numbers in csrc/README.md).
-// descending visits the blocks of four from the last: a caller that alternates the order starts each pass on the
-// rows the previous pass read last, still in cache. Each row's sum is the same either way, bit for bit: one loop
-// body serves both orders (a second instantiation for the other order compiled the scalar tails differently).
+// weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). One register's lanes of rows
+// at a time (16 floats on AVX-512), an accumulator each (two where that makes fewer than 8 FMA chains), their sums
+// reduced together (fold_level) and stored as one vector; each weight read once and in place; a BLAS call per gate
+// block costs more in dispatch than this whole pass at H <= 256. No software prefetch: a block's kLanes rows are
+// enough streams for the hardware prefetchers, and fetching the next block as well overflowed L1 (csrc/README.md).
+// descending visits the blocks from the last: a caller that alternates the order starts each pass on the rows the
+// previous pass read last, still in cache. Each row's sum is the same either way, bit for bit: one loop body
+// serves both orders (a second instantiation for the other order compiled the scalar tails differently).
 template <typename T>
-inline void gemv_rows4(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
+inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
                        T* __restrict__ y, bool descending = false) {
   typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
-  constexpr int kLanes = kVecBytes / sizeof(T);
-  constexpr int kStep = kVecBytes == 64 ? kLanes : 2 * kLanes;
+  constexpr int kLanes = kVecBytes / sizeof(T), kRows = kLanes;
+  constexpr int kAcc = kRows >= 8 ? 1 : 2;  // accumulators per row: at least 8 independent FMA chains
   auto load = [](const T* p) { return *reinterpret_cast<const Vec*>(p); };
-  const int64_t blocks = (r1 - r0) / 4, blocked = r0 + 4 * blocks;  // rows [blocked, r1) one at a time
+  const int64_t blocks = (r1 - r0) / kRows, blocked = r0 + kRows * blocks;  // rows [blocked, r1) one at a time
   for (int64_t i = 0; i < blocks; ++i) {
-    const int64_t r = descending ? blocked - 4 * (i + 1) : r0 + 4 * i;
+    const int64_t r = descending ? blocked - kRows * (i + 1) : r0 + kRows * i;
     const T* w = W + r * K;
-    // the four rows read next, fetched while these are summed (past the weight: a prefetch never faults)
-    const T* next = W + (descending ? std::max<int64_t>(r - 4, r0) : r + 4) * K;
-    Vec a0{}, a1{}, a2{}, a3{}, b0{}, b1{}, b2{}, b3{};
+    Vec acc[kAcc][kRows] = {};
     int k = 0;
-    for (; k + kStep <= K; k += kStep) {
-      __builtin_prefetch(next + k), __builtin_prefetch(next + K + k), __builtin_prefetch(next + 2 * K + k);
-      __builtin_prefetch(next + 3 * K + k);
-      const Vec xv = load(x + k);
-      a0 += load(w + k) * xv, a1 += load(w + K + k) * xv, a2 += load(w + 2 * K + k) * xv;
-      a3 += load(w + 3 * K + k) * xv;
-      if constexpr (kStep > kLanes) {
-        const int k2 = k + kLanes;
-        const Vec xv2 = load(x + k2);
-        b0 += load(w + k2) * xv2, b1 += load(w + K + k2) * xv2, b2 += load(w + 2 * K + k2) * xv2;
-        b3 += load(w + 3 * K + k2) * xv2;
+    for (; k + kAcc * kLanes <= K; k += kAcc * kLanes) {
+      for (int a = 0; a < kAcc; ++a) {
+        const Vec xv = load(x + k + a * kLanes);
+        for (int j = 0; j < kRows; ++j) acc[a][j] += load(w + j * K + k + a * kLanes) * xv;
       }
     }
     for (; k + kLanes <= K; k += kLanes) {
       const Vec xv = load(x + k);
-      a0 += load(w + k) * xv, a1 += load(w + K + k) * xv, a2 += load(w + 2 * K + k) * xv;
-      a3 += load(w + 3 * K + k) * xv;
+      for (int j = 0; j < kRows; ++j) acc[0][j] += load(w + j * K + k) * xv;
     }
-    T s0 = lane_sum<T>(a0 + b0), s1 = lane_sum<T>(a1 + b1), s2 = lane_sum<T>(a2 + b2), s3 = lane_sum<T>(a3 + b3);
-    for (; k < K; ++k) s0 += w[k] * x[k], s1 += w[K + k] * x[k], s2 += w[2 * K + k] * x[k], s3 += w[3 * K + k] * x[k];
-    y[r] = s0, y[r + 1] = s1, y[r + 2] = s2, y[r + 3] = s3;
+    if constexpr (kAcc > 1)
+      for (int j = 0; j < kRows; ++j) acc[0][j] += acc[1][j];
+    fold_level<kLanes, kRows>(acc[0]);
+    T sums[kRows];
+    std::memcpy(sums, &acc[0][0], sizeof(sums));
+    for (; k < K; ++k)
+      for (int j = 0; j < kRows; ++j) sums[j] += w[j * K + k] * x[k];
+    std::memcpy(y + r, sums, sizeof(sums));
   }
   for (int64_t i = 0; i < r1 - blocked; ++i) {
     const int64_t r = descending ? r1 - 1 - i : blocked + i;
@@ -631,10 +652,10 @@ class StepWeight {
       for (int r = 0; r < rows; ++r) {
         T* c = C + (int64_t)r * ldc;
         if (beta == T(0)) {
-          gemv_rows4<T>(0, N_, K_, w_, X + (int64_t)r * ldx, c);
+          gemv_rows<T>(0, N_, K_, w_, X + (int64_t)r * ldx, c);
         } else {
           std::vector<T> product(N_);
-          gemv_rows4<T>(0, N_, K_, w_, X + (int64_t)r * ldx, product.data());
+          gemv_rows<T>(0, N_, K_, w_, X + (int64_t)r * ldx, product.data());
           for (int j = 0; j < N_; ++j) c[j] = product[j] + beta * c[j];
         }
       }

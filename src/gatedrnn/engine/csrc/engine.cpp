@@ -7,6 +7,9 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
+#include <map>
+#include <tuple>
+#include <utility>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -358,6 +361,130 @@ pybind11::object stream_step(const std::string& cell, const at::Tensor& x, const
   return pybind11::make_tuple(y, h_next);
 }
 
+// A layer attribute as `module.name` reads it (object's attribute lookup: descriptors, then the instance dict; a
+// torch.nn.Module's __getattr__ only serves submodules, parameters and buffers, none of which is read here), or
+// null where the module has none. New reference.
+PyObject* module_attr(PyObject* module, const char* name) {
+  static std::vector<std::pair<const char*, PyObject*>> interned;  // never freed: alive as long as the library
+  PyObject* key = nullptr;
+  for (const auto& [text, object] : interned)
+    if (text == name) key = object;
+  if (key == nullptr) {
+    key = PyUnicode_InternFromString(name);
+    if (key == nullptr) throw pybind11::error_already_set();
+    interned.emplace_back(name, key);
+  }
+  PyObject* value = PyObject_GenericGetAttr(module, key);
+  if (value == nullptr) {
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw pybind11::error_already_set();
+    PyErr_Clear();
+  }
+  return value;
+}
+
+// The names stream_step reads a unidirectional stack's weights by (flat_weight_names in
+// gatedrnn/layers/_weights.py: w_ih, w_hh, b_ih, b_hh, w_hr per layer), None for a weight the layer's settings
+// leave out (bias=False, no proj_size), and how many are not None; made once per (layers, bias, projection).
+std::pair<PyObject*, Py_ssize_t> weight_names(int64_t num_layers, bool bias, bool projected) {
+  static std::map<std::tuple<int64_t, bool, bool>, std::pair<PyObject*, Py_ssize_t>> made;  // never freed
+  const auto key = std::make_tuple(num_layers, bias, projected);
+  if (auto found = made.find(key); found != made.end()) return found->second;
+  static const char* kinds[] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"};
+  pybind11::tuple names(5 * num_layers);
+  Py_ssize_t count = 0;
+  for (int64_t l = 0; l < num_layers; ++l)
+    for (int k = 0; k < 5; ++k) {
+      const bool present = k == 4 ? projected : (k < 2 || bias);
+      names[5 * l + k] = present ? pybind11::object(pybind11::str(std::string(kinds[k]) + "_l" + std::to_string(l)))
+                                 : pybind11::object(pybind11::none());
+      count += present;
+    }
+  return made[key] = {names.release().ptr(), count};
+}
+
+// gatedrnn.layers.streaming.streamed's checks and call in one: a layer's step under no_grad on a state from the
+// previous step, read from the module itself (each line of Python there cost ~50 ns of a ~5 us step at H = 64).
+// Returns None for what the layer's general path serves (grad mode, bidirectional, zoneout, a regulariser drawing
+// noise while training, a cell without a step kernel per `kernel_facts(mode) -> (streams, has_c)`, which the
+// caller passes and this call memoises per mode, a state or input that is not an exact Tensor (tuple), and what
+// stream_step declines), NotImplemented where the registered parameters are not exactly the weights the settings
+// name (a parametrized weight: the caller reads each by name and calls stream_step), else (y, state) in the
+// layer's format, unbatched x (I,) and state (L, ·) as well.
+pybind11::object module_step(pybind11::handle module, pybind11::handle x_obj, pybind11::handle state,
+                             pybind11::handle kernel_facts) {
+  if (state.is_none() || at::GradMode::is_enabled()) return pybind11::none();
+  auto attr = [&](const char* name) {
+    return pybind11::reinterpret_steal<pybind11::object>(module_attr(module.ptr(), name));
+  };
+  auto truthy = [](const pybind11::object& value) {
+    const int truth = PyObject_IsTrue(value.ptr());
+    if (truth < 0) throw pybind11::error_already_set();
+    return truth == 1;
+  };
+  const pybind11::object bidirectional = attr("bidirectional"), zoneout = attr("zoneout"), mode = attr("mode"),
+                         training = attr("training"), num_layers = attr("num_layers");
+  if (!bidirectional || !zoneout || !mode || !training || !num_layers || !PyUnicode_Check(mode.ptr()) ||
+      !PyLong_CheckExact(num_layers.ptr()) || truthy(bidirectional))
+    return pybind11::none();
+  static PyObject* no_zoneout = pybind11::make_tuple(0.0, 0.0).release().ptr();  // never freed
+  const int zoneout_differs = PyObject_RichCompareBool(zoneout.ptr(), no_zoneout, Py_NE);
+  if (zoneout_differs < 0) throw pybind11::error_already_set();
+  if (zoneout_differs) return pybind11::none();
+  const std::string cell = mode.cast<std::string>();
+  static std::vector<std::tuple<std::string, bool, bool>> facts;  // (mode, streams, has_c), asked once per mode
+  const std::tuple<std::string, bool, bool>* known = nullptr;
+  for (const auto& entry : facts)
+    if (std::get<0>(entry) == cell) known = &entry;
+  if (known == nullptr) {
+    const auto [streams, has_c] = kernel_facts(mode).cast<std::pair<bool, bool>>();
+    facts.emplace_back(cell, streams, has_c);
+    known = &facts.back();
+  }
+  const bool has_c = std::get<2>(*known);
+  const int64_t layers = num_layers.cast<int64_t>();
+  if (!std::get<1>(*known) || layers < 1) return pybind11::none();
+  // the regularisers that draw noise while training (zoneout is checked above), as the layer's _one_call_serves
+  if (truthy(training)) {
+    for (const char* name : {"recurrent_dropout", "weight_drop", "candidate_dropout"}) {
+      const pybind11::object value = attr(name);
+      if (!value || truthy(value)) return pybind11::none();
+    }
+    const pybind11::object dropout = attr("dropout");
+    if (!dropout || (layers > 1 && truthy(dropout))) return pybind11::none();
+  }
+  // the input and state as the layer returned them, exact tensors (a subclass goes the general way)
+  if (!THPVariable_CheckExact(x_obj.ptr())) return pybind11::none();
+  PyObject *h_obj = state.ptr(), *c_obj = nullptr;
+  if (has_c) {
+    if (!PyTuple_CheckExact(h_obj) || PyTuple_GET_SIZE(h_obj) != 2) return pybind11::none();
+    c_obj = PyTuple_GET_ITEM(h_obj, 1), h_obj = PyTuple_GET_ITEM(h_obj, 0);
+    if (!THPVariable_CheckExact(c_obj)) return pybind11::none();
+  }
+  if (!THPVariable_CheckExact(h_obj)) return pybind11::none();
+  const pybind11::object bias = attr("bias"), proj_size = attr("proj_size"), params = attr("_parameters");
+  if (!bias || !proj_size || !params || !PyDict_CheckExact(params.ptr())) return pybind11::none();
+  const auto [names, count] = weight_names(layers, truthy(bias), truthy(proj_size));
+  if (PyDict_GET_SIZE(params.ptr()) != count) return pybind11::reinterpret_borrow<pybind11::object>(Py_NotImplemented);
+  const pybind11::tuple name_tuple = pybind11::reinterpret_borrow<pybind11::tuple>(names);
+  const pybind11::dict param_dict = pybind11::reinterpret_borrow<pybind11::dict>(params);
+  const at::Tensor& x = THPVariable_Unpack(x_obj.ptr());
+  const at::Tensor& h = THPVariable_Unpack(h_obj);
+  c10::optional<at::Tensor> c;
+  if (has_c) c = THPVariable_Unpack(c_obj);
+  if (x.dim() != 1) return stream_step(cell, x, h, c, param_dict, name_tuple);
+  // unbatched: (I,) and a state without N
+  if (h.dim() != 2 || (c.has_value() && c->dim() != 2)) return pybind11::none();
+  if (c.has_value()) c = c->unsqueeze(1);
+  pybind11::object out = stream_step(cell, x.unsqueeze(0), h.unsqueeze(1), c, param_dict, name_tuple);
+  if (out.is_none()) return out;
+  const pybind11::tuple pair = out.cast<pybind11::tuple>();
+  const at::Tensor y = pair[0].cast<at::Tensor>().squeeze(0);
+  if (!has_c) return pybind11::make_tuple(y, pair[1].cast<at::Tensor>().squeeze(1));
+  const pybind11::tuple next = pair[1].cast<pybind11::tuple>();
+  return pybind11::make_tuple(y, pybind11::make_tuple(next[0].cast<at::Tensor>().squeeze(1),
+                                                      next[1].cast<at::Tensor>().squeeze(1)));
+}
+
 // gatedrnn::scan's forward without autograd as a plain pybind call (`gatedrnn.engine.fused`, nothing needing a
 // gradient): the dispatcher's boxing of 16 arguments costs ~20 us a call, the whole kernel's time at batch 1 and
 // one step. Same checks, same kernel (scan_op). Returns None for anything but plain same-dtype float32/float64 CPU
@@ -538,6 +665,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stream_step", &gatedrnn::stream_step,
         "(cell, x (B, I), h (L, B, P), c (L, B, H) or None, params: {name: tensor or None}, names: 5 per layer, "
         "None for an absent weight) -> (y, (h, c)), or (y, h) without c, or None");
+  m.def("module_step", &gatedrnn::module_step,
+        "(module, x, state, kernel_facts: mode -> (streams, has_c)) -> (y, state) in the layer's format, None for "
+        "what the layer's general path serves, NotImplemented where its weights are not exactly its parameters "
+        "(gatedrnn.layers.streaming.streamed)");
   m.def("stack_direct", &gatedrnn::stack_direct,
         "(cell, x (T, B, I), h0, c0 (L*D, B, ·) or None, has_c, weights: 5 per layer and direction, num_layers, "
         "bidirectional, out_size, hidden_size) -> (y, h_n, c_n) or None");

@@ -74,7 +74,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
           for (int64_t b = 0; b < B; ++b)
             for (int pass = 0; pass < 2; ++pass) {  // W_ih then W_hh, or backwards W_hh then W_ih
               const bool recurrent = (pass == 0) == descending;  // one call site: the same code for both orders
-              gemv_rows4<T>(row0, row0 + units, static_cast<int>(recurrent ? P : in_dim), recurrent ? w_hh_p : w_ih_p,
+              gemv_rows<T>(row0, row0 + units, static_cast<int>(recurrent ? P : in_dim), recurrent ? w_hh_p : w_ih_p,
                             recurrent ? h_prev + b * P : in_p + b * in_dim, (recurrent ? rec : gates) + b * GH,
                             descending);
             }
