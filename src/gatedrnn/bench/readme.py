@@ -41,6 +41,7 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-07-11.json"), None),  # Zen 4: the streaming step's checks in C++, gemv_rows
     (Path("benchmarks/results/2026-12-07-10.json"), None),  # Zen 4: packed rows skipped, the streaming step's Python
     # (-8 and -9 are the same engine before the training-mode streaming check; not shown, see the README's prose)
     (Path("benchmarks/results/2026-12-07-7.json"), None),  # Zen 4: the GEMMs after backward's loop by measurement
