@@ -388,6 +388,25 @@ def test_one_call_steps_read_settings_changed_after_construction(counted_streame
         assert counted_streamers.steps == 2
 
 
+def test_one_call_steps_take_exact_tensors_only(counted_streamers):
+    """An input or state that is a Parameter or another Tensor subclass takes the general path (as torch.nn's own
+    functions would see it), with the same numbers."""
+    torch.manual_seed(12)
+    module = gatedrnn.GRU(4, 6).eval()
+    x, state = torch.randn(2, 4), torch.randn(1, 2, 6)
+
+    class Marked(torch.Tensor):
+        pass
+
+    with torch.no_grad():
+        expected = module.step(x, state)[0]
+        assert counted_streamers.steps == 1
+        for other_x, other_state in [(torch.nn.Parameter(x), state), (x, torch.nn.Parameter(state)),
+                                     (x.as_subclass(Marked), state)]:
+            torch.testing.assert_close(module.step(other_x, other_state)[0].as_subclass(torch.Tensor), expected)
+        assert counted_streamers.steps == 1
+
+
 def test_one_layer_final_state_is_its_own_tensor():
     """h_n and c_n of a one-layer forward are not views: truncated BPTT's h_n.detach_() works, as in torch.nn."""
     module = gatedrnn.LSTM(3, 4)

@@ -303,7 +303,7 @@ inline void fold_level(Vec* acc) {  // acc[0, Count) with rows of S lanes -> acc
 
 // y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
 // weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). One register's lanes of rows
-// at a time (16 floats on AVX-512), an accumulator each (two where that makes fewer than 8 FMA chains), their sums
+// at a time (16 floats on AVX-512), an accumulator each (more where that makes fewer than 8 FMA chains), their sums
 // reduced together (fold_level) and stored as one vector; each weight read once and in place; a BLAS call per gate
 // block costs more in dispatch than this whole pass at H <= 256. No software prefetch: a block's kLanes rows are
 // enough streams for the hardware prefetchers, and fetching the next block as well overflowed L1 (csrc/README.md).
@@ -315,7 +315,7 @@ inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, co
                        T* __restrict__ y, bool descending = false) {
   typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   constexpr int kLanes = kVecBytes / sizeof(T), kRows = kLanes;
-  constexpr int kAcc = kRows >= 8 ? 1 : 2;  // accumulators per row: at least 8 independent FMA chains
+  constexpr int kAcc = std::max(1, 8 / kRows);  // accumulators per row: at least 8 independent FMA chains
   auto load = [](const T* p) { return *reinterpret_cast<const Vec*>(p); };
   const int64_t blocks = (r1 - r0) / kRows, blocked = r0 + kRows * blocks;  // rows [blocked, r1) one at a time
   for (int64_t i = 0; i < blocks; ++i) {
@@ -333,8 +333,8 @@ inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, co
       const Vec xv = load(x + k);
       for (int j = 0; j < kRows; ++j) acc[0][j] += load(w + j * K + k) * xv;
     }
-    if constexpr (kAcc > 1)
-      for (int j = 0; j < kRows; ++j) acc[0][j] += acc[1][j];
+    for (int a = 1; a < kAcc; ++a)
+      for (int j = 0; j < kRows; ++j) acc[0][j] += acc[a][j];
     fold_level<kLanes, kRows>(acc[0]);
     T sums[kRows];
     std::memcpy(sums, &acc[0][0], sizeof(sums));

@@ -426,7 +426,10 @@ pybind11::object module_step(pybind11::handle module, pybind11::handle x_obj, py
   if (!bidirectional || !zoneout || !mode || !training || !num_layers || !PyUnicode_Check(mode.ptr()) ||
       !PyLong_CheckExact(num_layers.ptr()) || truthy(bidirectional))
     return pybind11::none();
-  static PyObject* no_zoneout = pybind11::make_tuple(0.0, 0.0).release().ptr();  // never freed
+  // made under the GIL without a static's initialisation guard, which a thread switch inside Python (a GC run) would
+  // leave held: two threads may both make it once, and one copy leaks
+  static PyObject* no_zoneout = nullptr;
+  if (no_zoneout == nullptr) no_zoneout = pybind11::make_tuple(0.0, 0.0).release().ptr();  // never freed
   const int zoneout_differs = PyObject_RichCompareBool(zoneout.ptr(), no_zoneout, Py_NE);
   if (zoneout_differs < 0) throw pybind11::error_already_set();
   if (zoneout_differs) return pybind11::none();
@@ -452,15 +455,18 @@ pybind11::object module_step(pybind11::handle module, pybind11::handle x_obj, py
     const pybind11::object dropout = attr("dropout");
     if (!dropout || (layers > 1 && truthy(dropout))) return pybind11::none();
   }
-  // the input and state as the layer returned them, exact tensors (a subclass goes the general way)
-  if (!THPVariable_CheckExact(x_obj.ptr())) return pybind11::none();
+  // the input and state as the layer returned them, exact tensors (a subclass or a Parameter goes the general way)
+  auto exact_tensor = [](PyObject* object) {
+    return Py_TYPE(object) == reinterpret_cast<PyTypeObject*>(THPVariableClass);
+  };
+  if (!exact_tensor(x_obj.ptr())) return pybind11::none();
   PyObject *h_obj = state.ptr(), *c_obj = nullptr;
   if (has_c) {
     if (!PyTuple_CheckExact(h_obj) || PyTuple_GET_SIZE(h_obj) != 2) return pybind11::none();
     c_obj = PyTuple_GET_ITEM(h_obj, 1), h_obj = PyTuple_GET_ITEM(h_obj, 0);
-    if (!THPVariable_CheckExact(c_obj)) return pybind11::none();
+    if (!exact_tensor(c_obj)) return pybind11::none();
   }
-  if (!THPVariable_CheckExact(h_obj)) return pybind11::none();
+  if (!exact_tensor(h_obj)) return pybind11::none();
   const pybind11::object bias = attr("bias"), proj_size = attr("proj_size"), params = attr("_parameters");
   if (!bias || !proj_size || !params || !PyDict_CheckExact(params.ptr())) return pybind11::none();
   const auto [names, count] = weight_names(layers, truthy(bias), truthy(proj_size));
