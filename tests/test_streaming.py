@@ -126,12 +126,12 @@ def test_large_layer_step_split_over_threads(cls, options):
 
 
 @pytest.mark.parametrize("cls,options", MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 5])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_alternating_row_order_changes_no_bit(cls, options, batch, threads):
-    """At batch 1-2 every other call reads the weight rows backwards (cache reuse): the same step, taken twice in
-    a row, gives the same bits either way, at sizes with full vectors, 4-row blocks and scalar tails, and with the
-    units split over threads (>= 512 KB of weights)."""
+    """Where the GEMVs run (batch 1-2, and small layers up to batch 64) every other call reads the weight rows
+    backwards (cache reuse): the same step, taken twice in a row, gives the same bits either way, at sizes with
+    full vectors, blocks of rows and scalar tails, and with the units split over threads (>= 512 KB read)."""
     torch.manual_seed(batch)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -151,10 +151,11 @@ def test_alternating_row_order_changes_no_bit(cls, options, batch, threads):
 
 
 @pytest.mark.parametrize("cls,options", MODULES, ids=lambda v: getattr(v, "__name__", str(v)))
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_small_batch_kernel_equals_forward(cls, options, batch, dtype):
-    """Batch 1-2 runs the hand-written GEMV; sizes that are not multiples of its 4-row / 16-lane blocks."""
+    """Small layers step on the hand-written GEMV (every batch here); sizes that are not multiples of its blocks of
+    rows or its vector width."""
     torch.manual_seed(batch)
     module = cls(17, 33, num_layers=2, dtype=dtype, **options)
     x = torch.randn(5, batch, 17, dtype=dtype)
@@ -338,11 +339,12 @@ def test_streaming_holds_no_parameter(counted_streamers):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm-proj", "gru", "rnn"])
-@pytest.mark.parametrize("sizes", [(23, 37), (64, 48), (5, 3)], ids=lambda s: f"I{s[0]}-H{s[1]}")
-@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("sizes", [(23, 37), (64, 48), (5, 3), (300, 40)], ids=lambda s: f"I{s[0]}-H{s[1]}")
+@pytest.mark.parametrize("batch", [1, 2, 5, 20])
 def test_one_call_steps_equal_torch_nn(cell, sizes, batch, counted_streamers):
     """The one-call step against torch.nn's own module on the same weights, at sizes whose gate rows are not a
-    multiple of the GEMV's block of rows (37 = 2 x 16 + 5) nor their columns of its vector width."""
+    multiple of the GEMV's block of rows (37 = 2 x 16 + 5) nor their columns of its vector width; at I = 300 and
+    batch 20 the first layer's GEMMs go to BLAS and the second layer's to the GEMV (`step_gemv`)."""
     input_size, hidden = sizes
     torch.manual_seed(hidden)
     extra = {"proj_size": min(7, hidden - 1)} if cell == "lstm-proj" else {}

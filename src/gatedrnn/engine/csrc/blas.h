@@ -301,8 +301,9 @@ inline void fold_level(Vec* acc) {  // acc[0, Count) with rows of S lanes -> acc
   if constexpr (Count > 2) fold_level<S / 2, Count / 2>(acc);
 }
 
-// y[r] = W[r] · x for rows [r0, r1) of row-major W (rows, K): the streaming GEMV at batch 1-2, and a step
-// weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed copy). One register's lanes of rows
+// y[b ldy + r] = W[r] · x[b ldx ...] for rows [r0, r1) of row-major W (rows, K) and the batch's rows b: the streaming
+// GEMV at small batches, and a step weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed
+// copy); a block of weight rows is read from memory once and from L1 for the batch's other rows. One register's lanes of rows
 // at a time (16 floats on AVX-512), an accumulator each (more where that makes fewer than 8 FMA chains), their sums
 // reduced together (fold_level) and stored as one vector; each weight read once and in place; a BLAS call per gate
 // block costs more in dispatch than this whole pass at H <= 256. No software prefetch: a block's kLanes rows are
@@ -312,7 +313,8 @@ inline void fold_level(Vec* acc) {  // acc[0, Count) with rows of S lanes -> acc
 // serves both orders (a second instantiation for the other order compiled the scalar tails differently).
 template <typename T>
 inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, const T* __restrict__ x,
-                       T* __restrict__ y, bool descending = false) {
+                      T* __restrict__ y, bool descending = false, int64_t batch = 1, int64_t ldx = 0,
+                      int64_t ldy = 0) {
   typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
   constexpr int kLanes = kVecBytes / sizeof(T), kRows = kLanes;
   constexpr int kAcc = std::max(1, 8 / kRows);  // accumulators per row: at least 8 independent FMA chains
@@ -321,30 +323,33 @@ inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, co
   for (int64_t i = 0; i < blocks; ++i) {
     const int64_t r = descending ? blocked - kRows * (i + 1) : r0 + kRows * i;
     const T* w = W + r * K;
-    Vec acc[kAcc][kRows] = {};
-    int k = 0;
-    for (; k + kAcc * kLanes <= K; k += kAcc * kLanes) {
-      for (int a = 0; a < kAcc; ++a) {
-        const Vec xv = load(x + k + a * kLanes);
-        for (int j = 0; j < kRows; ++j) acc[a][j] += load(w + j * K + k + a * kLanes) * xv;
+    for (int64_t b = 0; b < batch; ++b) {  // the block's rows stay in L1 for the batch's other rows
+      const T* xb = x + b * ldx;
+      Vec acc[kAcc][kRows] = {};
+      int k = 0;
+      for (; k + kAcc * kLanes <= K; k += kAcc * kLanes) {
+        for (int a = 0; a < kAcc; ++a) {
+          const Vec xv = load(xb + k + a * kLanes);
+          for (int j = 0; j < kRows; ++j) acc[a][j] += load(w + j * K + k + a * kLanes) * xv;
+        }
       }
+      for (; k + kLanes <= K; k += kLanes) {
+        const Vec xv = load(xb + k);
+        for (int j = 0; j < kRows; ++j) acc[0][j] += load(w + j * K + k) * xv;
+      }
+      for (int a = 1; a < kAcc; ++a)
+        for (int j = 0; j < kRows; ++j) acc[0][j] += acc[a][j];
+      fold_level<kLanes, kRows>(acc[0]);
+      T sums[kRows];
+      std::memcpy(sums, &acc[0][0], sizeof(sums));
+      for (; k < K; ++k)
+        for (int j = 0; j < kRows; ++j) sums[j] += w[j * K + k] * xb[k];
+      std::memcpy(y + b * ldy + r, sums, sizeof(sums));
     }
-    for (; k + kLanes <= K; k += kLanes) {
-      const Vec xv = load(x + k);
-      for (int j = 0; j < kRows; ++j) acc[0][j] += load(w + j * K + k) * xv;
-    }
-    for (int a = 1; a < kAcc; ++a)
-      for (int j = 0; j < kRows; ++j) acc[0][j] += acc[a][j];
-    fold_level<kLanes, kRows>(acc[0]);
-    T sums[kRows];
-    std::memcpy(sums, &acc[0][0], sizeof(sums));
-    for (; k < K; ++k)
-      for (int j = 0; j < kRows; ++j) sums[j] += w[j * K + k] * x[k];
-    std::memcpy(y + r, sums, sizeof(sums));
   }
   for (int64_t i = 0; i < r1 - blocked; ++i) {
     const int64_t r = descending ? r1 - 1 - i : blocked + i;
-    y[r] = dot_row(W + r * K, x, K);
+    for (int64_t b = 0; b < batch; ++b) y[b * ldy + r] = dot_row(W + r * K, x + b * ldx, K);
   }
 }
 

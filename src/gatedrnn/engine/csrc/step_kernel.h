@@ -14,6 +14,13 @@
 
 namespace gatedrnn {
 
+// Whether a step's GEMMs of batch B and rows of K columns run as gemv_rows (each block of weight rows read once,
+// then from L1 for the batch's other rows) rather than a BLAS call per gate block: always at batch 1-2, and while
+// a block of rows fits L1 beside the batch (K <= 256 up to batch 64, K <= 512 up to 16). A BLAS call costs ~2-3 µs
+// of dispatch and packing, 8 of them a layer; the GEMV ran 1.1-4.3x faster than them at H = 64-256, B = 3-64, and
+// slower at H = 512, B = 64 and at H = 1024 (csrc/README.md, "Streaming at batch 3-64").
+inline bool step_gemv(int64_t B, int64_t K) { return B <= 2 || (B <= 64 && K <= 256) || (B <= 16 && K <= 512); }
+
 // x (B, I); h (L, B, P); c (L, B, H) or undefined; weights: per layer w_ih, w_hh, b_ih, b_hh, w_hr (None allowed).
 // Returns {y (B, P), h_next (L, B, P), c_next (L, B, H) or undefined}.
 template <typename Cell, typename T>
@@ -34,7 +41,7 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
   }
   static thread_local std::vector<T> scratch;
   static thread_local bool reversed_last = false;  // this thread's previous call read its rows backwards
-  const bool descending = reversed_last = !reversed_last && B <= 2;
+  const bool backwards = reversed_last = !reversed_last;
 
   const T* in_p = x.data_ptr<T>();
   int64_t in_dim = x.size(1);
@@ -43,6 +50,8 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const at::Tensor w_ih = slot(0), w_hh = slot(1), b_ih = slot(2), b_hh = slot(3), w_hr = slot(4);
     const int64_t GH = w_hh.size(0), H = GH / Cell::kGates;
     const bool proj = w_hr.defined();
+    const bool gemv = step_gemv(B, std::max(in_dim, P));
+    const bool descending = backwards && gemv;
     scratch.resize(B * (2 * GH + H) + GH + H);
     T* gates = scratch.data();
     T* rec = gates + B * GH;
@@ -62,25 +71,24 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const T* w_ih_p = w_ih.data_ptr<T>();
     const T* w_hh_p = w_hh.data_ptr<T>();
     // Hidden units [j0, j1): their rows of every gate block (GEMVs read the weights in place), then the
-    // pointwise pass. Split over threads, each core streams only its share of the weights. At batch 1-2 every
-    // other call reads the rows in the opposite order (gates, weights and rows backwards): a share larger than
+    // pointwise pass. Split over threads, each core streams only its share of the weights. Where the GEMVs run
+    // (step_gemv) every other call reads the rows in the opposite order (gates, weights and rows backwards): a share larger than
     // the core's L2 then starts on the rows the last call read last, which are still there, where the same order
     // every call would find each row evicted by the ones after it (the same sums either way).
     auto units_range = [&](int64_t j0, int64_t j1) {
       const int units = static_cast<int>(j1 - j0);
-      if (B <= 2) {  // hand GEMV: per row of the batch, the block's rows of W_ih and W_hh
+      if (gemv) {  // hand GEMV: the block's rows of W_ih and W_hh, each block for every row of the batch
         for (int i = 0; i < Cell::kGates; ++i) {
           const int64_t row0 = (descending ? Cell::kGates - 1 - i : i) * H + j0;
-          for (int64_t b = 0; b < B; ++b)
-            for (int pass = 0; pass < 2; ++pass) {  // W_ih then W_hh, or backwards W_hh then W_ih
-              const bool recurrent = (pass == 0) == descending;  // one call site: the same code for both orders
-              gemv_rows<T>(row0, row0 + units, static_cast<int>(recurrent ? P : in_dim), recurrent ? w_hh_p : w_ih_p,
-                            recurrent ? h_prev + b * P : in_p + b * in_dim, (recurrent ? rec : gates) + b * GH,
-                            descending);
-            }
+          for (int pass = 0; pass < 2; ++pass) {  // W_ih then W_hh, or backwards W_hh then W_ih
+            const bool recurrent = (pass == 0) == descending;  // one call site: the same code for both orders
+            gemv_rows<T>(row0, row0 + units, static_cast<int>(recurrent ? P : in_dim), recurrent ? w_hh_p : w_ih_p,
+                         recurrent ? h_prev : in_p, recurrent ? rec : gates, descending, B, recurrent ? P : in_dim,
+                         GH);
+          }
         }
       }
-      for (int g = 0; g < Cell::kGates && B > 2; ++g) {
+      for (int g = 0; g < Cell::kGates && !gemv; ++g) {
         const int64_t row0 = g * H + j0;
         gemm<T>(false, true, B, units, in_dim, T(1), in_p, in_dim, w_ih_p + row0 * in_dim, in_dim, T(0), gates + row0, GH);
         gemm<T>(false, true, B, units, P, T(1), h_prev, P, w_hh_p + row0 * P, P, T(0), rec + row0, GH);
@@ -93,7 +101,9 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     };
     const int64_t weight_bytes = GH * (in_dim + P) * static_cast<int64_t>(sizeof(T));
     const int threads = at::get_num_threads();
-    if (threads > 1 && H >= 32 && weight_bytes > (512 << 10)) {
+    // split when the GEMVs read (or, from L1, re-read for the batch's rows) more than 512 KB: below that the
+    // threads' meeting costs about what it saves
+    if (threads > 1 && H >= 32 && weight_bytes * (gemv ? B : 1) > (512 << 10)) {
       const int64_t grain = (H + threads - 1) / threads;
       at::parallel_for(0, H, grain, units_range);
     } else {
