@@ -303,11 +303,12 @@ inline void fold_level(Vec* acc) {  // acc[0, Count) with rows of S lanes -> acc
 
 // y[b ldy + r] = W[r] · x[b ldx ...] for rows [r0, r1) of row-major W (rows, K) and the batch's rows b: the streaming
 // GEMV at small batches, and a step weight's at batch 1-2 when it serves one or two steps (StepWeight: no packed
-// copy); a block of weight rows is read from memory once and from L1 for the batch's other rows. One register's lanes of rows
-// at a time (16 floats on AVX-512), an accumulator each (more where that makes fewer than 8 FMA chains), their sums
-// reduced together (fold_level) and stored as one vector; each weight read once and in place; a BLAS call per gate
-// block costs more in dispatch than this whole pass at H <= 256. No software prefetch: a block's kLanes rows are
-// enough streams for the hardware prefetchers, and fetching the next block as well overflowed L1 (csrc/README.md).
+// copy); a block of weight rows is read from memory once and from L1 for the batch's other rows. One register's
+// lanes of rows at a time (16 floats on AVX-512), an accumulator each (more where that makes fewer than 8 FMA
+// chains), their sums reduced together (fold_level) and stored as one vector; the weights read in place; a BLAS
+// call per gate block costs more in dispatch than this whole pass at H <= 256. No software prefetch: a block's
+// kLanes rows are enough streams for the hardware prefetchers, and fetching the next block as well overflowed L1
+// (csrc/README.md).
 // descending visits the blocks from the last: a caller that alternates the order starts each pass on the rows the
 // previous pass read last, still in cache. Each row's sum is the same either way, bit for bit: one loop body
 // serves both orders (a second instantiation for the other order compiled the scalar tails differently).

@@ -72,9 +72,9 @@ std::vector<at::Tensor> stack_step(const at::Tensor& x_in, const at::Tensor& h_i
     const T* w_hh_p = w_hh.data_ptr<T>();
     // Hidden units [j0, j1): their rows of every gate block (GEMVs read the weights in place), then the
     // pointwise pass. Split over threads, each core streams only its share of the weights. Where the GEMVs run
-    // (step_gemv) every other call reads the rows in the opposite order (gates, weights and rows backwards): a share larger than
-    // the core's L2 then starts on the rows the last call read last, which are still there, where the same order
-    // every call would find each row evicted by the ones after it (the same sums either way).
+    // (step_gemv) every other call reads the rows in the opposite order (gates, weights and rows backwards): a
+    // share larger than the core's L2 then starts on the rows the last call read last, which are still there,
+    // where the same order every call would find each row evicted by the ones after it (the same sums either way).
     auto units_range = [&](int64_t j0, int64_t j1) {
       const int units = static_cast<int>(j1 - j0);
       if (gemv) {  // hand GEMV: the block's rows of W_ih and W_hh, each block for every row of the batch
