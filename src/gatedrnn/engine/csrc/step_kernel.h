@@ -1,6 +1,6 @@
 // One time step through a stack of layers, for streaming under no_grad: per layer two GEMVs (x W_ihᵀ,
-// h W_hhᵀ; BLAS per gate block for large batches and rows, `step_gemv`), the cell's pointwise pass and, for a projected LSTM, m W_hrᵀ. No autograd, no per-layer
-// tensor allocation: scratch lives in a thread-local buffer.
+// h W_hhᵀ; BLAS per gate block for large batches and rows, `step_gemv`), the cell's pointwise pass and, for a
+// projected LSTM, m W_hrᵀ. No autograd, no per-layer tensor allocation: scratch lives in a thread-local buffer.
 #pragma once
 
 #include <ATen/EmptyTensor.h>
