@@ -346,7 +346,7 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
     ("gru", 1, 130, {}, "unit_region"),                        # 80 and 50 units: a last panel of partial registers
     ("rnn_tanh", 2, 128, {}, "unit_region"),
     ("lstm", 1, 64, {}, "serial"),                             # too few units to split
-    ("lstm", 2, 128, {"proj_size": 32}, "serial"),             # a projection needs every unit: rows only
+    ("lstm", 2, 128, {"proj_size": 32}, "project_ahead"),      # a projection needs every unit: rows only
     ("lstm", 16, 128, {"proj_size": 64}, "row_region"),
     ("gru", 16, 128, {"zoneout": 0.2}, "row_region"),
     ("lstm", 9, 128, {"recurrent_dropout": 0.3, "bidirectional": True}, "row_region"),  # 9 rows: 4 and 5
@@ -392,9 +392,12 @@ def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, option
     outputs, final state and every gradient equal the one-thread run, and the engine reports the split it took."""
     torch.manual_seed(11)
     module = _make_plain_or_variant(cell, 24, hidden, dtype, options).train()
-    x = torch.randn(7, batch, 24, dtype=dtype, requires_grad=True)
+    x = torch.randn(9, batch, 24, dtype=dtype, requires_grad=True)  # 9 x 16 rows: more than steps_in_place takes
     runs, splits = _runs_on_one_and_two_threads(module, x, grad=True)
-    assert splits == ["serial", split]
+    # one thread: the serial loop, or BLAS on W_hh in place for a sequence of at most 128 rows
+    in_place = 3 <= batch and 9 * batch <= 128 and not (options.get("proj_size") or options.get("recurrent_dropout"))
+    assert splits[0] == ("in_place_steps" if in_place else "serial")
+    assert splits[1] == split
     # scaled to each tensor's largest value: BLAS may sum in another order with two threads (MKL does on an AMD
     # EPYC: y moves by ~5e-7, a weight gradient of values up to 42 by 4e-5), as torch.nn's results do
     params = [name for name, _ in module.named_parameters()]
@@ -505,6 +508,55 @@ def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch
                                     check=lambda: library.last_forward_split() == split)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,steps,batch,hidden,options", [
+    ("lstm", 1, 32, 70, {}),                                       # one step
+    ("gru", 4, 8, 40, {"bidirectional": True, "num_layers": 2}),  # 32 rows; reverse time; a second layer
+    ("rnn_tanh", 2, 64, 50, {}),                                  # 128 rows: the longest sequence taken
+    ("lstm", 1, 3, 60, {"bidirectional": True}),                  # batch 3: the least taken (H < 128: no unit split)
+])
+def test_short_sequences_read_w_hh_in_place_and_equal_torch(cell, steps, batch, hidden, options, dtype, threads,
+                                                            monkeypatch):
+    """A single step, or a sequence of at most 128 rows at batch >= 3, runs h W_hhᵀ as one BLAS call a step on W_hh
+    in place (no packed copy), the pass split by rows: outputs, final states and every gradient equal torch.nn on
+    one and two threads, and the engine reports the path. GATEDRNN_GEMM=own keeps the packed panels."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", "auto")
+    torch.manual_seed(steps * batch + hidden)
+    module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
+    x, fresh, weights = _inputs(cell, steps, batch, hidden, options, dtype)
+    _assert_equals_torch_on_threads(threads, module, reference, x, fresh, weights, cell, dtype,
+                                    check=lambda: library.last_forward_split() == "in_place_steps")
+    monkeypatch.setenv("GATEDRNN_GEMM", "own")
+    with torch.no_grad():
+        module(x, fresh())
+    assert library.last_forward_split() != "in_place_steps"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_short_sequence_with_zoneout_reads_w_hh_in_place_and_equals_the_reference(cell, monkeypatch):
+    """Zoneout mixes each row's new state with its previous one after the pass, so a short sequence with it reads
+    W_hh in place as well: outputs, final states and every gradient equal the reference backend's (the same masks,
+    drawn in Python from the same seed)."""
+    library = _build.load()
+    torch.manual_seed(3)
+    module = _make_plain_or_variant(cell, 12, 24, torch.float64, {"zoneout": 0.3}).train()
+    x = torch.randn(3, 6, 12, dtype=torch.float64, requires_grad=True)
+    got = []
+    for backend in ("", "reference"):
+        monkeypatch.setenv("GATEDRNN_BACKEND", backend)
+        torch.manual_seed(12)
+        output, state = module(x)
+        if not backend:
+            assert library.last_forward_split() == "in_place_steps"
+        states = state if isinstance(state, tuple) else (state,)
+        loss = output.square().sum() + sum(s.sum() for s in states)
+        got.append((output, *states, *torch.autograd.grad(loss, [x, *module.parameters()])))
+    for ours, reference in zip(*got):
+        torch.testing.assert_close(ours, reference, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_own_gemm_gives_the_same_bits_however_rows_are_tiled(dtype, monkeypatch):
     """PanelGemm sums each column over k in order whatever tile its row falls in: a forward on one thread (16 rows:
@@ -585,9 +637,11 @@ def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkey
     library = _build.load()
     monkeypatch.setenv("GATEDRNN_GEMM", "auto")
     torch.manual_seed(1)
-    hidden = 37  # batch 6 < 8 and H < 128: the step GEMM runs by rows, on a StepWeight (decided once per process)
+    # batch 6 < 8 and H < 128: the step GEMM runs by rows, on a StepWeight (decided once per process); 30 steps of
+    # 6 rows, more than steps_in_place takes
+    hidden = 37
     module = gatedrnn.GRU(5, hidden)
-    module(torch.randn(4, 6, 5))
+    module(torch.randn(30, 6, 5))
     decisions = [d for d in library.gemm_choices() if d["N"] == 3 * hidden and d["K"] == hidden and d["rows"] == 6]
     assert len(decisions) == 1, library.gemm_choices()
     decision = decisions[0]
@@ -596,7 +650,7 @@ def test_gemm_choice_by_measurement_is_reported_and_a_bad_setting_refused(monkey
     assert decision in gatedrnn.backend_info()["gemm"]["decisions"]
     monkeypatch.setenv("GATEDRNN_GEMM", "fast")
     with pytest.raises(ValueError, match="GATEDRNN_GEMM should be auto, blas or own, got 'fast'"):
-        module(torch.randn(4, 6, 5))
+        module(torch.randn(30, 6, 5))
 
 
 def test_sequence_gemms_after_backward_are_chosen_by_measurement(monkeypatch):

@@ -382,8 +382,27 @@ inline bool splits_units(int64_t B, int64_t H, int64_t P, bool plain) {
 // How the last forward on this process ran its steps (for tests and reports): kSerial (one thread, or BLAS's threads
 // inside each GEMM), kRowsPerStep (rows split over threads at every step: packed input), kRowRegion (rows split
 // in one region for the whole sequence), kUnitRegion (hidden units split, scan_forward_units), kProjectAhead (one
-// thread runs the steps, the others compute x W_ihᵀ ahead of it: `projects_ahead`).
-enum ForwardSplit : int { kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3, kProjectAhead = 4 };
+// thread runs the steps, the others compute x W_ihᵀ ahead of it: `projects_ahead`), kInPlaceSteps (BLAS reads W_hh
+// in place at every step: `steps_in_place`).
+enum ForwardSplit : int {
+  kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3, kProjectAhead = 4, kInPlaceSteps = 5
+};
+
+// Whether a forward runs each step's h W_hhᵀ as one BLAS call on W_hh in place, for all rows (BLAS threads it,
+// splitting W's columns, so each core reads its share), then the pass split by rows: a single step, or a short
+// sequence (T * B <= 128), at batch >= 3 where the unit split does not apply (it reads W_hh in place already).
+// Packing W_hh (PanelGemm's panels or MKL's packed format) reads and writes all of it once per call, which so few
+// rows do not repay, and split by rows each core reads all of W_hh at every step (measured: csrc/README.md, "Short
+// sequences"). Batch 1-2 reads W in place already (StepWeight's row dot products for a single step).
+// GATEDRNN_GEMM=own keeps PanelGemm, which needs the panels. A projection, masks on h, packed input and the cells
+// that read their state in the GEMM keep the general loop.
+template <typename Cell>
+inline bool steps_in_place(bool packed, bool proj, bool zoneout, bool masked, int64_t T_, int64_t B, int64_t H,
+                           int64_t P) {
+  if (packed || proj || masked || reads_state<Cell>() || T_ < 1 || B < 3 || (T_ > 1 && T_ * B > 128)) return false;
+  if (splits_units<Cell>(B, H, P, !zoneout)) return false;
+  return GemmChoice::requested() != "own";
+}
 inline std::atomic<int> last_forward_split{kSerial};
 
 // Whether a forward runs its steps on one thread while the others compute x W_ihᵀ ahead of it, block by block: a
@@ -401,7 +420,8 @@ inline bool projects_ahead(bool packed, int64_t T_, int64_t B, int64_t chunk, bo
 
 // scan_forward when splits_units: one parallel region for the whole sequence. Thread k owns hidden
 // units [j0, j1) (whole cache lines): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
-// block (from its own copy of W_hh's rows in SmallPanels, made once per call), runs the cell's pass on them
+// block (W_hh's rows read in place by gemv_rows, each block for every row of the batch, every other step in the
+// opposite order: no packed copy, see csrc/README.md "Short sequences"), runs the cell's pass on them
 // (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
 // from y_t, so one barrier per step separates writing y_t from reading it, and no buffer is reused while read.
 template <typename Cell, typename T>
@@ -424,14 +444,8 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
     const int64_t j0 = std::min<int64_t>(H, k * per), j1 = k == team - 1 ? H : std::min<int64_t>(H, j0 + per);
     const int units = static_cast<int>(j1 - j0);
     int sense = 0;
-    // this thread's rows of W_hh, gate block by gate block, in SmallPanels (G blocks of packed_size(units, P));
-    // buffers kept per thread: no allocation or page faults at every call
-    static thread_local std::vector<T> w_own, rec;
-    const size_t block = SmallPanels<T>::packed_size(units, static_cast<int>(P));
-    T* const own = aligned_room(w_own, G * block);
+    static thread_local std::vector<T> rec;  // kept per thread: no allocation or page faults at every call
     rec.resize(std::max<size_t>(rec.size(), static_cast<size_t>(B) * GH));  // h W_hhᵀ, this thread's columns
-    for (int g = 0; g < G && units > 0; ++g)
-      SmallPanels<T>::pack(w_hh_p + (g * H + j0) * P, units, static_cast<int>(P), own + g * block);
     int64_t chunk_start = -1;
     for (int64_t s = 0; s < T_; ++s) {
       const int64_t t = reverse ? T_ - 1 - s : s;
@@ -448,11 +462,9 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
         const T* h_in = s == 0 ? h0_p : y_p + (reverse ? t + 1 : t - 1) * B * P;
         T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
         T* y_t = y_p + t * B * P;
-        for (int i = 0; i < G; ++i) {  // every other step in reverse order (see SmallPanels)
+        for (int i = 0; i < G; ++i) {  // every other step in reverse order (gate blocks and rows)
           const int g = s & 1 ? G - 1 - i : i;
-          SmallPanels<T>::compute(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
-                                  own + g * block, T(0), rec.data() + g * H + j0, static_cast<int>(GH),
-                                  s & 1);
+          gemv_rows<T>(g * H + j0, g * H + j1, static_cast<int>(P), w_hh_p, h_in, rec.data(), s & 1, B, P, GH);
         }
         for (int64_t b = 0; b < B; ++b) {
           RowForward<T> row{gates_t + b * GH + j0, rec.data() + b * GH + j0, bias_p + j0, rec_bias_p + j0,
@@ -484,8 +496,11 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // Input projection of every step as one GEMM; the biases are added in the pointwise pass (one pass
   // over the (T, B, GH) buffer fewer than addmm), b_hh's recurrent-side blocks (GRU's b_hn) kept apart.
   // x W_ihᵀ is computed in chunks of `chunk` steps just before they run, so each chunk is still in cache
-  // when the pointwise pass reads it; without a backward only one chunk is allocated.
-  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
+  // when the pointwise pass reads it; without a backward only one chunk is allocated. A short sequence
+  // (steps_in_place) is one chunk: its few rows would not repay reading W_ih once more per chunk.
+  const bool in_place = steps_in_place<Cell>(packed, proj, zoneout.defined(), rec_mask.defined(), T_, B, H, P);
+  const int64_t chunk =
+      in_place ? T_ : std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
   const at::Tensor gates = keep ? sequence_buffer({T_ * B, GH}, opts, false)
                                 : cpu_empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
   const int64_t folded = GH - Cell::kRecBias * H;
@@ -579,7 +594,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
       h_rec = hm_p;
     }
-    w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+    if (!in_place) w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
     if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
     for (int64_t b = b0; b < b1; ++b) {
       RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
@@ -619,7 +634,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
             static_cast<int>(GH));
   };
 
-  if (row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24)) {
+  if (!in_place && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24)) {
     // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
     // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
     // Above ~16M multiply-adds a step (B = 64, H >= 256) a region per step costs nothing in comparison, and
@@ -649,7 +664,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         step_rows(t, gates_p + (keep ? t : t - chunk_start) * B * GH, b0, b1);
       }
     }
-  } else if (projects_ahead(packed, T_, B, chunk, keep, splits_rows(B, row_work))) {
+  } else if (!in_place && projects_ahead(packed, T_, B, chunk, keep, splits_rows(B, row_work))) {
     last_forward_split.store(kProjectAhead, std::memory_order_relaxed);
     // (inside the region below BLAS runs on one thread: its GEMMs are timed so)
     w_hh_step.prepare(static_cast<int>(B), static_cast<int>(B), true);
@@ -696,7 +711,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       }
     }
   } else {
-    last_forward_split.store(splits_rows(B, row_work) ? kRowsPerStep : kSerial, std::memory_order_relaxed);
+    last_forward_split.store(in_place ? kInPlaceSteps : splits_rows(B, row_work) ? kRowsPerStep : kSerial,
+                             std::memory_order_relaxed);
     const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
     int64_t chunk_start = -1;  // first step of the chunk held in `gates`
     for (int64_t s = 0; s < T_; ++s) {
@@ -726,7 +742,11 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
       const int call_rows = rows_per_call(n, row_work);
-      w_hh_step.prepare(static_cast<int>(n), call_rows);
+      if (in_place)  // (n, GH) = h W_hhᵀ for every row, threaded by BLAS; the pass below splits the rows
+        gemm<T>(false, true, static_cast<int>(n), static_cast<int>(GH), static_cast<int>(RW), T(1), h_p,
+                static_cast<int>(P), w_hh.data_ptr<T>(), static_cast<int>(RW), T(0), rec_p, static_cast<int>(GH));
+      else
+        w_hh_step.prepare(static_cast<int>(n), call_rows);
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
       for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
       if (keep && n < B) {  // padded rows read as zeros in the trace
