@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -115,6 +116,21 @@ T* aligned_room(std::vector<T>& buffer, size_t count) {
   const size_t off_line = reinterpret_cast<uintptr_t>(buffer.data()) % 64;
   return buffer.data() + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
 }
+
+// A buffer that grows without filling: std::vector zero-fills what it grows by, which for the packed weights of a
+// step (4 MB at H = 512) was a memset as long as the packing itself at every call, 13% of an LSTM forward's
+// samples at B = 64, T = 4 (the packing writes every value the kernels read).
+template <typename T>
+struct RawBuffer {
+  std::unique_ptr<T[]> data;
+  size_t capacity = 0;
+  T* aligned_room(size_t count) {  // as aligned_room above
+    constexpr size_t kPad = 64 / sizeof(T);
+    if (capacity < count + kPad) data.reset(new T[count + kPad]), capacity = count + kPad;  // (default-initialised)
+    const size_t off_line = reinterpret_cast<uintptr_t>(data.get()) % 64;
+    return data.get() + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
+  }
+};
 
 // A vector of x in every lane. Written x − 0, which is x for every x and folds to one broadcast; 0 + x is not x
 // at x = −0, so `Vec{} + x` cost an add (on the FMA ports) before every broadcast.
@@ -616,7 +632,7 @@ class StepWeight {
   // than the step's GEMV).
   StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows, int scratch_slot = 0,
              int64_t calls = INT64_MAX)
-      : w_(w), trans_(w_transposed), N_(N), K_(K) {
+      : w_(w), trans_(w_transposed), slot_(std::clamp(scratch_slot, 0, 2)), N_(N), K_(K) {
     small_ = w != nullptr && max_rows <= kSmallRows && N >= 16 && K > 0;
     in_place_ = small_ && trans_ && calls <= 1;
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
@@ -683,7 +699,7 @@ class StepWeight {
     decided_ = true;
     const bool own = prefers_panels(rows, split);
     if (own) pack_panels();
-    else std::vector<T>().swap(panel_buffer_), panels_ = nullptr;  // (the timing packed it)
+    else panels_ = nullptr;  // (the timing packed it)
     (own ? GemmChoice::instance().own_weights : GemmChoice::instance().blas_weights).fetch_add(1);
   }
 
@@ -726,7 +742,11 @@ class StepWeight {
 
   void pack_panels() {
     if (panels_ != nullptr) return;
-    panels_ = aligned_room(panel_buffer_, PanelGemm<T>::packed_size(N_, K_));
+    // kept by the thread per slot between calls (no fill, no page faults at every call), as SmallPanels' buffers;
+    // a weight above 32 MB gets its own buffer, freed with this object
+    static thread_local RawBuffer<T> scratch[3];
+    const size_t count = PanelGemm<T>::packed_size(N_, K_);
+    panels_ = (count * sizeof(T) > (size_t(32) << 20) ? own_panels_ : scratch[slot_]).aligned_room(count);
     PanelGemm<T>::pack(w_, trans_, N_, K_, panels_);
   }
 
@@ -770,8 +790,10 @@ class StepWeight {
   std::vector<T> own_;
   bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false;
   std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
-  std::vector<T> panel_buffer_;
-  // PanelGemm's packed W in panel_buffer_ (64-byte aligned): set once `decide` chose PanelGemm (or while timing it)
+  RawBuffer<T> own_panels_;
+  int slot_;  // the scratch slot (constructor's scratch_slot)
+  // PanelGemm's packed W (64-byte aligned), in the thread's scratch of slot_ or own_panels_: set once `decide` chose
+  // PanelGemm (or while timing it)
   T* panels_ = nullptr;
   int N_, K_, packed_n_ = -1;
   float* packed_ = nullptr;
