@@ -508,6 +508,25 @@ def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch
                                     check=lambda: library.last_forward_split() == split)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,steps,batch,hidden,options", [
+    ("lstm", 32, 5, 130, {}),                           # panels of W_hh and W_ih; 5-row tiles; 80 and 50 units
+    ("gru", 33, 3, 160, {"bidirectional": True}),       # reverse time; a partial last chunk of x W_ihᵀ
+    ("rnn_tanh", 40, 1, 1300, {}),                      # batch 1: a thread's share of W_hh, 644 x 1300 floats, >= 3 MB
+    ("lstm", 31, 4, 128, {}),                           # one step short of the panels: rows read in place
+])
+def test_unit_split_on_panels_equals_torch(cell, steps, batch, hidden, options, dtype):
+    """Split by hidden units over two threads, a sequence of 32 or more steps packs each thread's rows of W_hh (at
+    batch >= 3 also of W_ih) into PanelGemm's panels once per call; shorter ones read them in place: outputs, final
+    states and every gradient equal torch.nn."""
+    library = _build.load()
+    torch.manual_seed(steps + batch)
+    module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
+    x, fresh, weights = _inputs(cell, steps, batch, hidden, options, dtype)
+    _assert_equals_torch_on_threads(2, module, reference, x, fresh, weights, cell, dtype,
+                                    check=lambda: library.last_forward_split() == "unit_region")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,steps,batch,hidden,options", [
