@@ -343,7 +343,7 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
     ("lstm", 1, 128, {}, "unit_region"),
     ("lstm", 5, 160, {"bidirectional": True}, "unit_region"),  # 160 units: 80 per thread, not whole vectors
     ("gru", 3, 128, {}, "unit_region"),
-    ("gru", 1, 130, {}, "unit_region"),                        # 80 and 50 units: a last panel of partial registers
+    ("gru", 1, 130, {}, "unit_region"),                        # 64 and 66 units: a last panel of partial registers
     ("rnn_tanh", 2, 128, {}, "unit_region"),
     ("lstm", 1, 64, {}, "serial"),                             # too few units to split
     ("lstm", 2, 128, {"proj_size": 32}, "project_ahead"),      # a projection needs every unit: rows only
@@ -458,7 +458,8 @@ def test_fused_equals_torch_under_each_gemm(gemm, dtype, monkeypatch):
     for cell, batch, hidden, options in cases:
         torch.manual_seed(batch)
         module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
-        x, fresh, weights = _inputs(cell, 6, batch, hidden, options, dtype)
+        # 45 steps: more rows than steps_in_place takes, so the forward's steps run on a StepWeight as well
+        x, fresh, weights = _inputs(cell, 45, batch, hidden, options, dtype)
         before = library.gemm_weights()
         got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
         after = library.gemm_weights()
@@ -510,15 +511,17 @@ def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,steps,batch,hidden,options", [
-    ("lstm", 32, 5, 130, {}),                           # panels of W_hh and W_ih; 5-row tiles; 80 and 50 units
-    ("gru", 33, 3, 160, {"bidirectional": True}),       # reverse time; a partial last chunk of x W_ihᵀ
+    ("lstm", 32, 5, 130, {}),                           # panels of W_hh and W_ih; 5-row tiles; 64 and 66 units
+    ("gru", 33, 3, 160, {"bidirectional": True}),       # reverse time
+    ("lstm", 32, 5, 512, {}),                           # x W_ihᵀ on the panels in two chunks (25 + 7 steps)
     ("rnn_tanh", 40, 1, 1300, {}),                      # batch 1: a thread's share of W_hh, 644 x 1300 floats, >= 3 MB
     ("lstm", 31, 4, 128, {}),                           # one step short of the panels: rows read in place
+    ("gru", 3, 5, 256, {}),                             # 15 rows of x W_ihᵀ, read in place too
 ])
 def test_unit_split_on_panels_equals_torch(cell, steps, batch, hidden, options, dtype):
     """Split by hidden units over two threads, a sequence of 32 or more steps packs each thread's rows of W_hh (at
-    batch >= 3 also of W_ih) into PanelGemm's panels once per call; shorter ones read them in place: outputs, final
-    states and every gradient equal torch.nn."""
+    batch >= 3 also of W_ih) into PanelGemm's panels once per call; shorter ones read them in place (W_ih too, up to
+    16 rows a chunk): on each side of those rules, outputs, final states and every gradient equal torch.nn."""
     library = _build.load()
     torch.manual_seed(steps + batch)
     module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)

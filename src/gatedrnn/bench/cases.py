@@ -25,6 +25,9 @@ GATE_COUNT = {"lstm": 4, "gru": 3, "rnn": 1}
 # (B, T, I, H) of the issue; the quick set is a smoke test of the same code paths.
 FULL_SIZES = ((1, 100, 64, 64), (16, 100, 64, 128), (64, 100, 256, 256), (64, 50, 512, 512))
 QUICK_SIZES = ((2, 6, 4, 8),)
+# Short calls over large weights (a decoding loop's one-step forward, a short chunk of a stream), inference only:
+# the engine reads the weights in place there rather than packing them (engine/csrc/README.md, "Short sequences").
+SHORT_SIZES = ((1, 1, 1024, 1024), (32, 1, 1024, 1024), (4, 16, 512, 512))
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ def make_cases(*, quick: bool) -> list[Case]:
             Case("rnn", "train", shape),
             Case("rnn", "infer", shape),
         ]
+    for B, T, I, H in () if quick else SHORT_SIZES:
+        cases += [Case(cell, "infer", Shape(B, T, I, H)) for cell in ("lstm", "gru", "rnn")]
     if quick:
         proj_shapes, packed_shapes, stream_sizes = [Shape(2, 6, 4, 8, P=4)], [Shape(4, 8, 4, 8)], [8]
     else:

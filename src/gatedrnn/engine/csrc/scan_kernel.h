@@ -390,7 +390,8 @@ enum ForwardSplit : int {
 
 // Whether a forward runs each step's h W_hhᵀ as one BLAS call on W_hh in place, for all rows (BLAS threads it,
 // splitting W's columns, so each core reads its share), then the pass split by rows: a single step, or a short
-// sequence (T * B <= 128), at batch >= 3 where the unit split does not apply (it reads W_hh in place already).
+// sequence (T * B <= 128), at batch >= 3 where the unit split does not apply (it serves those sizes itself, reading
+// each thread's share of W_hh).
 // Packing W_hh (PanelGemm's panels or MKL's packed format) reads and writes all of it once per call, which so few
 // rows do not repay, and split by rows each core reads all of W_hh at every step (measured: csrc/README.md, "Short
 // sequences"). Batch 1-2 reads W in place already (StepWeight's row dot products for a single step).
@@ -419,13 +420,14 @@ inline bool projects_ahead(bool packed, int64_t T_, int64_t B, int64_t chunk, bo
 }
 
 // Whether scan_forward_units packs a thread's rows of W_hh (input: of W_ih) into PanelGemm's panels, once per call,
-// rather than reading them in place (gemv_rows; W_ih by BLAS per chunk and gate block): over at least 32 steps, at
-// batch >= 3, where the panels' register tiles (8 rows x 3 registers) do more per weight read than a row's dot
-// products, and for W_hh at batch 1-2 too when the thread's share is >= 3 MB, where the packed copy streams from L3
-// faster than 16 rows read side by side. Shorter sequences do not repay the copy. Same process, interleaved, the
-// Zen 4 VM, no-grad forward, in place -> packed (torch.nn): LSTM B = 7, T = 100, H = 512 19.2 -> 16.1 ms (18.7);
-// B = 3, T = 100, H = 512 10.4 -> 9.2 (9.3); B = 2, T = 50, H = 768 9.2 -> 7.9 (10.7); GRU B = 1, T = 50, H = 1024
-// 8.9 -> 7.9 (20.4). Kept in place: B = 1, T = 200, H = 512 (LSTM 8.5 against 8.9 packed).
+// rather than reading them in place (gemv_rows; W_ih by gemv_rows up to 16 rows a chunk, else BLAS per chunk and
+// gate block): over at least 32 steps, at batch >= 3, where the panels' register tiles (8 rows x 3 registers; 6 x 2
+// on AVX2) do more per weight read than a row's dot products, and for W_hh at batch 1-2 too when the thread's share
+// is >= 3 MB, where the packed copy streams from L3 faster than 16 rows read side by side. Shorter sequences do not
+// repay the copy. Same process, interleaved, the Zen 4 VM, no-grad forward, in place -> packed (torch.nn): LSTM
+// B = 7, T = 100, H = 512 19.2 -> 16.1 ms (18.7); B = 3, T = 100, H = 512 10.4 -> 9.2 (9.3); B = 2, T = 50,
+// H = 768 9.2 -> 7.9 (10.7); GRU B = 1, T = 50, H = 1024 8.9 -> 7.9 (20.4). Kept in place: B = 1, T = 200, H = 512
+// (LSTM 8.5 against 8.9 packed).
 inline bool units_pack_panels(int64_t T_, int64_t B, size_t share_bytes, bool input) {
   if (T_ < 32) return false;
   return B >= 3 || (!input && share_bytes >= (size_t(3) << 20));
@@ -434,7 +436,8 @@ inline bool units_pack_panels(int64_t T_, int64_t B, size_t share_bytes, bool in
 // scan_forward when splits_units: one parallel region for the whole sequence. Thread k owns hidden
 // units [j0, j1) (whole cache lines): it computes x W_ihᵀ and h W_hhᵀ for its units' rows of every gate
 // block (W_hh's rows read in place by gemv_rows, each block for every row of the batch, every other step in the
-// opposite order: no packed copy, see csrc/README.md "Short sequences"), runs the cell's pass on them
+// opposite order; over 32 steps or more packed into PanelGemm's panels: units_pack_panels, csrc/README.md "Short
+// sequences"), runs the cell's pass on them
 // (pointers offset to j0; the cells index units relative to them) and writes its part of y_t; step t + 1 reads h
 // from y_t, so one barrier per step separates writing y_t from reading it, and no buffer is reused while read.
 template <typename Cell, typename T>
@@ -488,7 +491,13 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
           PanelGemm<T>::compute(static_cast<int>(steps * B), units, static_cast<int>(I), x_p + chunk_start * B * I,
                                 static_cast<int>(I), ih_panels + g * ih_block, T(0), dest + g * H + j0,
                                 static_cast<int>(GH));
-        for (int g = 0; g < G && units > 0 && !ih_panels; ++g)
+        // up to 16 rows (a step or a few), the thread's rows of W_ih are read once for all of them, in place; more
+        // rows go to BLAS (LSTM B = 1, T = 1, H = 1024: 612 -> 405 µs; 64 rows at H = 768 were 10-15% slower)
+        const bool ih_rows = !ih_panels && steps * B <= 16;
+        for (int g = 0; g < G && units > 0 && ih_rows; ++g)
+          gemv_rows<T>(g * H + j0, g * H + j1, static_cast<int>(I), w_ih_p, x_p + chunk_start * B * I, dest, false,
+                       steps * B, I, GH);
+        for (int g = 0; g < G && units > 0 && !ih_panels && !ih_rows; ++g)
           gemm<T>(false, true, static_cast<int>(steps * B), units, static_cast<int>(I), T(1),
                   x_p + chunk_start * B * I, static_cast<int>(I), w_ih_p + (g * H + j0) * I, static_cast<int>(I),
                   T(0), dest + g * H + j0, static_cast<int>(GH));
@@ -497,7 +506,7 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
         const T* h_in = s == 0 ? h0_p : y_p + (reverse ? t + 1 : t - 1) * B * P;
         T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
         T* y_t = y_p + t * B * P;
-        for (int i = 0; i < G; ++i) {  // every other step in reverse order (gate blocks and rows)
+        for (int i = 0; i < G; ++i) {  // every other step in reverse order (gate blocks; gemv_rows: rows too)
           const int g = s & 1 ? G - 1 - i : i;
           if (hh_panels) {
             PanelGemm<T>::compute(static_cast<int>(B), units, static_cast<int>(P), h_in, static_cast<int>(P),
