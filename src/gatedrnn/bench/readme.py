@@ -41,6 +41,7 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-07-12.json"), None),  # Zen 4: short sequences read the weights in place
     (Path("benchmarks/results/2026-12-07-11.json"), None),  # Zen 4: the streaming step's checks in C++, gemv_rows
     (Path("benchmarks/results/2026-12-07-10.json"), None),  # Zen 4: packed rows skipped, the streaming step's Python
     # (-8 and -9 are the same engine before the training-mode streaming check; not shown, see the README's prose)
@@ -177,6 +178,16 @@ def _speed_run(root: Path, full_path: Path, stream_path: Optional[Path]) -> str:
                "nn.LSTMCell" for name, case in cases.items() if "/stream/" in name]
     lines += ["", "Training with `proj_size` and on a PackedSequence, and the peak memory of one training step: "
               + "; ".join(notes) + ". Streaming one step at B=1 under no_grad: " + "; ".join(streams) + "."]
+    from gatedrnn.bench.cases import SHORT_SIZES, Shape  # (torch: imported only when a table is made)
+
+    short_labels = {Shape(*size).label() for size in SHORT_SIZES}
+    short = [(name, case["ratios"]) for name, case in cases.items()
+             if case["kind"] == "infer" and name.rsplit("/", 1)[-1] in short_labels]
+    if short:
+        lines += ["", "Short calls over large weights (inference, the weights read in place), peer time / gatedrnn "
+                  "time: " + "; ".join(f"`{name}` " + ", ".join(f"{ratio:.2f}x {peer}" for peer, ratio in
+                                                               sorted(ratios.items())) for name, ratios in short)
+                  + "."]
     if stream_path is not None:
         stream = json.loads((root / stream_path).read_text())
         again = [f"`{c['name']}` {c['impls']['gatedrnn']['median_s'] * 1e6:.1f} µs per step, {c['ratio']:.2f}x "
