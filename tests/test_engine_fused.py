@@ -556,6 +556,25 @@ def test_short_sequences_read_w_hh_in_place_and_equal_torch(cell, steps, batch, 
     assert library.last_forward_split() != "in_place_steps"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("steps,batch", [(3, 6), (8, 4)])
+def test_weights_of_few_steps_are_read_by_blas_in_place_and_equal_torch(steps, batch, dtype, monkeypatch):
+    """A step weight serving at most 4 steps (8 below batch 9) is not packed: BLAS reads it in place at each step
+    (here W_hh and W_hr of a projected LSTM, forward and backward, on the general loop): outputs, final states and
+    every gradient equal torch.nn, and no step weight is timed or packed (the engine's weight counters stand
+    still)."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", "auto")
+    torch.manual_seed(steps * batch)
+    options = {"proj_size": 24}
+    module, reference = make_pair("lstm", 12, 40, dtype=dtype, **options)
+    x, fresh, weights = _inputs("lstm", steps, batch, 40, options, dtype)
+    before = library.gemm_weights()
+    got = run(module, x.clone().requires_grad_(), fresh(), None, weights)
+    assert library.gemm_weights() == before
+    _assert_runs_close("lstm", got, run(reference, x.clone().requires_grad_(), fresh(), None, weights), dtype)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_short_sequence_with_zoneout_reads_w_hh_in_place_and_equals_the_reference(cell, monkeypatch):
     """Zoneout mixes each row's new state with its previous one after the pass, so a short sequence with it reads

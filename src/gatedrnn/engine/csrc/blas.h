@@ -629,7 +629,7 @@ class StepWeight {
   // page-faults.
   // calls: how many `compute` calls the weight serves (the steps); at batch 1-2 a weight of one call (a decoding
   // loop's one-step forward) is read in place by row dot products, not packed first (the packing cost more
-  // than the step's GEMV).
+  // than the step's GEMV); above, a weight of a few calls is read in place by BLAS (below).
   StepWeight(const T* w, bool w_transposed, int N, int K, int max_rows, int scratch_slot = 0,
              int64_t calls = INT64_MAX)
       : w_(w), trans_(w_transposed), slot_(std::clamp(scratch_slot, 0, 2)), N_(N), K_(K) {
@@ -637,6 +637,12 @@ class StepWeight {
     in_place_ = small_ && trans_ && calls <= 1;
     use_pack_ = w != nullptr && !small_ && sizeof(T) == 4 && sgemm_pack_get_size_ && sgemm_pack_ && sgemm_compute_ && N > 0 && K > 0;
     if (w != nullptr && !small_ && N > 0 && K > 0) mode_ = GemmChoice::requested();
+    // A weight of a few calls is read in place by BLAS at each (no packed copy, no timing), unless GATEDRNN_GEMM
+    // forces PanelGemm: the backward's dG W_hh at T = 1-4 (T = 8 below batch 9) spent longer packing W_hh than using
+    // it (GRU training, B = 32, T = 1, H = 1024: 17.8 -> 16.4 ms; B = 16, T = 2, H = 512: 5.7 -> 4.3 ms; B = 8,
+    // T = 4, H = 256: 1.90 -> 1.33 ms; at B = 16, T = 8, H = 512 packing stayed faster, 9.8 against 10.5 ms).
+    if (!mode_.empty() && mode_ != "own" && (calls <= 4 || (calls <= 8 && max_rows <= 8)))
+      mode_.clear(), use_pack_ = false;
     if (small_ && trans_ && !in_place_) {  // the small kernel reads W in column panels: packed once per call
       static thread_local std::vector<T> scratch[3];
       const size_t count = SmallPanels<T>::packed_size(N, K);

@@ -861,8 +861,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* dy_p = dy.data_ptr<T>();  // any strides: the gradient of output.sum() is a stride-0 expand
   const int64_t dy_s0 = dy.stride(0), dy_s1 = dy.stride(1), dy_s2 = dy.stride(2);
   const bool dy_dense = dy.is_contiguous();
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B);                    // dG W_hh
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B, 1);  // dh W_hr
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B, 0, T_);                 // dG W_hh
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B, 1, T_);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
   T* dfirst_p = dgate_first.data_ptr<T>();
