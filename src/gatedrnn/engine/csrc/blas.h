@@ -795,7 +795,7 @@ class StepWeight {
   mutable std::atomic<unsigned> small_calls_{0};
   std::vector<T> own_;
   bool trans_, use_pack_ = false, small_ = false, in_place_ = false, decided_ = false;
-  std::string mode_;  // GATEDRNN_GEMM for a weight that runs BLAS or PanelGemm; empty otherwise
+  std::string mode_;  // GATEDRNN_GEMM for a weight on BLAS or PanelGemm; empty: the small kernel, or BLAS in place
   RawBuffer<T> own_panels_;
   int slot_;  // the scratch slot (constructor's scratch_slot)
   // PanelGemm's packed W (64-byte aligned), in the thread's scratch of slot_ or own_panels_: set once `decide` chose
