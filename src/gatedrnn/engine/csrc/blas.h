@@ -106,15 +106,21 @@ inline constexpr int kVecBytes = 32;
 inline constexpr int kVecBytes = 16;
 #endif
 
-// Room for `count` values in `buffer` (grown when needed) from an address aligned to 64 bytes: the kernels read
-// their packed weights as whole registers, and a 64-byte load 16 bytes off a cache line reads two lines (the
-// batch-1 step at H = 64: 0.45 against 0.70 us; benchmarks/micro/step_gemv.cpp, table in csrc/README.md).
+// The first address at or after `data` aligned to 64 bytes (a buffer holds 64 / sizeof(T) values of padding for it):
+// the kernels read their packed weights as whole registers, and a 64-byte load 16 bytes off a cache line reads two
+// lines (the batch-1 step at H = 64: 0.45 against 0.70 us; benchmarks/micro/step_gemv.cpp, table in csrc/README.md).
+template <typename T>
+T* line_aligned(T* data) {
+  const size_t off_line = reinterpret_cast<uintptr_t>(data) % 64;
+  return data + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
+}
+
+// Room for `count` values in `buffer` (grown when needed) from an address aligned to 64 bytes.
 template <typename T>
 T* aligned_room(std::vector<T>& buffer, size_t count) {
   constexpr size_t kPad = 64 / sizeof(T);
   if (buffer.size() < count + kPad) buffer.resize(count + kPad);
-  const size_t off_line = reinterpret_cast<uintptr_t>(buffer.data()) % 64;
-  return buffer.data() + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
+  return line_aligned(buffer.data());
 }
 
 // A buffer that grows without filling: std::vector zero-fills what it grows by, which for the packed weights of a
@@ -127,10 +133,16 @@ struct RawBuffer {
   T* aligned_room(size_t count) {  // as aligned_room above
     constexpr size_t kPad = 64 / sizeof(T);
     if (capacity < count + kPad) data.reset(new T[count + kPad]), capacity = count + kPad;  // (default-initialised)
-    const size_t off_line = reinterpret_cast<uintptr_t>(data.get()) % 64;
-    return data.get() + (off_line == 0 ? 0 : (64 - off_line) / sizeof(T));
+    return line_aligned(data.get());
   }
 };
+
+// Room for `count` values for packed weights: in `kept`, a buffer the calling thread keeps between calls (no page
+// faults at every call), up to 32 MB; above, in `own`, freed with its owner (a thread keeps no more than that).
+template <typename T>
+T* packing_room(RawBuffer<T>& kept, RawBuffer<T>& own, size_t count) {
+  return (count * sizeof(T) > (size_t(32) << 20) ? own : kept).aligned_room(count);
+}
 
 // A vector of x in every lane. Written x − 0, which is x for every x and folds to one broadcast; 0 + x is not x
 // at x = −0, so `Vec{} + x` cost an add (on the FMA ports) before every broadcast.
@@ -748,11 +760,8 @@ class StepWeight {
 
   void pack_panels() {
     if (panels_ != nullptr) return;
-    // kept by the thread per slot between calls (no fill, no page faults at every call), as SmallPanels' buffers;
-    // a weight above 32 MB gets its own buffer, freed with this object
-    static thread_local RawBuffer<T> scratch[3];
-    const size_t count = PanelGemm<T>::packed_size(N_, K_);
-    panels_ = (count * sizeof(T) > (size_t(32) << 20) ? own_panels_ : scratch[slot_]).aligned_room(count);
+    static thread_local RawBuffer<T> scratch[3];  // per slot, as SmallPanels' buffers
+    panels_ = packing_room(scratch[slot_], own_panels_, PanelGemm<T>::packed_size(N_, K_));
     PanelGemm<T>::pack(w_, trans_, N_, K_, panels_);
   }
 

@@ -463,19 +463,16 @@ void scan_forward_units(int64_t T_, int64_t B, int64_t I, int64_t H, const T* x_
     static thread_local std::vector<T> rec;  // kept per thread: no allocation or page faults at every call
     rec.resize(std::max<size_t>(rec.size(), static_cast<size_t>(B) * GH));  // h W_hhᵀ, this thread's columns
     // A long sequence packs the thread's rows of W_hh (and at batch >= 3 of W_ih) into PanelGemm's panels, per gate
-    // block, once per call (units_pack_panels); otherwise they are read in place. The buffers are kept by the
-    // thread up to 32 MB each (no page faults at every call); larger ones are freed at the call's end.
+    // block, once per call (units_pack_panels); otherwise they are read in place (packing_room: buffers the thread
+    // keeps up to 32 MB; larger ones are freed at the call's end).
     static thread_local RawBuffer<T> kept_hh, kept_ih;
     RawBuffer<T> own_hh, own_ih;
     const size_t hh_block = PanelGemm<T>::packed_size(units, static_cast<int>(P));
     const size_t ih_block = PanelGemm<T>::packed_size(units, static_cast<int>(I));
-    auto room = [&](RawBuffer<T>& kept, RawBuffer<T>& own, size_t count) {
-      return (count * sizeof(T) > (size_t(32) << 20) ? own : kept).aligned_room(count);
-    };
     T* hh_panels = units > 0 && units_pack_panels(T_, B, G * hh_block * sizeof(T), false)
-                       ? room(kept_hh, own_hh, G * hh_block) : nullptr;
+                       ? packing_room(kept_hh, own_hh, G * hh_block) : nullptr;
     T* ih_panels = units > 0 && units_pack_panels(T_, B, G * ih_block * sizeof(T), true)
-                       ? room(kept_ih, own_ih, G * ih_block) : nullptr;
+                       ? packing_room(kept_ih, own_ih, G * ih_block) : nullptr;
     for (int g = 0; g < G && hh_panels; ++g)
       PanelGemm<T>::pack(w_hh_p + (g * H + j0) * P, true, units, static_cast<int>(P), hh_panels + g * hh_block);
     for (int g = 0; g < G && ih_panels; ++g)
