@@ -41,6 +41,8 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-07-13.json"), None),  # Zen 4: few-step weights in place, the final engine
+    # (-14 and -15 are gru/infer/B1-T100 alone, run again after -13: see the README's prose)
     (Path("benchmarks/results/2026-12-07-12.json"), None),  # Zen 4: short sequences read the weights in place
     (Path("benchmarks/results/2026-12-07-11.json"), None),  # Zen 4: the streaming step's checks in C++, gemv_rows
     (Path("benchmarks/results/2026-12-07-10.json"), None),  # Zen 4: packed rows skipped, the streaming step's Python
