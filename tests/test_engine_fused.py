@@ -425,8 +425,12 @@ def test_fused_equals_one_thread_when_projecting_ahead(cell, batch, hidden, opti
     x = torch.randn(37, batch, 10, dtype=dtype, requires_grad=grad)
     runs, splits = _runs_on_one_and_two_threads(module, x, grad=grad)
     assert splits == ["serial", "project_ahead"]
+    # The blocks read W_ih's rows in place, where one thread runs one GEMM, so float32 sums round differently. The
+    # LayerNorm cell normalises each row of x W_ihᵀ, which magnifies that: over six seeds at this size its float32
+    # results were 2e-6 to 2.3e-5 (scaled) off float64 on one thread and on two alike. float64 checks at 1e-9.
+    tolerance = 5e-5 if cell == "layernorm_lstm" and dtype == torch.float32 else TOLERANCE[dtype]
     for k, (one, two) in enumerate(zip(*runs)):
-        assert_close_scaled(two, one, TOLERANCE[dtype], f"{cell}, projected ahead against one thread: tensor {k}")
+        assert_close_scaled(two, one, tolerance, f"{cell}, projected ahead against one thread: tensor {k}")
 
 
 def test_no_projection_ahead_where_the_sequence_does_not_fit_one_chunk():
