@@ -709,7 +709,8 @@ def test_sequence_gemms_after_backward_are_chosen_by_measurement(monkeypatch):
     steps, batch, input_size, hidden = 7, 5, 11, 29  # shapes no other test times: decided here
     module = gatedrnn.LSTM(input_size, hidden)
     x = torch.randn(steps, batch, input_size, requires_grad=True)
-    module(x)[0].sum().backward()
+    state = (torch.randn(1, batch, hidden), torch.randn(1, batch, hidden))  # (an h0 of zeros skips its product)
+    module(x, state)[0].sum().backward()
     sequence = {(d["rows"], d["N"], d["K"], d["transposed"]): d for d in library.gemm_choices()
                 if d.get("op") == "sequence"}
     gates = 4 * hidden
@@ -853,3 +854,79 @@ def test_sequence_long_buffers_from_the_block_cache_match_reference(layer_class,
         with torch.no_grad():
             traces.append(trace(module, x).steps("f"))
     torch.testing.assert_close(*traces, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "lstm_peephole", "slstm", "layernorm_gru", "lstm_fgr"])
+def test_backward_skips_what_a_zero_h0_and_no_dh0_make_zero_and_equals_computing_it(cell):
+    """Two products of a backward are skipped where nothing can read them: the first step's dG W_hh when nothing asks
+    for dh0 (need_dh0=False; dh0 is then zeros, not a partial sum), and dW_hh's part dG_firstᵀ h0 when h0 is zeros
+    (unless dG holds a NaN, which the product must carry: NaN · 0 = NaN). Every other gradient is the same bit for
+    bit. FGR's GEMM also reads the state blocks, whose gradient dc0 needs that product: it keeps it."""
+    from gatedrnn.engine.ops import SCAN_BACKWARD
+
+    spec = CELL_SPECS[cell]
+    torch.manual_seed(5)
+    T, B, I, H = 3, 4, 5, 6
+    g = spec.gate_count * H
+    x, w_ih = torch.randn(T, B, I, dtype=torch.float64), torch.randn(g, I, dtype=torch.float64) / 3
+    w_hh = torch.randn(g, kernel_hh_columns(spec, H, H), dtype=torch.float64) / 3
+    b = torch.randn(g, dtype=torch.float64)
+    c0 = initial_cell_state(spec, B, H, dtype=torch.float64)
+    aux = torch.randn(spec.aux_blocks * H, dtype=torch.float64) if spec.aux_blocks else None
+    h0 = torch.zeros(B, H, dtype=torch.float64)
+    y, h_n, c_n, gates, c_hist, extra = SCAN(cell, x, h0, c0, w_ih, w_hh, b, b, None, [], False, True, aux)
+    none_if_empty = lambda v: None if v.dim() == 1 and v.numel() == 0 else v  # noqa: E731
+    dy = torch.randn_like(y)
+
+    def backward(need_dh0: bool, upstream=dy):
+        return SCAN_BACKWARD(cell, x, h0, c0, w_ih, w_hh, None, True, y, gates, none_if_empty(c_hist),
+                             none_if_empty(extra), upstream, torch.ones_like(h_n),
+                             c_n if spec.has_cell_state else None, [], False, True, aux, None, None, None, need_dh0)
+
+    full, skipped = backward(True), backward(False)
+    names = ["dx", "dh0", "dc0", "dw_ih", "dw_hh", "db_ih", "db_hh", "dw_hr", "daux"]
+    for name, a, b_ in zip(names, full, skipped):
+        if name == "dh0" and not spec.kernel_reads_state:
+            assert torch.count_nonzero(a) > 0 and torch.count_nonzero(b_) == 0
+        else:
+            assert torch.equal(a, b_), f"{cell}: {name} changed when dh0 was not asked for"
+    # (dW_hh's values with h0 = 0 against torch.nn: test_short_training_without_or_with_hx_equals_torch.) A NaN in
+    # the upstream gradient of the first step reaches dW_hh only through h0 = 0, as the GEMM gives it: NaN · 0 = NaN
+    poisoned = dy.clone()
+    poisoned[0, 1, 2] = float("nan")
+    assert torch.isnan(backward(False, poisoned)[4]).any()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("hx", [False, True])
+def test_short_training_without_or_with_hx_equals_torch(cell, steps, hx):
+    """A training step of one or two steps at batch 8, with no hx (h0 zeros: the first step's h0 W_hhᵀ, dW_hh's
+    first-step product and dh0 are skipped) or an hx that needs a gradient (all computed): the output without a
+    gradient and every gradient, dh0 included, equal torch.nn's; a NaN in W_hh makes the output NaN as in torch.nn."""
+    torch.manual_seed(9 + steps)
+    ours_cls = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn_tanh": gatedrnn.RNN}[cell]
+    ours = ours_cls(7, 16, dtype=torch.float64)
+    peer = getattr(torch.nn, type(ours).__name__)(7, 16, dtype=torch.float64)
+    peer.load_state_dict(ours.state_dict())
+    x = torch.randn(steps, 8, 7, dtype=torch.float64, requires_grad=True)
+    state = None
+    if hx:
+        h0 = torch.randn(1, 8, 16, dtype=torch.float64, requires_grad=True)
+        state = (h0, torch.randn(1, 8, 16, dtype=torch.float64, requires_grad=True)) if cell == "lstm" else h0
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, state)[0], peer(x, state)[0], rtol=1e-12, atol=1e-12)
+        weight = ours.weight_hh_l0.clone()
+        for module in (ours, peer):
+            module.weight_hh_l0[3, 2] = float("nan")
+        nan_ours, nan_peer = ours(x, state)[0], peer(x, state)[0]
+        assert torch.equal(nan_ours.isnan(), nan_peer.isnan()) and nan_ours.isnan().any()
+        for module in (ours, peer):
+            module.weight_hh_l0.copy_(weight)
+    results = []
+    for module in (ours, peer):
+        output, _ = module(x, state)
+        inputs = [x, *module.parameters(), *([] if state is None else state if isinstance(state, tuple) else [state])]
+        results.append(torch.autograd.grad((output * torch.linspace(-1, 1, 16, dtype=torch.float64)).sum(), inputs))
+    for got, wanted in zip(*results):
+        torch.testing.assert_close(got, wanted, rtol=1e-9, atol=1e-9)

@@ -9,8 +9,10 @@ and, for scan and scan_backward, a vmap rule:
         -> (y, h_n, c_n, gates, c_hist, extra)          one layer, one direction, the whole sequence
     gatedrnn::scan_backward(cell, x, h0, c0?, w_ih, w_hh, w_hr?, has_bias, y, gates?, c_hist?, extra?,
                             dy, dh_n, dc_n?, batch_sizes, reverse, need_dx, aux?, zoneout?, rec_mask?,
-                            cand_mask?)
+                            cand_mask?, need_dh0=True)
         -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux)   its hand-written BPTT
+           (need_dx=False: dx is empty; need_dh0=False: dh0 is zeros, and the first step's dG W_hh, which only
+           dh0 reads, is not computed)
     gatedrnn::step(cell, x, h, c?, weights) -> (y, h, c)   one step through a stack of layers (streaming)
 
 Shapes: T steps, B batch, I input, H hidden, P size of h (proj_size or H), G gate count, E the cell's
@@ -61,7 +63,7 @@ _LIB.define(
     "scan_backward(str cell, Tensor x, Tensor h0, Tensor? c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
     "bool has_bias, Tensor y, Tensor? gates, Tensor? c_hist, Tensor? extra, Tensor dy, Tensor dh_n, "
     "Tensor? dc_n, int[] batch_sizes, bool reverse, bool need_dx, Tensor? aux=None, Tensor? zoneout=None, "
-    "Tensor? rec_mask=None, Tensor? cand_mask=None) "
+    "Tensor? rec_mask=None, Tensor? cand_mask=None, bool need_dh0=True) "
     "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 _LIB.define("step(str cell, Tensor x, Tensor h, Tensor? c, Tensor?[] weights) -> (Tensor, Tensor, Tensor)")
@@ -132,7 +134,8 @@ def _scan_fake(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes, rever
 
 @torch.library.register_fake("gatedrnn::scan_backward")
 def _scan_backward_fake(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
-                        batch_sizes, reverse, need_dx, aux=None, zoneout=None, rec_mask=None, cand_mask=None):
+                        batch_sizes, reverse, need_dx, aux=None, zoneout=None, rec_mask=None, cand_mask=None,
+                        need_dh0=True):
     def like(t: Optional[Tensor], present: bool = True) -> Tensor:  # the kernel's results are contiguous
         return x.new_empty(t.shape) if t is not None and present else x.new_empty(0)
 
@@ -199,9 +202,10 @@ def _scan_backward_formula(ctx, dy, dh_n, dc_n, *_saved_buffer_grads, bptt=SCAN_
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux = bptt(
         ctx.cell, x, h0, c0, w_ih, w_hh, w_hr, ctx.has_bias, y, _present(gates), _present(c_hist),
         _present(extra), dy, dh_n, dc_n if ctx.has_c else None, ctx.batch_sizes, ctx.reverse,
-        ctx.needs_input_grad[1], aux, zoneout, rec_mask, cand_mask,
+        ctx.needs_input_grad[1], aux, zoneout, rec_mask, cand_mask, ctx.needs_input_grad[2],
     )
-    grads = (None, dx if ctx.needs_input_grad[1] else None, dh0, dc0 if ctx.has_c else None, dw_ih, dw_hh,
+    grads = (None, dx if ctx.needs_input_grad[1] else None, dh0 if ctx.needs_input_grad[2] else None,
+             dc0 if ctx.has_c else None, dw_ih, dw_hh,
              db_ih if ctx.has_bias else None, db_hh if ctx.has_bias else None,
              dw_hr if w_hr is not None else None, None, None, None)
     # the noise is drawn data, not a parameter: no gradient

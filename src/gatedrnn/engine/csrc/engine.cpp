@@ -183,7 +183,7 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
                                  at::IntArrayRef batch_sizes_in, bool reverse, bool need_dx,
                                  const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
                                  const c10::optional<at::Tensor>& rec_mask,
-                                 const c10::optional<at::Tensor>& cand_mask) {
+                                 const c10::optional<at::Tensor>& cand_mask, bool need_dh0) {
   const std::string cell(cell_name);
   const char* op = "gatedrnn::scan_backward";
   const auto [H, P] = check_layer(op, cell, x, h0, c0, w_ih, w_hh, w_hr, batch_sizes_in);
@@ -219,7 +219,7 @@ Nine scan_backward_op(c10::string_view cell_name, const at::Tensor& x, const at:
   ScanBackwardOut g = dispatch(cell, xc, [&]<typename Cell, typename T>() {
     return scan_backward<Cell, T>(xc, h0c, c0c, w_ihc, w_hhc, w_hrc, has_bias, yc, opt(gates), opt(c_hist),
                                   opt(extra), dyc, dh_nc, dc_nc, batch_sizes, reverse, need_dx, ex.aux, ex.zoneout,
-                                  ex.rec_mask, ex.cand_mask);
+                                  ex.rec_mask, ex.cand_mask, need_dh0);
   });
   return {or_empty(g.dx, xc), g.dh0, or_empty(g.dc0, xc), g.dw_ih, g.dw_hh, or_empty(g.db_ih, xc),
           or_empty(g.db_hh, xc), or_empty(g.dw_hr, xc), or_empty(g.daux, xc)};

@@ -32,7 +32,9 @@
 #include <omp.h>
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -280,6 +282,18 @@ at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Te
   sequence_gemm<T>(a_transposed, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), ac.data_ptr<T>(),
                    bc.data_ptr<T>(), T(0), out.data_ptr<T>(), runs);
   return out;
+}
+
+// Whether every value of a contiguous tensor is zero (all_zero) or finite (all_finite).
+template <typename T>
+bool all_zero(const at::Tensor& t) {
+  const T* p = t.data_ptr<T>();
+  return std::all_of(p, p + t.numel(), [](T v) { return v == T(0); });
+}
+template <typename T>
+bool all_finite(const at::Tensor& t) {
+  const T* p = t.data_ptr<T>();
+  return std::all_of(p, p + t.numel(), [](T v) { return std::isfinite(v); });
 }
 
 // A packed batch's active rows as runs of the (steps * B) rows of steps [first, first + steps) (consecutive steps
@@ -614,6 +628,12 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   }
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1, T_);  // m W_hrᵀ
+  // A forward without hx starts from h0 = 0, whose product with W_hh is zero: the first step skips that GEMM, at
+  // T = 1 half of the forward's multiply-adds. Not where W_hh holds a NaN or an infinity (the GEMM gives NaN · 0 =
+  // NaN, as torch.nn does), checked only after h0 was found zero; and only from batch 8, where the GEMM does at
+  // least 8 multiply-adds per weight that the check reads once.
+  const int64_t t_first = reverse ? T_ - 1 : 0;
+  const bool zero_first = !kReadsState && B >= 8 && T_ > 0 && all_zero<T>(h0.contiguous()) && all_finite<T>(w_hh);
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
@@ -640,7 +660,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       for (int64_t k = b0 * P; k < b1 * P; ++k) hm_p[k] = h_p[k] * rm_p[k];
       h_rec = hm_p;
     }
-    if (!in_place) w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
+    if (zero_first && t == t_first) std::fill(rec_p + b0 * GH, rec_p + b1 * GH, T(0));  // h0 W_hhᵀ = 0
+    else if (!in_place) w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
     if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
     for (int64_t b = b0; b < b1; ++b) {
       RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
@@ -793,11 +814,11 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       }
       T* gates_t = gates_p + (keep ? t : t - chunk_start) * B * GH;
       const int call_rows = rows_per_call(n, row_work);
-      if (in_place)  // (n, GH) = h W_hhᵀ for every row, threaded by BLAS; the pass below splits the rows
+      if (!in_place)
+        w_hh_step.prepare(static_cast<int>(n), call_rows);
+      else if (!(zero_first && t == t_first))  // (n, GH) = h W_hhᵀ for every row, threaded by BLAS; the pass
         gemm<T>(false, true, static_cast<int>(n), static_cast<int>(GH), static_cast<int>(RW), T(1), h_p,
                 static_cast<int>(P), w_hh.data_ptr<T>(), static_cast<int>(RW), T(0), rec_p, static_cast<int>(GH));
-      else
-        w_hh_step.prepare(static_cast<int>(n), call_rows);
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
       for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
       if (keep && n < B) {  // padded rows read as zeros in the trace
@@ -816,7 +837,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
                               const at::Tensor& extra, const at::Tensor& dy, const at::Tensor& dh_n,
                               const at::Tensor& dc_n, const std::vector<int64_t>& batch_sizes, bool reverse,
                               bool need_dx, const at::Tensor& aux, const at::Tensor& zoneout,
-                              const at::Tensor& rec_mask, const at::Tensor& cand_mask) {
+                              const at::Tensor& rec_mask, const at::Tensor& cand_mask, bool need_dh0 = true) {
   const int64_t T_ = x.size(0), B = x.size(1), I = x.size(2);
   constexpr bool kReadsState = reads_state<Cell>();
   const int64_t GH = w_hh.size(0), H = GH / Cell::kGates, RW = w_hh.size(1), P = RW - rec_state_blocks<Cell>() * H;
@@ -940,7 +961,10 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
       for (int64_t k = b0 * H; k < b1 * H; ++k) dc_p[k] += dc_skip_p[k];
     const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
     if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
-    // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip)
+    // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip). Where every
+    // row's h_prev is h0 and nothing asked for dh0, nothing reads it: the GEMM (a third of a T = 1 backward) is
+    // skipped. (kReadsState cells' product also feeds dc0's extra blocks.)
+    if (!kReadsState && !need_dh0 && n_prev == 0) return;
     if constexpr (kReadsState) {  // [dh | da′] = dG_h W_hh: da′ joins the previous step's dc blocks 1..
       w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * RW, RW);
       for (int64_t b = b0; b < b1; ++b) {
@@ -1004,7 +1028,11 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     y_prev = at::cat({y_prev, c_prev.narrow(2, H, CH - H)}, 2);   // (T−1, B, RW)
     h0_rec = at::cat({h0_rec, c0.narrow(1, H, CH - H)}, 1);       // (B, RW)
   }
-  out.dw_hh = sequence_product<T>(dgate_first, true, h0_rec);
+  // The rows' first steps pair dG with h0: zeros after a forward without hx, whose product is zero. That GEMM
+  // (B x G·H x H, the whole of dW_hh at T = 1) is skipped, unless dG holds a NaN or an infinity (NaN · 0 = NaN).
+  h0_rec = h0_rec.contiguous();
+  out.dw_hh = all_zero<T>(h0_rec) && all_finite<T>(dgate_first) ? cpu_zeros({GH, RW}, opts)
+                                                                 : sequence_product<T>(dgate_first, true, h0_rec);
   {
     const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous();
     const at::Tensor h_rows = y_prev.reshape({-1, RW}).contiguous();
@@ -1022,7 +1050,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   }
   if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}), all_rows);
   if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
-  out.dh0 = dh;
+  out.dh0 = need_dh0 || kReadsState ? dh : dh.zero_();  // (not computed: zeros, never a partial sum)
   out.dc0 = dc;
   return out;
 }
