@@ -11,8 +11,8 @@ and, for scan and scan_backward, a vmap rule:
                             dy, dh_n, dc_n?, batch_sizes, reverse, need_dx, aux?, zoneout?, rec_mask?,
                             cand_mask?, need_dh0=True)
         -> (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, daux)   its hand-written BPTT
-           (need_dx=False: dx is empty; need_dh0=False: dh0 is zeros, and the first step's dG W_hh, which only
-           dh0 reads, is not computed)
+           (need_dx=False: dx is empty; need_dh0=False: the first step's dG W_hh, which only dh0 reads, is not
+           computed and dh0 is zeros, except for FGR, whose product also feeds dc0)
     gatedrnn::step(cell, x, h, c?, weights) -> (y, h, c)   one step through a stack of layers (streaming)
 
 Shapes: T steps, B batch, I input, H hidden, P size of h (proj_size or H), G gate count, E the cell's

@@ -291,9 +291,18 @@ bool all_zero(const at::Tensor& t) {
   return std::all_of(p, p + t.numel(), [](T v) { return v == T(0); });
 }
 template <typename T>
-bool all_finite(const at::Tensor& t) {
+bool all_finite(const at::Tensor& t) {  // v · 0 is NaN exactly where v is NaN or infinite: one vectorised sum of them
+  typedef T Vec __attribute__((vector_size(kVecBytes), aligned(sizeof(T))));
+  constexpr int64_t kLanes = kVecBytes / sizeof(T);
   const T* p = t.data_ptr<T>();
-  return std::all_of(p, p + t.numel(), [](T v) { return std::isfinite(v); });
+  const int64_t n = t.numel();
+  Vec sum{};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) sum += *reinterpret_cast<const Vec*>(p + i) * T(0);
+  T total = T(0);
+  for (; i < n; ++i) total += p[i] * T(0);
+  for (int64_t lane = 0; lane < kLanes; ++lane) total += sum[lane];
+  return total == T(0);
 }
 
 // A packed batch's active rows as runs of the (steps * B) rows of steps [first, first + steps) (consecutive steps
@@ -626,14 +635,14 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     std::memcpy(h_p, y_p + (reverse ? 0 : T_ - 1) * B * P, sizeof(T) * B * P);
     return outputs();
   }
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_);                  // h W_hhᵀ ([h | a′] W_hhᵀ)
-  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1, T_);  // m W_hrᵀ
   // A forward without hx starts from h0 = 0, whose product with W_hh is zero: the first step skips that GEMM, at
   // T = 1 half of the forward's multiply-adds. Not where W_hh holds a NaN or an infinity (the GEMM gives NaN · 0 =
   // NaN, as torch.nn does), checked only after h0 was found zero; and only from batch 8, where the GEMM does at
   // least 8 multiply-adds per weight that the check reads once.
   const int64_t t_first = reverse ? T_ - 1 : 0;
   const bool zero_first = !kReadsState && B >= 8 && T_ > 0 && all_zero<T>(h0.contiguous()) && all_finite<T>(w_hh);
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_ - zero_first);     // h W_hhᵀ ([h | a′] W_hhᵀ)
+  StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, true, P, H, B, 1, T_);  // m W_hrᵀ
   const T* bias_p = bias.data_ptr<T>();
   const T* rec_bias_p = rec_bias.data_ptr<T>();
   const int64_t EH = Cell::kExtra * H;
@@ -816,7 +825,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
       const int call_rows = rows_per_call(n, row_work);
       if (!in_place)
         w_hh_step.prepare(static_cast<int>(n), call_rows);
-      else if (!(zero_first && t == t_first))  // (n, GH) = h W_hhᵀ for every row, threaded by BLAS; the pass
+      else if (!(zero_first && t == t_first))  // (n, GH) = h W_hhᵀ, all rows, threaded by BLAS; step_rows splits
         gemm<T>(false, true, static_cast<int>(n), static_cast<int>(GH), static_cast<int>(RW), T(1), h_p,
                 static_cast<int>(P), w_hh.data_ptr<T>(), static_cast<int>(RW), T(0), rec_p, static_cast<int>(GH));
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
@@ -884,7 +893,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* dy_p = dy.data_ptr<T>();  // any strides: the gradient of output.sum() is a stride-0 expand
   const int64_t dy_s0 = dy.stride(0), dy_s1 = dy.stride(1), dy_s2 = dy.stride(2);
   const bool dy_dense = dy.is_contiguous();
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B, 0, T_);                 // dG W_hh
+  // dG W_hh: T_ calls, one fewer where the first step's product is skipped (need_dh0 false, below)
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B, 0, T_ - (!need_dh0 && !kReadsState));
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B, 1, T_);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
