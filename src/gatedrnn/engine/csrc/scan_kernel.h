@@ -34,7 +34,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -893,8 +892,9 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   const T* dy_p = dy.data_ptr<T>();  // any strides: the gradient of output.sum() is a stride-0 expand
   const int64_t dy_s0 = dy.stride(0), dy_s1 = dy.stride(1), dy_s2 = dy.stride(2);
   const bool dy_dense = dy.is_contiguous();
-  // dG W_hh: T_ calls, one fewer where the first step's product is skipped (need_dh0 false, below)
-  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B, 0, T_ - (!need_dh0 && !kReadsState));
+  // The first step's dG W_hh is read only by dh0 (FGR's also by dc0): skipped when nothing asks for dh0
+  const bool skips_first_product = !need_dh0 && !kReadsState;
+  StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), false, RW, GH, B, 0, T_ - skips_first_product);  // dG W_hh
   StepWeight<T> w_hr_step(proj ? w_hr.data_ptr<T>() : nullptr, false, H, P, B, 1, T_);  // dh W_hr
   T* dgx_p = dgate_x.data_ptr<T>();
   T* dgh_p = dgate_h.data_ptr<T>();
@@ -972,9 +972,8 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     const int64_t first0 = std::max(b0, n_prev);  // rows whose h_prev is h0: their dG pairs with h0
     if (b1 > first0) std::memcpy(dfirst_p + first0 * GH, dgh_t + first0 * GH, sizeof(T) * (b1 - first0) * GH);
     // dh_prev = dG_h W_hh (⊙ rec_mask) (+ the direct part the cell wrote into dh) (+ zoneout's skip). Where every
-    // row's h_prev is h0 and nothing asked for dh0, nothing reads it: the GEMM (a third of a T = 1 backward) is
-    // skipped. (kReadsState cells' product also feeds dc0's extra blocks.)
-    if (!kReadsState && !need_dh0 && n_prev == 0) return;
+    // row's h_prev is h0 it is dh0 alone: skipped when nothing asks for it (a third of a T = 1 backward).
+    if (skips_first_product && n_prev == 0) return;
     if constexpr (kReadsState) {  // [dh | da′] = dG_h W_hh: da′ joins the previous step's dc blocks 1..
       w_hh_step.compute(r, dgh_t + b0 * GH, GH, T(0), dh_rec_p + b0 * RW, RW);
       for (int64_t b = b0; b < b1; ++b) {
@@ -1060,7 +1059,7 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   }
   if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}), all_rows);
   if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
-  out.dh0 = need_dh0 || kReadsState ? dh : dh.zero_();  // (not computed: zeros, never a partial sum)
+  out.dh0 = skips_first_product ? dh.zero_() : dh;  // (not computed: zeros, never a partial sum)
   out.dc0 = dc;
   return out;
 }
