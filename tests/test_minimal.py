@@ -383,3 +383,111 @@ def test_jit_trace_refuses_with_a_clear_error(layer_class):
     layer = layer_class(3, 4).eval()
     with pytest.raises(RuntimeError, match=f"torch.jit.trace cannot record {layer_class.__name__}.*torch.export"):
         torch.jit.trace(layer, (torch.randn(5, 2, 3),), check_trace=False)
+
+
+# ----- the C++ engine's scans (gatedrnn.engine.minimal, csrc/minimal_scan.h) -----
+MINIMAL_SCANS = {"mingru": (2, "MinGRUScan"), "minlstm": (3, "MinLSTMScan")}
+
+
+def _engine_or_skip():
+    from gatedrnn.engine import runs_fused
+
+    if not runs_fused(torch.zeros(1)):
+        pytest.skip("the fused C++ engine is not available here")
+
+
+def _torch_scan(cell: str):
+    from gatedrnn.cells import minimal_fused
+
+    return getattr(minimal_fused, MINIMAL_SCANS[cell][1]).apply
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(37, 5, 130), (1, 1, 1), (3, 2, 64), (9, 1, 200)], ids=str)
+@pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
+def test_engine_scan_equals_the_torch_scan_values_and_gradients(cell, shape, dtype):
+    """Blocks of 64 units split over threads, a remainder block, one unit, one step; dL/dh given as a full tensor,
+    as sum()'s broadcast value (stride 0 along H) and as a strided view; h0 of either sign."""
+    from gatedrnn.engine.minimal import minimal_scan
+
+    _engine_or_skip()
+    steps, batch, hidden = shape
+    torch.manual_seed(sum(shape))
+    x_proj = (2 * torch.randn(steps, batch, MINIMAL_SCANS[cell][0] * hidden, dtype=dtype)).requires_grad_()
+    h0 = torch.randn(batch, hidden, dtype=dtype, requires_grad=True)
+    tol = TOL[dtype]
+    h = minimal_scan(cell, x_proj, h0)
+    assert h is not None and h.grad_fn is not None and "_MinimalScan" in type(h.grad_fn).__name__
+    expected = _torch_scan(cell)(x_proj, h0)
+    torch.testing.assert_close(h, expected, rtol=tol, atol=tol)
+    weights = torch.randn(steps, batch, 2 * hidden, dtype=dtype)[..., ::2]  # a strided dL/dh
+    for name, loss in (("full", lambda out: (out * weights.contiguous()).sum()), ("sum", lambda out: out.sum()),
+                       ("strided", lambda out: (out * weights).sum())):
+        got = torch.autograd.grad(loss(minimal_scan(cell, x_proj, h0)), (x_proj, h0))
+        wanted = torch.autograd.grad(loss(_torch_scan(cell)(x_proj, h0)), (x_proj, h0))
+        for g, w, what in zip(got, wanted, ("dx_proj", "dh0")):
+            torch.testing.assert_close(g, w, rtol=tol, atol=tol, msg=f"{name}: {what}")
+
+
+@pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
+def test_engine_scan_gradcheck_nan_and_no_double_backward(cell):
+    from gatedrnn.engine.minimal import minimal_scan
+
+    _engine_or_skip()
+    torch.manual_seed(3)
+    x_proj = torch.randn(4, 2, MINIMAL_SCANS[cell][0] * 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, h: minimal_scan(cell, x, h), (x_proj, h0))
+    poisoned = x_proj.detach().clone()
+    poisoned[1, 0, 0] = float("nan")  # a gate of row 0, unit 0 at step 2: that unit is NaN from then on
+    h = minimal_scan(cell, poisoned, h0.detach())
+    assert torch.isnan(h[1:, 0, 0]).all() and not torch.isnan(h[0]).any() and not torch.isnan(h[:, 1]).any()
+
+
+
+@pytest.mark.parametrize("engine", [True, False], ids=["engine", "torch"])
+@pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
+def test_a_second_derivative_through_the_linear_scan_raises_and_the_log_scan_gives_it(cell, engine, monkeypatch):
+    """A gradient penalty (create_graph=True, sum()'s gradient, which does not itself require grad) must not
+    silently lose the terms through the hand-written backward's saved tensors: it raises, naming scan='log',
+    which gives the second derivative (checked by gradgradcheck)."""
+    if engine:
+        _engine_or_skip()
+    else:
+        monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    torch.manual_seed(5)
+    layer = LAYERS[cell](2, 3, dtype=torch.float64)
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    (dx,) = torch.autograd.grad(layer(x)[0].sum(), (x,), create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivative .* through gatedrnn's linear-space scans.*scan='log'"):
+        (dx ** 2).sum().backward()
+    layer.scan = "log"
+    assert torch.autograd.gradgradcheck(lambda inp: layer(inp)[0], (x,))
+
+
+@pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
+def test_layer_runs_the_engine_scan_only_where_it_serves_the_call(cell, monkeypatch):
+    """Eager CPU float: the engine (no torch ops over time); the profiler, GATEDRNN_BACKEND=reference, bfloat16 and
+    traces: torch's scan; both give the same result."""
+    from gatedrnn.engine.minimal import minimal_scan
+
+    _engine_or_skip()
+    layer = LAYERS[cell](3, 4)
+    x = torch.randn(6, 2, 3)
+    x_proj = torch.randn(6, 2, MINIMAL_SCANS[cell][0] * 4)
+    h0 = torch.zeros(2, 4)
+    assert minimal_scan(cell, x_proj, h0) is not None
+    with torch.profiler.profile() as prof:
+        profiled, _ = layer(x)
+    names = {event.name for event in prof.events()}
+    assert "aten::lerp" in names or "aten::addcmul" in names  # the profiler sees torch's scan, op by op
+    assert minimal_scan(cell, x_proj.bfloat16(), h0.bfloat16()) is None
+    monkeypatch.setenv("GATEDRNN_BACKEND", "reference")
+    assert minimal_scan(cell, x_proj, h0) is None
+    reference, _ = layer(x)
+    monkeypatch.delenv("GATEDRNN_BACKEND")
+    fused, _ = layer(x)
+    torch.testing.assert_close(fused, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(profiled, reference, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"cell should be one of \('mingru', 'minlstm'\), got 'gru'"):
+        minimal_scan("gru", x_proj, h0)

@@ -15,11 +15,42 @@ Shape symbols: T time steps, and any trailing shape (B, H) shared by every step.
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+
+def hand_written_backward(backward: Callable) -> Callable:
+    """An autograd.Function's backward that has no second derivative (torch's `once_differentiable`, stricter).
+
+    once_differentiable refuses a second derivative only when a grad output requires grad; with sum()'s gradient
+    (which does not) its results carry none, and a gradient penalty through them silently misses every term that
+    runs through the saved tensors. Here, whenever the backward is asked to build a graph (create_graph=True), its
+    results carry a grad_fn that raises, naming the way out."""
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        with torch.no_grad():
+            results = backward(ctx, *grads)
+        if not torch.is_grad_enabled():  # create_graph=False: nothing can differentiate the results
+            return results
+        single = not isinstance(results, tuple)
+        results = (results,) if single else results
+        tensors = [t for t in results if isinstance(t, Tensor)]
+        if not tensors:
+            return results[0] if single else results
+        refuse = torch._C._functions.DelayedError(
+            b"a second derivative (create_graph=True, e.g. a gradient penalty) through gatedrnn's linear-space scans "
+            b"(MinGRU / MinLSTM with scan='linear', the default on the CPU) is not supported: their backward is "
+            b"hand-written. Use scan='log', which autograd differentiates to any order", len(tensors))
+        wrapped = refuse(*[t.detach().requires_grad_() for t in tensors])
+        wrapped = iter(wrapped if isinstance(wrapped, tuple) else (wrapped,))
+        results = tuple(next(wrapped) if isinstance(t, Tensor) else t for t in results)
+        return results[0] if single else results
+
+    return wrapper
 
 
 def scan_forward(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
@@ -67,7 +98,7 @@ class _LinearScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable  # the backward is hand-written: no second derivative
+    @hand_written_backward
     def backward(ctx, dh_out: Tensor):
         a, h, h0 = ctx.saved_tensors
         dh = scan_backward(a, dh_out)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
-from gatedrnn.cells.linear_scan import lerp_scan_forward, scan_backward, scan_forward
+from gatedrnn.cells.linear_scan import hand_written_backward, lerp_scan_forward, scan_backward, scan_forward
 
 
 def _g(k: Tensor) -> Tensor:
@@ -53,7 +52,7 @@ class MinGRUScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable  # the backward is hand-written: no second derivative
+    @hand_written_backward
     def backward(ctx, dh_out: Tensor):
         x_proj, h0, z, h_tilde, h = ctx.saved_tensors
         hidden = z.shape[-1]
@@ -90,7 +89,7 @@ class MinLSTMScan(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable  # the backward is hand-written: no second derivative
+    @hand_written_backward
     def backward(ctx, dh_out: Tensor):
         x_proj, h0, f, i, f_prime, i_prime, h_tilde, h = ctx.saved_tensors
         hidden = f.shape[-1]

@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
 from gatedrnn.cells.minimal import SCANS
+from gatedrnn.engine.minimal import minimal_scan
 from gatedrnn.layers import aten
 from gatedrnn.layers._checks import (
     ArgumentTypeError, ShapeError, check_dropout, check_floating, check_packed_data, check_sequence_input, check_shape,
@@ -227,7 +228,12 @@ class MinimalRNNBase(nn.Module):
             h, cell_trace = self._loop(x, h0, weight, bias, lengths, trace)
         else:
             x_proj = F.linear(x.reshape(steps * batch, -1), weight, bias).view(steps, batch, -1)  # (T, B, G*H)
-            h, cell_trace = self.spec.sequence_scan(x_proj, h0, scan=scan, trace=trace)  # (T, B, H)
+            # the C++ engine's one-pass scan where it serves the call; torch's (and every trace) otherwise
+            h = None if trace or scan != "linear" else minimal_scan(self.mode, x_proj, h0)  # (T, B, H)
+            if h is None:
+                h, cell_trace = self.spec.sequence_scan(x_proj, h0, scan=scan, trace=trace)  # (T, B, H)
+            else:
+                cell_trace = None
         if lengths is None:
             h_n = h[-1]
         else:
@@ -305,7 +311,8 @@ def _reverse_within(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 SCAN_DOC = """
     scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere), "log" (the paper's log-space
-        parallel scan) or "linear" (a blocked linear-space scan, same result); see `gatedrnn.cells.minimal`.
+        parallel scan, differentiable to any order) or "linear" (the recurrence in linear space, same result, one
+        pass over time on the CPU's C++ engine; no second derivative); see `gatedrnn.cells.minimal`.
 """
 
 

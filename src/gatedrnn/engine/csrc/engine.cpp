@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "minimal_scan.h"
 #include "scan_kernel.h"
 #include "step_kernel.h"
 
@@ -679,6 +680,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stack_direct", &gatedrnn::stack_direct,
         "(cell, x (T, B, I), h0, c0 (L*D, B, ·) or None, has_c, weights: 5 per layer and direction, num_layers, "
         "bidirectional, out_size, hidden_size) -> (y, h_n, c_n) or None");
+  m.def("minimal_scan_forward", &gatedrnn::minimal::forward,
+        "(cell 'mingru' | 'minlstm', x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) (minimal_scan.h)");
+  m.def("minimal_scan_backward", &gatedrnn::minimal::backward,
+        "(cell, x_proj, h0, h (T, B, H), dh (T, B, H)) -> (dx_proj (T, B, G*H), dh0 (B, H))");
   m.def("scan_direct", &gatedrnn::scan_direct,
         "gatedrnn::scan's arguments -> its 6 outputs, or None for anything but plain float32/float64 CPU tensors");
 }

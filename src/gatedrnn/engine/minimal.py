@@ -1,0 +1,62 @@
+"""minGRU and minLSTM scans on the fused C++ engine (csrc/minimal_scan.h): the gate math, the recurrence
+h_t = a_t ⊙ h_{t-1} + b_t and its BPTT in one pass over time each, forward and backward.
+
+The equations are `gatedrnn.cells.minimal`'s; the readable torch form of the same scans is
+`gatedrnn.cells.minimal_fused` (what runs where this cannot: traces, torch.compile / torch.export, torch.func
+transforms, dispatch modes, other devices and dtypes), and the tests check the two against each other and against
+the step loop.
+
+Shape symbols: T time steps, B batch, H hidden size, G gate blocks (2 for minGRU, 3 for minLSTM).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from gatedrnn.cells.linear_scan import hand_written_backward
+from gatedrnn.engine import _build, runs_fused
+from gatedrnn.engine.ops import direct_entry
+
+__all__ = ["minimal_scan"]
+
+CELLS = ("mingru", "minlstm")
+
+
+class _MinimalScan(torch.autograd.Function):
+    """(x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) on the engine's kernels."""
+
+    @staticmethod
+    def forward(ctx, cell: str, x_proj: Tensor, h0: Tensor, engine) -> Tensor:
+        h = engine.minimal_scan_forward(cell, x_proj, h0)
+        ctx.save_for_backward(x_proj, h0, h)
+        ctx.cell, ctx.engine = cell, engine
+        return h
+
+    @staticmethod
+    @hand_written_backward
+    def backward(ctx, dh: Tensor):
+        x_proj, h0, h = ctx.saved_tensors
+        if dh.dim() == 3 and dh.shape[-1] > 1 and dh.stride(-1) not in (0, 1):
+            dh = dh.contiguous()
+        dx_proj, dh0 = ctx.engine.minimal_scan_backward(ctx.cell, x_proj, h0, h, dh)
+        return None, dx_proj, dh0, None
+
+
+def minimal_scan(cell: str, x_proj: Tensor, h0: Tensor) -> Optional[Tensor]:
+    """h (T, B, H) of `cell` ("mingru" or "minlstm") from x_proj (T, B, G*H) and h0 (B, H) on the C++ engine, or
+    None where it does not serve the call (not CPU float32/float64 of one dtype, GATEDRNN_BACKEND set, no engine,
+    or anything that must see torch ops: compiling, tracing, a torch.func transform, a dispatch mode, the profiler);
+    the caller then runs `gatedrnn.cells.minimal`'s torch scan, which computes the same."""
+    if cell not in CELLS:
+        raise ValueError(f"cell should be one of {CELLS}, got {cell!r}")
+    if x_proj.dtype != h0.dtype or not runs_fused(x_proj):
+        return None
+    if direct_entry("minimal_scan_forward", (x_proj, h0)) is None:
+        return None
+    engine = _build.load()
+    x_proj, h0 = x_proj.contiguous(), h0.contiguous()
+    if torch.is_grad_enabled() and (x_proj.requires_grad or h0.requires_grad):
+        return _MinimalScan.apply(cell, x_proj, h0, engine)
+    return engine.minimal_scan_forward(cell, x_proj, h0)
