@@ -1,5 +1,6 @@
 """The layers' short ways into the fused kernel (`gatedrnn.engine.ops`): `scan_direct` (the engine's plain pybind
-entry, used where nothing needs a gradient and inside ScanFunction's forward), `stack_direct` (a whole stack's
+entry, used where nothing needs a gradient and inside ScanFunction's forward), `scan_backward_direct` (ScanFunction's
+backward where it builds no graph), `stack_direct` (a whole stack's
 inference in one call, `gatedrnn.engine.run_stack_inference`) and `scan_differentiable`
 (ScanFunction.apply without its per-call signature binding). Each must give bit for bit what the operator gives,
 and step aside (the operator runs) wherever the dispatcher has work to do: a TorchDispatchMode, torch.func's
@@ -34,8 +35,8 @@ LAYERS = {
 def direct_calls(monkeypatch):
     """Counts the layer-directions the direct entries ran (scan_direct: one a call; stack_direct, a whole stack's
     inference: every layer and direction of the call) and the calls that declined."""
-    counts = {"taken": 0, "declined": 0}
-    scan, stack = library.scan_direct, library.stack_direct
+    counts = {"taken": 0, "declined": 0, "backward": 0}
+    scan, stack, backward = library.scan_direct, library.stack_direct, library.scan_backward_direct
 
     def counting_scan(*args):
         out = scan(*args)
@@ -50,7 +51,13 @@ def direct_calls(monkeypatch):
             counts["taken"] += len(weights) // 5
         return out
 
+    def counting_backward(*args):
+        out = backward(*args)
+        counts["backward" if out is not None else "declined"] += 1
+        return out
+
     monkeypatch.setattr(library, "scan_direct", counting_scan)
+    monkeypatch.setattr(library, "scan_backward_direct", counting_backward)
     monkeypatch.setattr(library, "stack_direct", counting_stack)
     return counts
 
@@ -82,11 +89,12 @@ def test_direct_path_equals_the_operator_bit_for_bit(name, grad, direct_calls, m
     hx_shape = (layer.num_layers * layer.num_directions, 3)
     hx = None if name != "lstm" else (torch.randn(*hx_shape, 7), torch.randn(*hx_shape, 7))
     direct = _run(layer, x, hx, grad=grad)
-    assert direct_calls["taken"] == layer.num_layers * layer.num_directions and direct_calls["declined"] == 0
+    directions = layer.num_layers * layer.num_directions
+    assert direct_calls == {"taken": directions, "declined": 0, "backward": directions if grad else 0}
     _operator_only(monkeypatch)
     with GatedrnnOps() as counted:  # the operator runs now (and the mode alone would also turn the direct path off)
         operator = _run(layer, x, hx, grad=grad)
-    assert counted.counts["scan"] == layer.num_layers * layer.num_directions
+    assert counted.counts["scan"] == directions and counted.counts["scan_backward"] == (directions if grad else 0)
     for got, want in zip(direct[0] + direct[1], operator[0] + operator[1]):
         assert torch.equal(got, want)
 
@@ -98,7 +106,7 @@ def test_unbatched_input_batch_first_and_packed_take_it_too(direct_calls):
         layer(torch.randn(4, 5))
         layer(torch.randn(2, 4, 5))
         layer(torch.nn.utils.rnn.pack_sequence([torch.randn(4, 5), torch.randn(2, 5)]))
-    assert direct_calls == {"taken": 3, "declined": 0}
+    assert direct_calls == {"taken": 3, "declined": 0, "backward": 0}
 
 
 def test_a_dispatch_mode_sees_the_operator(direct_calls):
@@ -157,7 +165,7 @@ def test_half_precision_runs_the_reference_and_the_entry_declines_it(dtype, dire
     layer = gatedrnn.LSTM(5, 7).to(dtype)
     with torch.no_grad():
         output, _ = layer(torch.randn(3, 2, 5, dtype=dtype))
-    assert output.dtype == dtype and direct_calls == {"taken": 0, "declined": 0}
+    assert output.dtype == dtype and direct_calls == {"taken": 0, "declined": 0, "backward": 0}
     # the entry itself: None for what the kernel does not take, where the operator raises or dispatches elsewhere
     w = layer.layer_weights(0)
     x, h = torch.randn(3, 2, 5, dtype=dtype), torch.zeros(2, 7, dtype=dtype)
@@ -240,7 +248,7 @@ def test_stack_inference_equals_the_layer_by_layer_path(name, batched, direct_ca
         hx = (h, torch.randn(*rows, 7, dtype=dtype)) if isinstance(layer, gatedrnn.LSTM) else h
     with torch.no_grad():
         fast = _flat(layer(x, hx))
-    assert direct_calls == {"taken": count, "declined": 0}
+    assert direct_calls == {"taken": count, "declined": 0, "backward": 0}
     monkeypatch.setattr(engine, "run_stack_inference", lambda *args, **kwargs: None)
     with torch.no_grad():
         slow = _flat(layer(x, hx))
@@ -263,7 +271,7 @@ def test_stack_inference_draws_noise_as_the_reference_does(direct_calls, monkeyp
         torch.manual_seed(8)
         with torch.no_grad():
             runs.append(layer(x)[0])
-    assert direct_calls == {"taken": 1, "declined": 0}
+    assert direct_calls == {"taken": 1, "declined": 0, "backward": 0}
     torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-6)
 
 
@@ -325,3 +333,18 @@ def test_plain_inference_declines_what_the_general_path_must_handle(case, monkey
     monkeypatch.setattr(engine, "run_stack_inference", lambda *args: pytest.fail("the engine was called"))
     with torch.no_grad(), torch.autocast("cpu", enabled=case == "autocast"):
         assert layer._plain_inference(x) is None
+
+
+def test_a_backward_that_builds_a_graph_takes_the_operator_and_refuses_a_second_derivative(direct_calls):
+    """create_graph=True: the backward goes through the operator's autograd.Function, whose own backward raises
+    (a second derivative is never silently partial); the gradients equal the direct backward's bit for bit."""
+    torch.manual_seed(7)
+    layer = gatedrnn.GRU(5, 7)
+    x = torch.randn(4, 2, 5, requires_grad=True)
+    (direct,) = torch.autograd.grad(layer(x)[0].sum(), x)
+    assert direct_calls["backward"] == 1
+    (graphed,) = torch.autograd.grad(layer(x)[0].sum(), x, create_graph=True)
+    assert direct_calls["backward"] == 1 and direct_calls["declined"] == 0
+    assert torch.equal(direct, graphed)
+    with pytest.raises(RuntimeError, match="double backward .* GATEDRNN_BACKEND=reference"):
+        graphed.square().sum().backward()

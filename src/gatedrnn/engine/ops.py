@@ -39,7 +39,9 @@ mapped slice (torch.func per-sample gradients).
 Eager calls that nothing else needs to see (no dispatch mode, transform, tracer or profiler; plain CPU float
 tensors) reach the same C++ kernel through the engine's plain pybind entry `scan_direct` instead of the
 dispatcher (`scan_without_autograd`, and ScanFunction's forward): at batch 1 the operator's argument boxing and
-Python autograd kernel cost as much as a short sequence's arithmetic.
+Python autograd kernel cost as much as a short sequence's arithmetic. ScanFunction's backward does the same
+through `scan_backward_direct` when it builds no graph (create_graph=False, outside torch.func); with a graph it
+calls the operator inside an autograd.Function whose own backward raises.
 """
 from __future__ import annotations
 
@@ -239,6 +241,15 @@ def _direct_scan(args: tuple):
     return None if direct is None else direct(*args)
 
 
+def _backward_direct(*args) -> tuple[Tensor, ...]:
+    """SCAN_BACKWARD(*args) (all 23 of the schema's arguments) where no graph is built: through the plain pybind
+    entry `scan_backward_direct` where `direct_entry` allows (same checks and kernel, without the operator's
+    boxing), else the operator."""
+    direct = direct_entry("scan_backward_direct", args)
+    out = None if direct is None else direct(*args)
+    return SCAN_BACKWARD(*args) if out is None else out
+
+
 def scan_without_autograd(*args) -> tuple[Tensor, ...]:
     """SCAN(*args) (all 16 of the schema's arguments, positionally) where nothing needs a gradient: the C++
     kernel without the operator's autograd kernel (a Python function, ~8 us a call) and, where `_direct_scan`
@@ -271,7 +282,10 @@ class ScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads):
-        return _scan_backward_formula(ctx, *grads, bptt=_ScanBackwardFunction.apply)
+        # Building no graph (create_graph=False: grad mode is off here) and outside torch.func, nothing can
+        # differentiate the result: the kernel is called as directly as `direct_entry` allows
+        direct = not torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active()
+        return _scan_backward_formula(ctx, *grads, bptt=_backward_direct if direct else _ScanBackwardFunction.apply)
 
 
 # torch.autograd.Function.apply binds every call's arguments to forward's signature (inspect.signature, ~25 us)

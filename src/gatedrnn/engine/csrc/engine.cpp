@@ -515,6 +515,30 @@ std::optional<Six> scan_direct(const std::string& cell, const at::Tensor& x, con
                  cand_mask);
 }
 
+// gatedrnn::scan_backward as a plain pybind call, for the backward of an eager call that builds no graph
+// (`gatedrnn.engine.ops`, ScanFunction.backward): the operator's boxing and the autograd.Function around it cost
+// ~100 µs a call, as much as the kernel of an RNN's backward at T = 1, B = 8, H = 512. Same checks and kernel
+// (scan_backward_op); None for anything but plain same-dtype float32/float64 CPU tensors.
+std::optional<Nine> scan_backward_direct(
+    const std::string& cell, const at::Tensor& x, const at::Tensor& h0, const c10::optional<at::Tensor>& c0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const c10::optional<at::Tensor>& w_hr, bool has_bias,
+    const at::Tensor& y, const c10::optional<at::Tensor>& gates, const c10::optional<at::Tensor>& c_hist,
+    const c10::optional<at::Tensor>& extra, const at::Tensor& dy, const at::Tensor& dh_n,
+    const c10::optional<at::Tensor>& dc_n, const std::vector<int64_t>& batch_sizes, bool reverse, bool need_dx,
+    const c10::optional<at::Tensor>& aux, const c10::optional<at::Tensor>& zoneout,
+    const c10::optional<at::Tensor>& rec_mask, const c10::optional<at::Tensor>& cand_mask, bool need_dh0) {
+  const at::ScalarType dtype = x.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return std::nullopt;
+  for (const at::Tensor* t : {&x, &h0, &w_ih, &w_hh, &y, &dy, &dh_n})
+    if (!plain_operand(*t, dtype)) return std::nullopt;
+  for (const c10::optional<at::Tensor>* t : {&c0, &w_hr, &gates, &c_hist, &extra, &dc_n, &aux, &zoneout, &rec_mask,
+                                             &cand_mask})
+    if (t->has_value() && !plain_operand(**t, dtype)) return std::nullopt;
+  pybind11::gil_scoped_release no_gil;
+  return scan_backward_op(cell, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, gates, c_hist, extra, dy, dh_n, dc_n,
+                          batch_sizes, reverse, need_dx, aux, zoneout, rec_mask, cand_mask, need_dh0);
+}
+
 // (L * D, B, ·) from L * D final states of one shape (at::stack without the dispatcher: see cpu_empty)
 at::Tensor stacked(const std::vector<at::Tensor>& states) {
   std::vector<int64_t> sizes = states[0].sizes().vec();
@@ -684,6 +708,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(cell 'mingru' | 'minlstm', x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) (minimal_scan.h)");
   m.def("minimal_scan_backward", &gatedrnn::minimal::backward,
         "(cell, x_proj, h0, h (T, B, H), dh (T, B, H)) -> (dx_proj (T, B, G*H), dh0 (B, H))");
+  m.def("scan_backward_direct", &gatedrnn::scan_backward_direct,
+        "gatedrnn::scan_backward's arguments -> its 9 outputs, or None for anything but plain float32/float64 CPU "
+        "tensors");
   m.def("scan_direct", &gatedrnn::scan_direct,
         "gatedrnn::scan's arguments -> its 6 outputs, or None for anything but plain float32/float64 CPU tensors");
 }

@@ -155,8 +155,9 @@ void sequence_gemm(bool a_transposed, int M, int N, int K, const T* A, const T* 
   using Gemm = PanelGemm<T>;
   constexpr int kPanel = Gemm::kPanel;
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    for (int64_t k = 0; k < (int64_t)M * N; ++k) C[k] = beta == T(0) ? T(0) : beta * C[k];
+  if (K <= 0) {  // an empty sum: C = beta C
+    if (beta != T(1))
+      for (int64_t k = 0; k < (int64_t)M * N; ++k) C[k] = beta == T(0) ? T(0) : beta * C[k];
     return;
   }
   const int lda = a_transposed ? M : K;
@@ -280,6 +281,21 @@ at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Te
   at::Tensor out = cpu_empty({M, N}, ac.options());
   sequence_gemm<T>(a_transposed, static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), ac.data_ptr<T>(),
                    bc.data_ptr<T>(), T(0), out.data_ptr<T>(), runs);
+  return out;
+}
+
+// The column sums (N,) of a contiguous (M, N) tensor: the bias gradients. A short call's (at most 256 rows, where
+// summing in order loses no more than at::sum's cascade) in one loop here: at::sum's dispatch and reduction setup
+// cost ~10 µs a call, as much as an RNN's whole pointwise backward at T = 1.
+template <typename T>
+at::Tensor column_sums(const at::Tensor& a) {
+  const int64_t M = a.size(0), N = a.size(1);
+  if (M > 256 || M * N > (int64_t(1) << 16)) return a.sum(0);
+  at::Tensor out = cpu_zeros({N}, a.options());
+  T* __restrict__ sum = out.data_ptr<T>();
+  const T* p = a.data_ptr<T>();
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) sum[n] += p[m * N + n];
   return out;
 }
 
@@ -1028,21 +1044,22 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
   if (need_dx) out.dx = sequence_product<T>(dgx2, false, w_ih).view({T_, B, I});
   out.dw_ih = sequence_product<T>(dgx2, true, x.reshape({T_ * B, I}), all_rows);
   // dW_hh = Σ_t dG_h,tᵀ h_{t−1}: h_{t−1} is y of the previous step, or h0 at a row's first step.
-  const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
-  at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
   at::Tensor h0_rec = h0;
-  if (rec_mask.defined()) y_prev = y_prev * rec_mask, h0_rec = h0 * rec_mask;  // W_hh read h ⊙ m
-  if constexpr (kReadsState) {  // the GEMM read [h | state blocks 1..]: the state's part from c0 and c_hist
-    const at::Tensor c_prev = reverse ? c_hist.narrow(0, 1, T_ - 1) : c_hist.narrow(0, 0, T_ - 1);
-    y_prev = at::cat({y_prev, c_prev.narrow(2, H, CH - H)}, 2);   // (T−1, B, RW)
-    h0_rec = at::cat({h0_rec, c0.narrow(1, H, CH - H)}, 1);       // (B, RW)
-  }
+  if (rec_mask.defined()) h0_rec = h0 * rec_mask;  // W_hh read h ⊙ m
+  if constexpr (kReadsState) h0_rec = at::cat({h0_rec, c0.narrow(1, H, CH - H)}, 1);  // (B, RW): [h | a]
   // The rows' first steps pair dG with h0: zeros after a forward without hx, whose product is zero. That GEMM
   // (B x G·H x H, the whole of dW_hh at T = 1) is skipped, unless dG holds a NaN or an infinity (NaN · 0 = NaN).
   h0_rec = h0_rec.contiguous();
   out.dw_hh = all_zero<T>(h0_rec) && all_finite<T>(dgate_first) ? cpu_zeros({GH, RW}, opts)
                                                                  : sequence_product<T>(dgate_first, true, h0_rec);
-  {
+  if (T_ > 1) {
+    const at::Tensor dgh_later = reverse ? dgate_h.narrow(0, 0, T_ - 1) : dgate_h.narrow(0, 1, T_ - 1);
+    at::Tensor y_prev = reverse ? y.narrow(0, 1, T_ - 1) : y.narrow(0, 0, T_ - 1);
+    if (rec_mask.defined()) y_prev = y_prev * rec_mask;
+    if constexpr (kReadsState) {  // the GEMM read [h | state blocks 1..]: the state's part from c_hist
+      const at::Tensor c_prev = reverse ? c_hist.narrow(0, 1, T_ - 1) : c_hist.narrow(0, 0, T_ - 1);
+      y_prev = at::cat({y_prev, c_prev.narrow(2, H, CH - H)}, 2);  // (T−1, B, RW)
+    }
     const at::Tensor dgh_rows = dgh_later.reshape({-1, GH}).contiguous();
     const at::Tensor h_rows = y_prev.reshape({-1, RW}).contiguous();
     sequence_gemm<T>(true, static_cast<int>(GH), static_cast<int>(RW), static_cast<int>(h_rows.size(0)),
@@ -1054,12 +1071,13 @@ ScanBackwardOut scan_backward(const at::Tensor& x, const at::Tensor& h0, const a
     out.db_ih = daux_sum.narrow(0, Cell::kAux * H, GH).contiguous();
     out.db_hh = daux_sum.narrow(0, Cell::kAux * H + GH, GH).contiguous();
   } else if (has_bias) {
-    out.db_ih = dgx2.sum(0);
-    out.db_hh = Cell::kSplitGrad ? dgh2.sum(0) : out.db_ih.clone();
+    out.db_ih = column_sums<T>(dgx2);
+    out.db_hh = Cell::kSplitGrad ? column_sums<T>(dgh2) : cpu_clone(out.db_ih);
   }
   if (proj) out.dw_hr = sequence_product<T>(dh_hist.view({T_ * B, P}), true, m_hist.view({T_ * B, H}), all_rows);
   if (Cell::kAux) out.daux = Cell::kOwnsBiasGrad ? daux_sum.narrow(0, 0, Cell::kAux * H).contiguous() : daux_sum;
-  out.dh0 = skips_first_product ? dh.zero_() : dh;  // (not computed: zeros, never a partial sum)
+  if (skips_first_product && dh.numel() > 0) std::memset(dh.data_ptr(), 0, dh.nbytes());  // not computed: zeros
+  out.dh0 = dh;
   out.dc0 = dc;
   return out;
 }
