@@ -59,16 +59,16 @@ class MinGRUScan(torch.autograd.Function):
         one_minus_z = 1 - z
         dh = scan_backward(one_minus_z, dh_out)  # (T, B, H): dL/dh_t through every later step
         dh0 = one_minus_z[0] * dh[0]  # h_1 = (1 − z_1) ⊙ h_0 + …
-        dx_proj = z.new_empty(z.shape[:-1] + (2 * hidden,))  # (T, B, 2H)
         # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde: dz = dh ⊙ (h_tilde − h_{t-1}), dh_tilde = dh ⊙ z
         # (not dh ⊙ (h_t − h_{t-1}) / z: that difference of rounded states loses dk_z where z is tiny)
         dz = _minus_previous(h_tilde, h, h0).mul_(dh)
         # z = σ(k_z): dk_z = dz ⊙ z ⊙ (1 − z)
-        torch.mul(dz.mul_(z), one_minus_z, out=dx_proj[..., :hidden])
+        dk_z = dz.mul_(z).mul_(one_minus_z)
         # h_tilde = g(k_h): dk_h = dh_tilde ⊙ g'(k_h)
         dh_tilde = dh.mul_(z)  # dh is not needed after this
-        torch.mul(dh_tilde, _dg(x_proj[..., hidden:], h_tilde), out=dx_proj[..., hidden:])
-        return dx_proj, dh0
+        dk_h = dh_tilde.mul_(_dg(x_proj[..., hidden:], h_tilde))
+        # one concatenation, not out= into strided halves: torch.compile refuses a non-contiguous out=
+        return torch.cat((dk_z, dk_h), dim=-1), dh0  # (T, B, 2H)
 
 
 class MinLSTMScan(torch.autograd.Function):
@@ -95,14 +95,11 @@ class MinLSTMScan(torch.autograd.Function):
         hidden = f.shape[-1]
         dh = scan_backward(f_prime, dh_out)  # (T, B, H)
         dh0 = f_prime[0] * dh[0]  # h_1 = f_prime_1 ⊙ h_0 + …
-        dx_proj = f.new_empty(f.shape[:-1] + (3 * hidden,))  # (T, B, 3H)
         # h_t = f_prime ⊙ h_{t-1} + i_prime ⊙ h_tilde: di_prime − df_prime = dh ⊙ (h_tilde − h_{t-1})
         # f_prime = f / (f + i), i_prime = i / (f + i): df = −i (di_prime − df_prime) / (f + i)²,
         # di = f (di_prime − df_prime) / (f + i)²; with c = dh ⊙ (h_tilde − h_{t-1}) ⊙ f_prime ⊙ i_prime,
         # f = σ(k_f), i = σ(k_i): dk_f = df ⊙ f (1 − f) = c ⊙ (f − 1), dk_i = di ⊙ i (1 − i) = c ⊙ (1 − i)
         c = _minus_previous(h_tilde, h, h0).mul_(dh).mul_(f_prime).mul_(i_prime)
-        torch.mul(c, f - 1, out=dx_proj[..., :hidden])
-        torch.mul(c, 1 - i, out=dx_proj[..., hidden:2 * hidden])
         # h_tilde = g(k_h): dk_h = dh ⊙ i_prime ⊙ g'(k_h)
-        torch.mul(dh.mul_(i_prime), _dg(x_proj[..., 2 * hidden:], h_tilde), out=dx_proj[..., 2 * hidden:])
-        return dx_proj, dh0
+        dk_h = dh.mul_(i_prime).mul_(_dg(x_proj[..., 2 * hidden:], h_tilde))
+        return torch.cat((c * (f - 1), c * (1 - i), dk_h), dim=-1), dh0  # (T, B, 3H)

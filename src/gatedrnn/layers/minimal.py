@@ -117,10 +117,11 @@ class MinimalRNNBase(nn.Module):
 
     def resolved_scan(self, device: torch.device) -> str:
         """The scan `forward` runs: scan="auto" is "linear" on the CPU (torch's logcumsumexp is a serial loop
-        there), the paper's "log" elsewhere."""
+        there), the paper's "log" elsewhere and under torch.compile / torch.export, which would unroll the linear
+        scan's loop over time into the graph (a first call of 60 s against 8 s at T = 100)."""
         if self.scan != "auto":
             return self.scan
-        return "linear" if device.type == "cpu" else "log"
+        return "linear" if device.type == "cpu" and not torch.compiler.is_compiling() else "log"
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None):
@@ -310,9 +311,10 @@ def _reverse_within(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 
 SCAN_DOC = """
-    scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere), "log" (the paper's log-space
-        parallel scan, differentiable to any order) or "linear" (the recurrence in linear space, same result, one
-        pass over time on the CPU's C++ engine; no second derivative); see `gatedrnn.cells.minimal`.
+    scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere and under torch.compile /
+        torch.export), "log" (the paper's log-space parallel scan, differentiable to any order) or "linear" (the
+        recurrence in linear space, same result, one pass over time on the CPU's C++ engine; no second derivative;
+        a compiler unrolls its loop); see `gatedrnn.cells.minimal`.
 """
 
 
