@@ -348,3 +348,33 @@ def test_a_backward_that_builds_a_graph_takes_the_operator_and_refuses_a_second_
     assert torch.equal(direct, graphed)
     with pytest.raises(RuntimeError, match="double backward .* GATEDRNN_BACKEND=reference"):
         graphed.square().sum().backward()
+
+
+@pytest.mark.parametrize("name", ["gru-2layers", "lstm-hx", "lstm-step"])
+def test_forward_mode_ad_carries_the_tangent(name, direct_calls):
+    """Under a forward-AD level (torch.autograd.forward_ad) the direct entries and the streaming kernel decline (a
+    plain C++ call would drop the tangent without a word) and the reference path's torch ops carry it: the jvp
+    equals central finite differences in float64."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(11)
+    dtype = torch.float64
+    if name == "gru-2layers":
+        layer = gatedrnn.GRU(3, 4, num_layers=2, dtype=dtype)
+        run = lambda x: layer(x)[0]  # noqa: E731
+    else:
+        layer = gatedrnn.LSTM(3, 4, dtype=dtype)
+        hx = (torch.randn(1, 2, 4, dtype=dtype), torch.randn(1, 2, 4, dtype=dtype))
+        if name == "lstm-hx":
+            run = lambda x: layer(x, hx)[0]  # noqa: E731
+        else:  # two streaming steps: the second one, from a state, is the C++ streaming call's case
+            run = lambda x: layer.step(x[1], layer.step(x[0], hx)[1])[0]  # noqa: E731
+    layer.requires_grad_(False)
+    x, direction = torch.randn(5, 2, 3, dtype=dtype), torch.randn(5, 2, 3, dtype=dtype)
+    with fwAD.dual_level(), torch.no_grad():  # no_grad: the inference and streaming one-call paths' own case
+        tangent = fwAD.unpack_dual(run(fwAD.make_dual(x, direction))).tangent
+    assert direct_calls == {"taken": 0, "declined": 0, "backward": 0}
+    eps = 1e-6
+    numeric = (run(x + eps * direction) - run(x - eps * direction)) / (2 * eps)
+    assert tangent is not None
+    torch.testing.assert_close(tangent, numeric, rtol=1e-6, atol=1e-8)

@@ -403,11 +403,12 @@ def _torch_scan(cell: str):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("shape", [(37, 5, 130), (1, 1, 1), (3, 2, 64), (9, 1, 200)], ids=str)
+@pytest.mark.parametrize("shape", [(37, 5, 130), (1, 1, 1), (3, 2, 64), (9, 1, 200), (64, 5, 500)], ids=str)
 @pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
 def test_engine_scan_equals_the_torch_scan_values_and_gradients(cell, shape, dtype):
-    """Blocks of 64 units split over threads, a remainder block, one unit, one step; dL/dh given as a full tensor,
-    as sum()'s broadcast value (stride 0 along H) and as a strided view; h0 of either sign."""
+    """Blocks of 64 units, a remainder block, one unit, one step, and (64, 5, 500) where two threads split a row's
+    blocks between them; dL/dh given as a full tensor, as sum()'s broadcast value (stride 0 along H), broadcast over
+    T and B only, and as a strided view; h0 of either sign."""
     from gatedrnn.engine.minimal import minimal_scan
 
     _engine_or_skip()
@@ -421,7 +422,9 @@ def test_engine_scan_equals_the_torch_scan_values_and_gradients(cell, shape, dty
     expected = _torch_scan(cell)(x_proj, h0)
     torch.testing.assert_close(h, expected, rtol=tol, atol=tol)
     weights = torch.randn(steps, batch, 2 * hidden, dtype=dtype)[..., ::2]  # a strided dL/dh
+    per_unit = torch.randn(hidden, dtype=dtype)
     for name, loss in (("full", lambda out: (out * weights.contiguous()).sum()), ("sum", lambda out: out.sum()),
+                       ("over T and B", lambda out: (out.sum((0, 1)) * per_unit).sum()),
                        ("strided", lambda out: (out * weights).sum())):
         got = torch.autograd.grad(loss(minimal_scan(cell, x_proj, h0)), (x_proj, h0))
         wanted = torch.autograd.grad(loss(_torch_scan(cell)(x_proj, h0)), (x_proj, h0))
@@ -509,3 +512,49 @@ def test_torch_compile_fullgraph_trains_like_eager(cell, scan):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for got, want in zip(compiled_grads, eager_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", list(MINIMAL_SCANS))
+def test_a_backward_under_a_profiler_started_after_the_forward_runs_torchs_bptt(cell):
+    """The profiler (or a dispatch mode) must see the backward's work: the engine scan's backward then runs the torch
+    form's BPTT (gates recomputed from x_proj), with the same gradients."""
+    from gatedrnn.engine.minimal import minimal_scan
+
+    _engine_or_skip()
+    torch.manual_seed(9)
+    x_proj = torch.randn(7, 3, MINIMAL_SCANS[cell][0] * 5, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(7, 3, 5, dtype=torch.float64)
+    wanted = torch.autograd.grad((minimal_scan(cell, x_proj, h0) * weights).sum(), (x_proj, h0))
+    loss = (minimal_scan(cell, x_proj, h0) * weights).sum()
+    with torch.profiler.profile() as prof:
+        got = torch.autograd.grad(loss, (x_proj, h0))
+    assert "aten::addcmul" in {event.name for event in prof.events()}  # scan_backward's steps, op by op
+    for g, w in zip(got, wanted):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(LAYERS))
+def test_torch_func_grad_and_forward_mode_ad_give_the_derivatives(cell):
+    """scan="auto" under torch.func and under a forward-AD level is the log-space scan (torch's ops throughout):
+    torch.func.grad equals autograd's gradients, and a jvp through the layer (frozen weights, no_grad-free) equals
+    central finite differences in float64."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(10)
+    layer = LAYERS[cell](3, 4, num_layers=2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    params = dict(layer.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(layer, p, (x,))[0].square().sum())(params)
+    layer.zero_grad()
+    layer(x)[0].square().sum().backward()
+    for name, p in layer.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, rtol=1e-10, atol=1e-12)
+    layer.requires_grad_(False)
+    direction = torch.randn_like(x)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(layer(fwAD.make_dual(x, direction))[0]).tangent
+    eps = 1e-6
+    numeric = (layer(x + eps * direction)[0] - layer(x - eps * direction)[0]) / (2 * eps)
+    assert tangent is not None
+    torch.testing.assert_close(tangent, numeric, rtol=1e-6, atol=1e-8)

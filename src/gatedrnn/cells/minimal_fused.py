@@ -38,6 +38,61 @@ def _minus_previous(v: Tensor, h: Tensor, h0: Tensor) -> Tensor:
     return diff
 
 
+def mingru_bptt(x_proj: Tensor, h0: Tensor, z: Tensor, h_tilde: Tensor, h: Tensor,
+                dh_out: Tensor) -> tuple[Tensor, Tensor]:
+    """minGRU's BPTT: (dx_proj (T, B, 2H), dh0 (B, H)) from the forward's x_proj, h0, gates z, h_tilde and states h
+    (T, B, H), and dL/dh_t of the outputs (T, B, H)."""
+    hidden = z.shape[-1]
+    one_minus_z = 1 - z
+    dh = scan_backward(one_minus_z, dh_out)  # (T, B, H): dL/dh_t through every later step
+    dh0 = one_minus_z[0] * dh[0]  # h_1 = (1 − z_1) ⊙ h_0 + …
+    # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde: dz = dh ⊙ (h_tilde − h_{t-1}), dh_tilde = dh ⊙ z
+    # (not dh ⊙ (h_t − h_{t-1}) / z: that difference of rounded states loses dk_z where z is tiny)
+    dz = _minus_previous(h_tilde, h, h0).mul_(dh)
+    # z = σ(k_z): dk_z = dz ⊙ z ⊙ (1 − z)
+    dk_z = dz.mul_(z).mul_(one_minus_z)
+    # h_tilde = g(k_h): dk_h = dh_tilde ⊙ g'(k_h)
+    dh_tilde = dh.mul_(z)  # dh is not needed after this
+    dk_h = dh_tilde.mul_(_dg(x_proj[..., hidden:], h_tilde))
+    # one concatenation, not out= into strided halves: torch.compile refuses a non-contiguous out=
+    return torch.cat((dk_z, dk_h), dim=-1), dh0  # (T, B, 2H)
+
+
+def minlstm_gates(x_proj: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(f, i, f_prime, i_prime, h_tilde), each (T, B, H), from x_proj (T, B, 3H)."""
+    k_f, k_i, k_h = x_proj.chunk(3, dim=-1)  # 3 x (T, B, H), strided views
+    f = torch.sigmoid(k_f)
+    i = torch.sigmoid(k_i)
+    f_plus_i = f + i
+    return f, i, f / f_plus_i, i / f_plus_i, _g(k_h)
+
+
+def minlstm_bptt(x_proj: Tensor, h0: Tensor, f: Tensor, i: Tensor, f_prime: Tensor, i_prime: Tensor,
+                 h_tilde: Tensor, h: Tensor, dh_out: Tensor) -> tuple[Tensor, Tensor]:
+    """minLSTM's BPTT: (dx_proj (T, B, 3H), dh0 (B, H)) from the forward's x_proj, h0, gates (`minlstm_gates`),
+    states h (T, B, H) and dL/dh_t of the outputs (T, B, H)."""
+    hidden = f.shape[-1]
+    dh = scan_backward(f_prime, dh_out)  # (T, B, H)
+    dh0 = f_prime[0] * dh[0]  # h_1 = f_prime_1 ⊙ h_0 + …
+    # h_t = f_prime ⊙ h_{t-1} + i_prime ⊙ h_tilde: di_prime − df_prime = dh ⊙ (h_tilde − h_{t-1})
+    # f_prime = f / (f + i), i_prime = i / (f + i): df = −i (di_prime − df_prime) / (f + i)²,
+    # di = f (di_prime − df_prime) / (f + i)²; with c = dh ⊙ (h_tilde − h_{t-1}) ⊙ f_prime ⊙ i_prime,
+    # f = σ(k_f), i = σ(k_i): dk_f = df ⊙ f (1 − f) = c ⊙ (f − 1), dk_i = di ⊙ i (1 − i) = c ⊙ (1 − i)
+    c = _minus_previous(h_tilde, h, h0).mul_(dh).mul_(f_prime).mul_(i_prime)
+    # h_tilde = g(k_h): dk_h = dh ⊙ i_prime ⊙ g'(k_h)
+    dk_h = dh.mul_(i_prime).mul_(_dg(x_proj[..., 2 * hidden:], h_tilde))
+    return torch.cat((c * (f - 1), c * (1 - i), dk_h), dim=-1), dh0  # (T, B, 3H)
+
+
+def minimal_bptt(cell: str, x_proj: Tensor, h0: Tensor, h: Tensor, dh_out: Tensor) -> tuple[Tensor, Tensor]:
+    """`mingru_bptt` or `minlstm_bptt` ("mingru" / "minlstm") with the gates recomputed from x_proj: what a caller
+    that kept only x_proj, h0 and h runs (the C++ engine's scan, where its own backward kernel cannot run)."""
+    if cell == "mingru":
+        k_z, k_h = x_proj.chunk(2, dim=-1)
+        return mingru_bptt(x_proj, h0, torch.sigmoid(k_z), _g(k_h), h, dh_out)
+    return minlstm_bptt(x_proj, h0, *minlstm_gates(x_proj), h, dh_out)
+
+
 class MinGRUScan(torch.autograd.Function):
     """(x_proj (T, B, 2H), h0 (B, H)) -> h (T, B, H)."""
 
@@ -54,21 +109,7 @@ class MinGRUScan(torch.autograd.Function):
     @staticmethod
     @hand_written_backward
     def backward(ctx, dh_out: Tensor):
-        x_proj, h0, z, h_tilde, h = ctx.saved_tensors
-        hidden = z.shape[-1]
-        one_minus_z = 1 - z
-        dh = scan_backward(one_minus_z, dh_out)  # (T, B, H): dL/dh_t through every later step
-        dh0 = one_minus_z[0] * dh[0]  # h_1 = (1 − z_1) ⊙ h_0 + …
-        # h_t = (1 − z) ⊙ h_{t-1} + z ⊙ h_tilde: dz = dh ⊙ (h_tilde − h_{t-1}), dh_tilde = dh ⊙ z
-        # (not dh ⊙ (h_t − h_{t-1}) / z: that difference of rounded states loses dk_z where z is tiny)
-        dz = _minus_previous(h_tilde, h, h0).mul_(dh)
-        # z = σ(k_z): dk_z = dz ⊙ z ⊙ (1 − z)
-        dk_z = dz.mul_(z).mul_(one_minus_z)
-        # h_tilde = g(k_h): dk_h = dh_tilde ⊙ g'(k_h)
-        dh_tilde = dh.mul_(z)  # dh is not needed after this
-        dk_h = dh_tilde.mul_(_dg(x_proj[..., hidden:], h_tilde))
-        # one concatenation, not out= into strided halves: torch.compile refuses a non-contiguous out=
-        return torch.cat((dk_z, dk_h), dim=-1), dh0  # (T, B, 2H)
+        return mingru_bptt(*ctx.saved_tensors, dh_out)
 
 
 class MinLSTMScan(torch.autograd.Function):
@@ -76,13 +117,7 @@ class MinLSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_proj: Tensor, h0: Tensor) -> Tensor:
-        k_f, k_i, k_h = x_proj.chunk(3, dim=-1)  # 3 x (T, B, H), strided views
-        f = torch.sigmoid(k_f)
-        i = torch.sigmoid(k_i)
-        f_plus_i = f + i
-        f_prime = f / f_plus_i
-        i_prime = i / f_plus_i
-        h_tilde = _g(k_h)
+        f, i, f_prime, i_prime, h_tilde = minlstm_gates(x_proj)
         # h_t = f_prime ⊙ h_{t-1} + i_prime ⊙ h_tilde
         h = scan_forward(f_prime, i_prime * h_tilde, h0)
         ctx.save_for_backward(x_proj, h0, f, i, f_prime, i_prime, h_tilde, h)
@@ -91,15 +126,4 @@ class MinLSTMScan(torch.autograd.Function):
     @staticmethod
     @hand_written_backward
     def backward(ctx, dh_out: Tensor):
-        x_proj, h0, f, i, f_prime, i_prime, h_tilde, h = ctx.saved_tensors
-        hidden = f.shape[-1]
-        dh = scan_backward(f_prime, dh_out)  # (T, B, H)
-        dh0 = f_prime[0] * dh[0]  # h_1 = f_prime_1 ⊙ h_0 + …
-        # h_t = f_prime ⊙ h_{t-1} + i_prime ⊙ h_tilde: di_prime − df_prime = dh ⊙ (h_tilde − h_{t-1})
-        # f_prime = f / (f + i), i_prime = i / (f + i): df = −i (di_prime − df_prime) / (f + i)²,
-        # di = f (di_prime − df_prime) / (f + i)²; with c = dh ⊙ (h_tilde − h_{t-1}) ⊙ f_prime ⊙ i_prime,
-        # f = σ(k_f), i = σ(k_i): dk_f = df ⊙ f (1 − f) = c ⊙ (f − 1), dk_i = di ⊙ i (1 − i) = c ⊙ (1 − i)
-        c = _minus_previous(h_tilde, h, h0).mul_(dh).mul_(f_prime).mul_(i_prime)
-        # h_tilde = g(k_h): dk_h = dh ⊙ i_prime ⊙ g'(k_h)
-        dk_h = dh.mul_(i_prime).mul_(_dg(x_proj[..., 2 * hidden:], h_tilde))
-        return torch.cat((c * (f - 1), c * (1 - i), dk_h), dim=-1), dh0  # (T, B, 3H)
+        return minlstm_bptt(*ctx.saved_tensors, dh_out)

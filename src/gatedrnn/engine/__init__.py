@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from gatedrnn.cells import LayerWeights, cell_spec
 from gatedrnn.engine import _build
@@ -64,11 +65,20 @@ def _triton_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return None
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode AD level is open (`torch.autograd.forward_ad.dual_level`). The fused kernels have no
+    forward derivative, and a call below the operator's autograd kernel would drop a tangent without a word: such
+    calls take the reference path, whose torch ops carry it."""
+    return forward_ad._current_level >= 0
+
+
 def _reference_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """Why tensors of this device and dtype do not run on the C++ engine, or None when they do."""
     backend = _build.requested_backend()
     if backend != "auto":
         return f"GATEDRNN_BACKEND={backend} is set"
+    if forward_ad_active():
+        return "a forward-mode AD level is open (the fused kernels have no forward derivative)"
     if device.type != "cpu":
         return f"the fused engine is CPU-only, tensors are on {device.type}"
     if dtype not in FUSED_DTYPES:
@@ -114,7 +124,7 @@ def runs_fused(x: Tensor) -> bool:
     """Whether `run_layer` (and streaming steps) on tensors like `x` take the fused path."""
     if torch.compiler.is_compiling():
         return _fused_while_compiling(str(x.device), x.dtype)
-    if x.is_cpu and x.dtype in FUSED_DTYPES:  # the common case without building a reason string
+    if x.is_cpu and x.dtype in FUSED_DTYPES and not forward_ad_active():  # the common case, no reason string
         return _build.requested_backend() == "auto" and _build.load() is not None
     return _reference_reason(x.device, x.dtype) is None
 

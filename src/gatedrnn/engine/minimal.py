@@ -2,9 +2,10 @@
 h_t = a_t ⊙ h_{t-1} + b_t and its BPTT in one pass over time each, forward and backward.
 
 The equations are `gatedrnn.cells.minimal`'s; the readable torch form of the same scans is
-`gatedrnn.cells.minimal_fused` (what runs where this cannot: traces, torch.compile / torch.export, torch.func
-transforms, dispatch modes, other devices and dtypes), and the tests check the two against each other and against
-the step loop.
+`gatedrnn.cells.minimal_fused` (what the layers run where this cannot: traces, dispatch modes, the profiler, other
+devices and dtypes; under torch.compile, torch.func and forward-mode AD their scan="auto" is the log-space scan),
+and the tests check the two against each other and against the step loop. A backward that finds a profiler, a
+dispatch mode or a torch.func transform active (one that came up after the forward) runs the torch form's BPTT.
 
 Shape symbols: T time steps, B batch, H hidden size, G gate blocks (2 for minGRU, 3 for minLSTM).
 """
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from gatedrnn.cells.linear_scan import hand_written_backward
+from gatedrnn.cells.minimal_fused import minimal_bptt
 from gatedrnn.engine import _build, runs_fused
 from gatedrnn.engine.ops import direct_entry
 
@@ -38,6 +40,9 @@ class _MinimalScan(torch.autograd.Function):
     @hand_written_backward
     def backward(ctx, dh: Tensor):
         x_proj, h0, h = ctx.saved_tensors
+        if direct_entry("minimal_scan_backward", (x_proj, h0, h, dh)) is None:
+            # a profiler, dispatch mode or torch.func transform came up for the backward: torch's ops, which it sees
+            return None, *minimal_bptt(ctx.cell, x_proj, h0, h, dh), None
         if dh.dim() == 3 and dh.shape[-1] > 1 and dh.stride(-1) not in (0, 1):
             dh = dh.contiguous()
         dx_proj, dh0 = ctx.engine.minimal_scan_backward(ctx.cell, x_proj, h0, h, dh)

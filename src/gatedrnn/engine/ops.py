@@ -49,6 +49,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from gatedrnn.cells import CELL_SPECS
 from gatedrnn.engine import _build
@@ -223,12 +224,13 @@ torch.library.register_autograd(
 def direct_entry(name: str, args: tuple):
     """The engine's plain pybind entry `name` (csrc/engine.cpp), or None where a call must go through the
     dispatcher: while compiling or tracing, under a TorchDispatchMode (FakeTensor, ...), a __torch_function__ mode or
-    subclass among `args`, a torch.func transform or the profiler (which records the operator), or without an
-    engine (or a stand-in without the entry)."""
+    subclass among `args`, a torch.func transform, a forward-mode AD level (a tangent would be dropped) or the
+    profiler (which records the operator), or without an engine (or a stand-in without the entry)."""
     if torch.compiler.is_compiling():  # first: dynamo folds it, and would trace the checks below
         return None
     if (torch._C._len_torch_dispatch_stack() or torch._C._are_functorch_transforms_active()
-            or torch._C._is_tracing() or torch._C._autograd._profiler_enabled() or torch._C._has_torch_function(args)):
+            or forward_ad._current_level >= 0 or torch._C._is_tracing() or torch._C._autograd._profiler_enabled()
+            or torch._C._has_torch_function(args)):
         return None
     return getattr(_build.load(), name, None)
 

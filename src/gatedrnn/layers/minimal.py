@@ -23,6 +23,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
@@ -117,11 +118,16 @@ class MinimalRNNBase(nn.Module):
 
     def resolved_scan(self, device: torch.device) -> str:
         """The scan `forward` runs: scan="auto" is "linear" on the CPU (torch's logcumsumexp is a serial loop
-        there), the paper's "log" elsewhere and under torch.compile / torch.export, which would unroll the linear
-        scan's loop over time into the graph (a first call of 60 s against 8 s at T = 100)."""
+        there), the paper's "log" elsewhere; also under torch.compile / torch.export, which would unroll the linear
+        scan's loop over time into the graph (a first call of 60 s against 8 s at T = 100), and under torch.func's
+        transforms and forward-mode AD, which need every op to be torch's (the linear scan's backward is
+        hand-written)."""
         if self.scan != "auto":
             return self.scan
-        return "linear" if device.type == "cpu" and not torch.compiler.is_compiling() else "log"
+        if (device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+                or forward_ad._current_level >= 0):
+            return "log"
+        return "linear"
 
     # ----- forward -----
     def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None):
@@ -311,8 +317,8 @@ def _reverse_within(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 
 SCAN_DOC = """
-    scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere and under torch.compile /
-        torch.export), "log" (the paper's log-space parallel scan, differentiable to any order) or "linear" (the
+    scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere and under torch.compile,
+        torch.export, torch.func and forward-mode AD), "log" (the paper's log-space parallel scan, differentiable to any order) or "linear" (the
         recurrence in linear space, same result, one pass over time on the CPU's C++ engine; no second derivative;
         a compiler unrolls its loop); see `gatedrnn.cells.minimal`.
 """

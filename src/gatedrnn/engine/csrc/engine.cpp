@@ -704,10 +704,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("stack_direct", &gatedrnn::stack_direct,
         "(cell, x (T, B, I), h0, c0 (L*D, B, ·) or None, has_c, weights: 5 per layer and direction, num_layers, "
         "bidirectional, out_size, hidden_size) -> (y, h_n, c_n) or None");
+  // the kernels touch no Python object: other Python threads run meanwhile, as during the operators' kernels
   m.def("minimal_scan_forward", &gatedrnn::minimal::forward,
-        "(cell 'mingru' | 'minlstm', x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) (minimal_scan.h)");
+        "(cell 'mingru' | 'minlstm', x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) (minimal_scan.h)",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("minimal_scan_backward", &gatedrnn::minimal::backward,
-        "(cell, x_proj, h0, h (T, B, H), dh (T, B, H)) -> (dx_proj (T, B, G*H), dh0 (B, H))");
+        "(cell, x_proj, h0, h (T, B, H), dh (T, B, H)) -> (dx_proj (T, B, G*H), dh0 (B, H))",
+        pybind11::call_guard<pybind11::gil_scoped_release>());
   m.def("scan_backward_direct", &gatedrnn::scan_backward_direct,
         "gatedrnn::scan_backward's arguments -> its 9 outputs, or None for anything but plain float32/float64 CPU "
         "tensors");

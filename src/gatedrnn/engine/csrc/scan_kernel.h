@@ -289,6 +289,7 @@ at::Tensor sequence_product(const at::Tensor& a, bool a_transposed, const at::Te
 // cost ~10 µs a call, as much as an RNN's whole pointwise backward at T = 1.
 template <typename T>
 at::Tensor column_sums(const at::Tensor& a) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && a.is_contiguous());
   const int64_t M = a.size(0), N = a.size(1);
   if (M > 256 || M * N > (int64_t(1) << 16)) return a.sum(0);
   at::Tensor out = cpu_zeros({N}, a.options());
