@@ -318,9 +318,9 @@ def _reverse_within(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 SCAN_DOC = """
     scan (keyword-only): "auto" (default: "linear" on the CPU, "log" elsewhere and under torch.compile,
-        torch.export, torch.func and forward-mode AD), "log" (the paper's log-space parallel scan, differentiable to any order) or "linear" (the
-        recurrence in linear space, same result, one pass over time on the CPU's C++ engine; no second derivative;
-        a compiler unrolls its loop); see `gatedrnn.cells.minimal`.
+        torch.export, torch.func and forward-mode AD), "log" (the paper's log-space parallel scan, differentiable
+        to any order) or "linear" (the recurrence in linear space, same result, one pass over time on the CPU's C++
+        engine; no second derivative; a compiler unrolls its loop); see `gatedrnn.cells.minimal`.
 """
 
 
