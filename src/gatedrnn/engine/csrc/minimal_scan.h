@@ -133,7 +133,9 @@ void for_blocks(int64_t i0, int64_t i1, int64_t H, Body&& body) {
 
 // Threads take whole blocks, and each walks its blocks through time step by step, so that what it reads at a step
 // is one contiguous stretch of each row and h_{t-1} is still in L1. Grain: >= ~64k unit-steps a thread.
-inline int64_t grain(int64_t steps) { return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(steps * kBlock, 1)); }
+inline int64_t grain(int64_t steps) {
+  return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(steps * kBlock, 1));
+}
 
 // h (T, B, H): every step's state.
 inline at::Tensor forward(const std::string& cell, const at::Tensor& x_proj, const at::Tensor& h0) {
