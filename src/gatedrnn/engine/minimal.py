@@ -18,7 +18,7 @@ from torch import Tensor
 
 from gatedrnn.cells.linear_scan import hand_written_backward
 from gatedrnn.cells.minimal_fused import minimal_bptt
-from gatedrnn.engine import _build, runs_fused
+from gatedrnn.engine import runs_fused
 from gatedrnn.engine.ops import direct_entry
 
 __all__ = ["minimal_scan"]
@@ -30,38 +30,38 @@ class _MinimalScan(torch.autograd.Function):
     """(x_proj (T, B, G*H), h0 (B, H)) -> h (T, B, H) on the engine's kernels."""
 
     @staticmethod
-    def forward(ctx, cell: str, x_proj: Tensor, h0: Tensor, engine) -> Tensor:
-        h = engine.minimal_scan_forward(cell, x_proj, h0)
+    def forward(ctx, cell: str, x_proj: Tensor, h0: Tensor, kernel) -> Tensor:
+        h = kernel(cell, x_proj, h0)
         ctx.save_for_backward(x_proj, h0, h)
-        ctx.cell, ctx.engine = cell, engine
+        ctx.cell = cell
         return h
 
     @staticmethod
     @hand_written_backward
     def backward(ctx, dh: Tensor):
         x_proj, h0, h = ctx.saved_tensors
-        if direct_entry("minimal_scan_backward", (x_proj, h0, h, dh)) is None:
+        kernel = direct_entry("minimal_scan_backward", (x_proj, h0, h, dh))
+        if kernel is None:
             # a profiler, dispatch mode or torch.func transform came up for the backward: torch's ops, which it sees
             return None, *minimal_bptt(ctx.cell, x_proj, h0, h, dh), None
         if dh.dim() == 3 and dh.shape[-1] > 1 and dh.stride(-1) not in (0, 1):
             dh = dh.contiguous()
-        dx_proj, dh0 = ctx.engine.minimal_scan_backward(ctx.cell, x_proj, h0, h, dh)
-        return None, dx_proj, dh0, None
+        return None, *kernel(ctx.cell, x_proj, h0, h, dh), None
 
 
 def minimal_scan(cell: str, x_proj: Tensor, h0: Tensor) -> Optional[Tensor]:
     """h (T, B, H) of `cell` ("mingru" or "minlstm") from x_proj (T, B, G*H) and h0 (B, H) on the C++ engine, or
     None where it does not serve the call (not CPU float32/float64 of one dtype, GATEDRNN_BACKEND set, no engine,
-    or anything that must see torch ops: compiling, tracing, a torch.func transform, a dispatch mode, the profiler);
-    the caller then runs `gatedrnn.cells.minimal`'s torch scan, which computes the same."""
+    or anything that must see torch ops: compiling, tracing, a torch.func transform, a forward-AD level, a dispatch
+    mode, the profiler); the caller then runs `gatedrnn.cells.minimal`'s torch scan, which computes the same."""
     if cell not in CELLS:
         raise ValueError(f"cell should be one of {CELLS}, got {cell!r}")
     if x_proj.dtype != h0.dtype or not runs_fused(x_proj):
         return None
-    if direct_entry("minimal_scan_forward", (x_proj, h0)) is None:
+    kernel = direct_entry("minimal_scan_forward", (x_proj, h0))
+    if kernel is None:
         return None
-    engine = _build.load()
     x_proj, h0 = x_proj.contiguous(), h0.contiguous()
     if torch.is_grad_enabled() and (x_proj.requires_grad or h0.requires_grad):
-        return _MinimalScan.apply(cell, x_proj, h0, engine)
-    return engine.minimal_scan_forward(cell, x_proj, h0)
+        return _MinimalScan.apply(cell, x_proj, h0, kernel)
+    return kernel(cell, x_proj, h0)

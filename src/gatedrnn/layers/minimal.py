@@ -23,10 +23,10 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd import forward_ad
 from torch.nn.utils.rnn import PackedSequence
 
 from gatedrnn.cells import CELL_SPECS, CellSpec, LayerWeights, cell_spec
+from gatedrnn import engine
 from gatedrnn.cells.minimal import SCANS
 from gatedrnn.engine.minimal import minimal_scan
 from gatedrnn.layers import aten
@@ -125,7 +125,7 @@ class MinimalRNNBase(nn.Module):
         if self.scan != "auto":
             return self.scan
         if (device.type != "cpu" or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
-                or forward_ad._current_level >= 0):
+                or engine.forward_ad_active()):
             return "log"
         return "linear"
 

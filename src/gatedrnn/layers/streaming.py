@@ -17,7 +17,6 @@ from typing import Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from gatedrnn import engine
 from gatedrnn.cells import CELL_SPECS
@@ -82,7 +81,7 @@ def streamed(module, x: Tensor, state: Optional[State]) -> Optional[tuple[Tensor
     shapes; only an engine this process has loaded already is asked: the general path (the first step, and any
     step before the engine is loaded) loads it where the fused engine applies, so GATEDRNN_BACKEND=reference, a
     dispatch mode or the tracer never builds it here only for the call to decline."""
-    if state is None or _compiling() or forward_ad._current_level >= 0:  # a tangent: the general path's torch ops
+    if state is None or _compiling() or engine.forward_ad_active():  # a tangent: the general path's torch ops
         return None
     library = _build.loaded()
     if library is None:
