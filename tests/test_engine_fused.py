@@ -616,6 +616,39 @@ def test_own_gemm_gives_the_same_bits_however_rows_are_tiled(dtype, monkeypatch)
         assert torch.equal(one, two)
 
 
+@pytest.mark.parametrize("gemm", ["own", "blas"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,steps,batch,hidden,options", [
+    ("lstm", 37, 16, 128, {}),                           # chunks of 8 steps (float32) and a last one of 5
+    ("gru", 23, 9, 160, {"bidirectional": True}),        # 4 and 5 rows a thread, reverse time
+    ("rnn_tanh", 30, 16, 256, {"num_layers": 2}),        # the second layer projects the first one's output
+    ("lstm", 8, 32, 64, {}),                             # one chunk (float32): x W_ihᵀ by BLAS in place
+])
+def test_inference_projects_each_threads_own_rows(cell, steps, batch, hidden, options, dtype, gemm, monkeypatch):
+    """Without a backward, two threads splitting the rows for the whole sequence each compute x W_ihᵀ for their
+    own rows, a chunk of steps at a time (from a gathered copy of those rows of x): the output and final states
+    equal torch.nn's, on PanelGemm and on BLAS, with partial chunks, a single chunk and reverse time."""
+    library = _build.load()
+    monkeypatch.setenv("GATEDRNN_GEMM", gemm)
+    torch.manual_seed(steps + batch)
+    module, reference = make_pair(cell, 12, hidden, dtype=dtype, **options)
+    x, fresh, _ = _inputs(cell, steps, batch, hidden, options, dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            output, state = module(x, fresh())
+        assert library.last_forward_split() == "row_region"
+    finally:
+        torch.set_num_threads(before)
+    with torch.no_grad():
+        expected_output, expected_state = reference(x, fresh())
+    assert_close_scaled(output, expected_output, TOLERANCE[dtype], f"{cell} no_grad output")
+    states = zip(state, expected_state) if cell == "lstm" else [(state, expected_state)]
+    for ours, theirs in states:
+        assert_close_scaled(ours, theirs, TOLERANCE[dtype], f"{cell} final state")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,hidden,options", [
     ("lstm", 37, {}),                     # 148 columns: a full panel and a partial one (whole registers, zeros past N)

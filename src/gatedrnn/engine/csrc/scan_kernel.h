@@ -584,8 +584,17 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // when the pointwise pass reads it; without a backward only one chunk is allocated. A short sequence
   // (steps_in_place) is one chunk: its few rows would not repay reading W_ih once more per chunk.
   const bool in_place = steps_in_place<Cell>(packed, proj, zoneout.defined(), rec_mask.defined(), T_, B, H, P);
+  const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
+  // Rows split over threads in one parallel region for the whole sequence (below), B >= 8 and up to ~16M
+  // multiply-adds a step. Without a backward each thread then projects its own rows (`own_rows`), in chunks of
+  // ~128 KB of its share (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
+  const bool whole_region = !in_place && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
+  const bool own_rows = whole_region && !keep;
+  const int64_t share = (B + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t chunk =
-      in_place ? T_ : std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
+      in_place ? T_
+      : own_rows ? std::clamp<int64_t>((int64_t(128) << 10) / int64_t(sizeof(T) * share * GH), 1, T_)
+                 : std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
   const at::Tensor gates = keep ? sequence_buffer({T_ * B, GH}, opts, false)
                                 : cpu_empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
   const int64_t folded = GH - Cell::kRecBias * H;
@@ -642,7 +651,6 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     return out;
   };
   const bool plain = !packed && !proj && !zo && !rm_p;
-  const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
   if (splits_units<Cell>(B, H, P, plain) && T_ > 0) {
     last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
     scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
@@ -668,7 +676,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   StepWeight<T> w_ih_chunk(chunk < T_ ? w_ih.data_ptr<T>() : nullptr, true, GH, I, chunk * B, 2);
   const T* w_ih_p = w_ih.data_ptr<T>();
   // One step for rows [b0, b1): everything in a step is row-local (rows need only their own h, c and x_proj).
-  auto step_rows = [&](int64_t t, T* gates_t, int64_t b0, int64_t b1) {
+  // gates_rows: row b0's x W_ihᵀ, the rows after it GH apart.
+  auto step_rows = [&](int64_t t, T* gates_rows, int64_t b0, int64_t b1) {
     T* y_t = y_p + t * B * P;
     T* h_out = proj ? m_p : y_t;
     const int64_t h_out_ld = proj ? H : P;
@@ -689,7 +698,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     else if (!in_place) w_hh_step.compute(r, h_rec + b0 * RW, RW, T(0), rec_p + b0 * GH, GH);  // (r, GH) = h W_hhᵀ
     if (cprev_p) std::memcpy(cprev_p + b0 * H, c_p + b0 * H, sizeof(T) * r * H);
     for (int64_t b = b0; b < b1; ++b) {
-      RowForward<T> row{gates_t + b * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
+      RowForward<T> row{gates_rows + (b - b0) * GH, rec_p + b * GH, bias_p, rec_bias_p, h_p + b * P,
                         c_p ? c_p + b * CH : nullptr, h_out + b * h_out_ld,
                         extra_p && EH ? extra_p + (t * B + b) * EW : nullptr, keep, aux_p,
                         cand_p ? cand_p + (t * B + b) * H : nullptr};
@@ -726,9 +735,9 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
             static_cast<int>(GH));
   };
 
-  if (!in_place && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24)) {
+  if (whole_region) {
     // Rows split over threads for the whole sequence in one parallel region: a row's steps need no other row,
-    // so the threads meet only around each chunk of x W_ihᵀ (which they compute together), not at every step.
+    // so the threads meet at most around each chunk of x W_ihᵀ, not at every step.
     // Above ~16M multiply-adds a step (B = 64, H >= 256) a region per step costs nothing in comparison, and
     // BLAS's own threading of each chunk's x W_ihᵀ measured faster than two halves (B = 64, H = 512: ~5 %).
     last_forward_split.store(kRowRegion, std::memory_order_relaxed);
@@ -736,24 +745,49 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     w_hh_step.prepare(static_cast<int>(B), call_rows);
     if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
     const int64_t threads = at::get_num_threads();
-    w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>((chunk * B + threads - 1) / threads));
+    w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>(own_rows ? chunk * share
+                                                                                 : (chunk * B + threads - 1) / threads));
+    const at::Tensor x_rows = own_rows ? cpu_empty({chunk * B, I}, opts) : at::Tensor();  // (chunk*B, I)
+    T* x_rows_p = own_rows ? x_rows.data_ptr<T>() : nullptr;
 #pragma omp parallel
     {
       const int team = omp_get_num_threads(), k = omp_get_thread_num();
       at::internal::ThreadIdGuard thread_id(k);
-      const int64_t b0 = B * k / team, b1 = B * (k + 1) / team;
-      int64_t chunk_start = -1;
-      for (int64_t s = 0; s < T_; ++s) {
-        const int64_t t = reverse ? T_ - 1 - s : s;
-        if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
-          chunk_start = t / chunk * chunk;
-          const int64_t rows = std::min(chunk, T_ - chunk_start) * B;
-#pragma omp barrier
-          project_rows(chunk_start, gates_p + (keep ? chunk_start * B * GH : 0), rows * k / team,
-                       rows * (k + 1) / team);
-#pragma omp barrier
+      const int64_t b0 = B * k / team, b1 = B * (k + 1) / team, r = b1 - b0;
+      if (own_rows) {
+        // Each thread projects its own rows, `chunk` steps at a time, into its share of `gates` (rows
+        // [chunk * b0, chunk * b1)) from its rows of x gathered into `x_rows`: no barrier, the rows stay in
+        // this core's cache.
+        T* own = gates_p + chunk * b0 * GH;
+        T* xs = x_rows_p + chunk * b0 * I;
+        int64_t first = -1;  // first step of the chunk in `own`
+        for (int64_t s = 0; s < T_; ++s) {
+          const int64_t t = reverse ? T_ - 1 - s : s;
+          if (first < 0 || t < first || t >= first + chunk) {
+            first = t / chunk * chunk;
+            const int64_t steps = std::min(chunk, T_ - first);
+            for (int64_t u = 0; u < steps; ++u)
+              std::memcpy(xs + u * r * I, x_p + ((first + u) * B + b0) * I, sizeof(T) * r * I);
+            const int rows = static_cast<int>(steps * r);
+            if (chunk < T_) w_ih_chunk.compute(rows, xs, static_cast<int>(I), T(0), own, static_cast<int>(GH));
+            else gemm<T>(false, true, rows, static_cast<int>(GH), static_cast<int>(I), T(1), xs, static_cast<int>(I),
+                         w_ih_p, static_cast<int>(I), T(0), own, static_cast<int>(GH));
+          }
+          step_rows(t, own + (t - first) * r * GH, b0, b1);
         }
-        step_rows(t, gates_p + (keep ? t : t - chunk_start) * B * GH, b0, b1);
+      } else {  // with a backward the threads compute each chunk of x W_ihᵀ together, in the saved layout
+        int64_t chunk_start = -1;
+        for (int64_t s = 0; s < T_; ++s) {
+          const int64_t t = reverse ? T_ - 1 - s : s;
+          if (chunk_start < 0 || t < chunk_start || t >= chunk_start + chunk) {
+            chunk_start = t / chunk * chunk;
+            const int64_t rows = std::min(chunk, T_ - chunk_start) * B;
+#pragma omp barrier
+            project_rows(chunk_start, gates_p + chunk_start * B * GH, rows * k / team, rows * (k + 1) / team);
+#pragma omp barrier
+          }
+          step_rows(t, gates_p + (t * B + b0) * GH, b0, b1);
+        }
       }
     }
   } else if (!in_place && projects_ahead(packed, T_, B, chunk, keep, splits_rows(B, row_work))) {
@@ -845,7 +879,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
         gemm<T>(false, true, static_cast<int>(n), static_cast<int>(GH), static_cast<int>(RW), T(1), h_p,
                 static_cast<int>(P), w_hh.data_ptr<T>(), static_cast<int>(RW), T(0), rec_p, static_cast<int>(GH));
       if (proj) w_hr_step.prepare(static_cast<int>(n), call_rows);
-      for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(t, gates_t, b0, b1); });
+      for_row_blocks(n, row_work, [&](int64_t b0, int64_t b1) { step_rows(t, gates_t + b0 * GH, b0, b1); });
       if (keep && n < B) {  // padded rows read as zeros in the trace
         std::memset(gates_t + n * GH, 0, sizeof(T) * (B - n) * GH);
         if (extra_p) std::memset(extra_p + (t * B + n) * EW, 0, sizeof(T) * (B - n) * EW);
