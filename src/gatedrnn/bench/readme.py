@@ -41,6 +41,8 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-07-24.json"), None),  # Zen 3: each thread projects its own rows (no_grad)
+    (Path("benchmarks/results/2026-12-07-23.json"), None),  # Zen 3 (AVX2): the Zen 4's final engine (-21)
     (Path("benchmarks/results/2026-12-07-21.json"), None),  # Zen 4: the final engine (forward AD steps aside)
     # (-22 is lstm/infer/B64 alone, run again after -21: see the README's prose)
     (Path("benchmarks/results/2026-12-07-20.json"), None),  # Zen 4: minGRU's scan fused, short backwards direct
