@@ -611,7 +611,7 @@ def test_own_gemm_gives_the_same_bits_however_rows_are_tiled(dtype, monkeypatch)
     module = gatedrnn.GRU(20, 260, dtype=dtype).eval()
     x = torch.randn(30, 16, 20, dtype=dtype)  # 30 steps: x W_ihᵀ in two chunks, on PanelGemm as well
     runs, splits = _runs_on_one_and_two_threads(module, x, grad=False)
-    assert splits == ["serial", "row_region"]
+    assert splits == ["serial", "row_region_own_rows"]
     for one, two in zip(*runs):
         assert torch.equal(one, two)
 
@@ -638,7 +638,7 @@ def test_inference_projects_each_threads_own_rows(cell, steps, batch, hidden, op
         torch.set_num_threads(2)
         with torch.no_grad():
             output, state = module(x, fresh())
-        assert library.last_forward_split() == "row_region"
+        assert library.last_forward_split() == "row_region_own_rows"
     finally:
         torch.set_num_threads(before)
     with torch.no_grad():

@@ -690,7 +690,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   }, "(BLAS, PanelGemm): how many step weights ran each since the library was loaded");
   m.def("last_forward_split", [] {
     static const char* names[] = {"serial", "rows_per_step", "row_region", "unit_region", "project_ahead",
-                                  "in_place_steps"};
+                                  "in_place_steps", "row_region_own_rows"};
     return std::string(names[gatedrnn::last_forward_split.load()]);
   }, "how the last forward split its steps over threads (scan_kernel.h ForwardSplit)");
   m.def("keep_mask", &gatedrnn::keep_mask, "fill out (rows, W) with scale where uniform < keep[w], else 0");

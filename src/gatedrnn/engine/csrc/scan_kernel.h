@@ -420,11 +420,13 @@ inline bool splits_units(int64_t B, int64_t H, int64_t P, bool plain) {
 
 // How the last forward on this process ran its steps (for tests and reports): kSerial (one thread, or BLAS's threads
 // inside each GEMM), kRowsPerStep (rows split over threads at every step: packed input), kRowRegion (rows split
-// in one region for the whole sequence), kUnitRegion (hidden units split, scan_forward_units), kProjectAhead (one
+// in one region for the whole sequence; kRowRegionOwnRows: so, each thread projecting its own rows, no backward),
+// kUnitRegion (hidden units split, scan_forward_units), kProjectAhead (one
 // thread runs the steps, the others compute x W_ihᵀ ahead of it: `projects_ahead`), kInPlaceSteps (BLAS reads W_hh
 // in place at every step: `steps_in_place`).
 enum ForwardSplit : int {
-  kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3, kProjectAhead = 4, kInPlaceSteps = 5
+  kSerial = 0, kRowsPerStep = 1, kRowRegion = 2, kUnitRegion = 3, kProjectAhead = 4, kInPlaceSteps = 5,
+  kRowRegionOwnRows = 6
 };
 
 // Whether a forward runs each step's h W_hhᵀ as one BLAS call on W_hh in place, for all rows (BLAS threads it,
@@ -587,13 +589,13 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
   // Rows split over threads in one parallel region for the whole sequence (below), B >= 8 and up to ~16M
   // multiply-adds a step. Without a backward each thread then projects its own rows (`own_rows`), in chunks of
-  // ~128 KB of its share (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
+  // ~128 KB of its share of x and x W_ihᵀ (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
   const bool whole_region = !in_place && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
   const bool own_rows = whole_region && !keep;
   const int64_t share = (B + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t chunk =
       in_place ? T_
-      : own_rows ? std::clamp<int64_t>((int64_t(128) << 10) / int64_t(sizeof(T) * share * GH), 1, T_)
+      : own_rows ? std::clamp<int64_t>((int64_t(128) << 10) / int64_t(sizeof(T) * share * (GH + I)), 1, T_)
                  : std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, B * GH), 1, T_);
   const at::Tensor gates = keep ? sequence_buffer({T_ * B, GH}, opts, false)
                                 : cpu_empty({chunk * B, GH}, opts);  // (T*B or chunk*B, GH)
@@ -740,13 +742,13 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     // so the threads meet at most around each chunk of x W_ihᵀ, not at every step.
     // Above ~16M multiply-adds a step (B = 64, H >= 256) a region per step costs nothing in comparison, and
     // BLAS's own threading of each chunk's x W_ihᵀ measured faster than two halves (B = 64, H = 512: ~5 %).
-    last_forward_split.store(kRowRegion, std::memory_order_relaxed);
+    last_forward_split.store(own_rows ? kRowRegionOwnRows : kRowRegion, std::memory_order_relaxed);
     const int call_rows = rows_per_call(B, row_work);
     w_hh_step.prepare(static_cast<int>(B), call_rows);
     if (proj) w_hr_step.prepare(static_cast<int>(B), call_rows);
     const int64_t threads = at::get_num_threads();
-    w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>(own_rows ? chunk * share
-                                                                                 : (chunk * B + threads - 1) / threads));
+    const int64_t ih_rows_per_call = own_rows ? chunk * share : (chunk * B + threads - 1) / threads;
+    w_ih_chunk.prepare(static_cast<int>(chunk * B), static_cast<int>(ih_rows_per_call));
     const at::Tensor x_rows = own_rows ? cpu_empty({chunk * B, I}, opts) : at::Tensor();  // (chunk*B, I)
     T* x_rows_p = own_rows ? x_rows.data_ptr<T>() : nullptr;
 #pragma omp parallel
