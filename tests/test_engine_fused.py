@@ -345,6 +345,8 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
     ("gru", 3, 128, {}, "unit_region"),
     ("gru", 1, 130, {}, "unit_region"),                        # 64 and 66 units: a last panel of partial registers
     ("rnn_tanh", 2, 128, {}, "unit_region"),
+    ("lstm", 8, 192, {}, "unit_region"),                       # batch 8 over 128K weights of W_hh (147K)
+    ("gru", 8, 208, {}, "in_place_steps"),                     # under them (130K): 9 x 8 rows, W_hh in place
     ("lstm", 1, 64, {}, "serial"),                             # too few units to split
     ("lstm", 2, 128, {"proj_size": 32}, "project_ahead"),      # a projection needs every unit: rows only
     ("lstm", 16, 128, {"proj_size": 64}, "row_region"),
