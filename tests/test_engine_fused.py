@@ -345,8 +345,8 @@ SPLIT_CASES = [  # (cell, batch, hidden, layer options, how two threads split th
     ("gru", 3, 128, {}, "unit_region"),
     ("gru", 1, 130, {}, "unit_region"),                        # 64 and 66 units: a last panel of partial registers
     ("rnn_tanh", 2, 128, {}, "unit_region"),
-    ("lstm", 8, 192, {}, "unit_region"),                       # batch 8 over 128K weights of W_hh (147K)
-    ("gru", 8, 208, {}, "in_place_steps"),                     # under them (130K): 9 x 8 rows, W_hh in place
+    ("lstm", 8, 192, {}, "unit_region"),                       # batch 8, W_hh of 147,456 >= 2^17 weights
+    ("gru", 8, 209, {}, "in_place_steps"),                     # 131,043 < 2^17: 9 x 8 rows, W_hh in place
     ("lstm", 1, 64, {}, "serial"),                             # too few units to split
     ("lstm", 2, 128, {"proj_size": 32}, "project_ahead"),      # a projection needs every unit: rows only
     ("lstm", 16, 128, {"proj_size": 64}, "row_region"),
@@ -390,8 +390,9 @@ def _runs_on_one_and_two_threads(module, x, grad: bool):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,batch,hidden,options,split", SPLIT_CASES, ids=lambda v: str(v))
 def test_fused_equals_one_thread_under_thread_splits(cell, batch, hidden, options, split, dtype):
-    """Two threads split a forward's steps by hidden units (batch < 8) or by rows in one region (whole sequence);
-    outputs, final state and every gradient equal the one-thread run, and the engine reports the split it took."""
+    """Two threads split a forward's steps by hidden units (batch < 8, or 8 over >= 2^17 weights of W_hh) or by rows
+    in one region (whole sequence); outputs, final state and every gradient equal the one-thread run, and the engine
+    reports the split it took."""
     torch.manual_seed(11)
     module = _make_plain_or_variant(cell, 24, hidden, dtype, options).train()
     x = torch.randn(9, batch, 24, dtype=dtype, requires_grad=True)  # 9 x 16 rows: more than steps_in_place takes
@@ -523,6 +524,9 @@ def test_own_gemm_in_blocks_and_split_projection_equals_torch(cell, steps, batch
     ("rnn_tanh", 40, 1, 1300, {}),                      # batch 1: a thread's share of W_hh, 644 x 1300 floats, >= 3 MB
     ("lstm", 31, 4, 128, {}),                           # one step short of the panels: rows read in place
     ("gru", 3, 5, 256, {}),                             # 15 rows of x W_ihᵀ, read in place too
+    ("lstm", 32, 8, 192, {"bidirectional": True}),      # batch 8 over 2^17 weights of W_hh: panels, reverse time
+    ("gru", 3, 8, 512, {}),                             # batch 8: 24 rows of x W_ihᵀ, BLAS per gate block
+    ("lstm", 40, 8, 512, {}),                           # no_grad: chunks of 16 steps of x W_ihᵀ (16 + 16 + 8)
 ])
 def test_unit_split_on_panels_equals_torch(cell, steps, batch, hidden, options, dtype):
     """Split by hidden units over two threads, a sequence of 32 or more steps packs each thread's rows of W_hh (at

@@ -410,11 +410,12 @@ class SpinBarrier {
 // core's values, and the cores meet once per step (the next step's GEMM reads all of h). Cells whose pass reads
 // whole rows (LayerNorm's statistics), extra parameters, a projection, masks on h or the state in the GEMM, packed
 // input and zoneout keep the row loop.
-// Batch 8 too once W_hh holds >= 128K weights (past half a Zen 4 core's L2, all of a Zen 3's): split by rows, two
+// Batch 8 too once W_hh holds >= 2^17 weights (past half a Zen 4 core's L2, all of a Zen 3's): split by rows, two
 // cores each read all of W_hh at every step for 4 rows. Same process, interleaved, the Zen 4 VM, rows -> units, ms:
-// LSTM B = 8, I = 128, T = 100, H = 384 inference 8.68 -> 7.35; T = 10, H = 512 inference 3.33 -> 2.07; T = 20,
-// I = 256, H = 512 training 13.9 -> 12.3; H = 192 training 10.4 -> 9.8. Smaller W_hh stays on rows (H = 128:
-// training 6.8 against 7.4, inference 2.1 against 2.6), as do 9 rows and more (B = 9 tied, 10-24 rows 0-20% slower).
+// LSTM B = 8, I = 128, T = 100, H = 384 inference 8.68 -> 7.35; T = 20, I = 256, H = 512 training 13.9 -> 12.3;
+// H = 192 training 10.4 -> 9.8; and from a short call's BLAS step on W_hh in place (steps_in_place), T = 10, H = 512
+// inference 3.33 -> 2.07. Smaller W_hh stays on rows (H = 128: training 6.8 against 7.4, inference 2.1 against
+// 2.6), as do 9 rows and more (B = 9 tied, 10-24 rows 0-20% slower).
 template <typename Cell>
 inline bool splits_units(int64_t B, int64_t H, int64_t P, bool plain) {
   if (!plain || Cell::kAux != 0 || state_blocks<Cell>() != 1 || reads_state<Cell>() || P != H) return false;
@@ -596,7 +597,12 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // Rows split over threads in one parallel region for the whole sequence (below), B >= 8 and up to ~16M
   // multiply-adds a step. Without a backward each thread then projects its own rows (`own_rows`), in chunks of
   // ~128 KB of its share of x and x W_ihᵀ (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
-  const bool whole_region = !in_place && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
+  // The unit split (below) takes batch 8 over large weights from the row region, and its chunks of x W_ihᵀ are
+  // sized for all B rows, not for a thread's share.
+  const bool units = T_ > 0 && splits_units<Cell>(B, H, P, !packed && !proj && !zoneout.defined() &&
+                                                              !rec_mask.defined());
+  const bool whole_region =
+      !in_place && !units && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
   const bool own_rows = whole_region && !keep;
   const int64_t share = (B + at::get_num_threads() - 1) / at::get_num_threads();
   const int64_t chunk =
@@ -658,8 +664,7 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
     }
     return out;
   };
-  const bool plain = !packed && !proj && !zo && !rm_p;
-  if (splits_units<Cell>(B, H, P, plain) && T_ > 0) {
+  if (units) {
     last_forward_split.store(kUnitRegion, std::memory_order_relaxed);
     scan_forward_units<Cell, T>(T_, B, I, H, x.data_ptr<T>(), w_ih.data_ptr<T>(), w_hh.data_ptr<T>(),
                                 bias.data_ptr<T>(), rec_bias.data_ptr<T>(), h0.data_ptr<T>(), c_p, y_p, gates_p,
@@ -670,7 +675,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // A forward without hx starts from h0 = 0, whose product with W_hh is zero: the first step skips that GEMM, at
   // T = 1 half of the forward's multiply-adds. Not where W_hh holds a NaN or an infinity (the GEMM gives NaN · 0 =
   // NaN, as torch.nn does), checked only after h0 was found zero; and only from batch 8, where the GEMM does at
-  // least 8 multiply-adds per weight that the check reads once.
+  // least 8 multiply-adds per weight that the check reads once (the unit split, which takes batch 8 over large
+  // weights, returned above).
   const int64_t t_first = reverse ? T_ - 1 : 0;
   const bool zero_first = !kReadsState && B >= 8 && T_ > 0 && all_zero<T>(h0.contiguous()) && all_finite<T>(w_hh);
   StepWeight<T> w_hh_step(w_hh.data_ptr<T>(), true, GH, RW, B, 0, T_ - zero_first);     // h W_hhᵀ ([h | a′] W_hhᵀ)
