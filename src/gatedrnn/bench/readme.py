@@ -41,6 +41,8 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-08-2.json"), None),  # Zen 4: batch 8 splits units over large W_hh
+    (Path("benchmarks/results/2026-12-08-1.json"), None),  # Zen 4: -24's engine (own rows) on the Zen 4
     (Path("benchmarks/results/2026-12-07-24.json"), None),  # Zen 3: each thread projects its own rows (no_grad)
     (Path("benchmarks/results/2026-12-07-23.json"), None),  # Zen 3 (AVX2): the Zen 4's final engine (-21)
     (Path("benchmarks/results/2026-12-07-21.json"), None),  # Zen 4: the final engine (forward AD steps aside)
