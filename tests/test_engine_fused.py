@@ -540,6 +540,34 @@ def test_unit_split_on_panels_equals_torch(cell, steps, batch, hidden, options, 
                                     check=lambda: library.last_forward_split() == "unit_region")
 
 
+@pytest.mark.parametrize("cell,steps,batch,input_size,hidden,dtype", [
+    ("lstm", 2, 6, 1024, 128, torch.float32),  # x W_ihᵀ: 12 rows, 4 KB apart (4 + 4 + 2 + 2 at once)
+    ("gru", 3, 5, 512, 128, torch.float64),    # 15 rows of 512 doubles (4 + 4 + 4 + 2, and 1 alone)
+    ("rnn_tanh", 2, 7, 16, 1024, torch.float32),  # h W_hhᵀ: rows of 1024 floats, batch 7 (4 + 2 + 1)
+])  # at most 16 rows of x W_ihᵀ, so that each sample alone takes the same kernels
+def test_weight_rows_4_kb_apart_give_each_rows_own_sums(cell, steps, batch, input_size, hidden, dtype):
+    """Split by hidden units over two threads, the weights' rows read in place: rows a multiple of 4 KB apart take
+    the batch's rows several at a time (gemv_rows_batched), with the same sums bit for bit as one row at a time, so
+    each sample's output equals its output run alone, exactly, and torch.nn's to tolerance."""
+    library = _build.load()
+    torch.manual_seed(batch)
+    module, reference = make_pair(cell, input_size, hidden, dtype=dtype)
+    x = torch.randn(steps, batch, input_size, dtype=dtype)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            output = module(x)[0]
+            assert library.last_forward_split() == "unit_region"
+            alone = [module(x[:, b:b + 1])[0] for b in range(batch)]
+    finally:
+        torch.set_num_threads(before)
+    for b, single in enumerate(alone):
+        assert torch.equal(output[:, b:b + 1], single), f"sample {b}: in the batch and alone differ"
+    with torch.no_grad():
+        assert_close_scaled(output, reference(x)[0], TOLERANCE[dtype], f"{cell} output")
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell,steps,batch,hidden,options", [

@@ -415,12 +415,16 @@ class SpinBarrier {
 // LSTM B = 8, I = 128, T = 100, H = 384 inference 8.68 -> 7.35; T = 20, I = 256, H = 512 training 13.9 -> 12.3;
 // H = 192 training 10.4 -> 9.8; and from a short call's BLAS step on W_hh in place (steps_in_place), T = 10, H = 512
 // inference 3.33 -> 2.07. Smaller W_hh stays on rows (H = 128: training 6.8 against 7.4, inference 2.1 against
-// 2.6), as do 9 rows and more (B = 9 tied, 10-24 rows 0-20% slower).
+// 2.6), as do 9 rows and more (B = 9 tied, 10-24 rows 0-20% slower), and W_hh of >= 2^21 weights over 17-31 steps,
+// where the unit split reads W_hh in place and the rows read it packed (LSTM B = 8, T = 30, H = 1024: 23.4 against
+// 29.0-29.5 ms; at T = 10 10.0 against 17.1-18.8 in place, at T = 64 31-34 against 41-49 on rows).
 template <typename Cell>
-inline bool splits_units(int64_t B, int64_t H, int64_t P, bool plain) {
+inline bool splits_units(int64_t T_, int64_t B, int64_t H, int64_t P, bool plain) {
   if (!plain || Cell::kAux != 0 || state_blocks<Cell>() != 1 || reads_state<Cell>() || P != H) return false;
   if (B < 1 || B > 8 || at::in_parallel_region()) return false;
-  if (B == 8 && int64_t(Cell::kGates) * H * P < (int64_t(1) << 17)) return false;  // see the comment above
+  const int64_t weights = int64_t(Cell::kGates) * H * P;
+  if (B == 8 && (weights < (int64_t(1) << 17) || (weights >= (int64_t(1) << 21) && T_ > 16 && T_ < 32)))
+    return false;  // see the comment above
   const int threads = at::get_num_threads();  // the region's team: each thread gets >= 64 units (at fewer, the
   return threads >= 2 && threads * 64 <= H;   // per-step meeting cost more than it saved)
 }
@@ -449,7 +453,7 @@ template <typename Cell>
 inline bool steps_in_place(bool packed, bool proj, bool zoneout, bool masked, int64_t T_, int64_t B, int64_t H,
                            int64_t P) {
   if (packed || proj || masked || reads_state<Cell>() || T_ < 1 || B < 3 || (T_ > 1 && T_ * B > 128)) return false;
-  if (splits_units<Cell>(B, H, P, !zoneout)) return false;
+  if (splits_units<Cell>(T_, B, H, P, !zoneout)) return false;
   return GemmChoice::requested() != "own";
 }
 inline std::atomic<int> last_forward_split{kSerial};
@@ -599,8 +603,8 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // ~128 KB of its share of x and x W_ihᵀ (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
   // The unit split (below) takes batch 8 over large weights from the row region, and its chunks of x W_ihᵀ are
   // sized for all B rows, not for a thread's share.
-  const bool units = T_ > 0 && splits_units<Cell>(B, H, P, !packed && !proj && !zoneout.defined() &&
-                                                              !rec_mask.defined());
+  const bool units = T_ > 0 && splits_units<Cell>(T_, B, H, P, !packed && !proj && !zoneout.defined() &&
+                                                                  !rec_mask.defined());
   const bool whole_region =
       !in_place && !units && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
   const bool own_rows = whole_region && !keep;
