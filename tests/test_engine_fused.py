@@ -541,10 +541,11 @@ def test_unit_split_on_panels_equals_torch(cell, steps, batch, hidden, options, 
 
 
 @pytest.mark.parametrize("cell,steps,batch,input_size,hidden,dtype", [
-    ("lstm", 2, 6, 1024, 128, torch.float32),  # x W_ihᵀ: 12 rows, 4 KB apart (4 + 4 + 2 + 2 at once)
-    ("gru", 3, 5, 512, 128, torch.float64),    # 15 rows of 512 doubles (4 + 4 + 4 + 2, and 1 alone)
+    ("lstm", 1, 6, 1024, 128, torch.float32),     # x W_ihᵀ: 6 rows 4 KB apart (4 + 2 at once; alone, one)
+    ("gru", 3, 5, 512, 128, torch.float64),       # 15 rows of 512 doubles (4 + 4 + 4 + 2, and 1 alone)
     ("rnn_tanh", 2, 7, 16, 1024, torch.float32),  # h W_hhᵀ: rows of 1024 floats, batch 7 (4 + 2 + 1)
-])  # at most 16 rows of x W_ihᵀ, so that each sample alone takes the same kernels
+    ("gru", 1, 6, 1024, 130, torch.float32),      # a thread's rows from 64, 194, 324, and 2 past its blocks
+])  # at most 16 rows of x W_ihᵀ, so that each sample alone takes the same kernels (AVX-512; AVX2: floats only)
 def test_weight_rows_4_kb_apart_give_each_rows_own_sums(cell, steps, batch, input_size, hidden, dtype):
     """Split by hidden units over two threads, the weights' rows read in place: rows a multiple of 4 KB apart take
     the batch's rows several at a time (gemv_rows_batched), with the same sums bit for bit as one row at a time, so
@@ -559,13 +560,37 @@ def test_weight_rows_4_kb_apart_give_each_rows_own_sums(cell, steps, batch, inpu
         with torch.no_grad():
             output = module(x)[0]
             assert library.last_forward_split() == "unit_region"
-            alone = [module(x[:, b:b + 1])[0] for b in range(batch)]
+            alone = []
+            for b in range(batch):
+                alone.append(module(x[:, b:b + 1])[0])
+                assert library.last_forward_split() == "unit_region"
     finally:
         torch.set_num_threads(before)
     for b, single in enumerate(alone):
         assert torch.equal(output[:, b:b + 1], single), f"sample {b}: in the batch and alone differ"
     with torch.no_grad():
         assert_close_scaled(output, reference(x)[0], TOLERANCE[dtype], f"{cell} output")
+
+
+@pytest.mark.parametrize("steps,split", [(16, "unit_region"), (17, "rows_per_step"), (31, "rows_per_step"),
+                                         (32, "unit_region")])
+def test_batch_8_over_the_largest_weights_keeps_rows_over_17_to_31_steps(steps, split):
+    """Batch 8 over W_hh of >= 2^21 weights (LSTM H = 725: 2,102,500) splits hidden units up to 16 steps (x W_ihᵀ
+    and h W_hhᵀ in place) and from 32 (packed panels), and keeps the rows in between; outputs equal torch.nn."""
+    library = _build.load()
+    torch.manual_seed(steps)
+    module, reference = make_pair("lstm", 8, 725, dtype=torch.float32)
+    x = torch.randn(steps, 8, 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            output = module(x)[0]
+            assert library.last_forward_split() == split
+    finally:
+        torch.set_num_threads(before)
+    with torch.no_grad():
+        assert_close_scaled(output, reference(x)[0], TOLERANCE[torch.float32], "lstm output")
 
 
 @pytest.mark.parametrize("threads", [1, 2])
