@@ -41,6 +41,7 @@ VARIANT_RERUNS: tuple[Path, ...] = ()
 TASK_RESULTS = Path("docs/results/tasks")
 # Full runs shown in the README, newest first, each with an optional re-run of its streaming cases.
 SPEED_RUNS: tuple[tuple[Path, Optional[Path]], ...] = (
+    (Path("benchmarks/results/2026-12-08-3.json"), None),  # Zen 4: gemv_rows batched where rows are 4 KB apart
     (Path("benchmarks/results/2026-12-08-2.json"), None),  # Zen 4: batch 8 splits units over large W_hh
     (Path("benchmarks/results/2026-12-08-1.json"), None),  # Zen 4: -24's engine (own rows) on the Zen 4
     (Path("benchmarks/results/2026-12-07-24.json"), None),  # Zen 3: each thread projects its own rows (no_grad)
