@@ -380,10 +380,11 @@ inline void gemv_rows(int64_t r0, int64_t r1, int K, const T* __restrict__ W, co
   constexpr int kAcc = std::max(1, 8 / kRows);  // accumulators per row: at least 8 independent FMA chains
   auto load = [](const T* p) { return *reinterpret_cast<const Vec*>(p); };
   const int64_t blocks = (r1 - r0) / kRows, blocked = r0 + kRows * blocks;  // rows [blocked, r1) one at a time
-  // Rows a multiple of 4 KB apart (K = 1024 floats, 512 doubles) put a block's kRows rows in the same L1 sets, more
-  // than its ways: the block left L1 before the batch's next row read it (LSTM inference B = 8, T = 10, I = 256,
-  // H = 1024 ran at 0.69x torch.nn). There the batch goes 4 or 2 rows at a time through blocks of fewer weight rows
-  // (gemv_rows_batched: the same sums, bit for bit), the last odd row through the loop below.
+  // Rows a multiple of 4 KB apart (K a multiple of 1024 floats or 512 doubles) put a block's kRows rows in the same
+  // L1 sets, more than its ways: the block left L1 before the batch's next row read it (LSTM inference B = 8, T = 10,
+  // I = 256, H = 1024 on the unit split ran at 0.69x torch.nn). There the batch goes 4 or 2 rows at a time through
+  // blocks of fewer weight rows (gemv_rows_batched: the same sums, bit for bit), the last odd row through the loop
+  // below.
   int64_t b_first = 0;
   if constexpr (kAcc == 1 && kLanes % 4 == 0) {
     if (batch >= 2 && (int64_t(K) * sizeof(T)) % 4096 == 0) {
