@@ -442,18 +442,16 @@ enum ForwardSplit : int {
 
 // Whether a forward runs each step's h W_hhᵀ as one BLAS call on W_hh in place, for all rows (BLAS threads it,
 // splitting W's columns, so each core reads its share), then the pass split by rows: a single step, or a short
-// sequence (T * B <= 128), at batch >= 3 where the unit split does not apply (it serves those sizes itself, reading
-// each thread's share of W_hh).
+// sequence (T * B <= 128), at batch >= 3 where the unit split does not apply (the caller asks splits_units first: it
+// serves those sizes itself, reading each thread's share of W_hh).
 // Packing W_hh (PanelGemm's panels or MKL's packed format) reads and writes all of it once per call, which so few
 // rows do not repay, and split by rows each core reads all of W_hh at every step (measured: csrc/README.md, "Short
 // sequences"). Batch 1-2 reads W in place already (StepWeight's row dot products for a single step).
 // GATEDRNN_GEMM=own keeps PanelGemm, which needs the panels. A projection, masks on h, packed input and the cells
 // that read their state in the GEMM keep the general loop.
 template <typename Cell>
-inline bool steps_in_place(bool packed, bool proj, bool zoneout, bool masked, int64_t T_, int64_t B, int64_t H,
-                           int64_t P) {
+inline bool steps_in_place(bool packed, bool proj, bool masked, int64_t T_, int64_t B) {
   if (packed || proj || masked || reads_state<Cell>() || T_ < 1 || B < 3 || (T_ > 1 && T_ * B > 128)) return false;
-  if (splits_units<Cell>(T_, B, H, P, !zoneout)) return false;
   return GemmChoice::requested() != "own";
 }
 inline std::atomic<int> last_forward_split{kSerial};
@@ -596,15 +594,15 @@ ScanForwardOut scan_forward(const at::Tensor& x, const at::Tensor& h0, const at:
   // x W_ihᵀ is computed in chunks of `chunk` steps just before they run, so each chunk is still in cache
   // when the pointwise pass reads it; without a backward only one chunk is allocated. A short sequence
   // (steps_in_place) is one chunk: its few rows would not repay reading W_ih once more per chunk.
-  const bool in_place = steps_in_place<Cell>(packed, proj, zoneout.defined(), rec_mask.defined(), T_, B, H, P);
+  // The unit split (below) comes first: it takes short calls at batch 3-8 from steps_in_place and batch 8 over
+  // large weights from the row region, and its chunks of x W_ihᵀ are sized for all B rows, not a thread's share.
+  const bool units = T_ > 0 && splits_units<Cell>(T_, B, H, P, !packed && !proj && !zoneout.defined() &&
+                                                                  !rec_mask.defined());
+  const bool in_place = !units && steps_in_place<Cell>(packed, proj, rec_mask.defined(), T_, B);
   const int64_t row_work = GH * (P + 8);  // a row's multiply-adds in a step, for the thread splits
   // Rows split over threads in one parallel region for the whole sequence (below), B >= 8 and up to ~16M
   // multiply-adds a step. Without a backward each thread then projects its own rows (`own_rows`), in chunks of
   // ~128 KB of its share of x and x W_ihᵀ (1 MB chunks shared by the threads filled a Zen 3 core's 512 KB L2).
-  // The unit split (below) takes batch 8 over large weights from the row region, and its chunks of x W_ihᵀ are
-  // sized for all B rows, not for a thread's share.
-  const bool units = T_ > 0 && splits_units<Cell>(T_, B, H, P, !packed && !proj && !zoneout.defined() &&
-                                                                  !rec_mask.defined());
   const bool whole_region =
       !in_place && !units && row_region(packed, B, row_work) && B * row_work < (int64_t(1) << 24);
   const bool own_rows = whole_region && !keep;
